@@ -1,0 +1,2033 @@
+"""Pairs-trading analytics: bars, hedge ratios, spreads, z-scores and statistical tests.
+
+Pure functions over pandas/numpy objects: no I/O, no Streamlit, no project imports.
+
+Conventions shared by every function in this module
+----------------------------------------------------
+Time
+    Bars are DataFrames indexed by ``ts`` = int64 epoch milliseconds of the bar OPEN, sorted
+    ascending, columns ``open, high, low, close, volume, buy_volume, trades, notional, vwap``.
+    Empty intervals are absent, never invented.
+Legs
+    ``y`` is the dependent leg and ``x`` the independent one: every model is
+    ``y = beta * x + alpha + spread``. Swap the arguments to regress the other way (OLS of y on
+    x is *not* 1 / OLS of x on y; see ``method="tls"`` for a symmetric fit).
+Scale: the ``log_prices`` flag
+    ``log_prices=True`` (the default everywhere) means the pair model (beta, alpha, spread) is
+    expressed in log prices, so beta is an elasticity and BTC (~1e5) can be hedged with ETH
+    (~3e3) without mixing units.
+
+    * Functions that take price *series* (``hedge_ratio``, ``rolling_hedge_ratio``,
+      ``kalman_hedge``/``kalman_update``, ``engle_granger``) do no transformation: pass
+      ``to_log_prices(close)`` with ``log_prices=True``, or raw closes with
+      ``log_prices=False``. The flag is recorded in the result. As a guard against the easy
+      mistake, ``log_prices=True`` with any ``|value| > 40`` raises ``ValueError``
+      (``exp(40)`` ~ 2e17: no traded price has such a log).
+    * Functions that take *bars* or raw price tables (``minute_stats``,
+      ``cointegration_matrix``) take the logs themselves when ``log_prices=True``.
+    * ``spread``, ``zscore``, ``adf_test``, ``half_life``, ``hurst`` are scale-free algebra on
+      whatever they are given.
+Look-ahead
+    Historical estimates are trailing: ``rolling_hedge_ratio`` row t uses bars <= t-1 only;
+    ``kalman_hedge`` reports the prior beta(t|t-1) and the one-step-ahead forecast error;
+    ``zscore`` uses a trailing window that includes bar t. Nothing uses ``bfill`` or centred
+    windows.
+Not enough data
+    Invalid arguments raise ``ValueError`` naming the argument and its value. Valid arguments
+    with too few observations give a result with NaN fields plus ``nobs``/``needed`` (or plain
+    NaN for single-number functions), never a misleading number.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from statsmodels.stats.multitest import multipletests
+from statsmodels.tsa.stattools import adfuller, coint
+
+# --------------------------------------------------------------------------------------
+# Constants
+# --------------------------------------------------------------------------------------
+
+TIMEFRAME_MS: dict[str, int] = {
+    "1s": 1_000,
+    "5s": 5_000,
+    "10s": 10_000,
+    "30s": 30_000,
+    "1min": 60_000,
+    "5min": 300_000,
+    "15min": 900_000,
+    "1h": 3_600_000,
+}
+# Labels the UI may show (project convention: "1m"/"5m" mean "1min"/"5min").
+TIMEFRAME_ALIASES: dict[str, str] = {"1m": "1min", "5m": "5min", "15m": "15min", "60min": "1h"}
+
+BAR_COLUMNS: tuple[str, ...] = (
+    "open", "high", "low", "close", "volume", "buy_volume", "trades", "notional", "vwap",
+)
+
+HEDGE_METHODS: tuple[str, ...] = ("ols", "tls", "huber", "theil-sen")
+HEDGE_MIN_OBS = 10
+# Huber is fitted by IRLS (a few O(n) passes): cheap, but bounded anyway.
+HUBER_MAX_POINTS = 100_000
+# Theil-Sen looks at all n(n-1)/2 pairs: 1,000 points = 0.5 M slopes, ~20 ms here
+# (2,000 points cost ~120 ms).
+THEIL_SEN_MAX_POINTS = 1_000
+HUBER_T = 1.345  # 95 % efficiency at the normal; statsmodels' HuberT default.
+
+ADF_MIN_OBS = 20
+ADF_LAG_CAP = 10
+# Most recent points used by adf_test / engle_granger (ADF with AIC over 0..10 lags at
+# 10,000 points costs ~50 ms here; at 100,000 it would cost ~0.5 s).
+ADF_MAX_POINTS = 10_000
+
+HALF_LIFE_MIN_OBS = 20
+HURST_DEFAULT_MAX_LAG = 100
+MAX_ABS_LOG_PRICE = 40.0
+DEFAULT_FFILL_LIMIT = 5
+DEFAULT_STD_FLOOR = 1e-9
+SECONDS_PER_YEAR = 365 * 24 * 3600  # crypto trades every day of the year
+
+KALMAN_DEFAULT_DELTA = 1e-7
+KALMAN_DEFAULT_OBS_VAR = 1e-6
+KALMAN_DEFAULT_WARMUP = 100
+KALMAN_DEFAULT_STATE_VAR = 1.0
+
+# statsmodels.coint gives up (t = -inf, p = 0) above this first-stage R^2.
+_COLLINEAR_R2 = 1.0 - 100.0 * math.sqrt(np.finfo(float).eps)
+
+
+class DegenerateInputWarning(UserWarning):
+    """Valid but degenerate input (e.g. perfectly collinear legs): the number is unreliable."""
+
+
+# --------------------------------------------------------------------------------------
+# Argument helpers
+# --------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} ({value!r}) must be an integer >= {minimum}")
+    if value < minimum:
+        raise ValueError(f"{name} ({value!r}) must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} ({value!r}) must be <= {maximum}")
+    return int(value)
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} ({value!r}) must be one of {sorted(choices, key=str)}")
+
+
+def _min_periods(window: int, min_periods, minimum: int) -> int:
+    if min_periods is None:
+        return window
+    return _check_int("min_periods", min_periods, minimum, window)
+
+
+def _timeframe_ms(timeframe) -> int:
+    key = TIMEFRAME_ALIASES.get(timeframe, timeframe) if isinstance(timeframe, str) else None
+    if key not in TIMEFRAME_MS:
+        raise ValueError(f"timeframe ({timeframe!r}) must be one of {list(TIMEFRAME_MS)}")
+    return TIMEFRAME_MS[key]
+
+
+def normalize_timeframe(timeframe: str) -> str:
+    """Return the canonical timeframe string ("1m" -> "1min"); ValueError if unknown."""
+    _timeframe_ms(timeframe)
+    return TIMEFRAME_ALIASES.get(timeframe, timeframe)
+
+
+def _as_series(values, name: str) -> pd.Series:
+    if isinstance(values, pd.DataFrame):
+        raise ValueError(f"{name} must be one-dimensional, got a DataFrame with columns "
+                         f"{list(values.columns)}")
+    if isinstance(values, pd.Series):
+        return values.astype(float)
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    return pd.Series(array)
+
+
+def _as_pair(y, x) -> tuple[pd.Series, pd.Series]:
+    y_series, x_series = _as_series(y, "y"), _as_series(x, "x")
+    if len(y_series) != len(x_series):
+        raise ValueError(f"y and x must have the same length, got {len(y_series)} and "
+                         f"{len(x_series)}")
+    y_is_indexed, x_is_indexed = isinstance(y, pd.Series), isinstance(x, pd.Series)
+    if y_is_indexed and x_is_indexed and not y_series.index.equals(x_series.index):
+        raise ValueError("y and x must share the same index; align the legs first (align())")
+    if y_is_indexed and not x_is_indexed:
+        x_series.index = y_series.index
+    elif x_is_indexed and not y_is_indexed:
+        y_series.index = x_series.index
+    return y_series, x_series
+
+
+def _check_log_scale(log_prices: bool, **series) -> None:
+    if not isinstance(log_prices, (bool, np.bool_)):
+        raise ValueError(f"log_prices ({log_prices!r}) must be True or False")
+    if not log_prices:
+        return
+    for name, values in series.items():
+        array = np.asarray(values, dtype=float)
+        finite = array[np.isfinite(array)]
+        if finite.size and np.abs(finite).max() > MAX_ABS_LOG_PRICE:
+            raise ValueError(
+                f"{name} has values up to {np.abs(finite).max():.6g}, which cannot be log "
+                f"prices (log_prices=True); pass to_log_prices(prices) or log_prices=False")
+
+
+def to_log_prices(prices):
+    """Natural log of strictly positive prices.
+
+    Parameters
+    ----------
+    prices : pandas.Series or array_like
+        Raw price levels; NaN passes through.
+
+    Returns
+    -------
+    pandas.Series or numpy.ndarray
+        ``log(prices)`` with the input's index when a Series was given.
+
+    Notes
+    -----
+    Raises ``ValueError`` for zero or negative prices (futures placeholder trades have
+    price 0 and must be filtered before they get here).
+    """
+    array = np.asarray(prices, dtype=float)
+    bad = np.isfinite(array) & (array <= 0)
+    if bad.any():
+        raise ValueError(f"prices must be > 0 to take logs, found {array[bad][0]!r}")
+    if isinstance(prices, pd.Series):
+        return np.log(prices.astype(float))
+    return np.log(array)
+
+
+def log_returns(close, timeframe: str | None = None) -> pd.Series:
+    """Log returns of a close series, optionally only between adjacent bars.
+
+    Parameters
+    ----------
+    close : pandas.Series
+        Raw close prices (> 0). With ``timeframe`` it must be indexed by ``ts`` (epoch ms).
+    timeframe : str, optional
+        One of ``TIMEFRAME_MS``. When given, a return is reported only when the previous
+        row is exactly one bar earlier; after a gap (absent bars) the return is NaN so that
+        every return spans exactly one bar and returns of several symbols are synchronous.
+
+    Returns
+    -------
+    pandas.Series
+        ``r_t = ln(close_t) - ln(close_{t-1})``, NaN for the first row (and after gaps).
+
+    Notes
+    -----
+    Feed these per-symbol columns to ``correlation_matrix``: its pairwise-complete rule then
+    uses only bars where both symbols traded in this and the previous bar.
+    """
+    series = _as_series(close, "close")
+    returns = to_log_prices(series).diff()
+    if timeframe is not None:
+        step = _timeframe_ms(timeframe)
+        ts = np.asarray(series.index, dtype=np.int64)
+        adjacent = np.r_[False, np.diff(ts) == step]
+        returns = returns.where(adjacent)
+    return returns.rename("log_return")
+
+
+# --------------------------------------------------------------------------------------
+# Bars
+# --------------------------------------------------------------------------------------
+
+
+def _empty_bars() -> pd.DataFrame:
+    frame = pd.DataFrame({column: pd.Series(dtype=float) for column in BAR_COLUMNS})
+    frame["trades"] = frame["trades"].astype(np.int64)
+    frame.index = pd.Index([], dtype=np.int64, name="ts")
+    return frame
+
+
+def resample(ticks: pd.DataFrame, timeframe: str) -> pd.DataFrame:
+    """Aggregate trades into OHLCV bars keyed by bar-open epoch ms.
+
+    Parameters
+    ----------
+    ticks : pandas.DataFrame
+        Columns ``ts`` (int epoch ms, exchange trade time), ``price``, ``qty``; optional
+        ``is_buyer_maker`` (0/1) and ``trade_id``.
+    timeframe : {"1s", "5s", "10s", "30s", "1min", "5min", "15min", "1h"}
+        Bar size ("1m", "5m", "15m" are accepted as UI aliases).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``ts`` (int64, bar open = ``floor(ts / size) * size``), columns
+        ``open, high, low, close, volume, buy_volume, trades, notional, vwap``.
+
+    Notes
+    -----
+    * A trade at exactly a boundary belongs to the bar that opens there (intervals are
+      ``[open, open + size)``). Empty intervals are absent.
+    * Order inside a bar: by ``ts``, ties by ``trade_id`` when present, else by input order
+      (stable sort). ``open``/``close`` are the first/last trade in that order.
+    * Rows with non-finite or non-positive price or qty are dropped: futures ``"X":"NA"``
+      placeholder frames (price 0, qty 0) are not trades.
+    * Nothing is de-duplicated: identical (ts, price, qty) rows are distinct real trades.
+    * ``buy_volume`` = sum of qty where ``is_buyer_maker == 0`` (taker buys); NaN for a bar
+      with any trade of unknown side, or for every bar without the column.
+    * ``notional = sum(price * qty)``, ``vwap = notional / volume``.
+    """
+    size = _timeframe_ms(timeframe)
+    missing = [column for column in ("ts", "price", "qty") if column not in ticks.columns]
+    if missing:
+        raise ValueError(f"ticks is missing columns {missing}; has {list(ticks.columns)}")
+    ts = ticks["ts"].to_numpy(dtype=np.int64)
+    price = ticks["price"].to_numpy(dtype=float)
+    qty = ticks["qty"].to_numpy(dtype=float)
+    keep = np.isfinite(price) & np.isfinite(qty) & (price > 0) & (qty > 0)
+    if "trade_id" in ticks.columns:
+        order = np.lexsort((ticks["trade_id"].to_numpy(dtype=np.int64), ts))
+    else:
+        order = np.argsort(ts, kind="stable")
+    order = order[keep[order]]
+    if order.size == 0:
+        return _empty_bars()
+    ts, price, qty = ts[order], price[order], qty[order]
+
+    bucket = (ts // size) * size
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    ends = np.r_[starts[1:], bucket.size] - 1
+    volume = np.add.reduceat(qty, starts)
+    notional = np.add.reduceat(price * qty, starts)
+    if "is_buyer_maker" in ticks.columns:
+        maker = ticks["is_buyer_maker"].to_numpy(dtype=float, na_value=np.nan)[order]
+        buy_volume = np.add.reduceat(np.where(maker == 0, qty, 0.0), starts)
+        unknown_side = np.add.reduceat((~np.isfinite(maker)).astype(np.int64), starts) > 0
+        buy_volume[unknown_side] = np.nan
+    else:
+        buy_volume = np.full(starts.size, np.nan)
+    bars = pd.DataFrame(
+        {
+            "open": price[starts],
+            "high": np.maximum.reduceat(price, starts),
+            "low": np.minimum.reduceat(price, starts),
+            "close": price[ends],
+            "volume": volume,
+            "buy_volume": buy_volume,
+            "trades": (ends - starts + 1).astype(np.int64),
+            "notional": notional,
+            "vwap": notional / volume,
+        },
+        index=pd.Index(bucket[starts], dtype=np.int64, name="ts"),
+    )
+    return bars
+
+
+def _bar_column(bars: pd.DataFrame, column: str) -> np.ndarray:
+    if column in bars.columns:
+        return bars[column].to_numpy(dtype=float, na_value=np.nan)
+    return np.full(len(bars), np.nan)
+
+
+def resample_bars(bars: pd.DataFrame, timeframe: str) -> pd.DataFrame:
+    """Coarsen existing bars (e.g. 1 s -> 1 min, or uploaded 1 min OHLC -> 5 min).
+
+    Parameters
+    ----------
+    bars : pandas.DataFrame
+        Indexed by ``ts`` (epoch ms of bar open) with at least ``open, high, low, close``;
+        ``volume, buy_volume, trades, notional, vwap`` are used when present.
+    timeframe : {"1s", "5s", "10s", "30s", "1min", "5min", "15min", "1h"}
+        Target bar size; should be a multiple of the input bar size.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Same layout as ``resample``: first open, max high, min low, last close, sums of
+        volume, buy_volume, trades and notional, ``vwap = notional / volume``.
+
+    Notes
+    -----
+    Bars are placed in the bucket ``floor(ts / size) * size`` (bars not aligned to the
+    target grid fall in the bucket containing their open). A missing column, or a NaN inside
+    a bucket, makes that bucket's sum NaN rather than an undercount. When ``notional`` is
+    missing but ``vwap > 0`` and ``volume`` are present, ``notional = vwap * volume``.
+    Duplicate timestamps are aggregated like any other bars; de-duplicate uploads first.
+    """
+    size = _timeframe_ms(timeframe)
+    missing = [column for column in ("open", "high", "low", "close") if column not in bars]
+    if missing:
+        raise ValueError(f"bars is missing columns {missing}; has {list(bars.columns)}")
+    if len(bars) == 0:
+        return _empty_bars()
+    ordered = bars.sort_index(kind="stable")
+    ts = np.asarray(ordered.index, dtype=np.int64)
+    bucket = (ts // size) * size
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    ends = np.r_[starts[1:], bucket.size] - 1
+
+    volume_in = _bar_column(ordered, "volume")
+    notional_in = _bar_column(ordered, "notional")
+    if "notional" not in ordered.columns and "vwap" in ordered.columns:
+        vwap_in = _bar_column(ordered, "vwap")
+        notional_in = np.where(vwap_in > 0, vwap_in * volume_in, np.nan)
+    volume = np.add.reduceat(volume_in, starts)
+    notional = np.add.reduceat(notional_in, starts)
+    trades = np.add.reduceat(_bar_column(ordered, "trades"), starts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vwap = notional / volume
+    coarse = pd.DataFrame(
+        {
+            "open": _bar_column(ordered, "open")[starts],
+            "high": np.maximum.reduceat(_bar_column(ordered, "high"), starts),
+            "low": np.minimum.reduceat(_bar_column(ordered, "low"), starts),
+            "close": _bar_column(ordered, "close")[ends],
+            "volume": volume,
+            "buy_volume": np.add.reduceat(_bar_column(ordered, "buy_volume"), starts),
+            "trades": trades.astype(np.int64) if np.isfinite(trades).all() else trades,
+            "notional": notional,
+            "vwap": vwap,
+        },
+        index=pd.Index(bucket[starts], dtype=np.int64, name="ts"),
+    )
+    return coarse
+
+
+# --------------------------------------------------------------------------------------
+# Aligning two legs
+# --------------------------------------------------------------------------------------
+
+
+def _traded_mask(bars: pd.DataFrame) -> pd.Series:
+    """A bar counts as traded when its close is finite and it reports trades (or volume)."""
+    close = bars["close"].astype(float)
+    traded = np.isfinite(close.to_numpy())
+    for column in ("trades", "volume"):
+        if column in bars.columns:
+            counts = bars[column].to_numpy(dtype=float, na_value=np.nan)
+            known = np.isfinite(counts)
+            traded &= ~known | (counts > 0)
+            break
+    return pd.Series(traded, index=bars.index)
+
+
+@dataclass(frozen=True, slots=True)
+class AlignResult:
+    """Two legs on a common bar index.
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        Indexed by ``ts`` (union of both legs' bar opens). Columns ``y``, ``x`` (close
+        levels, forward-filled at most ``ffill_limit`` bars), ``y_traded``, ``x_traded``,
+        ``both_traded`` (bool) and ``y_age_bars``, ``x_age_bars`` (bars since that leg's
+        last trade: 0 when it traded in this bar, NaN before its first trade).
+    bar_ms : int
+        Bar size in ms used for ages.
+    ffill_limit : int or None
+        Maximum forward-fill in bars (None = unlimited).
+    """
+
+    frame: pd.DataFrame
+    bar_ms: int
+    ffill_limit: int | None
+
+    @property
+    def y(self) -> pd.Series:
+        return self.frame["y"]
+
+    @property
+    def x(self) -> pd.Series:
+        return self.frame["x"]
+
+    @property
+    def both_traded(self) -> pd.Series:
+        return self.frame["both_traded"]
+
+    def log_returns(self) -> pd.DataFrame:
+        """Synchronous log returns of y and x between consecutive co-traded bars."""
+        return co_traded_log_returns(self.y, self.x, self.both_traded)
+
+
+def align(bars_y: pd.DataFrame, bars_x: pd.DataFrame,
+          ffill_limit: int | None = DEFAULT_FFILL_LIMIT,
+          timeframe: str | None = None) -> AlignResult:
+    """Put two legs' bars on one index without inventing returns.
+
+    Parameters
+    ----------
+    bars_y, bars_x : pandas.DataFrame
+        Bars of the dependent (y) and independent (x) leg, indexed by ``ts`` epoch ms,
+        with a ``close`` column (``trades``/``volume`` used to decide whether a bar traded).
+    ffill_limit : int or None, default 5
+        Carry a leg's last traded close forward for at most this many bars (measured in
+        time, ``age <= ffill_limit``), then NaN. 0 disables filling; None = unlimited.
+        Never back-filled.
+    timeframe : str, optional
+        Bar size, for ages and the fill limit. Inferred as the smallest gap between
+        consecutive union timestamps when omitted.
+
+    Returns
+    -------
+    AlignResult
+        ``.frame`` with ``y, x, y_traded, x_traded, both_traded, y_age_bars, x_age_bars``.
+
+    Notes
+    -----
+    The rule: *levels* may be forward-filled (with a limit) so prices and spreads can be
+    drawn, but *return statistics* must use only co-traded bars (``both_traded``), with the
+    return measured between consecutive co-traded bars (``AlignResult.log_returns``).
+    Forward-filling a sparse leg at 1 s invents zero returns and destroys the measured
+    correlation. A bar counts as traded when present with a finite close and ``trades > 0``
+    (or ``volume > 0`` when there is no ``trades`` column). Duplicate timestamps: the last
+    row wins.
+    """
+    if ffill_limit is not None:
+        ffill_limit = _check_int("ffill_limit", ffill_limit, 0)
+    for name, bars in (("bars_y", bars_y), ("bars_x", bars_x)):
+        if not isinstance(bars, pd.DataFrame) or "close" not in bars.columns:
+            raise ValueError(f"{name} must be a bars DataFrame with a 'close' column")
+    union = np.union1d(np.asarray(bars_y.index, dtype=np.int64),
+                       np.asarray(bars_x.index, dtype=np.int64))
+    if timeframe is not None:
+        bar_ms = _timeframe_ms(timeframe)
+    else:
+        gaps = np.diff(union)
+        bar_ms = int(gaps[gaps > 0].min()) if gaps.size else 1
+    index = pd.Index(union, dtype=np.int64, name="ts")
+    columns: dict[str, pd.Series] = {}
+    for leg, bars in (("y", bars_y), ("x", bars_x)):
+        bars = bars[~bars.index.duplicated(keep="last")]  # a re-sent bar replaces the old
+        traded = _traded_mask(bars).reindex(index, fill_value=False).astype(bool)
+        close = bars["close"].astype(float).reindex(index).where(traded)
+        last_trade_ts = pd.Series(np.where(traded, union, np.nan), index=index).ffill()
+        age = (union - last_trade_ts) / bar_ms
+        level = close.ffill()
+        if ffill_limit is not None:
+            level = level.where(age <= ffill_limit)
+        columns[leg] = level
+        columns[f"{leg}_traded"] = traded
+        columns[f"{leg}_age_bars"] = age
+    columns["both_traded"] = columns["y_traded"] & columns["x_traded"]
+    order = ("y", "x", "y_traded", "x_traded", "both_traded", "y_age_bars", "x_age_bars")
+    frame = pd.DataFrame({name: columns[name] for name in order}, index=index)
+    return AlignResult(frame=frame, bar_ms=bar_ms, ffill_limit=ffill_limit)
+
+
+def co_traded_log_returns(y, x, both_traded) -> pd.DataFrame:
+    """Log returns of both legs between consecutive co-traded bars.
+
+    Parameters
+    ----------
+    y, x : pandas.Series
+        Raw price levels (> 0) on a common index.
+    both_traded : pandas.Series or array_like of bool
+        True where both legs traded in the bar.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``y``, ``x`` on the input index: at a co-traded bar, the log return since
+        the previous co-traded bar (both legs over the same interval); NaN elsewhere.
+
+    Notes
+    -----
+    ``r_t = ln(p_t) - ln(p_s)`` with s the previous co-traded bar (refresh-time sampling):
+    both legs' returns cover the same interval even when one leg trades sparsely. Bars with
+    a NaN level are treated as not co-traded.
+    """
+    y_series, x_series = _as_pair(y, x)
+    mask = np.asarray(both_traded, dtype=bool)
+    if mask.shape != (len(y_series),):
+        raise ValueError(f"both_traded must have length {len(y_series)}, got shape {mask.shape}")
+    mask = mask & np.isfinite(y_series.to_numpy()) & np.isfinite(x_series.to_numpy())
+    returns = pd.DataFrame({
+        "y": to_log_prices(y_series[mask]).diff(),
+        "x": to_log_prices(x_series[mask]).diff(),
+    })
+    return returns.reindex(y_series.index)
+
+
+# --------------------------------------------------------------------------------------
+# Hedge ratios
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeRatioResult:
+    """Static hedge ratio of ``y = beta * x + alpha + e``.
+
+    Attributes
+    ----------
+    beta, alpha : float
+        Slope and intercept (NaN when not estimable; see ``reason``).
+    r_squared : float
+        ``1 - SS_res / SS_tot`` of this fit on the points used.
+    residual_std : float
+        Standard deviation of the residuals, ``ddof=2`` (two fitted parameters).
+    nobs : int
+        Points used in the fit (after dropping NaN pairs and any subsampling).
+    needed : int
+        Minimum points required.
+    method : str
+        One of ``HEDGE_METHODS``.
+    log_prices : bool
+        Whether the inputs were declared log prices (beta is then an elasticity).
+    subsampled : bool
+        True when huber/theil-sen used an evenly spaced subsample of the input.
+    reason : str
+        Empty when the fit succeeded, else why the fields are NaN.
+    """
+
+    beta: float
+    alpha: float
+    r_squared: float
+    residual_std: float
+    nobs: int
+    needed: int
+    method: str
+    log_prices: bool
+    subsampled: bool = False
+    reason: str = ""
+
+    @property
+    def enough_data(self) -> bool:
+        return self.nobs >= self.needed
+
+
+def _ols_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    x_mean, y_mean = x.mean(), y.mean()
+    xc, yc = x - x_mean, y - y_mean
+    beta = float(np.dot(xc, yc) / np.dot(xc, xc))
+    return beta, float(y_mean - beta * x_mean)
+
+
+def _tls_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    x_mean, y_mean = x.mean(), y.mean()
+    xc, yc = x - x_mean, y - y_mean
+    sxx, syy, sxy = np.dot(xc, xc), np.dot(yc, yc), np.dot(xc, yc)
+    root = math.hypot(sxx - syy, 2.0 * sxy)
+    # Two algebraically equal forms; pick the one without cancellation.
+    if sxx >= syy:
+        denominator = sxx - syy + root
+        beta = 2.0 * sxy / denominator if denominator > 0 else math.nan
+    else:
+        beta = (syy - sxx + root) / (2.0 * sxy) if sxy != 0 else math.nan
+    return float(beta), float(y_mean - beta * x_mean)
+
+
+def _huber_fit(x: np.ndarray, y: np.ndarray, t: float = HUBER_T, max_iter: int = 50,
+               tol: float = 1e-8) -> tuple[float, float]:
+    """Huber M-estimate by IRLS with MAD scale re-estimated each pass (as statsmodels RLM)."""
+    beta, alpha = _ols_fit(x, y)
+    resid = y - alpha - beta * x
+    scale = np.median(np.abs(resid)) / 0.6744897501960817
+    deviance_prev = math.inf
+    for _ in range(max_iter):
+        if scale == 0.0:  # more than half the points fit exactly: the fit is final
+            break
+        u = np.abs(resid) / scale
+        weights = np.where(u <= t, 1.0, t / np.maximum(u, t))
+        weight_sum = weights.sum()
+        x_mean = np.dot(weights, x) / weight_sum
+        y_mean = np.dot(weights, y) / weight_sum
+        xc = x - x_mean
+        beta = float(np.dot(weights * xc, y - y_mean) / np.dot(weights * xc, xc))
+        alpha = float(y_mean - beta * x_mean)
+        resid = y - alpha - beta * x
+        scale = np.median(np.abs(resid)) / 0.6744897501960817
+        if scale == 0.0:
+            break
+        u = np.abs(resid) / scale
+        deviance = float(np.where(u <= t, 0.5 * u * u, t * u - 0.5 * t * t).sum())
+        if abs(deviance - deviance_prev) < tol:
+            break
+        deviance_prev = deviance
+    return beta, alpha
+
+
+def _theil_sen_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    # Row by row: n small arrays beat one n x n broadcast (memory-bound) by 2-3x here.
+    slopes = []
+    for i in range(x.size - 1):
+        dx = x[i + 1:] - x[i]
+        distinct = dx != 0  # ties in x carry no slope
+        slopes.append((y[i + 1:] - y[i])[distinct] / dx[distinct])
+    slopes = np.concatenate(slopes) if slopes else np.empty(0)
+    if slopes.size == 0:
+        return math.nan, math.nan
+    beta = float(np.median(slopes))
+    return beta, float(np.median(y - beta * x))
+
+
+def _evenly_spaced(n: int, limit: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
+
+
+def hedge_ratio(y, x, method: str = "ols", log_prices: bool = True) -> HedgeRatioResult:
+    """Static hedge ratio of y on x.
+
+    Parameters
+    ----------
+    y, x : pandas.Series or array_like
+        Dependent (y) and independent (x) leg on the same index; log prices when
+        ``log_prices=True`` (the default), raw prices otherwise. NaN pairs are dropped.
+    method : {"ols", "tls", "huber", "theil-sen"}
+        * ``"ols"`` — least squares of y on x (closed form). Attenuated when x is noisy.
+        * ``"tls"`` — total (orthogonal) least squares: the major axis of the 2x2 sample
+          covariance, ``beta = (s_yy - s_xx + sqrt((s_yy - s_xx)^2 + 4 s_xy^2)) / (2 s_xy)``.
+          Symmetric in the legs (TLS of x on y = 1/beta) but not scale invariant: use it on
+          log prices, where both legs are in the same units.
+        * ``"huber"`` — Huber M-estimator (t = 1.345, MAD scale), IRLS as statsmodels
+          ``RLM(M=HuberT())``; evenly spaced subsample of at most ``HUBER_MAX_POINTS``.
+        * ``"theil-sen"`` — median of pairwise slopes, intercept ``median(y - beta x)``;
+          evenly spaced subsample of at most ``THEIL_SEN_MAX_POINTS`` points.
+    log_prices : bool, default True
+        Declares the inputs to be log prices; recorded in the result. Values with
+        ``|v| > 40`` raise ``ValueError`` while True.
+
+    Returns
+    -------
+    HedgeRatioResult
+        ``beta, alpha, r_squared, residual_std, nobs, needed, method, log_prices,
+        subsampled, reason`` (+ ``enough_data``).
+
+    Notes
+    -----
+    Model ``y_t = alpha + beta * x_t + e_t``; the spread is ``y - beta x - alpha``.
+    Needs ``HEDGE_MIN_OBS`` (10) complete pairs; a constant x gives NaN with a reason.
+    This fits the whole sample given: use it for the *current* β, and
+    ``rolling_hedge_ratio``/``kalman_hedge`` for anything historical.
+    """
+    _check_choice("method", method, HEDGE_METHODS)
+    y_series, x_series = _as_pair(y, x)
+    _check_log_scale(log_prices, y=y_series, x=x_series)
+    y_values, x_values = y_series.to_numpy(), x_series.to_numpy()
+    complete = np.isfinite(y_values) & np.isfinite(x_values)
+    y_values, x_values = y_values[complete], x_values[complete]
+    n = y_values.size
+
+    def empty(reason: str, nobs: int = n) -> HedgeRatioResult:
+        return HedgeRatioResult(math.nan, math.nan, math.nan, math.nan, nobs, HEDGE_MIN_OBS,
+                                method, bool(log_prices), False, reason)
+
+    if n < HEDGE_MIN_OBS:
+        return empty(f"not enough data: needs {HEDGE_MIN_OBS}, has {n}")
+    if x_values.max() == x_values.min():
+        return empty("x is constant: beta undefined")
+
+    limit = {"huber": HUBER_MAX_POINTS, "theil-sen": THEIL_SEN_MAX_POINTS}.get(method)
+    subsampled = limit is not None and n > limit
+    if subsampled:
+        keep = _evenly_spaced(n, limit)
+        y_values, x_values = y_values[keep], x_values[keep]
+    fit = {"ols": _ols_fit, "tls": _tls_fit, "huber": _huber_fit,
+           "theil-sen": _theil_sen_fit}[method]
+    beta, alpha = fit(x_values, y_values)
+    if not math.isfinite(beta):
+        return empty("degenerate input: slope undefined (uncorrelated or vertical legs)",
+                     y_values.size)
+    resid = y_values - alpha - beta * x_values
+    total = np.sum((y_values - y_values.mean()) ** 2)
+    r_squared = float(1.0 - np.dot(resid, resid) / total) if total > 0 else math.nan
+    residual_std = float(np.sqrt(np.dot(resid, resid) / (resid.size - 2)))
+    return HedgeRatioResult(beta, alpha, r_squared, residual_std, int(y_values.size),
+                            HEDGE_MIN_OBS, method, bool(log_prices), subsampled, "")
+
+
+def rolling_hedge_ratio(y, x, window: int, min_periods: int | None = None,
+                        expanding: bool = False, log_prices: bool = True) -> pd.DataFrame:
+    """Trailing OLS hedge ratio where row t uses bars up to t-1 only.
+
+    Parameters
+    ----------
+    y, x : pandas.Series or array_like
+        Dependent / independent leg on one index (log prices when ``log_prices=True``).
+    window : int
+        Bars in the rolling window (>= 3). Ignored as a width when ``expanding=True``.
+    min_periods : int, optional
+        Complete (y, x) pairs needed in the window; default ``window`` (3 <= value <= window).
+    expanding : bool, default False
+        Use all bars from the start up to t-1 instead of a fixed window.
+    log_prices : bool, default True
+        Declares the scale of the inputs (checked as in ``hedge_ratio``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``beta``, ``alpha`` on the input index. Row t is the OLS fit on bars
+        ``t-window .. t-1`` (shifted one bar), so ``y_t - beta_t x_t - alpha_t`` is an
+        out-of-sample spread. NaN while fewer than ``min_periods`` pairs or x is constant.
+
+    Notes
+    -----
+    ``beta = cov(x, y) / var(x)``, ``alpha = mean(y) - beta mean(x)`` with pandas rolling
+    moments (vectorised: ~10 ms at 100k rows). Pairs with a NaN in either leg are excluded.
+    Both legs are shifted by their first complete value before the moments are taken (a
+    constant, so no information from later bars) to avoid cancellation in ``E[x^2] - E[x]^2``.
+    """
+    window = _check_int("window", window, 3)
+    min_periods = _min_periods(window, min_periods, 3)
+    y_series, x_series = _as_pair(y, x)
+    _check_log_scale(log_prices, y=y_series, x=x_series)
+    complete = np.isfinite(y_series.to_numpy()) & np.isfinite(x_series.to_numpy())
+    if not complete.any():
+        return pd.DataFrame({"beta": np.nan, "alpha": np.nan}, index=y_series.index)
+    first = int(np.argmax(complete))
+    y_origin, x_origin = y_series.iloc[first], x_series.iloc[first]
+    yc = (y_series - y_origin).where(complete)
+    xc = (x_series - x_origin).where(complete)
+    if expanding:
+        roll_x, roll_y = xc.expanding(min_periods), yc.expanding(min_periods)
+    else:
+        roll_x, roll_y = xc.rolling(window, min_periods), yc.rolling(window, min_periods)
+    var_x = roll_x.var()
+    cov_xy = roll_x.cov(yc)
+    beta = (cov_xy / var_x).where(var_x > 0)
+    alpha = (roll_y.mean() + y_origin) - beta * (roll_x.mean() + x_origin)
+    return pd.DataFrame({"beta": beta.shift(1), "alpha": alpha.shift(1)}, index=y_series.index)
+
+
+def spread(y, x, beta, alpha=0.0) -> pd.Series:
+    """Spread ``y - beta * x - alpha``.
+
+    Parameters
+    ----------
+    y, x : pandas.Series or array_like
+        Legs on one scale (log prices if beta came from a log-price fit).
+    beta, alpha : float or pandas.Series
+        Scalars, or Series on the same index as ``y`` (e.g. ``rolling_hedge_ratio`` columns
+        or the Kalman prior β) for a spread free of look-ahead.
+
+    Returns
+    -------
+    pandas.Series
+        Named ``"spread"``; NaN where any input is NaN.
+
+    Notes
+    -----
+    ``s_t = y_t - beta_t x_t - alpha_t``. With a moving beta a held position keeps the
+    units set at entry; this function only describes the spread, it does not size trades.
+    A beta Series must share y's index (no silent realignment).
+    """
+    y_series, x_series = _as_pair(y, x)
+    parts = {}
+    for name, value in (("beta", beta), ("alpha", alpha)):
+        if isinstance(value, pd.Series):
+            if not value.index.equals(y_series.index):
+                raise ValueError(f"{name} Series must share the index of y")
+            parts[name] = value.astype(float)
+        elif np.ndim(value) == 0:
+            parts[name] = float(value)
+        else:
+            array = np.asarray(value, dtype=float)
+            if array.shape != (len(y_series),):
+                raise ValueError(f"{name} must be a scalar or have length {len(y_series)}, "
+                                 f"got shape {array.shape}")
+            parts[name] = pd.Series(array, index=y_series.index)
+    return (y_series - parts["beta"] * x_series - parts["alpha"]).rename("spread")
+
+
+# --------------------------------------------------------------------------------------
+# Kalman filter hedge (Chan-style)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KalmanState:
+    """State of the Kalman hedge after some bars: posterior mean and covariance.
+
+    Attributes
+    ----------
+    beta, alpha : float
+        Posterior state mean after the last bar.
+    p_bb, p_ba, p_aa : float
+        Posterior covariance of (beta, alpha).
+    delta : float
+        Random-walk noise parameter: state noise covariance ``delta / (1 - delta) * I``.
+    obs_var : float
+        Observation noise variance ``V_e`` (units of the squared spread).
+    warmup_bars : int
+        Bars flagged as warm-up at the start.
+    n_updates : int
+        Observed bars absorbed so far.
+    log_prices : bool
+        Scale of the inputs (the default noise settings assume log prices).
+    """
+
+    beta: float
+    alpha: float
+    p_bb: float
+    p_ba: float
+    p_aa: float
+    delta: float
+    obs_var: float
+    warmup_bars: int
+    n_updates: int = 0
+    log_prices: bool = True
+
+    @classmethod
+    def initial(cls, delta: float = KALMAN_DEFAULT_DELTA,
+                obs_var: float = KALMAN_DEFAULT_OBS_VAR,
+                warmup_bars: int = KALMAN_DEFAULT_WARMUP, beta: float = 0.0,
+                alpha: float = 0.0, state_var: float = KALMAN_DEFAULT_STATE_VAR,
+                log_prices: bool = True) -> KalmanState:
+        """Fresh state: mean (beta, alpha), covariance ``state_var * I``."""
+        if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
+            raise ValueError(f"delta ({delta!r}) must be in (0, 1)")
+        if not (isinstance(obs_var, (int, float)) and obs_var > 0.0):
+            raise ValueError(f"obs_var ({obs_var!r}) must be > 0")
+        if not (isinstance(state_var, (int, float)) and state_var > 0.0):
+            raise ValueError(f"state_var ({state_var!r}) must be > 0")
+        warmup_bars = _check_int("warmup_bars", warmup_bars, 0)
+        if not (math.isfinite(beta) and math.isfinite(alpha)):
+            raise ValueError(f"beta ({beta!r}) and alpha ({alpha!r}) must be finite")
+        _check_log_scale(log_prices)
+        return cls(float(beta), float(alpha), float(state_var), 0.0, float(state_var),
+                   float(delta), float(obs_var), warmup_bars, 0, bool(log_prices))
+
+
+@dataclass(frozen=True, slots=True)
+class KalmanOutput:
+    """What the filter says about one bar.
+
+    Attributes
+    ----------
+    beta_prior, alpha_prior : float
+        β(t|t-1), α(t|t-1): the hedge known before bar t (use these for signals at t).
+    spread : float
+        One-step-ahead forecast error ``e_t = y_t - (beta_prior x_t + alpha_prior)``,
+        computed before the update; NaN when a leg is missing.
+    spread_std : float
+        ``sqrt(Q_t)``, the forecast-error standard deviation.
+    zscore : float
+        ``spread / spread_std``.
+    beta_post, alpha_post : float
+        β(t|t), α(t|t) after absorbing bar t (uses bar t: not for signals at t).
+    warmup : bool
+        True while fewer than ``warmup_bars`` bars had been absorbed before t.
+    """
+
+    beta_prior: float
+    alpha_prior: float
+    spread: float
+    spread_std: float
+    zscore: float
+    beta_post: float
+    alpha_post: float
+    warmup: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KalmanResult:
+    """``kalman_hedge`` output: per-bar table and the state to continue from."""
+
+    frame: pd.DataFrame
+    state: KalmanState
+
+
+KALMAN_COLUMNS = ("beta_prior", "alpha_prior", "spread", "spread_std", "zscore",
+                  "beta_post", "alpha_post", "warmup")
+
+
+def _kalman_step(beta, alpha, p_bb, p_ba, p_aa, state_noise, obs_var, y, x):
+    """One predict/update step on plain floats (the shared notes measured 25x faster than
+    the same step on 2x2 numpy matrices)."""
+    r_bb = p_bb + state_noise
+    r_aa = p_aa + state_noise
+    if not (math.isfinite(y) and math.isfinite(x)):
+        # Time passes without an observation: uncertainty grows, the mean stays.
+        return beta, alpha, r_bb, p_ba, r_aa, math.nan, math.nan
+    error = y - (beta * x + alpha)
+    f_b = r_bb * x + p_ba  # R F', F = (x, 1)
+    f_a = p_ba * x + r_aa
+    q = x * f_b + f_a + obs_var
+    k_b = f_b / q
+    k_a = f_a / q
+    return (beta + k_b * error, alpha + k_a * error,
+            r_bb - k_b * f_b, p_ba - k_b * f_a, r_aa - k_a * f_a, error, q)
+
+
+def kalman_update(state: KalmanState, y_t: float, x_t: float) -> tuple[KalmanState, KalmanOutput]:
+    """Advance the Kalman hedge by one bar in O(1).
+
+    Parameters
+    ----------
+    state : KalmanState
+        State after the previous bar (``KalmanState.initial(...)`` at the start, or
+        ``kalman_hedge(...).state``).
+    y_t, x_t : float
+        This bar's dependent and independent level on the state's scale (log prices by
+        default). NaN in either leg: no update, only the state uncertainty grows.
+
+    Returns
+    -------
+    (KalmanState, KalmanOutput)
+        The new state and this bar's output (see ``KalmanOutput``).
+
+    Notes
+    -----
+    Same arithmetic as ``kalman_hedge``: running this bar by bar gives identical numbers.
+    """
+    if not isinstance(state, KalmanState):
+        raise ValueError(f"state must be a KalmanState, got {type(state).__name__}")
+    y_t, x_t = float(y_t), float(x_t)
+    _check_log_scale(state.log_prices, y_t=[y_t], x_t=[x_t])
+    state_noise = state.delta / (1.0 - state.delta)
+    beta, alpha, p_bb, p_ba, p_aa, error, q = _kalman_step(
+        state.beta, state.alpha, state.p_bb, state.p_ba, state.p_aa, state_noise,
+        state.obs_var, y_t, x_t)
+    observed = math.isfinite(error)
+    spread_std = math.sqrt(q) if observed else math.nan
+    output = KalmanOutput(state.beta, state.alpha, error, spread_std,
+                          error / spread_std if observed else math.nan, beta, alpha,
+                          state.n_updates < state.warmup_bars)
+    new_state = KalmanState(beta, alpha, p_bb, p_ba, p_aa, state.delta, state.obs_var,
+                            state.warmup_bars, state.n_updates + int(observed),
+                            state.log_prices)
+    return new_state, output
+
+
+def kalman_hedge(y, x, delta: float | None = None, obs_var: float | None = None,
+                 warmup_bars: int | None = None, state: KalmanState | None = None,
+                 log_prices: bool = True) -> KalmanResult:
+    """Time-varying hedge ratio by a Kalman filter with random-walk (beta, alpha).
+
+    Parameters
+    ----------
+    y, x : pandas.Series or array_like
+        Dependent / independent leg, log prices by default (the noise settings only make
+        sense on a fixed scale). NaN in a leg: the bar is not absorbed.
+    delta : float, default ``KALMAN_DEFAULT_DELTA`` (1e-7)
+        State noise ``V_w = delta / (1 - delta) * I`` per bar. Larger adapts faster.
+    obs_var : float, default ``KALMAN_DEFAULT_OBS_VAR`` (1e-6)
+        Observation noise variance ``V_e`` (1e-6 = a 0.1 % log-spread noise).
+    warmup_bars : int, default ``KALMAN_DEFAULT_WARMUP`` (100)
+        Leading bars flagged ``warmup`` (skip them for signals).
+    state : KalmanState, optional
+        Continue from this state (then give no ``delta/obs_var/warmup_bars``).
+    log_prices : bool, default True
+        Declares the inputs' scale; ignored when ``state`` is given (the state's is used).
+
+    Returns
+    -------
+    KalmanResult
+        ``.frame`` on the input index with columns ``beta_prior, alpha_prior, spread,
+        spread_std, zscore, beta_post, alpha_post, warmup`` and ``.state`` after the last bar.
+
+    Notes
+    -----
+    Chan (2013) filter. Observation ``y_t = beta_t x_t + alpha_t + e_t``, ``e ~ N(0, V_e)``;
+    state ``(beta, alpha)_t = (beta, alpha)_{t-1} + w_t``, ``w ~ N(0, V_w)``.
+    Per bar: ``R = P + V_w``; forecast error ``e_t = y_t - (beta x_t + alpha)`` with the
+    *prior* mean; ``Q_t = F R F' + V_e`` with ``F = (x_t, 1)``; gain ``K = R F' / Q``;
+    update mean += ``K e_t``, ``P = R - K F R``. The spread is ``e_t``, computed with the
+    hedge known before bar t (the prior), and its std is ``sqrt(Q_t)``: signals built from
+    them have no look-ahead. Initial state ``(0, 0)`` with covariance ``I``: the first bars
+    are spent learning the level, hence the warm-up flag. In log prices ``x_t`` is ~7-12,
+    so beta's noise enters ``Q_t`` multiplied by ``x_t^2`` (~100): keep ``delta`` small.
+    Beta and alpha are only told apart by movements of x around its level, so a change in
+    beta is tracked over hundreds of bars, not at once. Equal to ``kalman_update`` run bar
+    by bar. Plain-float loop: ~0.05-0.1 s for 86,400 bars.
+
+    References
+    ----------
+    E. P. Chan, *Algorithmic Trading*, Wiley 2013, ch. 3 (Kalman filter as a dynamic
+    linear regression).
+    """
+    y_series, x_series = _as_pair(y, x)
+    if state is None:
+        state = KalmanState.initial(
+            delta=KALMAN_DEFAULT_DELTA if delta is None else delta,
+            obs_var=KALMAN_DEFAULT_OBS_VAR if obs_var is None else obs_var,
+            warmup_bars=KALMAN_DEFAULT_WARMUP if warmup_bars is None else warmup_bars,
+            log_prices=log_prices)
+    elif not isinstance(state, KalmanState):
+        raise ValueError(f"state must be a KalmanState, got {type(state).__name__}")
+    elif delta is not None or obs_var is not None or warmup_bars is not None:
+        raise ValueError("give either state or delta/obs_var/warmup_bars, not both")
+    _check_log_scale(state.log_prices, y=y_series, x=x_series)
+
+    n = len(y_series)
+    beta_prior = np.empty(n)
+    alpha_prior = np.empty(n)
+    errors = np.empty(n)
+    variances = np.empty(n)
+    beta_post = np.empty(n)
+    alpha_post = np.empty(n)
+    warmup = np.empty(n, dtype=bool)
+    beta, alpha = state.beta, state.alpha
+    p_bb, p_ba, p_aa = state.p_bb, state.p_ba, state.p_aa
+    state_noise = state.delta / (1.0 - state.delta)
+    obs_var_value, warmup_limit = state.obs_var, state.warmup_bars
+    n_updates = state.n_updates
+    step = _kalman_step
+    for i, (y_t, x_t) in enumerate(zip(y_series.to_numpy().tolist(),
+                                       x_series.to_numpy().tolist())):
+        beta_prior[i] = beta
+        alpha_prior[i] = alpha
+        warmup[i] = n_updates < warmup_limit
+        beta, alpha, p_bb, p_ba, p_aa, error, q = step(
+            beta, alpha, p_bb, p_ba, p_aa, state_noise, obs_var_value, y_t, x_t)
+        errors[i] = error
+        variances[i] = q
+        beta_post[i] = beta
+        alpha_post[i] = alpha
+        if error == error:
+            n_updates += 1
+    spread_std = np.sqrt(variances)
+    frame = pd.DataFrame(
+        {
+            "beta_prior": beta_prior,
+            "alpha_prior": alpha_prior,
+            "spread": errors,
+            "spread_std": spread_std,
+            "zscore": errors / spread_std,
+            "beta_post": beta_post,
+            "alpha_post": alpha_post,
+            "warmup": warmup,
+        },
+        index=y_series.index,
+    )
+    final = KalmanState(beta, alpha, p_bb, p_ba, p_aa, state.delta, state.obs_var,
+                        state.warmup_bars, n_updates, state.log_prices)
+    return KalmanResult(frame=frame, state=final)
+
+
+# --------------------------------------------------------------------------------------
+# z-score, correlation
+# --------------------------------------------------------------------------------------
+
+
+def zscore(series, window: int, min_periods: int | None = None,
+           std_floor: float = DEFAULT_STD_FLOOR) -> pd.Series:
+    """Trailing rolling z-score.
+
+    Parameters
+    ----------
+    series : pandas.Series or array_like
+        Typically a spread built from a *trailing* hedge (``rolling_hedge_ratio`` or the
+        Kalman prior); a spread from a full-sample β would leak the future into every z.
+    window : int
+        Bars in the trailing window (>= 2), including bar t itself.
+    min_periods : int, optional
+        Non-NaN values required in the window; default ``window`` (no z until full).
+    std_floor : float, default 1e-9
+        z is NaN where the window's std is <= this floor (a quiet window), never ±inf.
+
+    Returns
+    -------
+    pandas.Series
+        ``z_t = (s_t - mean(s_{t-w+1..t})) / std(s_{t-w+1..t})``, ``ddof=1``, named ``"z"``.
+
+    Notes
+    -----
+    The window includes bar t — the standard "current z". No centred windows, no bfill.
+    """
+    window = _check_int("window", window, 2)
+    min_periods = _min_periods(window, min_periods, 2)
+    if not (isinstance(std_floor, (int, float)) and std_floor >= 0 and math.isfinite(std_floor)):
+        raise ValueError(f"std_floor ({std_floor!r}) must be a finite number >= 0")
+    values = _as_series(series, "series")
+    rolling = values.rolling(window, min_periods)
+    std = rolling.std()
+    z = (values - rolling.mean()) / std.where(std > std_floor)
+    return z.rename("z")
+
+
+def rolling_correlation(a, b, window: int, on: str = "returns", min_periods: int | None = None,
+                        co_traded=None) -> pd.Series:
+    """Trailing correlation of two legs' log returns (or, on request, of price levels).
+
+    Parameters
+    ----------
+    a, b : pandas.Series or array_like
+        Raw price levels (> 0) of the two legs on one index (e.g. ``align(...).frame``).
+    window : int
+        Number of co-traded observations in the window (>= 2).
+    on : {"returns", "prices"}, default "returns"
+        ``"returns"``: log returns between consecutive co-traded bars. ``"prices"``: the
+        levels themselves (spurious for random walks: a secondary view only).
+    min_periods : int, optional
+        Observations needed; default ``window``.
+    co_traded : pandas.Series or array_like of bool, optional
+        True where both legs traded (``AlignResult.both_traded``); default: both finite.
+
+    Returns
+    -------
+    pandas.Series
+        Named ``"correlation"`` on the input index; NaN where either leg did not trade, and
+        where a leg is constant over the window.
+
+    Notes
+    -----
+    Pearson correlation over the last ``window`` co-traded observations, ending at t
+    (trailing, includes t). Returns use only co-traded bars because forward-filled levels
+    invent zero returns (see ``align``).
+    """
+    window = _check_int("window", window, 2)
+    min_periods = _min_periods(window, min_periods, 2)
+    _check_choice("on", on, ("returns", "prices"))
+    a_series, b_series = _as_pair(a, b)
+    mask = np.isfinite(a_series.to_numpy()) & np.isfinite(b_series.to_numpy())
+    if co_traded is not None:
+        traded = np.asarray(co_traded, dtype=bool)
+        if traded.shape != mask.shape:
+            raise ValueError(f"co_traded must have length {mask.size}, got shape {traded.shape}")
+        mask &= traded
+    if on == "returns":
+        first, second = to_log_prices(a_series[mask]).diff(), to_log_prices(b_series[mask]).diff()
+    else:
+        first, second = a_series[mask], b_series[mask]
+    correlation = first.rolling(window, min_periods).corr(second)
+    correlation = correlation.where(np.isfinite(correlation)).clip(-1.0, 1.0)
+    return correlation.reindex(a_series.index).rename("correlation")
+
+
+# --------------------------------------------------------------------------------------
+# Stationarity and cointegration tests
+# --------------------------------------------------------------------------------------
+
+
+def default_maxlag(nobs: int) -> int:
+    """ADF lag cap when maxlag is None: ``min(ceil(12 (n/100)^(1/4)), 10)`` (Schwert, capped)."""
+    if nobs <= 0:
+        return 0
+    return int(min(math.ceil(12.0 * (nobs / 100.0) ** 0.25), ADF_LAG_CAP))
+
+
+def _adf_needed(maxlag: int, trend_terms: int) -> int:
+    # statsmodels also requires maxlag <= nobs // 2 - trend_terms - 1.
+    return max(ADF_MIN_OBS + maxlag, 2 * (maxlag + trend_terms + 2))
+
+
+_ADF_VERDICTS = (
+    "stationary at 1 % (reject unit root)",
+    "stationary at 5 % (reject unit root)",
+    "cannot reject unit root at 5 % (rejects only at 10 %)",
+    "cannot reject unit root",
+)
+_EG_VERDICTS = (
+    "cointegrated at 1 % (reject no-cointegration)",
+    "cointegrated at 5 % (reject no-cointegration)",
+    "not cointegrated at 5 % (rejects no-cointegration only at 10 %)",
+    "not cointegrated (cannot reject no-cointegration)",
+)
+
+
+def _verdict(statistic: float, critical_values: dict, wording: tuple[str, ...]) -> str:
+    """Compare the statistic with the 1/5/10 % critical values (left-tailed tests)."""
+    for level, words in zip(("1%", "5%", "10%"), wording):
+        if statistic < critical_values[level]:
+            return words
+    return wording[3]
+
+
+@dataclass(frozen=True, slots=True)
+class ADFResult:
+    """Augmented Dickey–Fuller test result.
+
+    Attributes
+    ----------
+    statistic, pvalue : float
+        ADF t-statistic and MacKinnon p-value (NaN when no test was run).
+    critical_values : dict
+        ``{"1%", "5%", "10%"}`` -> critical value (NaN when no test was run).
+    lags_used : int
+        Lagged differences chosen (-1 when no test was run).
+    nobs : int
+        Observations given to the test (after NaN removal and windowing).
+    needed : int
+        Minimum observations for this maxlag.
+    maxlag : int
+        Largest lag searched.
+    enough_data : bool
+        ``nobs >= needed``.
+    verdict : str
+        Plain words, e.g. "stationary at 5 % (reject unit root)".
+    """
+
+    statistic: float
+    pvalue: float
+    critical_values: dict
+    lags_used: int
+    nobs: int
+    needed: int
+    maxlag: int
+    enough_data: bool
+    verdict: str
+
+    @property
+    def rejects_at_5pct(self) -> bool:
+        return bool(self.statistic < self.critical_values.get("5%", math.nan))
+
+
+_NAN_CRITICAL = {"1%": math.nan, "5%": math.nan, "10%": math.nan}
+
+
+def _finite_tail(values: np.ndarray, max_points: int) -> np.ndarray:
+    values = values[np.isfinite(values)]
+    return values[-max_points:] if values.size > max_points else values
+
+
+def adf_test(series, maxlag: int | None = None, regression: str = "c",
+             autolag: str | None = "AIC", max_points: int = ADF_MAX_POINTS) -> ADFResult:
+    """Augmented Dickey–Fuller unit-root test with bounded cost.
+
+    Parameters
+    ----------
+    series : pandas.Series or array_like
+        Series to test; NaN dropped first.
+    maxlag : int, optional
+        Largest lag searched; default ``default_maxlag(n)`` = ``min(ceil(12 (n/100)^¼), 10)``.
+    regression : {"c", "ct", "ctt", "n"}, default "c"
+        Deterministic terms (constant, + trend, + quadratic trend, none).
+    autolag : {"AIC", "BIC", None}, default "AIC"
+        Lag choice over ``0..maxlag``; None uses exactly ``maxlag`` lags.
+    max_points : int, default ``ADF_MAX_POINTS`` (10,000)
+        Only the most recent ``max_points`` finite values are tested (cost bound).
+
+    Returns
+    -------
+    ADFResult
+        ``statistic, pvalue, critical_values, lags_used, nobs, needed, maxlag, enough_data,
+        verdict`` (+ ``rejects_at_5pct``).
+
+    Notes
+    -----
+    ``Δs_t = c + γ s_{t-1} + Σ φ_i Δs_{t-i} + ε_t``; H0: unit root (γ = 0), H1: stationary
+    (γ < 0). A statistic below the critical value (small p) rejects the unit root. Uses
+    ``statsmodels.tsa.stattools.adfuller(result_object=True)``.
+    Needs ``max(20 + maxlag, 2 (maxlag + trend terms + 2))`` points; a constant series is
+    refused through the verdict. ADF on the residuals of a fitted β is *not* a
+    cointegration test (the fit makes them look stationary; Engle–Granger critical values
+    are stricter): label it "ADF on spread" and use ``engle_granger`` for the verdict.
+    """
+    _check_choice("regression", regression, ("c", "ct", "ctt", "n"))
+    _check_choice("autolag", autolag, ("AIC", "BIC", None))
+    if maxlag is not None:
+        maxlag = _check_int("maxlag", maxlag, 0)
+    max_points = _check_int("max_points", max_points, 50)
+    values = _finite_tail(_as_series(series, "series").to_numpy(), max_points)
+    n = values.size
+    lag_cap = default_maxlag(n) if maxlag is None else maxlag
+    trend_terms = 0 if regression == "n" else len(regression)
+    needed = _adf_needed(lag_cap, trend_terms)
+
+    def refused(verdict: str, enough: bool) -> ADFResult:
+        return ADFResult(math.nan, math.nan, dict(_NAN_CRITICAL), -1, n, needed, lag_cap,
+                         enough, verdict)
+
+    if n < needed:
+        return refused(f"not enough data: needs {needed}, has {n}", False)
+    if values.max() == values.min():
+        return refused("constant series: no unit-root test possible", True)
+    result = adfuller(values, maxlag=lag_cap, regression=regression, autolag=autolag,
+                      result_object=True)
+    critical = {key: float(value) for key, value in result.critical_values.items()}
+    statistic = float(result.statistic)
+    verdict = _verdict(statistic, critical, _ADF_VERDICTS)
+    return ADFResult(statistic, float(result.pvalue), critical, int(result.lags), n, needed,
+                     lag_cap, True, verdict)
+
+
+@dataclass(frozen=True, slots=True)
+class EngleGrangerResult:
+    """Engle–Granger two-step cointegration test of y on x.
+
+    Attributes
+    ----------
+    statistic, pvalue : float
+        ADF t-statistic of the first-stage residuals and MacKinnon p-value (NaN when no
+        test was run or the legs are collinear).
+    critical_values : dict
+        ``{"1%", "5%", "10%"}`` Engle–Granger critical values (2 variables).
+    nobs, needed : int
+        Complete pairs tested and pairs required.
+    maxlag : int
+        Largest ADF lag searched (AIC).
+    enough_data : bool
+        ``nobs >= needed``.
+    verdict : str
+        e.g. "cointegrated at 5 % (reject no-cointegration)".
+    beta, alpha : float
+        First-stage OLS ``y = alpha + beta x`` (the cointegrating vector).
+    log_prices : bool
+        Scale declared for the inputs.
+    """
+
+    statistic: float
+    pvalue: float
+    critical_values: dict
+    nobs: int
+    needed: int
+    maxlag: int
+    enough_data: bool
+    verdict: str
+    beta: float
+    alpha: float
+    log_prices: bool
+
+    @property
+    def rejects_at_5pct(self) -> bool:
+        return bool(self.statistic < self.critical_values.get("5%", math.nan))
+
+
+def engle_granger(y, x, maxlag: int | None = None, log_prices: bool = True,
+                  max_points: int = ADF_MAX_POINTS) -> EngleGrangerResult:
+    """Engle–Granger cointegration test (statsmodels ``coint``) with guards.
+
+    Parameters
+    ----------
+    y, x : pandas.Series or array_like
+        Dependent / independent leg levels on one index (log prices when
+        ``log_prices=True``). Pairs with a NaN in either leg are dropped jointly.
+    maxlag : int, optional
+        Largest ADF lag searched by AIC; default ``default_maxlag(n)`` (capped at 10).
+    log_prices : bool, default True
+        Declares the scale (checked and recorded).
+    max_points : int, default ``ADF_MAX_POINTS`` (10,000)
+        Only the most recent complete pairs are tested (cost bound).
+
+    Returns
+    -------
+    EngleGrangerResult
+        ``statistic, pvalue, critical_values, nobs, needed, maxlag, enough_data, verdict,
+        beta, alpha, log_prices`` (+ ``rejects_at_5pct``).
+
+    Notes
+    -----
+    Step 1: OLS ``y_t = alpha + beta x_t + u_t``. Step 2: ADF (no constant) on ``u_t`` with
+    Engle–Granger/MacKinnon critical values (stricter than plain ADF: 5 % ≈ -3.34 vs -2.86
+    at n = 1000). H0: no cointegration; a small p-value rejects it. Guards: statsmodels
+    returns ``t = -inf, p = 0`` when a NaN is present or the legs are perfectly collinear;
+    here NaNs are dropped first, too-short input is refused through the verdict, and
+    collinear legs give NaN with a ``DegenerateInputWarning``. The test is directional: the
+    result for (x, y) differs.
+    """
+    if maxlag is not None:
+        maxlag = _check_int("maxlag", maxlag, 0)
+    max_points = _check_int("max_points", max_points, 50)
+    y_series, x_series = _as_pair(y, x)
+    _check_log_scale(log_prices, y=y_series, x=x_series)
+    y_values, x_values = y_series.to_numpy(), x_series.to_numpy()
+    complete = np.isfinite(y_values) & np.isfinite(x_values)
+    y_values, x_values = y_values[complete][-max_points:], x_values[complete][-max_points:]
+    n = y_values.size
+    lag_cap = default_maxlag(n) if maxlag is None else maxlag
+    # Residual ADF without constant, but one extra fitted coefficient (beta) upstream.
+    needed = _adf_needed(lag_cap, 1)
+
+    def refused(verdict: str, enough: bool, beta=math.nan, alpha=math.nan):
+        return EngleGrangerResult(math.nan, math.nan, dict(_NAN_CRITICAL), n, needed, lag_cap,
+                                  enough, verdict, beta, alpha, bool(log_prices))
+
+    if n < needed:
+        return refused(f"not enough data: needs {needed}, has {n}", False)
+    if y_values.max() == y_values.min() or x_values.max() == x_values.min():
+        return refused("constant leg: no cointegration test possible", True)
+    beta, alpha = _ols_fit(x_values, y_values)
+    resid = y_values - alpha - beta * x_values
+    total = np.sum((y_values - y_values.mean()) ** 2)
+    if 1.0 - np.dot(resid, resid) / total >= _COLLINEAR_R2:
+        warnings.warn("y and x are (almost) perfectly collinear: Engle–Granger undefined",
+                      DegenerateInputWarning, stacklevel=2)
+        return refused("legs (almost) perfectly collinear: test undefined", True, beta, alpha)
+    result = coint(y_values, x_values, trend="c", maxlag=lag_cap, autolag="aic")
+    statistic = float(result.coint_t)
+    critical = dict(zip(("1%", "5%", "10%"), (float(v) for v in result.critical_values)))
+    if not math.isfinite(statistic):
+        return refused("degenerate input: test statistic not finite", True, beta, alpha)
+    verdict = _verdict(statistic, critical, _EG_VERDICTS)
+    return EngleGrangerResult(statistic, float(result.pvalue), critical, n, needed, lag_cap,
+                              True, verdict, beta, alpha, bool(log_prices))
+
+
+# --------------------------------------------------------------------------------------
+# Mean-reversion descriptors
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HalfLifeResult:
+    """Mean-reversion half-life of a spread.
+
+    Attributes
+    ----------
+    bars : float
+        ``-ln 2 / lam`` in bars; NaN when ``lam >= 0`` or too little data (see ``reason``).
+    lam : float
+        Slope of ``Δs_t`` on ``s_{t-1}`` (NaN when not estimated).
+    nobs, needed : int
+        Regression observations and the minimum required.
+    reason : str
+        Empty when ``bars`` is valid.
+    """
+
+    bars: float
+    lam: float
+    nobs: int
+    needed: int
+    reason: str = ""
+
+    def seconds(self, bar_seconds: float) -> float:
+        """Half-life in seconds for bars of ``bar_seconds`` seconds."""
+        if not (isinstance(bar_seconds, (int, float)) and bar_seconds > 0):
+            raise ValueError(f"bar_seconds ({bar_seconds!r}) must be > 0")
+        return self.bars * bar_seconds
+
+
+def half_life(spread_series, min_obs: int = HALF_LIFE_MIN_OBS) -> HalfLifeResult:
+    """Half-life of mean reversion from an AR(1)/Ornstein–Uhlenbeck fit.
+
+    Parameters
+    ----------
+    spread_series : pandas.Series or array_like
+        A spread (ideally from a trailing hedge). NaN rows are skipped pairwise: a
+        regression row needs both ``s_t`` and ``s_{t-1}``.
+    min_obs : int, default 20
+        Regression rows required (>= 3).
+
+    Returns
+    -------
+    HalfLifeResult
+        ``bars, lam, nobs, needed, reason`` and ``.seconds(bar_seconds)``.
+
+    Notes
+    -----
+    OLS ``Δs_t = lam s_{t-1} + c + ε_t``; half-life ``= -ln 2 / lam`` bars (Chan's
+    convention; the exact AR(1) value ``-ln 2 / ln(1 + lam)`` differs by < 3 % for
+    half-lives above 10 bars). Meaningful only for ``lam < 0``; ``lam >= 0`` (no mean
+    reversion) gives NaN. Assumes an OU-like spread with constant parameters.
+    """
+    min_obs = _check_int("min_obs", min_obs, 3)
+    values = _as_series(spread_series, "spread_series").to_numpy()
+    lagged, diffs = values[:-1], np.diff(values)
+    complete = np.isfinite(lagged) & np.isfinite(diffs)
+    lagged, diffs = lagged[complete], diffs[complete]
+    n = lagged.size
+    if n < min_obs:
+        return HalfLifeResult(math.nan, math.nan, n, min_obs,
+                              f"not enough data: needs {min_obs}, has {n}")
+    if lagged.max() == lagged.min():
+        return HalfLifeResult(math.nan, math.nan, n, min_obs, "constant spread")
+    lam, _ = _ols_fit(lagged, diffs)
+    if lam >= 0:
+        return HalfLifeResult(math.nan, lam, n, min_obs, "no mean reversion (lam >= 0)")
+    return HalfLifeResult(-math.log(2.0) / lam, lam, n, min_obs, "")
+
+
+def hurst(series, max_lag: int = HURST_DEFAULT_MAX_LAG) -> float:
+    """Hurst exponent from the scaling of lagged differences.
+
+    Parameters
+    ----------
+    series : pandas.Series or array_like
+        Levels (a price or a spread); NaN removed first.
+    max_lag : int, default 100
+        Largest lag τ (>= 4); lags ``2..max_lag`` are used.
+
+    Returns
+    -------
+    float
+        H: ~0.5 random walk, < 0.5 mean reverting, > 0.5 trending. NaN when fewer than
+        ``4 * max_lag`` values or a constant series.
+
+    Notes
+    -----
+    ``std(s_{t+τ} - s_t) ∝ τ^H``; H is the OLS slope of ``ln std`` on ``ln τ``. For a
+    stationary series the curve flattens at lags beyond a few half-lives, so H depends on
+    ``max_lag`` relative to the half-life; compare series with the same ``max_lag``.
+    """
+    max_lag = _check_int("max_lag", max_lag, 4)
+    values = _as_series(series, "series").to_numpy()
+    values = values[np.isfinite(values)]
+    if values.size < 4 * max_lag or values.max() == values.min():
+        return math.nan
+    lags = np.arange(2, max_lag + 1)
+    spreads = np.array([np.std(values[lag:] - values[:-lag]) for lag in lags])
+    if (spreads <= 0).any():
+        return math.nan
+    slope, _ = _ols_fit(np.log(lags.astype(float)), np.log(spreads))
+    return float(slope)
+
+
+def mean_crossings(series, level: float | None = None) -> int:
+    """Number of times a series crosses a level (default: its mean).
+
+    Parameters
+    ----------
+    series : pandas.Series or array_like
+        NaN values are skipped.
+    level : float, optional
+        Level to count crossings of; default the mean of the finite values (a descriptive
+        full-sample statistic, not a trading signal).
+
+    Returns
+    -------
+    int
+        Sign changes of ``series - level``.
+
+    Notes
+    -----
+    Values exactly at the level do not end a side (``+, 0, -`` is one crossing). For a
+    spread, few crossings per half-life means slow or absent mean reversion.
+    """
+    values = _as_series(series, "series").to_numpy()
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        return 0
+    centre = float(values.mean()) if level is None else float(level)
+    signs = np.sign(values - centre)
+    signs = signs[signs != 0]
+    return int(np.count_nonzero(signs[1:] != signs[:-1]))
+
+
+# --------------------------------------------------------------------------------------
+# Descriptive statistics
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PriceStats:
+    """Summary of one symbol's bars over the window given.
+
+    Attributes
+    ----------
+    bars : int
+        Bars in the window.
+    first_ts, last_ts : int
+        Open of the first and last bar (epoch ms; -1 when empty).
+    open, last : float
+        First bar's open and last bar's close.
+    change, change_pct : float
+        ``last - open`` and ``100 * (last - open) / open`` (percent).
+    high, low, vwap : float
+        Window high, low and volume-weighted price (``sum notional / sum volume``).
+    volatility_per_bar : float
+        Realised volatility per √bar: ``sqrt(Σ r² / intervals)`` with r the log returns
+        between consecutive closes and ``intervals = elapsed / bar``.
+    volatility_annualised : float
+        ``sqrt(Σ r² * SECONDS_PER_YEAR / elapsed_seconds)`` (365-day year, not in %).
+    volume, notional : float
+        Sums over the window.
+    trades : int
+        Trade count.
+    trades_per_second : float
+        ``trades / (elapsed_seconds + bar_seconds)``.
+    buy_volume, sell_volume : float
+        Taker-buy and taker-sell volume over bars whose side is known.
+    imbalance : float
+        ``(buy - sell) / (buy + sell)`` in [-1, 1]; NaN when sides are unknown.
+    """
+
+    bars: int
+    first_ts: int
+    last_ts: int
+    open: float
+    last: float
+    change: float
+    change_pct: float
+    high: float
+    low: float
+    vwap: float
+    volatility_per_bar: float
+    volatility_annualised: float
+    volume: float
+    notional: float
+    trades: int
+    trades_per_second: float
+    buy_volume: float
+    sell_volume: float
+    imbalance: float
+
+
+def price_stats(bars: pd.DataFrame, bar_seconds: float | None = None) -> PriceStats:
+    """Last price, change, range, VWAP, realised volatility and flow of one symbol.
+
+    Parameters
+    ----------
+    bars : pandas.DataFrame
+        Bars of one symbol (indexed by ``ts`` epoch ms) covering the window to summarise.
+    bar_seconds : float, optional
+        Bar size in seconds; inferred from the smallest gap between bars when omitted.
+
+    Returns
+    -------
+    PriceStats
+        See the class for each field; NaN fields when there are no bars (volatility needs
+        two bars).
+
+    Notes
+    -----
+    Realised variance ``Σ r²`` (no demeaning) with r = log returns between consecutive
+    present bars; dividing by the elapsed time instead of the number of returns keeps
+    gaps (absent bars) from biasing it. Trading is 24/7, so a year is 365 days.
+    """
+    if not isinstance(bars, pd.DataFrame) or "close" not in bars.columns:
+        raise ValueError("bars must be a bars DataFrame with a 'close' column")
+    if bar_seconds is not None and not (isinstance(bar_seconds, (int, float)) and bar_seconds > 0):
+        raise ValueError(f"bar_seconds ({bar_seconds!r}) must be > 0")
+    ordered = bars.sort_index()
+    n = len(ordered)
+    if n == 0:
+        nan = math.nan
+        return PriceStats(0, -1, -1, nan, nan, nan, nan, nan, nan, nan, nan, nan, 0.0, 0.0, 0,
+                          nan, nan, nan, nan)
+    ts = np.asarray(ordered.index, dtype=np.int64)
+    close = ordered["close"].to_numpy(dtype=float)
+    open_values = _bar_column(ordered, "open")
+    first_open = open_values[0] if np.isfinite(open_values[0]) else close[0]
+    if bar_seconds is None:
+        gaps = np.diff(ts)
+        bar_seconds = float(gaps[gaps > 0].min()) / 1000.0 if (gaps > 0).any() else math.nan
+    elapsed = (ts[-1] - ts[0]) / 1000.0
+    realised_variance = float(np.nansum(np.diff(np.log(close)) ** 2)) if n > 1 else math.nan
+    if n > 1 and elapsed > 0:
+        vol_per_bar = math.sqrt(realised_variance * bar_seconds / elapsed)
+        vol_annualised = math.sqrt(realised_variance * SECONDS_PER_YEAR / elapsed)
+    else:
+        vol_per_bar = vol_annualised = math.nan
+    volume_values = _bar_column(ordered, "volume")
+    notional_values = _bar_column(ordered, "notional")
+    buy_values = _bar_column(ordered, "buy_volume")
+    volume = float(np.nansum(volume_values))
+    notional = float(np.nansum(notional_values))
+    known_side = np.isfinite(buy_values) & np.isfinite(volume_values)
+    buy = float(buy_values[known_side].sum()) if known_side.any() else math.nan
+    sell = float(volume_values[known_side].sum() - buy) if known_side.any() else math.nan
+    imbalance = (buy - sell) / (buy + sell) if known_side.any() and buy + sell > 0 else math.nan
+    trades = int(np.nansum(_bar_column(ordered, "trades")))
+    window_seconds = elapsed + bar_seconds
+    high = float(np.nanmax(_bar_column(ordered, "high")))
+    low = float(np.nanmin(_bar_column(ordered, "low")))
+    return PriceStats(
+        bars=n,
+        first_ts=int(ts[0]),
+        last_ts=int(ts[-1]),
+        open=float(first_open),
+        last=float(close[-1]),
+        change=float(close[-1] - first_open),
+        change_pct=float(100.0 * (close[-1] - first_open) / first_open),
+        high=high,
+        low=low,
+        vwap=notional / volume if volume > 0 and notional > 0 else math.nan,
+        volatility_per_bar=vol_per_bar,
+        volatility_annualised=vol_annualised,
+        volume=volume,
+        notional=notional,
+        trades=trades,
+        trades_per_second=trades / window_seconds if window_seconds > 0 else math.nan,
+        buy_volume=buy,
+        sell_volume=sell,
+        imbalance=imbalance,
+    )
+
+
+LIQUIDITY_COLUMNS = ("bars", "expected_bars", "empty_share", "volume", "notional", "trades",
+                     "trades_per_minute")
+
+
+def liquidity_metrics(bars_by_symbol, timeframe: str, start_ms: int | None = None,
+                      end_ms: int | None = None) -> pd.DataFrame:
+    """Per-symbol activity over a common span: volume, trades per minute, empty bars.
+
+    Parameters
+    ----------
+    bars_by_symbol : Mapping[str, pandas.DataFrame] or pandas.DataFrame
+        Bars per symbol at ``timeframe`` (a single DataFrame is reported as symbol "bars").
+    timeframe : str
+        Bar size of the given bars (one of ``TIMEFRAME_MS``).
+    start_ms, end_ms : int, optional
+        Bar-open span to judge, inclusive; default from the earliest to the latest bar over
+        all symbols, so a symbol that stopped trading shows its empty tail.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by symbol, columns ``bars, expected_bars, empty_share, volume, notional,
+        trades, trades_per_minute``.
+
+    Notes
+    -----
+    ``expected_bars = (end - start) / bar + 1``; ``empty_share = 1 - bars / expected_bars``
+    (absent bars are intervals without trades); ``trades_per_minute = trades /
+    (expected_bars * bar / 60 s)``. The empty share depends on the timeframe: judge
+    liquidity at the timeframe you will trade.
+    """
+    size = _timeframe_ms(timeframe)
+    if isinstance(bars_by_symbol, pd.DataFrame):
+        bars_by_symbol = {"bars": bars_by_symbol}
+    if not isinstance(bars_by_symbol, Mapping):
+        raise ValueError("bars_by_symbol must be a mapping of symbol -> bars DataFrame")
+    all_ts = [np.asarray(b.index, dtype=np.int64) for b in bars_by_symbol.values() if len(b)]
+    if start_ms is None:
+        start_ms = int(min(t.min() for t in all_ts)) if all_ts else 0
+    if end_ms is None:
+        end_ms = int(max(t.max() for t in all_ts)) if all_ts else start_ms - size
+    start_ms = (int(start_ms) // size) * size
+    expected = max((int(end_ms) - start_ms) // size + 1, 0)
+    rows = {}
+    for symbol, bars in bars_by_symbol.items():
+        ts = np.asarray(bars.index, dtype=np.int64)
+        inside = bars[(ts >= start_ms) & (ts <= end_ms)]
+        trades = float(np.nansum(_bar_column(inside, "trades")))
+        minutes = expected * size / 60_000.0
+        rows[symbol] = {
+            "bars": len(inside),
+            "expected_bars": expected,
+            "empty_share": 1.0 - len(inside) / expected if expected else math.nan,
+            "volume": float(np.nansum(_bar_column(inside, "volume"))),
+            "notional": float(np.nansum(_bar_column(inside, "notional"))),
+            "trades": trades,
+            "trades_per_minute": trades / minutes if minutes else math.nan,
+        }
+    return pd.DataFrame.from_dict(rows, orient="index", columns=list(LIQUIDITY_COLUMNS))
+
+
+@dataclass(frozen=True, slots=True)
+class LiquidityVerdict:
+    """``is_liquid`` answer: ``liquid`` and a human-readable ``reason``."""
+
+    liquid: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.liquid
+
+
+def is_liquid(metrics, min_trades_per_minute: float = 10.0,
+              max_empty_share: float = 0.5) -> LiquidityVerdict:
+    """Judge one symbol's ``liquidity_metrics`` row.
+
+    Parameters
+    ----------
+    metrics : pandas.Series or Mapping
+        One row of ``liquidity_metrics`` (needs ``trades_per_minute`` and ``empty_share``).
+    min_trades_per_minute : float, default 10
+        Fewer trades per minute is illiquid.
+    max_empty_share : float, default 0.5
+        A larger share of empty bars is illiquid (bars would be mostly forward-filled).
+
+    Returns
+    -------
+    LiquidityVerdict
+        ``liquid`` (also its truth value) and ``reason``.
+
+    Notes
+    -----
+    Illiquid when ``trades_per_minute < min_trades_per_minute`` or ``empty_share >
+    max_empty_share``; "no data" when either metric is NaN. The reason lists every failed
+    threshold.
+    """
+    if not (isinstance(min_trades_per_minute, (int, float)) and min_trades_per_minute >= 0):
+        raise ValueError(f"min_trades_per_minute ({min_trades_per_minute!r}) must be >= 0")
+    if not (isinstance(max_empty_share, (int, float)) and 0 <= max_empty_share <= 1):
+        raise ValueError(f"max_empty_share ({max_empty_share!r}) must be in [0, 1]")
+    if isinstance(metrics, pd.DataFrame):
+        raise ValueError("metrics must be one symbol's row, e.g. liquidity_metrics(...).loc[sym]")
+    rate = float(metrics["trades_per_minute"])
+    empty = float(metrics["empty_share"])
+    if not (math.isfinite(rate) and math.isfinite(empty)):
+        return LiquidityVerdict(False, "no data")
+    problems = []
+    if rate < min_trades_per_minute:
+        problems.append(f"{rate:.1f} trades/min < {min_trades_per_minute:g}")
+    if empty > max_empty_share:
+        problems.append(f"{100 * empty:.0f} % empty bars > {100 * max_empty_share:.0f} %")
+    if problems:
+        return LiquidityVerdict(False, "; ".join(problems))
+    return LiquidityVerdict(True, f"{rate:.1f} trades/min, {100 * empty:.0f} % empty bars")
+
+
+def correlation_matrix(returns_by_symbol: pd.DataFrame, min_periods: int = 30) -> pd.DataFrame:
+    """Pairwise-complete Pearson correlation of log returns.
+
+    Parameters
+    ----------
+    returns_by_symbol : pandas.DataFrame
+        One column of log returns per symbol on a common index, NaN where the symbol did
+        not trade (build with ``log_returns(close, timeframe)`` per symbol, never from
+        forward-filled prices).
+    min_periods : int, default 30
+        Common observations needed per pair, else NaN.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Symmetric matrix with 1 on the diagonal.
+
+    Notes
+    -----
+    Pearson correlation per pair on the rows where both symbols have a return
+    (pairwise-complete, ``DataFrame.corr(min_periods=...)``); different pairs may use
+    different rows. Correlate returns, not price levels: levels of independent random walks
+    often show ``|rho| > 0.7``.
+    """
+    if not isinstance(returns_by_symbol, pd.DataFrame):
+        raise ValueError("returns_by_symbol must be a DataFrame with one column per symbol")
+    min_periods = _check_int("min_periods", min_periods, 2)
+    return returns_by_symbol.astype(float).corr(method="pearson", min_periods=min_periods)
+
+
+@dataclass(frozen=True, slots=True)
+class CointegrationMatrix:
+    """Engle–Granger p-values for every ordered pair (row = y, column = x).
+
+    Attributes
+    ----------
+    pvalues : pandas.DataFrame
+        Raw Engle–Granger p-values; NaN on the diagonal and where no test ran.
+    pvalues_bh : pandas.DataFrame
+        Benjamini–Hochberg adjusted p-values over all tests that ran.
+    reject_bh : pandas.DataFrame
+        ``pvalues_bh < alpha`` (False where no test ran).
+    alpha : float
+        False-discovery rate used for ``reject_bh``.
+    """
+
+    pvalues: pd.DataFrame
+    pvalues_bh: pd.DataFrame
+    reject_bh: pd.DataFrame
+    alpha: float
+
+
+def cointegration_matrix(prices_by_symbol: pd.DataFrame, log_prices: bool = True,
+                         maxlag: int | None = None, max_points: int = ADF_MAX_POINTS,
+                         alpha: float = 0.05) -> CointegrationMatrix:
+    """Screen all ordered pairs for cointegration with a false-discovery correction.
+
+    Parameters
+    ----------
+    prices_by_symbol : pandas.DataFrame
+        Raw close prices, one column per symbol, on a common index (NaN where absent).
+    log_prices : bool, default True
+        Test log prices (the logs are taken here).
+    maxlag, max_points :
+        Passed to ``engle_granger`` for each pair.
+    alpha : float, default 0.05
+        FDR level for ``reject_bh``.
+
+    Returns
+    -------
+    CointegrationMatrix
+        ``pvalues``, ``pvalues_bh``, ``reject_bh``, ``alpha``.
+
+    Notes
+    -----
+    Screening k symbols runs k(k-1) directional tests; at 5 % each, some will "reject" by
+    chance. Benjamini–Hochberg (``multipletests(method="fdr_bh")``) controls the expected
+    share of false discoveries; colour pairs by ``reject_bh``, not by raw p-values.
+    """
+    if not isinstance(prices_by_symbol, pd.DataFrame):
+        raise ValueError("prices_by_symbol must be a DataFrame with one column per symbol")
+    if not (isinstance(alpha, float) and 0 < alpha < 1):
+        raise ValueError(f"alpha ({alpha!r}) must be a float in (0, 1)")
+    _check_log_scale(log_prices)
+    levels = prices_by_symbol.astype(float)
+    if log_prices:
+        levels = levels.apply(to_log_prices)
+    symbols = list(levels.columns)
+    pvalues = pd.DataFrame(np.nan, index=symbols, columns=symbols)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateInputWarning)
+        for y_symbol in symbols:
+            for x_symbol in symbols:
+                if y_symbol != x_symbol:
+                    result = engle_granger(levels[y_symbol], levels[x_symbol], maxlag=maxlag,
+                                           log_prices=log_prices, max_points=max_points)
+                    pvalues.loc[y_symbol, x_symbol] = result.pvalue
+    adjusted = pd.DataFrame(np.nan, index=symbols, columns=symbols)
+    tested = np.isfinite(pvalues.to_numpy())
+    if tested.any():
+        corrected = multipletests(pvalues.to_numpy()[tested], alpha=alpha, method="fdr_bh")[1]
+        values = adjusted.to_numpy(copy=True)
+        values[tested] = corrected
+        adjusted = pd.DataFrame(values, index=symbols, columns=symbols)
+    return CointegrationMatrix(pvalues, adjusted, adjusted.lt(alpha), alpha)
+
+
+# --------------------------------------------------------------------------------------
+# Per-minute export
+# --------------------------------------------------------------------------------------
+
+MINUTE_STATS_COLUMNS = ("y_close", "x_close", "y_traded", "x_traded", "both_traded", "beta",
+                        "alpha", "spread", "z", "correlation", "y_volume", "x_volume",
+                        "y_trades", "x_trades")
+
+
+def minute_stats(bars_y: pd.DataFrame, bars_x: pd.DataFrame, window: int = 60,
+                 beta_window: int | None = None, log_prices: bool = True,
+                 ffill_limit: int | None = DEFAULT_FFILL_LIMIT) -> pd.DataFrame:
+    """One row per minute of pair statistics, without look-ahead (the CSV users download).
+
+    Parameters
+    ----------
+    bars_y, bars_x : pandas.DataFrame
+        Bars of the dependent (y) and independent (x) leg at 1 min or finer (coarsened to
+        1 min here).
+    window : int, default 60
+        Minutes in the z-score and correlation windows (>= 3).
+    beta_window : int, optional
+        Minutes in the trailing OLS hedge window; default ``window``.
+    log_prices : bool, default True
+        Fit β and build the spread on log closes (logs taken here).
+    ffill_limit : int or None, default 5
+        Minutes a leg's last close may be carried forward (see ``align``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``ts`` (minute open, epoch ms), columns ``y_close, x_close, y_traded,
+        x_traded, both_traded, beta, alpha, spread, z, correlation, y_volume, x_volume,
+        y_trades, x_trades``. Minutes where neither leg traded are absent.
+
+    Notes
+    -----
+    Row t uses only minutes <= t: β and α from ``rolling_hedge_ratio`` (minutes t-w..t-1),
+    ``spread_t = y_t - β_t x_t - α_t``, z over a trailing window including t, correlation of
+    co-traded log returns over a trailing window. A minute's values are final at its close
+    (the last row may be a minute still in progress).
+    """
+    window = _check_int("window", window, 3)
+    beta_window = window if beta_window is None else _check_int("beta_window", beta_window, 3)
+    _check_log_scale(log_prices)
+    y_minutes, x_minutes = resample_bars(bars_y, "1min"), resample_bars(bars_x, "1min")
+    aligned = align(y_minutes, x_minutes, ffill_limit=ffill_limit, timeframe="1min").frame
+    y_level, x_level = aligned["y"], aligned["x"]
+    y_model = to_log_prices(y_level) if log_prices else y_level
+    x_model = to_log_prices(x_level) if log_prices else x_level
+    hedge = rolling_hedge_ratio(y_model, x_model, beta_window, log_prices=log_prices)
+    spread_values = spread(y_model, x_model, hedge["beta"], hedge["alpha"])
+    index = aligned.index
+    table = pd.DataFrame(
+        {
+            "y_close": y_level,
+            "x_close": x_level,
+            "y_traded": aligned["y_traded"],
+            "x_traded": aligned["x_traded"],
+            "both_traded": aligned["both_traded"],
+            "beta": hedge["beta"],
+            "alpha": hedge["alpha"],
+            "spread": spread_values,
+            "z": zscore(spread_values, window),
+            "correlation": rolling_correlation(y_level, x_level, window,
+                                               co_traded=aligned["both_traded"]),
+            "y_volume": y_minutes["volume"].reindex(index, fill_value=0.0),
+            "x_volume": x_minutes["volume"].reindex(index, fill_value=0.0),
+            "y_trades": y_minutes["trades"].reindex(index, fill_value=0),
+            "x_trades": x_minutes["trades"].reindex(index, fill_value=0),
+        },
+        index=index,
+    )
+    return table
