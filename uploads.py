@@ -1,0 +1,1608 @@
+"""Parse and validate files that users upload: their own OHLC bars and recorded trade ticks.
+
+A silently corrupted series is the worst outcome for a quant, so every data row either
+becomes an accepted bar/trade or is listed in ``rejected`` with its line number (header =
+line 1) and a plain-words reason, and every assumption the parser had to make is listed in
+``warnings``. Problems that make the whole file untrustworthy (a required column missing,
+epoch units mixed, several timeframes and no choice) give ``ok=False`` and an ``error``.
+
+Pure module: pandas, numpy and the standard library only; the only I/O is reading the
+bytes, text or path it is given.
+
+Decisions (each one is tested in tests/test_uploads.py)
+-------------------------------------------------------
+- Epoch numbers: a value in [9.467e8, 4.102e9) is seconds, in [9.467e11, 4.102e12)
+  milliseconds; both ranges are 2000-01-01 .. 2100-01-01, so they cannot overlap. A column
+  in microseconds or nanoseconds, or one mixing seconds with milliseconds (or numbers with
+  date strings), is a fatal error: guessing per row could shift bars by a factor of 1000.
+  A number in none of the ranges is a rejected row.
+- ISO-8601 strings: with a zone (``Z``, ``+05:30``, `` UTC``) they are converted to UTC;
+  naive ones are wall-clock time in ``naive_timezone`` (always said in ``warnings``).
+  Local times that do not exist or are ambiguous at a DST change are rejected, not moved.
+  Nothing but ISO-8601 is read: ``01/02/2025`` could be day-first or month-first.
+- Times finer than a millisecond are floored to the millisecond, with a warning.
+- Duplicate (symbol, time): the first row owns the time; later rows are rejected with
+  "duplicate time of line N", even when line N was itself rejected for another reason —
+  nobody can tell which of two bars for one interval is right.
+- Row order: a row earlier than the previous accepted row of its symbol is REJECTED
+  ("out of order: time earlier than line N"), never sorted into place: a typo in a date
+  stays visible instead of becoming a bar weeks away. Exception: a symbol whose rows all go
+  newest-first (a common spreadsheet export) is read in reverse, with a warning.
+- Bars off the file's grid (``ts % timeframe`` unlike the symbol's usual phase) are real
+  data: kept, counted in ``n_misaligned`` and named in a warning; so are bars closer to
+  each other than one bar (a file mixing bar sizes).
+- vwap 0.0 (a placeholder in real files), non-numeric, or outside [low, high] -> NaN with
+  a warning; a bad vwap never rejects a bar.
+- Ticks: identical rows are distinct trades (the files carry no trade ids) and are never
+  de-duplicated. ``trade_id`` = 1, 2, ... per symbol over accepted trades in file order, so
+  the same file always gets the same ids. Rows with price == 0 and size == 0 (futures
+  ``"X":"NA"`` placeholders) are counted in ``n_filtered_zero`` and dropped. An unknown
+  taker side is ``<NA>`` in the nullable Int8 column ``is_buyer_maker``;
+  ``to_trade_tuples`` writes it as 0 because the trade record needs an int, which makes
+  the buy/sell imbalance of such an upload meaningless: the upload says so
+  (``side_known=False`` and a warning). Caveat for storage: ids restart at 1 in every file,
+  so two different files of one symbol can only be told apart by ``ts``.
+
+Seen in the real sample files: the spot 1m/5m bar files end with bars whose ``low`` is 0.0
+(a trade aggregation that let price-0 placeholders in); those rows are rejected as "low 0.0
+is not positive", and the 5m file's 38 off-grid rows are 1-minute bars from the same source.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import repeat
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "OhlcUpload",
+    "TickUpload",
+    "parse_ohlc_csv",
+    "parse_tick_file",
+    "to_trade_tuples",
+    "timeframe_to_ms",
+    "PLAUSIBLE_START_MS",
+    "PLAUSIBLE_END_MS",
+]
+
+# Every time must fall in [2000-01-01, 2100-01-01): outside it a value is a typo or a unit
+# mistake, and the window keeps the epoch-unit ranges below apart.
+PLAUSIBLE_START_MS = 946_684_800_000
+PLAUSIBLE_END_MS = 4_102_444_800_000
+_EPOCH_UNITS_PER_MS = {"s": 1e-3, "ms": 1.0, "us": 1e3, "ns": 1e6}
+_EPOCH_UNIT_NAMES = {
+    "s": "seconds",
+    "ms": "milliseconds",
+    "us": "microseconds",
+    "ns": "nanoseconds",
+}
+
+TIME_ALIASES = ("timestamp", "time", "ts", "date", "datetime", "open_time")
+OHLC_COLUMNS = ("open", "high", "low", "close")
+VOLUME_ALIASES = ("volume", "vol", "qty")
+PRICE_ALIASES = ("price", "close")
+TIMEFRAME_ALIASES = ("timeframe", "interval")
+TICK_TIME_ALIASES = ("ts", "timestamp", "time", "datetime")
+TICK_QTY_ALIASES = ("size", "qty", "quantity", "amount")
+TICK_SIDE_ALIASES = ("is_buyer_maker", "isbuyermaker")
+_NDJSON_KEYS = {
+    "symbol": ("symbol",),
+    "time": ("ts", "timestamp", "time"),
+    "price": ("price",),
+    "qty": ("size", "qty", "quantity"),
+    "side": ("is_buyer_maker", "isBuyerMaker"),
+}
+
+BAR_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume", "vwap")
+TRADE_COLUMNS = ("symbol", "trade_id", "ts", "price", "qty", "is_buyer_maker")
+
+# A zone designator after hh:mm[:ss[.fff]]: Z, +05:30, +0530 or +05.
+_ZONE_SUFFIX = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
+_UTC_WORD_SUFFIX = r"\s*(?:UTC|GMT|utc|gmt)$"
+_TIMEFRAME_PATTERN = re.compile(
+    r"^\s*(\d+)\s*(ms|s|sec|secs|second|seconds|m|min|mins|minute|minutes|t|h|hr|hour|hours"
+    r"|d|day|days)\s*$"
+)
+_TIMEFRAME_UNIT_MS = {
+    **dict.fromkeys(("ms",), 1),
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1_000),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes", "t"), 60_000),
+    **dict.fromkeys(("h", "hr", "hour", "hours"), 3_600_000),
+    **dict.fromkeys(("d", "day", "days"), 86_400_000),
+}
+# A vwap may miss low/high by the float noise of its own division (88080.19999999998).
+_VWAP_RELATIVE_TOLERANCE = 1e-9
+_RAW_LINE_LIMIT = 300
+_SIDE_VALUES = {"true": 1, "1": 1, "false": 0, "0": 0}
+
+
+class _UploadError(Exception):
+    """A problem that makes the whole file unusable; the message is shown to the user."""
+
+    def __init__(self, message: str, n_rows: int = 0):
+        super().__init__(message)
+        self.n_rows = n_rows
+
+
+# ------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True, eq=False)
+class OhlcUpload:
+    """Outcome of ``parse_ohlc_csv``: accepted bars, rejected rows and why.
+
+    Attributes
+    ----------
+    bars : DataFrame
+        Accepted rows sorted by (symbol, ts), RangeIndex, columns ``symbol`` (str, upper
+        case), ``ts`` (int64 epoch ms UTC of the bar open), ``open``, ``high``, ``low``,
+        ``close``, ``volume``, ``vwap`` (float64; volume and vwap NaN when absent/unusable).
+    rejected : DataFrame
+        One row per rejected line, sorted by ``row``: ``row`` (int64, 1-based line number in
+        the file, header = 1), ``reason`` (str; several reasons joined by "; ") and the raw
+        cells under the file's own column names (``raw_<name>`` if a name is row/reason).
+    n_rows : int
+        Data rows in the file (blank lines not counted);
+        ``n_rows == n_accepted + n_rejected + n_skipped``.
+    n_accepted, n_rejected : int
+    n_skipped : int
+        Rows of other timeframes left out because ``timeframe`` picked one.
+    n_duplicates : int
+        Rows rejected (also) as "duplicate time of line N".
+    n_misaligned : int
+        Rows with a readable time off their symbol's bar grid; they are kept unless
+        rejected for another reason.
+    symbols : tuple of str
+        Symbols with at least one accepted bar, sorted.
+    timeframe_ms : int or None
+        Median spacing of consecutive bars when every symbol agrees, else None (also with
+        fewer than two bars per symbol).
+    timeframe_ms_by_symbol : dict of str to int
+    time_format : str
+        How the time column was read: "epoch s", "epoch ms", "ISO-8601 with zone",
+        "ISO-8601 naive (<zone>)", or two of the ISO forms joined by " + ".
+    warnings : tuple of str
+        Plain-words notes about assumptions and suspicious content.
+    ok : bool
+        True when there is no fatal error and at least one bar was accepted.
+    error : str or None
+        Why ``ok`` is False.
+    filename : str
+    """
+
+    bars: pd.DataFrame
+    rejected: pd.DataFrame
+    n_rows: int
+    n_accepted: int
+    n_rejected: int
+    n_skipped: int
+    n_duplicates: int
+    n_misaligned: int
+    symbols: tuple[str, ...]
+    timeframe_ms: int | None
+    timeframe_ms_by_symbol: dict[str, int]
+    time_format: str
+    warnings: tuple[str, ...]
+    ok: bool
+    error: str | None
+    filename: str
+
+    def bars_for_symbol(self, symbol: str) -> pd.DataFrame:
+        """Bars of one symbol in the project's bar layout.
+
+        Parameters
+        ----------
+        symbol : str
+            Symbol in any case, e.g. "btcusdt".
+
+        Returns
+        -------
+        DataFrame
+            Indexed by ``ts`` (int64 epoch ms of the bar open, ascending), columns open,
+            high, low, close, volume, buy_volume, trades, notional, vwap.
+
+        Notes
+        -----
+        An uploaded bar does not know its taker-buy volume or its trade count, so
+        ``buy_volume`` and ``trades`` are NaN; ``notional = vwap * volume`` (NaN unless
+        both are known).
+        """
+        wanted = str(symbol).strip().upper()
+        if wanted not in self.symbols:
+            raise ValueError(
+                f"symbol ({symbol!r}) is not in this upload (symbols: {', '.join(self.symbols)})"
+            )
+        one = self.bars[self.bars["symbol"] == wanted]
+        out = one.set_index("ts")[["open", "high", "low", "close", "volume"]].copy()
+        out["buy_volume"] = np.nan
+        out["trades"] = np.nan
+        out["notional"] = one["vwap"].to_numpy() * one["volume"].to_numpy()
+        out["vwap"] = one["vwap"].to_numpy()
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class TickUpload:
+    """Outcome of ``parse_tick_file``: accepted trades, rejected lines and counts.
+
+    Attributes
+    ----------
+    trades : DataFrame
+        Accepted trades in file order, RangeIndex, columns ``symbol`` (str, upper case),
+        ``trade_id`` (int64: 1, 2, ... per symbol in file order), ``ts`` (int64 epoch ms
+        UTC, exchange trade time), ``price``, ``qty`` (float64), ``is_buyer_maker``
+        (nullable Int8: 1, 0, or <NA> when the file does not say).
+    rejected : DataFrame
+        ``line`` (int64, 1-based line number; in CSV the header is line 1), ``reason``
+        (str) and ``raw`` (the line's content, at most 300 characters).
+    n_rows : int
+        Non-blank data lines; ``n_rows == n_accepted + n_rejected + n_filtered_zero``.
+    n_accepted, n_rejected : int
+    n_filtered_zero : int
+        Rows with price == 0 and size == 0 (futures "NA" placeholders): excluded.
+    n_repeated : int
+        Accepted trades equal in (symbol, ts, price, qty) to an earlier one; all kept.
+    trades_by_symbol : dict of str to int
+    symbols : tuple of str
+    format : str
+        "ndjson", "csv", or "unknown" when the file could not be read at all.
+    side_known : bool
+        True when every accepted trade carries is_buyer_maker.
+    time_format : str
+    warnings : tuple of str
+    ok : bool
+        True when there is no fatal error and at least one trade was accepted.
+    error : str or None
+    filename : str
+    """
+
+    trades: pd.DataFrame
+    rejected: pd.DataFrame
+    n_rows: int
+    n_accepted: int
+    n_rejected: int
+    n_filtered_zero: int
+    n_repeated: int
+    trades_by_symbol: dict[str, int]
+    symbols: tuple[str, ...]
+    format: str
+    side_known: bool
+    time_format: str
+    warnings: tuple[str, ...]
+    ok: bool
+    error: str | None
+    filename: str
+
+
+# ------------------------------------------------------------------------ small helpers
+
+
+def timeframe_to_ms(timeframe: str) -> int:
+    """Length of a bar size such as "1s", "5m", "1min" or "1h" in milliseconds.
+
+    Parameters
+    ----------
+    timeframe : str
+        A positive integer and a unit: ms, s, m/min/T (minutes), h, d. "1M" (a month in
+        Binance's vocabulary) is refused rather than read as a minute.
+
+    Returns
+    -------
+    int
+        Milliseconds.
+
+    Raises
+    ------
+    ValueError
+        When the text is not such a bar size.
+    """
+    text = str(timeframe).strip()
+    match = None if text.endswith("M") else _TIMEFRAME_PATTERN.match(text.lower())
+    if match is None or int(match.group(1)) <= 0:
+        raise ValueError(
+            f"timeframe ({timeframe!r}) is not a bar size like '1s', '5m', '1min', '1h'"
+        )
+    return int(match.group(1)) * _TIMEFRAME_UNIT_MS[match.group(2)]
+
+
+def _format_duration(ms: int) -> str:
+    """60000 -> "1 min", 300000 -> "5 min", 41000 -> "41 s", 29003 -> "29.003 s"."""
+    for unit_ms, unit in ((86_400_000, "d"), (3_600_000, "h"), (60_000, "min"), (1_000, "s")):
+        if ms >= unit_ms and ms % unit_ms == 0:
+            return f"{ms // unit_ms} {unit}"
+    return f"{ms / 1000:g} s" if ms >= 1000 else f"{ms} ms"
+
+
+def _check_timezone(naive_timezone: str) -> None:
+    if not isinstance(naive_timezone, str) or not naive_timezone.strip():
+        raise ValueError(f"naive_timezone ({naive_timezone!r}) must be an IANA zone name")
+    try:
+        zoneinfo.ZoneInfo(naive_timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(
+            f"naive_timezone ({naive_timezone!r}) is not an IANA zone name such as 'UTC' "
+            "or 'Asia/Kolkata'"
+        ) from exc
+
+
+def _read_text(data) -> str:
+    """Text of ``data``: bytes, a path (``os.PathLike``, or a one-line str naming an
+    existing file), text, or a file-like object such as Streamlit's UploadedFile."""
+    if isinstance(data, os.PathLike) or (
+        isinstance(data, str)
+        and "\n" not in data
+        and 0 < len(data) < 4096
+        and os.path.isfile(data)
+    ):
+        with open(data, "rb") as handle:
+            data = handle.read()
+    elif hasattr(data, "getvalue"):
+        data = data.getvalue()
+    elif hasattr(data, "read"):
+        data = data.read()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return _decode(bytes(data))
+    if isinstance(data, str):
+        return data.removeprefix("\ufeff")
+    raise ValueError(
+        f"data must be bytes, text, a path or a file-like object, got {type(data).__name__}"
+    )
+
+
+def _decode(raw: bytes) -> str:
+    if raw[:2] == b"\x1f\x8b" or raw[:4] == b"PK\x03\x04":
+        raise _UploadError("the file is compressed (gzip/zip): upload the extracted text file")
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return raw.decode("utf-16")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _UploadError(
+            f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at position "
+            f"{exc.start}): save it as UTF-8 CSV"
+        ) from exc
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """Stripped str column; missing values become ""."""
+    if not pd.api.types.is_string_dtype(series.dtype):
+        series = series.astype(object).where(series.notna(), "")
+    return series.astype("str").fillna("").str.strip()
+
+
+def _is_empty(column: pd.Series) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(column.dtype):
+        return column.isna().to_numpy()
+    return (column == "").to_numpy(dtype=bool)
+
+
+def _to_float(column: pd.Series) -> np.ndarray:
+    """Writable float64 array of a column of text or numbers; unreadable cells are NaN."""
+    if pd.api.types.is_bool_dtype(column.dtype):
+        return np.full(len(column), np.nan)
+    if pd.api.types.is_numeric_dtype(column.dtype):
+        values = column
+    else:
+        values = pd.to_numeric(column.where(column != "", None), errors="coerce")
+    return np.array(values.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+
+
+class _Reasons:
+    """Reasons per row position, gathered check by check, joined with "; " in check order.
+
+    ``add(mask, *pieces)`` builds the text only for the flagged rows; a piece is a str
+    (same for every row) or a column/array indexed by row position."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._parts: list[pd.Series] = []
+
+    def add(self, mask, *pieces) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            return
+        positions = np.flatnonzero(mask)
+        columns = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                columns.append(repeat(piece, len(positions)))
+            elif isinstance(piece, pd.Series):
+                columns.append(piece.iloc[positions].astype(str).tolist())
+            else:
+                columns.append(np.asarray(piece)[positions].astype(str).tolist())
+        texts = ["".join(parts) for parts in zip(*columns)]
+        self._parts.append(pd.Series(texts, index=positions, dtype=object))
+
+    def merge(self, other: _Reasons, mask: np.ndarray) -> None:
+        """Take over the reasons of ``other`` for the rows in ``mask``."""
+        for part in other._parts:
+            keep = mask[part.index.to_numpy()]
+            if keep.any():
+                self._parts.append(part[keep])
+
+    def flagged(self) -> np.ndarray:
+        out = np.zeros(self.n, dtype=bool)
+        for part in self._parts:
+            out[part.index.to_numpy()] = True
+        return out
+
+    def joined(self) -> pd.Series:
+        """Reason text per flagged position, sorted by position."""
+        if not self._parts:
+            return pd.Series([], dtype=object)
+        return pd.concat(self._parts).groupby(level=0, sort=True).agg("; ".join)
+
+
+def _check_numbers(
+    column: pd.Series,
+    name: str,
+    reasons: _Reasons,
+    *,
+    required: bool,
+    rule: str,
+    active: np.ndarray | None = None,
+) -> np.ndarray:
+    """Parse a numeric column and add a reason for each cell breaking the rule.
+
+    ``rule`` is "positive" (> 0) or "non-negative" (>= 0). Returns float64 values with NaN
+    where the cell is empty or unusable. ``active`` limits the checks to some rows."""
+    active = np.ones(len(column), dtype=bool) if active is None else active
+    values = _to_float(column)
+    empty = _is_empty(column)
+    with np.errstate(invalid="ignore"):
+        if required:
+            reasons.add(active & empty, f"{name} is missing")
+        reasons.add(active & np.isnan(values) & ~empty, f"{name} '", column, "' is not a number")
+        reasons.add(active & np.isinf(values), f"{name} ", column, " is not finite")
+        values[np.isinf(values)] = np.nan
+        if rule == "positive":
+            reasons.add(active & (values <= 0), f"{name} ", column, " is not positive")
+        else:
+            reasons.add(active & (values < 0), f"{name} ", column, " is negative")
+    return values
+
+
+# ---------------------------------------------------------------------------- CSV input
+
+
+@dataclass
+class _CsvTable:
+    header: list[str]  # stripped names as written in the file
+    cells: pd.DataFrame  # object cells, columns 0..len(header)-1
+    lines: np.ndarray  # int64 line number of each row of cells
+    ragged: list[tuple[int, str, list[str]]]  # (line, reason, fields) of rows of bad width
+    n_blank: int
+
+
+def _read_csv_table(text: str) -> _CsvTable:
+    """Split CSV text into header and string cells, keeping each row's first line number."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    first_line = next((line for line in text.split("\n", 50) if line.strip()), "")
+    delimiter = ","
+    if "," not in first_line:
+        delimiter = ";" if ";" in first_line else ("\t" if "\t" in first_line else ",")
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header: list[str] | None = None
+    width = 0
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    ragged: list[tuple[int, str, list[str]]] = []
+    n_blank = 0
+    end_of_previous = 0
+    try:
+        for fields in reader:
+            start = end_of_previous + 1
+            end_of_previous = reader.line_num
+            if not fields or (not fields[0].strip() and all(not f.strip() for f in fields)):
+                n_blank += header is not None
+                continue
+            if header is None:
+                header = [f.strip() for f in fields]
+                width = len(header)
+                continue
+            if len(fields) != width:
+                if len(fields) > width and all(not f.strip() for f in fields[width:]):
+                    fields = fields[:width]  # trailing delimiters left by spreadsheets
+                else:
+                    ragged.append((start, f"expected {width} fields, found {len(fields)}", fields))
+                    continue
+            rows.append(fields)
+            lines.append(start)
+    except csv.Error as exc:
+        raise _UploadError(f"line {reader.line_num}: the file is not valid CSV ({exc})") from exc
+    if header is None:
+        raise _UploadError("the file is empty")
+    if rows:
+        cells = pd.DataFrame(rows, columns=range(width), dtype=object)
+    else:
+        cells = pd.DataFrame({i: pd.Series([], dtype=object) for i in range(width)})
+    return _CsvTable(header, cells, np.asarray(lines, dtype=np.int64), ragged, n_blank)
+
+
+def _looks_like_data(header: list[str]) -> bool:
+    """True when the first line holds values rather than column names (no header)."""
+    if re.match(r"^\d{4}-\d{2}-\d{2}", header[0]):
+        return True
+    numbers = pd.to_numeric(pd.Series(header, dtype=object), errors="coerce")
+    return bool(numbers.notna().sum() >= max(2, len(header) // 2))
+
+
+def _find_column(lowered: list[str], aliases, what: str, n_rows: int) -> int | None:
+    """Position of the one column whose name is in ``aliases``; error when several are."""
+    hits = [i for i, name in enumerate(lowered) if name in aliases]
+    if len(hits) > 1:
+        names = ", ".join(lowered[i] for i in hits)
+        raise _UploadError(f"several columns could be the {what} ({names}): keep only one", n_rows)
+    return hits[0] if hits else None
+
+
+# --------------------------------------------------------------------------------- times
+
+
+@dataclass
+class _ParsedTimes:
+    ts_ms: np.ndarray  # int64 epoch ms, 0 where not ok
+    ok: np.ndarray  # bool
+    time_format: str
+    n_naive: int
+    n_submillisecond: int
+
+
+def _parse_times(
+    text: pd.Series, lines: np.ndarray, naive_timezone: str, reasons: _Reasons
+) -> _ParsedTimes:
+    """Epoch s / epoch ms / ISO-8601 text -> int64 epoch ms UTC (rules: module docstring).
+
+    Adds a reason for every unusable row; raises _UploadError for mixed or too-fine units."""
+    n = len(text)
+    missing = (text == "").to_numpy(dtype=bool)
+    numbers = _to_float(text)
+    is_number = ~np.isnan(numbers)
+    is_string = ~missing & ~is_number
+    reasons.add(missing, "time is missing")
+    ts_us = np.zeros(n, dtype=np.int64)  # microseconds: keeps sub-millisecond parts visible
+    ok = np.zeros(n, dtype=bool)
+    formats: list[str] = []
+    n_naive = 0
+
+    if is_string.any():
+        string_rows = np.flatnonzero(is_string)
+        iso = text.iloc[string_rows].reset_index(drop=True)
+        utc_word = iso.str.upper().str.endswith(("UTC", "GMT")).to_numpy(dtype=bool)
+        if utc_word.any():
+            iso[utc_word] = iso[utc_word].str.replace(_UTC_WORD_SUFFIX, "+00:00", regex=True)
+        aware = iso.str.contains(_ZONE_SUFFIX, regex=True).to_numpy(dtype=bool)
+        parsed_us = np.zeros(len(iso), dtype=np.int64)
+        parsed = np.zeros(len(iso), dtype=bool)
+        unreadable = np.zeros(len(iso), dtype=bool)
+        if aware.any():
+            stamps = pd.to_datetime(iso[aware], utc=True, format="ISO8601", errors="coerce")
+            good = stamps.notna().to_numpy()
+            rows = np.flatnonzero(aware)
+            parsed_us[rows[good]] = stamps[good].dt.as_unit("us").astype("int64").to_numpy()
+            parsed[rows[good]] = True
+            unreadable[rows[~good]] = True
+            if good.any():
+                formats.append("ISO-8601 with zone")
+        if (~aware).any():
+            rows = np.flatnonzero(~aware)
+            wall = pd.to_datetime(iso[~aware], format="ISO8601", errors="coerce")
+            if isinstance(wall.dtype, pd.DatetimeTZDtype):
+                raise _UploadError("could not tell times with a zone from times without one")
+            local = wall.dt.tz_localize(naive_timezone, ambiguous="NaT", nonexistent="NaT")
+            good = local.notna().to_numpy()
+            wall_ok = wall.notna().to_numpy()
+            parsed_us[rows[good]] = (
+                local[good].dt.tz_convert("UTC").dt.as_unit("us").astype("int64").to_numpy()
+            )
+            parsed[rows[good]] = True
+            unreadable[rows[~wall_ok]] = True
+            n_naive = int(good.sum())
+            if n_naive:
+                formats.append(f"ISO-8601 naive ({naive_timezone})")
+            dst = wall_ok & ~good
+            if dst.any():
+                # An ambiguous time survives when told which side to take; a missing one never.
+                retry = wall[dst].dt.tz_localize(
+                    naive_timezone, ambiguous=np.ones(int(dst.sum()), dtype=bool), nonexistent="NaT"
+                )
+                problem = string_rows[rows[dst]]
+                gap = np.zeros(n, dtype=bool)
+                overlap = np.zeros(n, dtype=bool)
+                gap[problem[retry.isna().to_numpy()]] = True
+                overlap[problem[retry.notna().to_numpy()]] = True
+                where = f"' does not exist in {naive_timezone} (clocks jump forward)"
+                reasons.add(gap, "local time '", text, where)
+                where = f"' is ambiguous in {naive_timezone} (clocks fall back)"
+                reasons.add(overlap, "local time '", text, where)
+        bad = np.zeros(n, dtype=bool)
+        bad[string_rows[unreadable]] = True
+        reasons.add(bad, "unparseable time '", text, "'")
+        ts_us[string_rows[parsed]] = parsed_us[parsed]
+        ok[string_rows[parsed]] = True
+
+    if is_number.any():
+        if ok.any():
+            raise _UploadError(
+                "the time column mixes epoch numbers (first at line "
+                f"{lines[np.flatnonzero(is_number)[0]]}) and date strings (first at line "
+                f"{lines[np.flatnonzero(ok)[0]]}): use one form"
+            )
+        unit = np.full(n, "", dtype=object)
+        with np.errstate(invalid="ignore"):
+            for name, per_ms in _EPOCH_UNITS_PER_MS.items():
+                low, high = PLAUSIBLE_START_MS * per_ms, PLAUSIBLE_END_MS * per_ms
+                inside = (numbers >= low) & (numbers < high)
+                unit[is_number & inside] = name
+        present = sorted({u for u in unit[is_number] if u})
+        too_fine = [u for u in present if u in ("us", "ns")]
+        if too_fine:
+            first = lines[np.flatnonzero(np.isin(unit, too_fine))[0]]
+            raise _UploadError(
+                f"epoch times in {_EPOCH_UNIT_NAMES[too_fine[0]]} are not supported (first at "
+                f"line {first}): convert them to milliseconds or seconds"
+            )
+        if present == ["ms", "s"]:
+            raise _UploadError(
+                "the time column mixes epoch seconds (first at line "
+                f"{lines[np.flatnonzero(unit == 's')[0]]}) and epoch milliseconds (first at "
+                f"line {lines[np.flatnonzero(unit == 'ms')[0]]}): use one unit"
+            )
+        outside = is_number & (unit == "")
+        reasons.add(
+            outside,
+            "time '",
+            text,
+            "' is outside 2000-01-01 .. 2100-01-01 (as epoch seconds or milliseconds)",
+        )
+        usable = is_number & ~outside
+        if present:
+            as_ms = numbers[usable] / _EPOCH_UNITS_PER_MS[present[0]]
+            whole_ms = np.floor(as_ms + 1e-3)  # seconds * 1000 may land a hair below the ms
+            fraction_us = np.clip(np.round((as_ms - whole_ms) * 1000.0), 0, 999)
+            ts_us[usable] = whole_ms.astype(np.int64) * 1000 + fraction_us.astype(np.int64)
+            ok |= usable
+            formats.append(f"epoch {present[0]}")
+
+    in_window = (ts_us >= PLAUSIBLE_START_MS * 1000) & (ts_us < PLAUSIBLE_END_MS * 1000)
+    reasons.add(ok & ~in_window, "time '", text, "' is outside 2000-01-01 .. 2100-01-01")
+    ok &= in_window
+    ts_ms = np.where(ok, ts_us // 1000, 0).astype(np.int64)
+    n_submillisecond = int((ok & (ts_us % 1000 != 0)).sum())
+    return _ParsedTimes(ts_ms, ok, " + ".join(formats) or "none", n_naive, n_submillisecond)
+
+
+def _time_warnings(times: _ParsedTimes, naive_timezone: str) -> list[str]:
+    out = []
+    if times.n_naive:
+        out.append(f"naive times interpreted as {naive_timezone}")
+    if times.n_submillisecond:
+        out.append(
+            f"times finer than a millisecond on {times.n_submillisecond:,} rows: floored to "
+            "the millisecond"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------- OHLC
+
+
+def _empty_bars() -> pd.DataFrame:
+    columns = {"symbol": pd.Series([], dtype="str"), "ts": pd.Series([], dtype=np.int64)}
+    columns.update({name: pd.Series([], dtype=np.float64) for name in BAR_COLUMNS[2:]})
+    return pd.DataFrame(columns)
+
+
+def _failed_ohlc(filename: str, error: str, n_rows: int) -> OhlcUpload:
+    return OhlcUpload(
+        bars=_empty_bars(),
+        rejected=pd.DataFrame(
+            {"row": pd.Series([], dtype=np.int64), "reason": pd.Series([], dtype=object)}
+        ),
+        n_rows=n_rows,
+        n_accepted=0,
+        n_rejected=0,
+        n_skipped=0,
+        n_duplicates=0,
+        n_misaligned=0,
+        symbols=(),
+        timeframe_ms=None,
+        timeframe_ms_by_symbol={},
+        time_format="none",
+        warnings=(),
+        ok=False,
+        error=error,
+        filename=filename,
+    )
+
+
+def parse_ohlc_csv(
+    data,
+    *,
+    filename: str = "upload.csv",
+    naive_timezone: str = "UTC",
+    default_symbol: str | None = None,
+    timeframe: str | None = None,
+) -> OhlcUpload:
+    """Parse and validate an uploaded OHLC (or price) CSV.
+
+    Parameters
+    ----------
+    data : bytes, str, path-like or file-like
+        The file's bytes, its text, a path (``os.PathLike``, or a str without a newline
+        naming an existing file), or an object with ``getvalue()`` or ``read()``.
+    filename : str
+        Name shown in messages and kept on the result.
+    naive_timezone : str
+        IANA zone of times written without a zone, e.g. "Asia/Kolkata". Default "UTC".
+    default_symbol : str, optional
+        Symbol for a file without a ``symbol`` column and for rows with an empty symbol.
+        Without it such a file is refused: the symbol is never guessed from the file name.
+    timeframe : str, optional
+        Bar size to keep when the file has a ``timeframe`` column holding several values
+        ("1s", "1m", "5min", ...). With no such column it is the bar size alignment is
+        checked against.
+
+    Returns
+    -------
+    OhlcUpload
+        Accepted bars, rejected rows with line numbers and reasons, counts, warnings, ``ok``
+        and ``error``.
+
+    Raises
+    ------
+    ValueError
+        For invalid arguments only (unknown zone name, empty default_symbol, a timeframe that
+        is not a bar size, data of an unsupported type). Problems in the file never raise.
+
+    Notes
+    -----
+    Columns (case-insensitive, spaces stripped): time = one of timestamp, time, ts, date,
+    datetime, open_time; open, high, low, close; optional volume (vol, qty), symbol (any
+    case in, upper case out), vwap, timeframe (interval). Other columns are ignored with a
+    warning. A file with no open/high/low and exactly one ``price`` or ``close`` column is a
+    price file: every row becomes a bar with open = high = low = close = price (warned).
+
+    A row is rejected when its time is missing, unparseable or outside 2000..2100, its
+    symbol is missing, an OHLC value is missing, not a number, not finite or <= 0, when
+    high < max(open, close), low > min(open, close) or high < low, when volume is not a
+    number or negative, when it repeats the (symbol, time) of an earlier row, or when its
+    time is earlier than the previous accepted row of its symbol. The module docstring
+    gives the time rules and the reasons behind each decision.
+    """
+    _check_timezone(naive_timezone)
+    if default_symbol is not None:
+        if not isinstance(default_symbol, str) or not default_symbol.strip():
+            raise ValueError(f"default_symbol ({default_symbol!r}) must be a non-empty string")
+        default_symbol = default_symbol.strip().upper()
+    wanted_ms = None if timeframe is None else timeframe_to_ms(timeframe)
+    try:
+        table = _read_csv_table(_read_text(data))
+        return _validate_ohlc(table, filename, naive_timezone, default_symbol, timeframe, wanted_ms)
+    except _UploadError as exc:
+        return _failed_ohlc(filename, str(exc), exc.n_rows)
+
+
+def _resolve_ohlc_columns(header: list[str], n_rows: int) -> tuple[dict[str, int], list[str], bool]:
+    """Map canonical names to positions, list ignored columns, tell price files apart."""
+    lowered = [name.lower() for name in header]
+    found = ", ".join(header)
+    if _looks_like_data(header):
+        raise _UploadError(
+            "the first line looks like data, not column names: add a header such as "
+            "timestamp,symbol,open,high,low,close,volume",
+            n_rows,
+        )
+    repeated = sorted({name for name in lowered if name and lowered.count(name) > 1})
+    if repeated:
+        raise _UploadError(
+            f"column '{repeated[0]}' appears more than once (found: {found})", n_rows
+        )
+    time_position = _find_column(lowered, TIME_ALIASES, "time", n_rows)
+    if time_position is None:
+        raise _UploadError(
+            f"missing required column 'timestamp' (found: {found}); accepted names: "
+            + ", ".join(TIME_ALIASES),
+            n_rows,
+        )
+    columns = {"time": time_position}
+    is_price_file = not any(name in lowered for name in ("open", "high", "low"))
+    price_columns = [i for i, name in enumerate(lowered) if name in PRICE_ALIASES]
+    if is_price_file and len(price_columns) == 1:
+        columns["price"] = price_columns[0]
+    elif is_price_file and len(price_columns) > 1:
+        raise _UploadError(
+            f"columns 'price' and 'close' are both present without open/high/low (found: "
+            f"{found}): keep one",
+            n_rows,
+        )
+    else:
+        is_price_file = False
+        missing = [name for name in OHLC_COLUMNS if name not in lowered]
+        if missing:
+            listed = ", ".join(f"'{name}'" for name in missing)
+            plural = "s" if len(missing) > 1 else ""
+            raise _UploadError(f"missing required column{plural} {listed} (found: {found})", n_rows)
+        columns.update({name: lowered.index(name) for name in OHLC_COLUMNS})
+    optional = {
+        "volume": _find_column(lowered, VOLUME_ALIASES, "volume", n_rows),
+        "symbol": _find_column(lowered, ("symbol",), "symbol", n_rows),
+        "vwap": _find_column(lowered, ("vwap",), "vwap", n_rows),
+        "timeframe": _find_column(lowered, TIMEFRAME_ALIASES, "timeframe", n_rows),
+    }
+    columns.update({name: pos for name, pos in optional.items() if pos is not None})
+    used = set(columns.values())
+    ignored = [
+        header[i] or f"(unnamed column {i + 1})" for i in range(len(header)) if i not in used
+    ]
+    return columns, ignored, is_price_file
+
+
+def _select_timeframe(
+    labels_column: pd.Series, timeframe: str | None, wanted_ms: int | None, n_rows: int
+) -> tuple[np.ndarray, int]:
+    """Rows of the chosen timeframe, and that timeframe in ms."""
+    labels = sorted(set(labels_column.tolist()))
+    sizes: dict[str, int | None] = {}
+    for label in labels:
+        try:
+            sizes[label] = timeframe_to_ms(label)
+        except ValueError:
+            sizes[label] = None
+    ordered = sorted(labels, key=lambda s: (sizes[s] is None, sizes[s] or 0, s))
+    listed = ", ".join(s if sizes[s] is not None else repr(s) for s in ordered)
+    if any(size is None for size in sizes.values()):
+        raise _UploadError(
+            f"the timeframe column holds values that are not bar sizes ({listed})", n_rows
+        )
+    if wanted_ms is None:
+        if len(set(sizes.values())) > 1:
+            raise _UploadError(
+                f"the file holds several timeframes ({listed}): choose one with timeframe=",
+                n_rows,
+            )
+        return np.ones(len(labels_column), dtype=bool), sizes[labels[0]]
+    matching = [label for label in labels if sizes[label] == wanted_ms]
+    if not matching:
+        raise _UploadError(f"timeframe {timeframe!r} is not in the file (found: {listed})", n_rows)
+    return labels_column.isin(matching).to_numpy(dtype=bool), wanted_ms
+
+
+def _validate_ohlc(
+    table: _CsvTable,
+    filename: str,
+    naive_timezone: str,
+    default_symbol: str | None,
+    timeframe: str | None,
+    wanted_ms: int | None,
+) -> OhlcUpload:
+    n_rows = len(table.cells) + len(table.ragged)
+    columns, ignored, is_price_file = _resolve_ohlc_columns(table.header, n_rows)
+    if "symbol" not in columns and default_symbol is None:
+        raise _UploadError(
+            f"the file has no 'symbol' column (found: {', '.join(table.header)}): choose the "
+            "symbol (default_symbol=)",
+            n_rows,
+        )
+    if n_rows == 0:
+        raise _UploadError("the file has a header but no data rows")
+
+    warnings: list[str] = []
+    cells, lines = table.cells, table.lines
+    declared_ms, n_skipped = wanted_ms, 0
+    if "timeframe" in columns and len(cells):
+        keep, declared_ms = _select_timeframe(
+            _as_text(cells[columns["timeframe"]]), timeframe, wanted_ms, n_rows
+        )
+        n_skipped = int((~keep).sum())
+        if n_skipped:
+            cells, lines = cells[keep].reset_index(drop=True), lines[keep]
+            warnings.append(
+                f"kept timeframe {timeframe}: {n_skipped:,} rows of other timeframes skipped"
+            )
+    n = len(cells)
+    text = {name: _as_text(cells[position]) for name, position in columns.items()}
+    reasons = _Reasons(n)
+
+    times = _parse_times(text["time"], lines, naive_timezone, reasons)
+    warnings.extend(_time_warnings(times, naive_timezone))
+
+    if "symbol" in columns:
+        symbol = text["symbol"].str.upper()
+        if default_symbol is not None:
+            symbol = symbol.where(symbol != "", default_symbol)
+    else:
+        symbol = pd.Series([default_symbol] * n, dtype="str")
+    symbol_ok = (symbol != "").to_numpy(dtype=bool)
+    reasons.add(~symbol_ok, "symbol is missing")
+
+    prices = _check_prices(text, table.header, columns, is_price_file, reasons, warnings)
+    volume = np.full(n, np.nan)
+    if "volume" in columns:
+        volume = _check_numbers(
+            text["volume"], "volume", reasons, required=False, rule="non-negative"
+        )
+
+    # Duplicates: among all rows with a readable time and symbol, the first row owns the time.
+    keyed = times.ok & symbol_ok
+    frame = pd.DataFrame(
+        {"symbol": symbol.to_numpy(dtype=object), "ts": times.ts_ms, "line": lines}
+    )
+    duplicate = np.zeros(n, dtype=bool)
+    if keyed.any():
+        keys = frame[keyed]
+        rows = np.flatnonzero(keyed)
+        duplicate[rows[keys.duplicated(["symbol", "ts"], keep="first").to_numpy()]] = True
+        first_line = np.zeros(n, dtype=np.int64)
+        first_line[rows] = keys.groupby(["symbol", "ts"], sort=False)["line"].transform("first")
+        reasons.add(duplicate, "duplicate time of line ", first_line)
+
+    valid = ~reasons.flagged() & times.ok & symbol_ok
+    late, late_line, descending = _out_of_order(frame, valid)
+    reasons.add(late, "out of order: time earlier than line ", late_line)
+    for name in descending:
+        warnings.append(f"rows of {name} are newest first: read in ascending time order")
+    accepted = valid & ~late
+
+    vwap = np.full(n, np.nan)
+    if "vwap" in columns:
+        vwap = _usable_vwap(text["vwap"], prices, accepted, lines, warnings)
+    if "volume" in columns:
+        empty_volume = accepted & (text["volume"] == "").to_numpy(dtype=bool)
+        if empty_volume.any():
+            warnings.append(f"volume is empty on {int(empty_volume.sum()):,} rows: left as NaN")
+    if ignored:
+        warnings.append("ignored columns: " + ", ".join(ignored))
+    if table.n_blank:
+        warnings.append(f"{table.n_blank:,} blank lines skipped")
+
+    bars = pd.DataFrame(
+        {
+            "symbol": pd.array(symbol.to_numpy(dtype=object)[accepted], dtype="str"),
+            "ts": times.ts_ms[accepted],
+            **{name: prices[name][accepted] for name in OHLC_COLUMNS},
+            "volume": volume[accepted],
+            "vwap": vwap[accepted],
+        }
+    )
+    bars = bars.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
+
+    # The grid and spacing describe the file: judged on every readable, non-duplicate row.
+    structural = keyed & ~duplicate
+    grid = _grid_report(frame[structural].assign(accepted=accepted[structural]), declared_ms)
+    warnings.extend(grid.warnings)
+
+    rejected = _rejected_bars_table(reasons, cells, lines, table)
+    symbols = tuple(sorted(bars["symbol"].unique().tolist()))
+    spacing = {s: ms for s, ms in grid.timeframe_by_symbol.items() if s in symbols}
+    n_accepted = len(bars)
+    return OhlcUpload(
+        bars=bars,
+        rejected=rejected,
+        n_rows=n_rows,
+        n_accepted=n_accepted,
+        n_rejected=len(rejected),
+        n_skipped=n_skipped,
+        n_duplicates=int(duplicate.sum()),
+        n_misaligned=grid.n_misaligned,
+        symbols=symbols,
+        timeframe_ms=next(iter(set(spacing.values()))) if len(set(spacing.values())) == 1 else None,
+        timeframe_ms_by_symbol=spacing,
+        time_format=times.time_format,
+        warnings=tuple(warnings),
+        ok=n_accepted > 0,
+        error=None if n_accepted else f"no row passed validation ({len(rejected):,} rejected)",
+        filename=filename,
+    )
+
+
+def _check_prices(
+    text: dict[str, pd.Series],
+    header: list[str],
+    columns: dict[str, int],
+    is_price_file: bool,
+    reasons: _Reasons,
+    warnings: list[str],
+) -> dict[str, np.ndarray]:
+    """open/high/low/close values, with reasons for unusable or inconsistent ones."""
+    if is_price_file:
+        name = header[columns["price"]].lower()
+        price = _check_numbers(text["price"], name, reasons, required=True, rule="positive")
+        warnings.append(
+            f"no open/high/low columns: each row's {name} is used as open = high = low = close "
+            "(a price series, not true bars)"
+        )
+        return dict.fromkeys(OHLC_COLUMNS, price)
+    prices = {
+        name: _check_numbers(text[name], name, reasons, required=True, rule="positive")
+        for name in OHLC_COLUMNS
+    }
+    o, h, lo, c = (prices[name] for name in OHLC_COLUMNS)
+    with np.errstate(invalid="ignore"):
+        usable = (o > 0) & (h > 0) & (lo > 0) & (c > 0)
+        # Quote the user's own cells, not re-printed floats.
+        open_text = text["open"].to_numpy(dtype=object)
+        close_text = text["close"].to_numpy(dtype=object)
+        top = np.where(o >= c, open_text, close_text)
+        bottom = np.where(o <= c, open_text, close_text)
+        high_low = usable & (h < np.maximum(o, c))
+        reasons.add(high_low, "high ", text["high"], " < max(open, close) ", top)
+        low_high = usable & (lo > np.minimum(o, c))
+        reasons.add(low_high, "low ", text["low"], " > min(open, close) ", bottom)
+        reasons.add(usable & (h < lo), "high ", text["high"], " < low ", text["low"])
+    return prices
+
+
+def _usable_vwap(
+    column: pd.Series,
+    prices: dict[str, np.ndarray],
+    accepted: np.ndarray,
+    lines: np.ndarray,
+    warnings: list[str],
+) -> np.ndarray:
+    """vwap with 0, unusable and out-of-[low, high] values set to NaN (each warned)."""
+    vwap = _to_float(column)
+    with np.errstate(invalid="ignore"):
+        zero = accepted & (vwap == 0)
+        unusable = accepted & ~_is_empty(column) & ~(np.isfinite(vwap) & (vwap >= 0))
+        margin = _VWAP_RELATIVE_TOLERANCE * np.abs(vwap)
+        outside = (
+            accepted
+            & (vwap > 0)
+            & np.isfinite(vwap)
+            & ((vwap < prices["low"] - margin) | (vwap > prices["high"] + margin))
+        )
+    if zero.any():
+        warnings.append(f"vwap is 0 on {int(zero.sum()):,} rows: treated as missing")
+    if unusable.any():
+        warnings.append(
+            f"vwap is not a usable number on {int(unusable.sum()):,} rows: treated as missing"
+        )
+    if outside.any():
+        warnings.append(
+            f"vwap lies outside [low, high] on {int(outside.sum()):,} rows (first at line "
+            f"{lines[np.flatnonzero(outside)[0]]}): treated as missing"
+        )
+    vwap[zero | unusable | outside | ~np.isfinite(vwap)] = np.nan
+    return vwap
+
+
+def _out_of_order(
+    frame: pd.DataFrame, valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rows earlier than the previous valid row of their symbol.
+
+    Returns
+    -------
+    late : ndarray of bool
+        Rows to reject as out of order.
+    late_line : ndarray of int64
+        For those rows, the line of the latest earlier row of the symbol.
+    descending : list of str
+        Symbols whose valid rows only ever go back in time: read reversed, not rejected.
+    """
+    n = len(frame)
+    late = np.zeros(n, dtype=bool)
+    late_line = np.zeros(n, dtype=np.int64)
+    rows = frame[valid]
+    if rows.empty:
+        return late, late_line, []
+    by_symbol = rows.groupby("symbol", sort=False)["ts"]
+    steps = by_symbol.diff()
+    rises = (steps > 0).groupby(rows["symbol"]).any()
+    falls = (steps < 0).groupby(rows["symbol"]).any()
+    descending = sorted(rises.index[~rises & falls].tolist())
+    running_max = by_symbol.cummax()
+    previous_max = running_max.groupby(rows["symbol"]).shift()
+    line_of_max = rows["line"].where(rows["ts"] == running_max).groupby(rows["symbol"]).ffill()
+    previous_max_line = line_of_max.groupby(rows["symbol"]).shift()
+    is_late = ((rows["ts"] < previous_max) & ~rows["symbol"].isin(descending)).to_numpy()
+    positions = np.flatnonzero(valid)[is_late]
+    late[positions] = True
+    late_line[positions] = previous_max_line.to_numpy()[is_late].astype(np.int64)
+    return late, late_line, descending
+
+
+@dataclass
+class _GridReport:
+    timeframe_by_symbol: dict[str, int]
+    n_misaligned: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _grid_report(structural: pd.DataFrame, declared_ms: int | None) -> _GridReport:
+    """Bar spacing per symbol (median step), rows off the grid, rows closer than a bar.
+
+    ``structural`` has symbol, ts, line and accepted for every readable, non-duplicate row.
+    The grid of a symbol is its most common ``ts % bar`` phase, so a file whose bars all
+    start at :41 s is one offset grid (said once), not 200 misaligned rows."""
+    if structural.empty:
+        return _GridReport({})
+    ordered = structural.sort_values(["symbol", "ts"], kind="stable")
+    steps = ordered.groupby("symbol", sort=True)["ts"].diff()
+    medians = steps[steps > 0].groupby(ordered["symbol"]).median()
+    report = _GridReport({str(s): int(round(v)) for s, v in medians.items()})
+    if len(set(report.timeframe_by_symbol.values())) > 1:
+        listed = ", ".join(
+            f"{s} {_format_duration(ms)}" for s, ms in report.timeframe_by_symbol.items()
+        )
+        report.warnings.append(f"symbols have different bar spacing: {listed}")
+    if declared_ms is not None:
+        unlike = {s: ms for s, ms in report.timeframe_by_symbol.items() if ms != declared_ms}
+        if unlike:
+            listed = ", ".join(f"{s} {_format_duration(ms)}" for s, ms in unlike.items())
+            report.warnings.append(
+                f"bars are spaced unlike the timeframe {_format_duration(declared_ms)}: {listed}"
+            )
+        bar_of_symbol = dict.fromkeys(ordered["symbol"].unique(), declared_ms)
+    else:
+        bar_of_symbol = report.timeframe_by_symbol
+    bar = ordered["symbol"].map(bar_of_symbol)
+    has_bar = bar.notna().to_numpy()
+    if not has_bar.any():
+        return report
+    part, bar, steps = ordered[has_bar], bar[has_bar].astype(np.int64), steps[has_bar]
+    phase = part["ts"] % bar
+    usual = phase.groupby(part["symbol"]).agg(lambda p: p.value_counts().idxmax())
+    off_grid = (phase != part["symbol"].map(usual)).to_numpy()
+    for name, offset in usual.items():
+        if offset:
+            report.warnings.append(
+                f"bars of {name} start {_format_duration(int(offset))} after the "
+                f"{_format_duration(int(bar_of_symbol[name]))} boundary"
+            )
+    report.n_misaligned = int(off_grid.sum())
+    line = part["line"].to_numpy()
+    for size in sorted(set(bar.tolist())):
+        hit = off_grid & (bar == size).to_numpy()
+        if hit.any():
+            n_kept = int(part["accepted"].to_numpy()[hit].sum())
+            report.warnings.append(
+                f"{int(hit.sum()):,} rows not aligned to {_format_duration(size)} (first at line "
+                f"{int(line[hit].min())}; {n_kept:,} of them accepted)"
+            )
+    close = (steps < bar).to_numpy()
+    if close.any():
+        report.warnings.append(
+            f"{int(close.sum()):,} rows start less than one bar "
+            f"({_format_duration(int(bar[close].iloc[0]))}) after the previous row of their "
+            f"symbol (first at line {int(line[close].min())}): the file may mix bar sizes"
+        )
+    return report
+
+
+def _rejected_bars_table(
+    reasons: _Reasons, cells: pd.DataFrame, lines: np.ndarray, table: _CsvTable
+) -> pd.DataFrame:
+    """row, reason and the raw cells under the file's column names."""
+    names = [
+        f"raw_{name or i + 1}" if not name or name.lower() in ("row", "reason") else name
+        for i, name in enumerate(table.header)
+    ]
+    joined = reasons.joined()
+    positions = joined.index.to_numpy(dtype=np.int64)
+    out = pd.DataFrame({"row": lines[positions], "reason": joined.to_numpy(dtype=object)})
+    raw = cells.iloc[positions].reset_index(drop=True).astype(object)
+    raw.columns = names
+    out = pd.concat([out, raw], axis=1)
+    if table.ragged:
+        width = len(names)
+        ragged = pd.DataFrame(
+            [
+                [line, reason, *(fields + [""] * width)[:width]]
+                for line, reason, fields in table.ragged
+            ],
+            columns=["row", "reason", *names],
+            dtype=object,
+        )
+        out = pd.concat([out, ragged], ignore_index=True)
+    out["row"] = out["row"].astype(np.int64)
+    return out.sort_values("row", kind="stable").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------- ticks
+
+
+def _failed_ticks(filename: str, error: str, n_rows: int, fmt: str) -> TickUpload:
+    trades = pd.DataFrame(
+        {
+            "symbol": pd.Series([], dtype="str"),
+            "trade_id": pd.Series([], dtype=np.int64),
+            "ts": pd.Series([], dtype=np.int64),
+            "price": pd.Series([], dtype=np.float64),
+            "qty": pd.Series([], dtype=np.float64),
+            "is_buyer_maker": pd.Series([], dtype="Int8"),
+        }
+    )
+    rejected = pd.DataFrame(
+        {
+            "line": pd.Series([], dtype=np.int64),
+            "reason": pd.Series([], dtype=object),
+            "raw": pd.Series([], dtype=object),
+        }
+    )
+    return TickUpload(
+        trades=trades,
+        rejected=rejected,
+        n_rows=n_rows,
+        n_accepted=0,
+        n_rejected=0,
+        n_filtered_zero=0,
+        n_repeated=0,
+        trades_by_symbol={},
+        symbols=(),
+        format=fmt,
+        side_known=False,
+        time_format="none",
+        warnings=(),
+        ok=False,
+        error=error,
+        filename=filename,
+    )
+
+
+@dataclass
+class _TickColumns:
+    """The four (five) tick fields of a file, whatever its format, one entry per row."""
+
+    symbol: pd.Series  # stripped text
+    time: pd.Series  # stripped text
+    price: pd.Series  # text, or numbers when NDJSON carried numbers
+    qty: pd.Series
+    side: pd.Series | None  # stripped text
+    qty_name: str  # the file's name for the size, used in messages
+    lines: np.ndarray
+    raw_for: Callable[[np.ndarray], list[str]]  # row positions -> line content
+    early_rejects: list[tuple[int, str, str]]  # (line, reason, raw) found while reading
+    ignored: list[str]
+    n_blank: int
+
+
+def parse_tick_file(
+    data, *, filename: str = "ticks.ndjson", naive_timezone: str = "UTC"
+) -> TickUpload:
+    """Parse and validate an uploaded file of individual trades.
+
+    Parameters
+    ----------
+    data : bytes, str, path-like or file-like
+        As for ``parse_ohlc_csv``.
+    filename : str
+        Name shown in messages and kept on the result.
+    naive_timezone : str
+        IANA zone of times written without a zone (none of the known formats has them).
+
+    Returns
+    -------
+    TickUpload
+        Accepted trades with sequential per-symbol ``trade_id``, rejected lines, counts,
+        warnings, ``ok`` and ``error``.
+
+    Raises
+    ------
+    ValueError
+        For invalid arguments only.
+
+    Notes
+    -----
+    The format is told from the content: a first character ``{`` means NDJSON, one object
+    per line, as written by the browser tick collector::
+
+        {"symbol":"ETHUSDT","ts":"2025-12-15T08:43:15.300Z","price":3139.77,"size":0.054}
+
+    (keys qty/quantity, timestamp/time and is_buyer_maker are accepted too). Anything else
+    is CSV with a header: ``symbol,ts,price,size`` (ts ISO-8601 with zone) or
+    ``timestamp,symbol,price,qty`` (timestamp epoch ms), optionally ``is_buyer_maker``
+    (true/false/1/0). Times follow the rules of ``parse_ohlc_csv``.
+
+    Rows with price == 0 and size == 0 are futures "NA" placeholders: counted in
+    ``n_filtered_zero`` and left out before any other check. A row is rejected when its
+    symbol or time is missing or unreadable, price or size is missing, not a finite number
+    or not positive, or is_buyer_maker is not a boolean. Identical rows are all kept (the
+    files have no trade ids; 15-25 % of futures rows are such repeats).
+    """
+    _check_timezone(naive_timezone)
+    fmt = "unknown"
+    try:
+        text = _read_text(data)
+        if not text.strip():
+            raise _UploadError("the file is empty")
+        fmt = "ndjson" if text.lstrip().startswith("{") else "csv"
+        columns = _read_ndjson(text) if fmt == "ndjson" else _read_tick_csv(text)
+        return _validate_ticks(columns, fmt, filename, naive_timezone)
+    except _UploadError as exc:
+        return _failed_ticks(filename, str(exc), exc.n_rows, fmt)
+
+
+def _load_json_objects(lines: list[str], numbers: list[int]):
+    """Decode NDJSON lines. Fast path: the whole file as one JSON array; if any line is
+    broken, decode line by line to name the broken ones."""
+    try:
+        records = json.loads("[" + ",".join(lines) + "]")
+    except json.JSONDecodeError:
+        records = None  # some line is broken: the per-line pass below names it
+    if records is not None and len(records) == len(lines):
+        if all(isinstance(record, dict) for record in records):
+            return records, list(range(len(lines))), []
+    records, kept, early = [], [], []
+    for index, (number, line) in enumerate(zip(numbers, lines)):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            early.append((number, f"invalid JSON ({exc.msg})", line[:_RAW_LINE_LIMIT]))
+            continue
+        if not isinstance(record, dict):
+            early.append((number, "not a JSON object", line[:_RAW_LINE_LIMIT]))
+            continue
+        records.append(record)
+        kept.append(index)
+    return records, kept, early
+
+
+def _read_ndjson(text: str) -> _TickColumns:
+    all_lines = text.replace("\r\n", "\n").split("\n")
+    numbers = [i + 1 for i, line in enumerate(all_lines) if line.strip()]
+    lines = [all_lines[i - 1].strip() for i in numbers]
+    records, kept, early = _load_json_objects(lines, numbers)
+    n_rows = len(lines)
+    frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+    picked: dict[str, str | None] = {}
+    for name, keys in _NDJSON_KEYS.items():
+        present = [k for k in keys if k in frame.columns]
+        if len(present) > 1:
+            raise _UploadError(
+                f"several keys could be the {name} ({', '.join(present)}): keep one", n_rows
+            )
+        picked[name] = present[0] if present else None
+    if not records:
+        raise _UploadError("no line of the file is a JSON object", n_rows)
+    for name, wanted in (("symbol", "symbol"), ("time", "ts"), ("price", "price"), ("qty", "size")):
+        if picked[name] is None:
+            found = ", ".join(map(str, frame.columns))
+            raise _UploadError(f"missing required key '{wanted}' (found: {found})", n_rows)
+    kept_lines = [lines[i] for i in kept]
+
+    def numeric_or_text(key: str) -> pd.Series:
+        column = frame[key]
+        return column if pd.api.types.is_numeric_dtype(column.dtype) else _as_text(column)
+
+    return _TickColumns(
+        symbol=_as_text(frame[picked["symbol"]]),
+        time=_json_time_text(frame[picked["time"]]),
+        price=numeric_or_text(picked["price"]),
+        qty=numeric_or_text(picked["qty"]),
+        side=_as_text(frame[picked["side"]]) if picked["side"] else None,
+        qty_name=picked["qty"],
+        lines=np.asarray([numbers[i] for i in kept], dtype=np.int64),
+        raw_for=lambda positions: [kept_lines[i][:_RAW_LINE_LIMIT] for i in positions],
+        early_rejects=early,
+        ignored=[str(c) for c in frame.columns if c not in picked.values()],
+        n_blank=0,
+    )
+
+
+def _json_time_text(values: pd.Series) -> pd.Series:
+    """Times as text; JSON integers keep their digits ("1765912493266", not "1.76e+12")."""
+    if pd.api.types.is_float_dtype(values.dtype):
+        whole = values.notna() & (values == np.floor(values))
+        values = values.astype(object).where(~whole, values.where(whole, 0).astype(np.int64))
+    return _as_text(values)
+
+
+def _read_tick_csv(text: str) -> _TickColumns:
+    table = _read_csv_table(text)
+    n_rows = len(table.cells) + len(table.ragged)
+    lowered = [name.lower() for name in table.header]
+    found = ", ".join(table.header)
+    if _looks_like_data(table.header):
+        raise _UploadError(
+            "the first line looks like data, not column names: add a header such as "
+            "symbol,ts,price,size",
+            n_rows,
+        )
+    positions = {
+        "symbol": _find_column(lowered, ("symbol",), "symbol", n_rows),
+        "time": _find_column(lowered, TICK_TIME_ALIASES, "time", n_rows),
+        "price": _find_column(lowered, ("price",), "price", n_rows),
+        "qty": _find_column(lowered, TICK_QTY_ALIASES, "size", n_rows),
+        "side": _find_column(lowered, TICK_SIDE_ALIASES, "is_buyer_maker", n_rows),
+    }
+    for name, wanted in (("symbol", "symbol"), ("time", "ts"), ("price", "price"), ("qty", "size")):
+        if positions[name] is None:
+            raise _UploadError(f"missing required column '{wanted}' (found: {found})", n_rows)
+    cells = table.cells
+    used = {p for p in positions.values() if p is not None}
+
+    def raw_for(rows: np.ndarray) -> list[str]:
+        chosen = cells.iloc[rows].itertuples(index=False)
+        return [",".join(map(str, fields))[:_RAW_LINE_LIMIT] for fields in chosen]
+
+    return _TickColumns(
+        symbol=_as_text(cells[positions["symbol"]]),
+        time=_as_text(cells[positions["time"]]),
+        price=_as_text(cells[positions["price"]]),
+        qty=_as_text(cells[positions["qty"]]),
+        side=_as_text(cells[positions["side"]]) if positions["side"] is not None else None,
+        qty_name=lowered[positions["qty"]],
+        lines=table.lines,
+        raw_for=raw_for,
+        early_rejects=[
+            (line, reason, ",".join(fields)[:_RAW_LINE_LIMIT])
+            for line, reason, fields in table.ragged
+        ],
+        ignored=[table.header[i] for i in range(len(table.header)) if i not in used],
+        n_blank=table.n_blank,
+    )
+
+
+def _validate_ticks(
+    columns: _TickColumns, fmt: str, filename: str, naive_timezone: str
+) -> TickUpload:
+    n = len(columns.lines)
+    n_rows = n + len(columns.early_rejects)
+    if n_rows == 0:
+        raise _UploadError("the file has a header but no trades")
+    price = _to_float(columns.price)
+    qty = _to_float(columns.qty)
+    # Placeholders are not trades: left out before any other check.
+    placeholder = (price == 0) & (qty == 0)
+    live = ~placeholder
+    time_reasons = _Reasons(n)
+    times = _parse_times(columns.time, columns.lines, naive_timezone, time_reasons)
+    reasons = _Reasons(n)
+    reasons.merge(time_reasons, live)  # a placeholder's time does not matter
+    symbol = columns.symbol.str.upper()
+    reasons.add(live & (symbol == "").to_numpy(dtype=bool), "symbol is missing")
+    for column, name in ((columns.price, "price"), (columns.qty, columns.qty_name)):
+        _check_numbers(column, name, reasons, required=True, rule="positive", active=live)
+    side = pd.array([pd.NA] * n, dtype="Int8")
+    if columns.side is not None:
+        known = columns.side.str.lower().map(_SIDE_VALUES)
+        bad = live & (columns.side != "").to_numpy(dtype=bool) & known.isna().to_numpy()
+        reasons.add(bad, "is_buyer_maker '", columns.side, "' is not true/false")
+        side = pd.array(known.to_numpy(dtype=object, na_value=pd.NA), dtype="Int8")
+    accepted = live & ~reasons.flagged() & times.ok
+
+    joined = reasons.joined()
+    positions = joined.index.to_numpy(dtype=np.int64)
+    rejected = pd.DataFrame(
+        {
+            "line": columns.lines[positions],
+            "reason": joined.to_numpy(dtype=object),
+            "raw": pd.Series(columns.raw_for(positions), dtype=object),
+        }
+    )
+    if columns.early_rejects:
+        early = pd.DataFrame(columns.early_rejects, columns=["line", "reason", "raw"], dtype=object)
+        rejected = pd.concat([rejected, early], ignore_index=True)
+    rejected["line"] = rejected["line"].astype(np.int64)
+    rejected = rejected.sort_values("line", kind="stable").reset_index(drop=True)
+
+    trades = pd.DataFrame(
+        {
+            "symbol": pd.array(symbol.to_numpy(dtype=object)[accepted], dtype="str"),
+            "ts": times.ts_ms[accepted],
+            "price": price[accepted],
+            "qty": qty[accepted],
+        }
+    )
+    per_symbol_order = trades.groupby("symbol", sort=False).cumcount().to_numpy(np.int64)
+    trades.insert(1, "trade_id", per_symbol_order + 1)
+    trades["is_buyer_maker"] = side[accepted]
+
+    warnings = _time_warnings(times, naive_timezone)
+    n_filtered_zero = int(placeholder.sum())
+    if n_filtered_zero:
+        warnings.append(
+            f"{n_filtered_zero:,} rows with price 0 and {columns.qty_name} 0 excluded "
+            "(placeholder frames, not trades)"
+        )
+    n_accepted = len(trades)
+    n_unknown_side = int(trades["is_buyer_maker"].isna().sum())
+    if n_unknown_side:
+        warnings.append(
+            f"side unknown on {n_unknown_side:,} trades: buy/sell imbalance and taker-buy "
+            "volume are meaningless for this upload (is_buyer_maker stored as 0)"
+        )
+    n_repeated = int(trades.duplicated(["symbol", "ts", "price", "qty"]).sum())
+    if n_repeated:
+        warnings.append(
+            f"{n_repeated:,} trades repeat an earlier trade's symbol, time, price and "
+            f"{columns.qty_name}: kept as distinct trades (the file has no trade ids)"
+        )
+    going_back = (trades.groupby("symbol", sort=False)["ts"].diff() < 0).to_numpy()
+    if going_back.any():
+        first = int(columns.lines[np.flatnonzero(accepted)[going_back][0]])
+        warnings.append(
+            f"{int(going_back.sum()):,} trades are earlier than the previous trade of their "
+            f"symbol (first at line {first}): kept; bars use each trade's own time"
+        )
+    if columns.ignored:
+        label = "keys" if fmt == "ndjson" else "columns"
+        warnings.append(f"ignored {label}: " + ", ".join(columns.ignored))
+    if columns.n_blank:
+        warnings.append(f"{columns.n_blank:,} blank lines skipped")
+
+    counts = trades["symbol"].value_counts()
+    error = None
+    if not n_accepted:
+        error = (
+            f"no trade passed validation ({len(rejected):,} rejected, "
+            f"{n_filtered_zero:,} placeholders)"
+        )
+    return TickUpload(
+        trades=trades,
+        rejected=rejected,
+        n_rows=n_rows,
+        n_accepted=n_accepted,
+        n_rejected=len(rejected),
+        n_filtered_zero=n_filtered_zero,
+        n_repeated=n_repeated,
+        trades_by_symbol={str(k): int(v) for k, v in sorted(counts.items())},
+        symbols=tuple(sorted(str(s) for s in counts.index)),
+        format=fmt,
+        side_known=n_accepted > 0 and n_unknown_side == 0,
+        time_format=times.time_format,
+        warnings=tuple(warnings),
+        ok=n_accepted > 0,
+        error=error,
+        filename=filename,
+    )
+
+
+def to_trade_tuples(trades: pd.DataFrame, received_ms: int) -> list[tuple]:
+    """Turn accepted uploaded trades into the project's trade records.
+
+    Parameters
+    ----------
+    trades : DataFrame
+        ``TickUpload.trades`` (columns symbol, trade_id, ts, price, qty, is_buyer_maker).
+    received_ms : int
+        Local receive time stamped on every record (epoch ms), e.g. the upload time.
+
+    Returns
+    -------
+    list of tuple
+        ``(symbol: str, trade_id: int, ts: int, price: float, qty: float,
+        is_buyer_maker: int, received_ms: int)`` in the frame's order, plain Python types.
+
+    Raises
+    ------
+    ValueError
+        When received_ms is not a non-negative int or a column is missing.
+
+    Notes
+    -----
+    The record contract needs is_buyer_maker as int 0/1; an unknown side (<NA>) is written
+    as 0, so every such trade counts as a taker buy downstream and the buy/sell imbalance is
+    meaningless. That is why ``TickUpload.side_known`` is False and its warnings say so.
+    """
+    is_int = isinstance(received_ms, (int, np.integer)) and not isinstance(received_ms, bool)
+    if not is_int or received_ms < 0:
+        raise ValueError(
+            f"received_ms ({received_ms!r}) must be a non-negative int of epoch milliseconds"
+        )
+    missing = [c for c in TRADE_COLUMNS if c not in trades.columns]
+    if missing:
+        raise ValueError(f"trades is missing columns {missing} (expected {list(TRADE_COLUMNS)})")
+    side = trades["is_buyer_maker"].astype("Int8").fillna(0).astype(np.int64)
+    return list(
+        zip(
+            trades["symbol"].astype(str).tolist(),
+            trades["trade_id"].astype(np.int64).tolist(),
+            trades["ts"].astype(np.int64).tolist(),
+            trades["price"].astype(np.float64).tolist(),
+            trades["qty"].astype(np.float64).tolist(),
+            side.tolist(),
+            repeat(int(received_ms)),
+        )
+    )
