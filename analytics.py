@@ -2031,3 +2031,183 @@ def minute_stats(bars_y: pd.DataFrame, bars_x: pd.DataFrame, window: int = 60,
         index=index,
     )
     return table
+
+
+# --------------------------------------------------------------------------------------
+# Pair signals: the trailing hedge, spread and z-score the dashboard draws and trades
+# --------------------------------------------------------------------------------------
+
+PAIR_METHODS: tuple[str, ...] = HEDGE_METHODS + ("kalman",)
+# Robust fits are refitted on a schedule rather than every bar: at most this many fits per
+# call keeps Huber/Theil-Sen inside a refresh budget. Between refits the last fit is held.
+MAX_ROBUST_REFITS = 50
+PAIR_SIGNAL_COLUMNS = ("y", "x", "beta", "alpha", "spread", "spread_mean", "spread_std", "z",
+                       "warmup")
+
+
+@dataclass(frozen=True, slots=True)
+class PairSignals:
+    """Trailing hedge, spread and z-score of a pair on one bar index.
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        Indexed by ``ts``; columns ``y, x`` (on the model scale: log prices when
+        ``log_prices``), ``beta, alpha`` (the hedge usable at bar t, estimated from bars
+        before t), ``spread`` (``y - beta x - alpha``), ``spread_mean, spread_std`` (trailing
+        window of the spread), ``z`` and ``warmup`` (True while estimates are not ready).
+    method, window, z_window, log_prices
+        The settings that produced it.
+    nobs : int
+        Bars where both legs have a level.
+    needed : int
+        Bars needed before the first z-score can exist.
+    refit_every : int
+        Bars between refits (1 for OLS, TLS and Kalman; larger for Huber/Theil-Sen).
+    """
+
+    frame: pd.DataFrame
+    method: str
+    window: int
+    z_window: int
+    log_prices: bool
+    nobs: int
+    needed: int
+    refit_every: int
+
+    @property
+    def enough_data(self) -> bool:
+        return self.nobs >= self.needed
+
+    @property
+    def latest(self) -> pd.Series:
+        """The last row that has a z-score (all NaN when there is none yet)."""
+        ready = self.frame[self.frame["z"].notna()]
+        if ready.empty:
+            return pd.Series(np.nan, index=self.frame.columns)
+        return ready.iloc[-1]
+
+
+def _rolling_tls(y: pd.Series, x: pd.Series, window: int, min_periods: int) -> pd.DataFrame:
+    """Trailing TLS fit (closed form from rolling moments), shifted one bar."""
+    complete = y.notna() & x.notna()
+    offset_y = offset_x = 0.0
+    if complete.any():  # subtracting a constant avoids cancellation in the moments
+        first = int(np.argmax(complete.to_numpy()))
+        offset_y, offset_x = float(y.iloc[first]), float(x.iloc[first])
+    yc, xc = y.where(complete) - offset_y, x.where(complete) - offset_x
+    roll_x, roll_y = xc.rolling(window, min_periods), yc.rolling(window, min_periods)
+    sxx, syy, sxy = roll_x.var(), roll_y.var(), roll_x.cov(yc)
+    root = np.hypot(sxx - syy, 2.0 * sxy)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        beta = np.where(sxx >= syy, 2.0 * sxy / (sxx - syy + root),
+                        (syy - sxx + root) / (2.0 * sxy))
+    beta = pd.Series(beta, index=y.index).where(np.isfinite(beta))
+    alpha = (roll_y.mean() + offset_y) - beta * (roll_x.mean() + offset_x)
+    return pd.DataFrame({"beta": beta.shift(1), "alpha": alpha.shift(1)}, index=y.index)
+
+
+def _scheduled_refits(y: pd.Series, x: pd.Series, window: int, min_periods: int, method: str,
+                      log_prices: bool) -> tuple[pd.DataFrame, int]:
+    """Robust fits on the trailing window, refitted every few bars and held in between.
+
+    The fit used at bar t always comes from bars strictly before t (no look-ahead).
+    """
+    n = len(y)
+    refit_every = max(1, math.ceil(n / MAX_ROBUST_REFITS))
+    beta = np.full(n, np.nan)
+    alpha = np.full(n, np.nan)
+    y_values, x_values = y.to_numpy(), x.to_numpy()
+    fit_at = list(range(min_periods, n, refit_every))
+    for k, t in enumerate(fit_at):
+        y_window, x_window = y_values[max(0, t - window):t], x_values[max(0, t - window):t]
+        complete = np.isfinite(y_window) & np.isfinite(x_window)
+        if complete.sum() < min_periods:
+            continue
+        result = hedge_ratio(y_window[complete], x_window[complete], method, log_prices)
+        end = fit_at[k + 1] if k + 1 < len(fit_at) else n
+        beta[t:end], alpha[t:end] = result.beta, result.alpha
+    frame = pd.DataFrame({"beta": beta, "alpha": alpha}, index=y.index)
+    return frame, refit_every
+
+
+def pair_signals(y, x, *, method: str = "ols", window: int = 60, z_window: int | None = None,
+                 log_prices: bool = True, kalman_state: KalmanState | None = None) -> PairSignals:
+    """Trailing hedge ratio, spread and z-score of y against x, free of look-ahead.
+
+    Parameters
+    ----------
+    y, x : pandas.Series
+        PRICE LEVELS (raw, positive) of the dependent and independent leg on one index
+        (e.g. ``align(...).y`` / ``.x``). Logs are taken here when ``log_prices``.
+    method : {"ols", "tls", "huber", "theil-sen", "kalman"}
+        How beta is estimated from the trailing ``window`` bars (Kalman: dynamic, no window).
+    window : int, default 60
+        Bars in the trailing hedge window (>= 10).
+    z_window : int, optional
+        Bars in the z-score window; default ``window``.
+    log_prices : bool, default True
+        Model in log prices (beta is an elasticity) or raw prices (beta in units of x).
+    kalman_state : KalmanState, optional
+        Start the Kalman filter from this state instead of the default prior.
+
+    Returns
+    -------
+    PairSignals
+
+    Notes
+    -----
+    * OLS / TLS: rolling closed forms on bars ``t-window .. t-1`` (``rolling_hedge_ratio``
+      and the TLS major axis), so the spread at t is out of sample.
+    * Huber / Theil-Sen: the same trailing window, refitted every
+      ``ceil(n / MAX_ROBUST_REFITS)`` bars and held in between (still only past data).
+    * Kalman: beta and alpha are the filter's prior (t|t-1); the spread is the one-step-ahead
+      forecast error and ``z = e_t / sqrt(Q_t)`` (the filter's own forecast std), NaN during
+      the warm-up.
+    * Otherwise ``z_t = (s_t - mean) / std`` over the trailing ``z_window`` spreads
+      (``zscore``), with ``spread_mean``/``spread_std`` the same window's moments.
+    * First z needs ``window + z_window`` bars (Kalman: the warm-up, 100 bars).
+    """
+    _check_choice("method", method, PAIR_METHODS)
+    window = _check_int("window", window, 10)
+    z_window = window if z_window is None else _check_int("z_window", z_window, 2)
+    y_series, x_series = _as_pair(y, x)
+    if log_prices:
+        y_series, x_series = to_log_prices(y_series), to_log_prices(x_series)
+    nobs = int((y_series.notna() & x_series.notna()).sum())
+    refit_every = 1
+    if method == "kalman":
+        if kalman_state is None:
+            kalman = kalman_hedge(y_series, x_series, log_prices=log_prices)
+        else:
+            kalman = kalman_hedge(y_series, x_series, state=kalman_state)
+        k = kalman.frame
+        warm = k["warmup"].to_numpy()
+        frame = pd.DataFrame({
+            "y": y_series, "x": x_series, "beta": k["beta_prior"], "alpha": k["alpha_prior"],
+            "spread": k["spread"], "spread_mean": 0.0, "spread_std": k["spread_std"],
+            "z": k["zscore"].where(~warm), "warmup": warm,
+        }, index=y_series.index)
+        needed = kalman.state.warmup_bars + 1 if kalman_state is None else 1
+    else:
+        if method == "ols":
+            hedge = rolling_hedge_ratio(y_series, x_series, window, log_prices=log_prices)
+        elif method == "tls":
+            _check_log_scale(log_prices, y=y_series, x=x_series)
+            hedge = _rolling_tls(y_series, x_series, window, window)
+        else:
+            _check_log_scale(log_prices, y=y_series, x=x_series)
+            hedge, refit_every = _scheduled_refits(y_series, x_series, window, window, method,
+                                                   log_prices)
+        spread_series = spread(y_series, x_series, hedge["beta"], hedge["alpha"])
+        rolling = spread_series.rolling(z_window, z_window)
+        z = zscore(spread_series, z_window)
+        frame = pd.DataFrame({
+            "y": y_series, "x": x_series, "beta": hedge["beta"], "alpha": hedge["alpha"],
+            "spread": spread_series, "spread_mean": rolling.mean(),
+            "spread_std": rolling.std(), "z": z, "warmup": z.isna().to_numpy(),
+        }, index=y_series.index)
+        needed = window + z_window
+    return PairSignals(frame=frame[list(PAIR_SIGNAL_COLUMNS)], method=method, window=window,
+                       z_window=z_window, log_prices=bool(log_prices), nobs=nobs,
+                       needed=needed, refit_every=refit_every)
