@@ -1,0 +1,835 @@
+"""Binance trade collector: WebSocket feed -> bounded queue -> SQLite writer.
+
+This module owns getting trades into the database and nothing else. Three parts, kept apart
+so each can be read (and tested) on its own:
+
+* **Parsing** - ``parse_frame`` turns one WebSocket message into a trade tuple (or says why
+  it is not one). Pure; knows Binance's frame shapes and nothing about sockets.
+* **Supervision** - ``Collector._receive_loop`` opens the connection, reads, and reconnects
+  after any close, error or silence with capped, fully jittered exponential backoff. It knows
+  nothing about message shapes.
+* **Writing** - ``Collector._writer_loop`` owns the only SQLite write connection and drains
+  the queue into one transaction per batch through ``database.TickWriter`` (dedup, 1 s bars
+  and gap tracking happen there).
+
+The receive thread never waits on SQLite: it only parses and appends to a ``deque``. The
+queue is bounded (``queue_max``); when it is full, new trades are dropped and counted in
+``dropped`` (their ids then show up as gaps), so memory stays bounded whatever the database
+does.
+
+One collector per process: ``start(settings)`` returns the running collector if there is one,
+even after Streamlit re-imports this module (the registry lives on the ``sys`` module, which
+is never re-imported). ``stop()`` stops reading, drains the queue, commits and joins.
+
+Headless use (record for hours without a browser)::
+
+    python collector.py --feed demo --symbols btcusdt,ethusdt --duration 60
+
+The last stdout line is a JSON summary with ``received, stored, duplicates, rejected,
+filtered, reconnects`` and more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import enum
+import logging
+import math
+import os
+import random
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import orjson
+import websocket
+
+import database
+import market
+from config import DEFAULT_FUTURES_URL, DEFAULT_SPOT_URL, ConfigError, Settings, default_db_path
+
+log = logging.getLogger("collector")
+
+# Binance cuts every connection at 24 h; reconnect on our own terms a little before that.
+MAX_CONNECTION_AGE_S = 23.5 * 3600
+HEALTHY_RESET_S = 60.0  # a connection up this long resets the backoff
+BACKOFF_BASE_S = 1.0  # first retry lands within [0, 1] s
+BACKOFF_CAP_S = 60.0
+RECV_POLL_S = 0.5  # socket timeout: how often the reader checks silence and stop requests
+WRITER_POLL_S = 0.02
+PRUNE_EVERY_S = 60.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------
+
+
+class FrameKind(enum.Enum):
+    TRADE = "trade"  # payload: trade tuple
+    FILTERED = "filtered"  # payload: (symbol, trade_id) of a non-market print (NA, ADL, ...)
+    CONTROL = "control"  # {"result": null, "id": 1}
+    ERROR = "error"  # {"code": 2, "msg": "..."}
+    SHUTDOWN = "shutdown"  # spot {"e": "serverShutdown"}: reconnect at once
+    IGNORED = "ignored"  # a well-formed event of a kind we do not collect
+
+
+class MalformedFrame(ValueError):
+    """A frame that is not valid JSON or lacks a required, well-typed field."""
+
+
+def parse_frame(message: bytes | str, received_ms: int) -> tuple[FrameKind, object]:
+    """Classify one WebSocket text message and extract the trade it carries.
+
+    Accepts raw frames and combined-stream frames (``{"stream": ..., "data": {...}}``), the
+    ``trade`` and ``aggTrade`` events of spot and futures, control replies and error frames.
+    Unknown fields are ignored. A futures trade frame looks like::
+
+        {"e": "trade",       # event type ("aggTrade" for aggregated trades)
+         "E": 1765788195123,  # event time, ms
+         "T": 1765788195120,  # trade time, ms: the time the bar uses
+         "s": "BTCUSDT",
+         "t": 6613467015,     # trade id ("a" = aggregate id for aggTrade)
+         "p": "89761.30", "q": "0.004",   # decimal strings
+         "X": "MARKET",       # futures only: MARKET | INSURANCE_FUND | ADL | NA
+         "m": true}           # buyer is the maker, i.e. the taker sold
+
+    Returns
+    -------
+    (FrameKind, payload)
+        For ``TRADE`` the payload is the trade tuple ``(symbol, trade_id, ts, price, qty,
+        is_buyer_maker, received_ms)``. Prints that are not market trades (``X`` other than
+        ``MARKET``, price or quantity not positive: Binance's ``NA`` placeholders carry
+        p = q = "0") come back as ``FILTERED`` with ``(symbol, trade_id)`` so that their ids
+        still count as seen.
+
+    Raises
+    ------
+    MalformedFrame
+        Not JSON, not an object, or a trade missing a field or carrying a wrong type.
+    """
+    try:
+        frame = orjson.loads(message)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedFrame(f"not JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise MalformedFrame(f"not a JSON object: {type(frame).__name__}")
+    event = frame.get("data", frame) if "stream" in frame else frame
+    if not isinstance(event, dict):
+        raise MalformedFrame("combined frame whose 'data' is not an object")
+    kind = event.get("e")
+    if kind == "trade":
+        id_field = "t"
+    elif kind == "aggTrade":
+        id_field = "a"
+    elif kind == "serverShutdown":
+        return FrameKind.SHUTDOWN, event
+    elif "result" in event and "id" in event:
+        return FrameKind.CONTROL, event
+    elif "code" in event and "msg" in event:
+        return FrameKind.ERROR, event
+    elif isinstance(kind, str):
+        return FrameKind.IGNORED, kind
+    else:
+        raise MalformedFrame("no event type ('e') in frame")
+
+    try:
+        symbol = event["s"]
+        trade_id = event[id_field]
+        ts = event["T"]
+        price = float(event["p"])
+        qty = float(event["q"])
+        buyer_is_maker = event["m"]
+    except KeyError as exc:
+        raise MalformedFrame(f"{kind} frame without field {exc.args[0]!r}") from None
+    except (TypeError, ValueError):
+        raise MalformedFrame(f"{kind} frame with a non-numeric price or quantity") from None
+    if not isinstance(symbol, str) or not symbol:
+        raise MalformedFrame(f"{kind} frame with symbol {symbol!r}")
+    if type(trade_id) is not int or type(ts) is not int:
+        raise MalformedFrame(f"{kind} frame with non-integer id or time")
+    if type(buyer_is_maker) is not bool:
+        raise MalformedFrame(f"{kind} frame with non-boolean 'm'")
+    if not (math.isfinite(price) and math.isfinite(qty)):
+        raise MalformedFrame(f"{kind} frame with a non-finite price or quantity")
+    symbol = symbol.upper()
+    if event.get("X", "MARKET") != "MARKET" or price <= 0.0 or qty <= 0.0:
+        return FrameKind.FILTERED, (symbol, trade_id)
+    return FrameKind.TRADE, (symbol, trade_id, ts, price, qty, int(buyer_is_maker), received_ms)
+
+
+def stream_url(base: str, market_kind: str, stream: str, symbols) -> str:
+    """The combined-stream URL for ``symbols`` on ``base``.
+
+    Futures streams are routed since 2026-04: ``aggTrade`` lives under ``/market``, raw
+    ``trade`` under ``/public``; an unrouted futures connection is acknowledged and then
+    silent. Spot uses the plain ``/stream`` path.
+
+    >>> stream_url("wss://fstream.binance.com", "futures", "aggTrade", ["btcusdt", "ethusdt"])
+    'wss://fstream.binance.com/market/stream?streams=btcusdt@aggTrade/ethusdt@aggTrade'
+    >>> stream_url("wss://stream.binance.com:9443", "spot", "trade", ["btcusdt"])
+    'wss://stream.binance.com:9443/stream?streams=btcusdt@trade'
+    """
+    names = "/".join(f"{symbol.lower()}@{stream}" for symbol in symbols)
+    if market_kind == "futures":
+        path = "/market/stream" if stream == "aggTrade" else "/public/stream"
+    else:
+        path = "/stream"
+    return f"{base.rstrip('/')}{path}?streams={names}"
+
+
+def backoff_delay(failures: int, rng: random.Random, base: float = BACKOFF_BASE_S,
+                  cap: float = BACKOFF_CAP_S) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**failures)].
+
+    Jitter spreads the reconnects of many clients after an exchange-wide drop, and the cap
+    keeps a long outage from turning into hour-long waits.
+    """
+    ceiling = min(cap, base * (2.0 ** min(failures, 30)))
+    return rng.uniform(0.0, ceiling)
+
+
+# --------------------------------------------------------------------------------------
+# Health
+# --------------------------------------------------------------------------------------
+
+
+class SymbolActivity:
+    """Per-symbol counters kept by the receive thread: last trade time and a trades/s rate."""
+
+    WINDOW_S = 10
+
+    __slots__ = ("last_trade_ms", "last_received_ms", "received", "_second", "_count",
+                 "_recent")
+
+    def __init__(self) -> None:
+        self.last_trade_ms = 0
+        self.last_received_ms = 0
+        self.received = 0
+        self._second = 0
+        self._count = 0
+        self._recent: collections.deque = collections.deque(maxlen=self.WINDOW_S)
+
+    def record(self, trade_ms: int, received_ms: int) -> None:
+        second = received_ms // 1000
+        if second != self._second:
+            self._roll(second)
+        self._count += 1
+        self.received += 1
+        if trade_ms > self.last_trade_ms:
+            self.last_trade_ms = trade_ms
+        self.last_received_ms = received_ms
+
+    def _roll(self, second: int) -> None:
+        if self._second:
+            self._recent.append(self._count)
+            # Seconds without a single trade count as zeros in the rate.
+            for _ in range(min(second - self._second - 1, self.WINDOW_S)):
+                self._recent.append(0)
+        self._second = second
+        self._count = 0
+
+    def trades_per_second(self, at_ms: int) -> float:
+        """Trades per second over the last complete seconds (up to ten)."""
+        recent = list(self._recent)
+        idle = at_ms // 1000 - self._second - 1
+        if idle > 0:
+            recent = (recent + [self._count] + [0] * min(idle, self.WINDOW_S))[-self.WINDOW_S:]
+        return sum(recent) / len(recent) if recent else 0.0
+
+
+class State(enum.Enum):
+    NEW = "new"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the receive thread connects and what that feed is called on screen."""
+
+    feed: str  # effective feed: binance-futures, binance-spot, demo, replay
+    url: str
+    db_path: str
+    builtin_market: bool
+
+
+# --------------------------------------------------------------------------------------
+# The collector
+# --------------------------------------------------------------------------------------
+
+
+class Collector:
+    """Receive thread + writer thread for one feed; see the module docstring.
+
+    Use ``start(settings)`` (module level) in applications: it keeps one per process.
+    Tests may build ``Collector(settings)`` directly and call ``.start()`` / ``.stop()``.
+    ``backoff_base`` / ``backoff_cap`` / ``healthy_reset`` exist so that tests can run the
+    reconnect policy in milliseconds; the defaults are the production values.
+    """
+
+    def __init__(self, settings: Settings, *, backoff_base: float = BACKOFF_BASE_S,
+                 backoff_cap: float = BACKOFF_CAP_S, healthy_reset: float = HEALTHY_RESET_S,
+                 max_connection_age: float = MAX_CONNECTION_AGE_S, seed: int | None = None):
+        self.settings = settings
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.healthy_reset = healthy_reset
+        self.max_connection_age = max_connection_age
+        self._rng = random.Random(seed)
+        self.state = State.NEW
+        self._stop_requested = threading.Event()
+        self._reader_done = threading.Event()
+        self._queue: collections.deque = collections.deque()
+        self._seen_ids: collections.deque = collections.deque()
+        self._ws: websocket.WebSocket | None = None
+        self._market: market.MarketServer | None = None
+        self._receive_thread: threading.Thread | None = None
+        self._writer_thread: threading.Thread | None = None
+        self._lifecycle_lock = threading.Lock()
+        self._reconnect_requested = threading.Event()
+        self.endpoint: Endpoint | None = None
+        self.fallback_reason = ""
+        # Counters: each written by exactly one thread, read by anyone without locks.
+        self.received = 0  # data frames (trades and filtered prints) received
+        self.rejected = 0
+        self.filtered = 0
+        self.ignored = 0
+        self.dropped = 0
+        self.stored = 0
+        self.duplicates = 0
+        self.gaps = 0
+        self.batches = 0
+        self.write_errors = 0
+        self.reconnects = 0
+        self.connections = 0
+        self.queue_high_water = 0
+        self.last_close_reason = ""
+        self.last_error_frame = ""
+        self.last_lag_ms = 0  # receive time - event time of the latest frame
+        self.last_commit_ms = 0
+        self.connected_since_ms = 0
+        self.started_ms = 0
+        self.retry_delays: list[float] = []  # the backoff delays actually slept (last 100)
+        self.commit_latencies_ms: collections.deque = collections.deque(maxlen=100_000)
+        self.symbols: dict[str, SymbolActivity] = {}
+        self._last_reject_log = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> Collector:
+        """Start the threads (and the built-in market for demo/replay). Idempotent."""
+        with self._lifecycle_lock:
+            if self.state is not State.NEW:
+                return self
+            self.started_ms = now_ms()
+            self.endpoint = self._initial_endpoint()
+            self.symbols = {s.upper(): SymbolActivity() for s in self.settings.symbols}
+            self.state = State.CONNECTING
+            self._writer_thread = threading.Thread(target=self._writer_loop,
+                                                   name="collector-writer", daemon=True)
+            self._receive_thread = threading.Thread(target=self._receive_loop,
+                                                    name="collector-receive", daemon=True)
+            self._writer_thread.start()
+            self._receive_thread.start()
+            return self
+
+    def stop(self, timeout: float = 5.0) -> dict:
+        """Stop reading, write everything queued, commit, join the threads.
+
+        Returns the final ``health()`` snapshot. Safe to call more than once.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lifecycle_lock:
+            if self.state in (State.NEW, State.STOPPED):
+                self.state = State.STOPPED
+                return self.health()
+            self._stop_requested.set()
+            ws = self._ws
+            if ws is not None:
+                ws.abort()  # wakes the reader out of recv() at once
+            for thread in (self._receive_thread, self._writer_thread):
+                if thread is not None:
+                    thread.join(max(0.1, deadline - time.monotonic()))
+            if self._market is not None:
+                self._market.stop()
+                self._market = None
+            self.state = State.STOPPED
+        _forget(self)
+        return self.health()
+
+    @property
+    def running(self) -> bool:
+        return self.state not in (State.NEW, State.STOPPED)
+
+    @property
+    def db_path(self) -> str:
+        """The database this collector writes (changes once if 'auto' falls back)."""
+        return self.endpoint.db_path if self.endpoint else self.settings.db_path
+
+    def request_reconnect(self, reason: str = "requested") -> None:
+        """Close the current connection; the receive loop reconnects without backoff."""
+        self.last_close_reason = reason
+        self._reconnect_requested.set()
+        ws = self._ws
+        if ws is not None:
+            ws.abort()
+
+    # -- endpoint selection -------------------------------------------------------------
+
+    def _initial_endpoint(self) -> Endpoint:
+        s = self.settings
+        if s.feed in ("demo", "replay"):
+            return self._builtin_endpoint(s.feed, s.db_path if s.explicit_db_path else None)
+        base = s.ws_url or (DEFAULT_SPOT_URL if s.feed == "binance-spot" else DEFAULT_FUTURES_URL)
+        feed = "binance-futures" if s.feed == "auto" else s.feed
+        url = stream_url(base, s.market_kind, s.stream, s.symbols)
+        return Endpoint(feed=feed, url=url, db_path=s.db_path, builtin_market=False)
+
+    def _builtin_endpoint(self, feed: str, db_path: str | None) -> Endpoint:
+        s = self.settings
+        if feed == "replay":
+            source = market.ReplaySource(s.replay_file, speed=s.replay_speed)
+        else:
+            source = market.SimulatedMarket([sym.upper() for sym in s.symbols], seed=s.demo_seed)
+        self._market = market.MarketServer(source, kind="futures")
+        base = self._market.start()
+        url = stream_url(base, "futures", s.stream, s.symbols)
+        return Endpoint(feed=feed, url=url, db_path=db_path or default_db_path(feed),
+                        builtin_market=True)
+
+    def _fall_back_to_demo(self, reason: str) -> None:
+        """Feed 'auto' heard nothing from Binance: switch to the simulated market.
+
+        Runs on the receive thread before any trade was queued, so the writer (which opens
+        its database lazily) has written nothing to the futures file.
+        """
+        self.fallback_reason = reason
+        log.warning("no data from Binance (%s): switching to the built-in simulated market",
+                    reason)
+        db_path = None
+        if self.settings.explicit_db_path:  # never mix simulated ticks into a real file
+            stem, ext = os.path.splitext(self.settings.db_path)
+            db_path = f"{stem}-demo{ext or '.db'}"
+        self.endpoint = self._builtin_endpoint("demo", db_path)
+        self.failures = 0
+
+    # -- receive thread -----------------------------------------------------------------
+
+    def _receive_loop(self) -> None:
+        self.failures = 0
+        first_attempt = True
+        try:
+            while not self._stop_requested.is_set():
+                if not first_attempt:
+                    self._wait_before_retry()
+                    if self._stop_requested.is_set():
+                        break
+                    self.reconnects += 1
+                first_attempt = False
+                self._run_connection()
+                self._check_auto_fallback()
+        except Exception:  # a bug, not a network condition: say so loudly, keep the writer
+            log.exception("receive thread crashed")
+            self.last_close_reason = "receive thread crashed (see log)"
+        finally:
+            self._reader_done.set()
+
+    def _wait_before_retry(self) -> None:
+        self.state = State.RECONNECTING
+        if self._reconnect_requested.is_set():
+            self._reconnect_requested.clear()
+            return
+        delay = backoff_delay(self.failures, self._rng, self.backoff_base, self.backoff_cap)
+        self.failures += 1
+        self.retry_delays = (self.retry_delays + [delay])[-100:]
+        self._stop_requested.wait(delay)
+
+    def _check_auto_fallback(self) -> None:
+        if (self.settings.feed == "auto" and not self.endpoint.builtin_market
+                and self.received == 0
+                and now_ms() - self.started_ms >= self.settings.auto_fallback * 1000):
+            self._fall_back_to_demo(self.last_close_reason or "no data")
+            self._reconnect_requested.set()
+
+    def _connect_timeout(self) -> float:
+        if self.settings.feed == "auto" and not self.endpoint.builtin_market:
+            return max(1.0, self.settings.auto_fallback / 2)
+        return 10.0
+
+    def _run_connection(self) -> None:
+        """One connection's life: connect, read until it ends, record why it ended."""
+        self.state = State.CONNECTING if self.connections == 0 else State.RECONNECTING
+        try:
+            ws = websocket.create_connection(self.endpoint.url, timeout=self._connect_timeout(),
+                                             skip_utf8_validation=True,
+                                             enable_multithread=True)
+        except Exception as exc:  # refused, DNS failure, bad handshake, timeout
+            self.last_close_reason = f"connect failed: {type(exc).__name__}: {exc}"
+            log.info("%s (%s)", self.last_close_reason, self.endpoint.url)
+            return
+        self._ws = ws
+        if self._stop_requested.is_set():  # stop() ran while we were connecting
+            ws.abort()
+        self.connections += 1
+        self.connected_since_ms = now_ms()
+        self.state = State.CONNECTED
+        log.info("connected to %s", self.endpoint.url)
+        try:
+            self.last_close_reason = self._read_until_closed(ws)
+        except Exception as exc:
+            self.last_close_reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._ws = None
+            ws.shutdown()
+            self.connected_since_ms = 0
+        if self._stop_requested.is_set():
+            self.last_close_reason = "stopped"
+        log.info("connection closed: %s", self.last_close_reason)
+
+    def _read_until_closed(self, ws: websocket.WebSocket) -> str:
+        """Read frames until the connection ends; return the reason it ended."""
+        ws.settimeout(RECV_POLL_S)
+        settings = self.settings
+        silence_ms = settings.silence_timeout * 1000
+        max_age_ms = self.max_connection_age * 1000
+        fallback_at_ms = math.inf
+        if self.settings.feed == "auto" and not self.endpoint.builtin_market:
+            fallback_at_ms = self.started_ms + settings.auto_fallback * 1000
+        opened_ms = now_ms()
+        last_data_ms = opened_ms
+        queue = self._queue
+        queue_max = settings.queue_max
+        symbols = self.symbols
+        text = websocket.ABNF.OPCODE_TEXT
+        control = (websocket.ABNF.OPCODE_PING, websocket.ABNF.OPCODE_PONG)
+        while not self._stop_requested.is_set():
+            try:
+                # control_frame=True: return after answering a ping, so a server that keeps
+                # pinging but sends no data still lets the silence watchdog run.
+                opcode, message = ws.recv_data(control_frame=True)
+            except websocket.WebSocketTimeoutException:
+                opcode, message = None, None
+            except websocket.WebSocketConnectionClosedException:
+                return "connection closed by peer (no close frame)"
+            except OSError as exc:
+                return f"socket error: {exc}"
+            received_ms = now_ms()
+            if opcode is None or opcode in control:
+                pass
+            elif opcode == text:
+                try:
+                    kind, payload = parse_frame(message, received_ms)
+                except MalformedFrame as exc:
+                    self._reject(str(exc))
+                    continue
+                if kind is FrameKind.TRADE:
+                    last_data_ms = received_ms
+                    self.received += 1
+                    if len(queue) >= queue_max:
+                        self.dropped += 1
+                    else:
+                        queue.append(payload)
+                        depth = len(queue)
+                        if depth > self.queue_high_water:
+                            self.queue_high_water = depth
+                    activity = symbols.get(payload[0])
+                    if activity is None:
+                        activity = symbols[payload[0]] = SymbolActivity()
+                    activity.record(payload[2], received_ms)
+                    self.last_lag_ms = received_ms - payload[2]
+                elif kind is FrameKind.FILTERED:
+                    last_data_ms = received_ms
+                    self.received += 1
+                    self.filtered += 1
+                    self._seen_ids.append(payload)
+                elif kind is FrameKind.SHUTDOWN:
+                    return "server announced shutdown (serverShutdown)"
+                elif kind is FrameKind.ERROR:
+                    self.last_error_frame = orjson.dumps(payload).decode()
+                    log.warning("error frame from server: %s", self.last_error_frame)
+                elif kind is FrameKind.IGNORED:
+                    self.ignored += 1
+            elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                return f"server closed: {_close_reason(message)}"
+            else:
+                self._reject(f"binary or unexpected frame (opcode {opcode})")
+            if received_ms > fallback_at_ms and self.received == 0:
+                return f"connected but no data within {settings.auto_fallback:g} s"
+            if received_ms - last_data_ms > silence_ms:
+                return f"no data for {settings.silence_timeout:g} s (silence watchdog)"
+            if received_ms - opened_ms > max_age_ms:
+                self._reconnect_requested.set()  # planned: no backoff
+                return "planned reconnect before Binance's 24 h cut"
+            if self.failures and received_ms - opened_ms > self.healthy_reset * 1000:
+                self.failures = 0
+        return "stopped"
+
+    def _reject(self, reason: str) -> None:
+        self.rejected += 1
+        now = time.monotonic()
+        if now - self._last_reject_log >= 1.0:  # at most one line a second
+            self._last_reject_log = now
+            log.warning("rejected frame (%d so far): %s", self.rejected, reason)
+
+    # -- writer thread ------------------------------------------------------------------
+
+    def _writer_loop(self) -> None:
+        writer = None
+        conn = None
+        batch: list = []
+        last_prune = time.monotonic()
+        try:
+            while True:
+                stopping = self._stop_requested.is_set()
+                if not batch:
+                    batch = self._take_batch(force=stopping)
+                if not batch and not self._seen_ids:
+                    # A reader stuck in a slow connect must not keep the writer from closing.
+                    if stopping and not self._queue and (self._reader_done.is_set()
+                                                         or self._ws is None):
+                        break
+                    time.sleep(WRITER_POLL_S)
+                    continue
+                if writer is None:
+                    conn = database.connect(self.db_path)
+                    writer = database.TickWriter(conn)
+                seen = [self._seen_ids.popleft() for _ in range(len(self._seen_ids))]
+                try:
+                    result = writer.write(batch, seen_ids=seen)
+                except sqlite3.OperationalError as exc:  # locked or busy beyond the timeout
+                    self.write_errors += 1
+                    self._seen_ids.extendleft(reversed(seen))
+                    log.warning("write failed, will retry the same batch: %s", exc)
+                    time.sleep(0.2)
+                    continue
+                committed_ms = now_ms()
+                self.stored += result.inserted
+                self.duplicates += result.duplicates
+                self.gaps += result.gaps_opened
+                self.batches += 1
+                self.last_commit_ms = committed_ms
+                if batch:
+                    self.commit_latencies_ms.append(committed_ms - batch[0][6])
+                batch = []
+                if (self.settings.retention_days > 0
+                        and time.monotonic() - last_prune > PRUNE_EVERY_S):
+                    last_prune = time.monotonic()
+                    self._prune_step(conn)
+        except Exception:
+            log.exception("writer thread crashed")
+            self.last_close_reason = "writer crashed (see log)"
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _take_batch(self, force: bool) -> list:
+        """Pop up to ``batch_size`` trades once the batch is full or old enough."""
+        queue = self._queue
+        depth = len(queue)
+        if depth == 0:
+            return []
+        size = self.settings.batch_size
+        oldest_age_ms = now_ms() - queue[0][6]
+        if depth < size and oldest_age_ms < self.settings.flush_interval * 1000 and not force:
+            return []
+        return [queue.popleft() for _ in range(min(depth, size))]
+
+    def _prune_step(self, conn: sqlite3.Connection) -> None:
+        """Delete ticks older than the retention, a few thousand rows per transaction."""
+        retention_ms = int(self.settings.retention_days * 86_400_000)
+        for symbol in list(self.symbols):
+            latest = database.latest_bar_ts(conn, symbol)
+            if latest is None:
+                continue
+            cutoff = latest - retention_ms
+            while not self._stop_requested.is_set():
+                deleted = database.prune(conn, cutoff, symbol=symbol)
+                if deleted == 0 or len(self._queue) > self.settings.batch_size:
+                    break
+
+    # -- health ---------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        """A snapshot of the collector's state for the page; no locks taken."""
+        at = now_ms()
+        endpoint = self.endpoint
+        symbols = {}
+        for name, activity in list(self.symbols.items()):
+            last = activity.last_trade_ms
+            symbols[name] = {
+                "last_trade_ms": last or None,
+                "last_trade_age_s": (at - last) / 1000 if last else None,
+                "trades_per_s": round(activity.trades_per_second(at), 2),
+                "received": activity.received,
+            }
+        latencies = sorted(self.commit_latencies_ms)[-1000:] if self.commit_latencies_ms else []
+        return {
+            "state": self.state.value,
+            "connected": self.state is State.CONNECTED,
+            "requested_feed": self.settings.feed,
+            "feed": endpoint.feed if endpoint else self.settings.feed,
+            "builtin_market": bool(endpoint and endpoint.builtin_market),
+            "fallback_reason": self.fallback_reason,
+            "url": endpoint.url if endpoint else "",
+            "db_path": self.db_path,
+            "stream": self.settings.stream,
+            "symbols": symbols,
+            "queue_depth": len(self._queue),
+            "queue_high_water": self.queue_high_water,
+            "queue_max": self.settings.queue_max,
+            "received": self.received,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "filtered": self.filtered,
+            "ignored": self.ignored,
+            "dropped": self.dropped,
+            "gaps": self.gaps,
+            "reconnects": self.reconnects,
+            "connections": self.connections,
+            "last_close_reason": self.last_close_reason,
+            "last_error_frame": self.last_error_frame,
+            "lag_ms": self.last_lag_ms,
+            "batches": self.batches,
+            "write_errors": self.write_errors,
+            "last_commit_ms": self.last_commit_ms or None,
+            "commit_latency_ms_max_recent": latencies[-1] if latencies else None,
+            "connected_since_ms": self.connected_since_ms or None,
+            "started_ms": self.started_ms,
+        }
+
+
+def _close_reason(message: bytes) -> str:
+    if message and len(message) >= 2:
+        code = int.from_bytes(message[:2], "big")
+        text = message[2:].decode("utf-8", "replace")
+        return f"{code} {text}".strip()
+    return "no status"
+
+
+# --------------------------------------------------------------------------------------
+# One collector per process
+# --------------------------------------------------------------------------------------
+
+# Streamlit re-imports changed modules, which would re-create a module-level singleton and
+# start a second collector; the ``sys`` module is never re-imported, so the registry lives
+# there.
+_PROCESS = sys.__dict__.setdefault("_pairs_dashboard_collector", {"lock": threading.Lock(),
+                                                                  "collector": None})
+
+
+def start(settings: Settings | None = None) -> Collector:
+    """Start this process's collector, or return the one already running.
+
+    A running collector is returned as it is even when ``settings`` differ; call ``stop()``
+    first to change feed or database.
+    """
+    with _PROCESS["lock"]:
+        current = _PROCESS["collector"]
+        if current is not None and current.running:
+            return current
+        collector = Collector(settings or Settings.from_env())
+        _PROCESS["collector"] = collector
+        return collector.start()
+
+
+def running_collector() -> Collector | None:
+    """The collector running in this process, if any."""
+    current = _PROCESS["collector"]
+    return current if current is not None and current.running else None
+
+
+def stop(timeout: float = 5.0) -> dict | None:
+    """Stop this process's collector (if one runs) and return its final health."""
+    current = _PROCESS["collector"]
+    return current.stop(timeout) if current is not None else None
+
+
+def _forget(collector: Collector) -> None:
+    with _PROCESS["lock"]:
+        if _PROCESS["collector"] is collector:
+            _PROCESS["collector"] = None
+
+
+# --------------------------------------------------------------------------------------
+# Headless CLI
+# --------------------------------------------------------------------------------------
+
+SUMMARY_KEYS = ("received", "stored", "duplicates", "rejected", "filtered", "ignored",
+                "dropped", "gaps", "reconnects", "batches", "write_errors")
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Record Binance trades into SQLite without a browser. Flags override the "
+                    "CRYPTO_* environment variables.")
+    parser.add_argument("--feed", help="auto | binance-futures | binance-spot | demo | replay")
+    parser.add_argument("--symbols", help="comma-separated, e.g. btcusdt,ethusdt")
+    parser.add_argument("--stream", help="aggTrade | trade")
+    parser.add_argument("--ws-url", dest="ws_url", help="base URL override, e.g. ws://127.0.0.1:9000")
+    parser.add_argument("--db", dest="db_path", help="SQLite file (default data/<feed>.db)")
+    parser.add_argument("--silence-timeout", dest="silence_timeout", type=float,
+                        help="seconds without data before reconnecting (default 30)")
+    parser.add_argument("--duration", type=float, help="stop after this many seconds")
+    parser.add_argument("--replay-file", dest="replay_file", help="NDJSON or CSV trades to replay")
+    parser.add_argument("--replay-speed", dest="replay_speed", type=float,
+                        help="1 = real time, N = N times faster, 0 = as fast as possible")
+    parser.add_argument("--batch-size", dest="batch_size", type=int)
+    parser.add_argument("--flush-interval", dest="flush_interval", type=float)
+    parser.add_argument("--retention-days", dest="retention_days", type=float)
+    parser.add_argument("--seed", dest="demo_seed", type=int, help="seed of the built-in market")
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {k: v for k, v in vars(args).items() if k not in ("duration", "log_level")}
+    try:
+        settings = Settings.from_env(**overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop_event = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop_event.set())
+    collector = Collector(settings).start()
+    log.info("recording %s into %s", collector.endpoint.url, collector.db_path)
+    deadline = time.monotonic() + args.duration if args.duration else math.inf
+    while not stop_event.is_set() and time.monotonic() < deadline:
+        if settings.feed == "replay" and _replay_complete(collector):
+            log.info("replay finished")
+            break
+        stop_event.wait(0.2)
+    final = collector.stop()
+    summary = {key: int(final[key]) for key in SUMMARY_KEYS}
+    summary.update(feed=final["feed"], db_path=final["db_path"])
+    print(orjson.dumps(summary).decode(), flush=True)
+    return 0
+
+
+def _replay_complete(collector: Collector) -> bool:
+    """True once the replay server sent everything and the writer stored it all."""
+    server = collector._market
+    return (server is not None and server.finished
+            and collector.received > 0
+            and not collector._queue
+            and collector.stored + collector.duplicates >= collector.received - collector.filtered
+            - collector.dropped)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
