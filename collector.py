@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import enum
 import logging
 import math
@@ -259,9 +260,16 @@ class Endpoint:
     """Where the receive thread connects and what that feed is called on screen."""
 
     feed: str  # effective feed: binance-futures, binance-spot, demo, replay
-    url: str
+    base: str  # e.g. wss://fstream.binance.com or ws://127.0.0.1:PORT
+    market_kind: str  # "futures" | "spot": URL layout and frame dialect
+    stream: str
+    symbols: tuple[str, ...]
     db_path: str
     builtin_market: bool
+
+    @property
+    def url(self) -> str:
+        return stream_url(self.base, self.market_kind, self.stream, self.symbols)
 
 
 # --------------------------------------------------------------------------------------
@@ -377,6 +385,24 @@ class Collector:
         """The database this collector writes (changes once if 'auto' falls back)."""
         return self.endpoint.db_path if self.endpoint else self.settings.db_path
 
+    def set_symbols(self, symbols) -> tuple[str, ...]:
+        """Collect ``symbols`` from now on (validated); reconnects with the new stream list.
+
+        Raises ``ConfigError`` naming a malformed symbol. Whether a well-formed symbol exists
+        only shows once data arrives: the page reports a symbol with no trades after a few
+        seconds as "no trades".
+        """
+        settings = self.settings.with_changes(symbols=symbols)
+        if settings.symbols == self.settings.symbols:
+            return settings.symbols
+        self.settings = settings
+        for symbol in settings.symbols:
+            self.symbols.setdefault(symbol.upper(), SymbolActivity())
+        if self.endpoint is not None:
+            self.endpoint = dataclasses.replace(self.endpoint, symbols=settings.symbols)
+        self.request_reconnect("symbols changed")
+        return settings.symbols
+
     def request_reconnect(self, reason: str = "requested") -> None:
         """Close the current connection; the receive loop reconnects without backoff."""
         self.last_close_reason = reason
@@ -393,8 +419,8 @@ class Collector:
             return self._builtin_endpoint(s.feed, s.db_path if s.explicit_db_path else None)
         base = s.ws_url or (DEFAULT_SPOT_URL if s.feed == "binance-spot" else DEFAULT_FUTURES_URL)
         feed = "binance-futures" if s.feed == "auto" else s.feed
-        url = stream_url(base, s.market_kind, s.stream, s.symbols)
-        return Endpoint(feed=feed, url=url, db_path=s.db_path, builtin_market=False)
+        return Endpoint(feed=feed, base=base, market_kind=s.market_kind, stream=s.stream,
+                        symbols=s.symbols, db_path=s.db_path, builtin_market=False)
 
     def _builtin_endpoint(self, feed: str, db_path: str | None) -> Endpoint:
         s = self.settings
@@ -404,8 +430,8 @@ class Collector:
             source = market.SimulatedMarket([sym.upper() for sym in s.symbols], seed=s.demo_seed)
         self._market = market.MarketServer(source, kind="futures")
         base = self._market.start()
-        url = stream_url(base, "futures", s.stream, s.symbols)
-        return Endpoint(feed=feed, url=url, db_path=db_path or default_db_path(feed),
+        return Endpoint(feed=feed, base=base, market_kind="futures", stream=s.stream,
+                        symbols=s.symbols, db_path=db_path or default_db_path(feed),
                         builtin_market=True)
 
     def _fall_back_to_demo(self, reason: str) -> None:

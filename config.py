@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ ENV_VARS = {
     "CRYPTO_QUEUE_MAX": "queue_max",
     "CRYPTO_AUTO_FALLBACK": "auto_fallback",
     "CRYPTO_DEMO_SEED": "demo_seed",
+    "CRYPTO_UPLOAD_DB": "upload_db_path",
+    "CRYPTO_DISPLAY_TZ": "display_tz",
 }
 
 
@@ -99,6 +102,8 @@ class Settings:
     queue_max: int = 100_000  # trades buffered between reader and writer
     auto_fallback: float = 10.0  # seconds 'auto' waits for Binance data before the demo
     demo_seed: int | None = None  # seed of the built-in market; None = a new one each start
+    upload_db_path: str = os.path.join(DATA_DIR, "uploads.db")  # uploads live apart from feeds
+    display_tz: str = "UTC"  # the page's default display zone (IANA name)
     explicit_db_path: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +129,11 @@ class Settings:
         _check_range("CRYPTO_RETENTION_DAYS", self.retention_days, 0, 36_500)
         _check_range("CRYPTO_QUEUE_MAX", self.queue_max, 100, 10_000_000)
         _check_range("CRYPTO_AUTO_FALLBACK", self.auto_fallback, 0.1, 600)
+        try:
+            zoneinfo.ZoneInfo(self.display_tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"CRYPTO_DISPLAY_TZ={self.display_tz!r} is not an IANA time zone "
+                              "such as UTC or Europe/London") from None
         object.__setattr__(self, "explicit_db_path", self.db_path is not None)
         if self.db_path is None:
             object.__setattr__(self, "db_path", default_db_path(self.feed))
