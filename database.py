@@ -23,7 +23,12 @@ Tables (column names are part of the contract; extra columns are ours)
   id really seen (placeholder ids included), not from the last id stored.
 - ``uploaded_bars(source, symbol, ts, open, high, low, close, volume, vwap)`` - bars from
   user files, kept apart from live data, ``PRIMARY KEY (source, symbol, ts)``.
-- ``meta(key, value)`` - ``schema_version``.
+- ``meta(key, value)`` - ``schema_version``; the alert evaluator's lease
+  (``alert_evaluator``) and which default alert rules were added (``alert_defaults:Y/X``).
+- Alert rules and events (section "Alert rules and events" at the end; used by ``alerts.py``):
+  ``alert_rules`` (one row per rule), ``alert_events`` (one row per firing, kept when its rule
+  is deleted, with copies of the rule's name, metric and subject) and ``alert_status`` (the
+  evaluator's latest verdict and trigger state per rule, readable by every page).
 
 Why this tick layout. Measured by ``bench/bench_database.py`` on the 2-core dev machine
 (other jobs running; four runs, ranges shown): 2M synthetic ticks, 2 symbols, 24 h,
@@ -66,6 +71,7 @@ Every value goes through SQL parameters; the only SQL text built at run time is 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import json
 import logging
@@ -73,7 +79,7 @@ import os
 import pathlib
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,6 +173,56 @@ _SCHEMA = (
         vwap REAL,
         PRIMARY KEY (source, symbol, ts)
     ) WITHOUT ROWID""",
+    # ---- Alert rules and events (see the section at the end of this module) -------------
+    """CREATE TABLE IF NOT EXISTS alert_rules (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        metric TEXT NOT NULL,             -- alerts.METRICS key, e.g. zscore
+        symbol TEXT,                      -- one-symbol metrics (upper case), else NULL
+        y_symbol TEXT,                    -- pair metrics: dependent leg, else NULL
+        x_symbol TEXT,                    -- pair metrics: independent leg, else NULL
+        timeframe TEXT NOT NULL,          -- bar size, e.g. 1s
+        window INTEGER NOT NULL,          -- bars (hedge window for pairs)
+        z_window INTEGER NOT NULL,        -- bars in the z-score window
+        method TEXT NOT NULL,             -- hedge method (pairs)
+        log_prices INTEGER NOT NULL,      -- 1: pair model in log prices
+        comparison TEXT NOT NULL,         -- >, <, crosses_above, crosses_below, abs>
+        threshold REAL NOT NULL,
+        cooldown_s REAL NOT NULL,
+        hysteresis REAL NOT NULL,
+        enabled INTEGER NOT NULL,
+        webhook_url TEXT,                 -- NULL: no webhook
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL       -- changes on every edit: the rule's version
+    )""",
+    """CREATE TABLE IF NOT EXISTS alert_events (
+        id INTEGER PRIMARY KEY,
+        rule_id INTEGER NOT NULL,         -- may name a deleted rule
+        ts INTEGER NOT NULL,              -- firing time, epoch ms (local clock)
+        as_of_ts INTEGER,                 -- open of the bar the value belongs to
+        rule_name TEXT NOT NULL,          -- copies: history stays readable after edits
+        metric TEXT NOT NULL,
+        subject TEXT NOT NULL,            -- BTCUSDT or BTCUSDT/ETHUSDT
+        comparison TEXT NOT NULL,
+        value REAL NOT NULL,
+        threshold REAL NOT NULL,
+        message TEXT NOT NULL,
+        delivered TEXT NOT NULL,          -- 'not requested' | 'pending' | 'ok' | 'failed: ...'
+        attempts INTEGER NOT NULL DEFAULT 0,
+        delivered_ms INTEGER              -- when the webhook result was recorded
+    )""",
+    "CREATE INDEX IF NOT EXISTS alert_events_rule_id ON alert_events (rule_id, id)",
+    """CREATE TABLE IF NOT EXISTS alert_status (
+        rule_id INTEGER PRIMARY KEY,
+        state TEXT NOT NULL,              -- waiting for data | armed | cooling down | ...
+        value REAL,                       -- latest metric value (NULL while waiting)
+        checked_ms INTEGER NOT NULL,
+        detail TEXT NOT NULL,             -- e.g. 'waiting for data: needs 120 bars, has 14'
+        armed INTEGER NOT NULL,           -- trigger state (alerts.RuleState)
+        last_fired_ms INTEGER,
+        previous_value REAL,
+        as_of_ts INTEGER                  -- bar the latest value belongs to
+    )""",
 )
 
 _INSERT_TICK = """INSERT OR IGNORE INTO ticks
@@ -1195,3 +1251,449 @@ def read_uploaded_bars(conn: sqlite3.Connection, source: str, symbol: str,
         params["size"] = _check_timeframe(timeframe)
         sql = _READ_UPLOADED_BUCKETS
     return _bars_frame(conn.execute(sql, params).fetchall(), trades_known=False)
+
+
+# ======================================================================================
+# Alert rules and events
+# ======================================================================================
+# Storage for alerts.py (rules, firings, the evaluator's per-rule state) and for the page
+# (lists, toasts). Validation of what a rule means lives in alerts.py (alerts.validate_rule);
+# these functions store what they are given and check only names and types of columns.
+
+ALERT_RULE_FIELDS = ("name", "metric", "symbol", "y_symbol", "x_symbol", "timeframe", "window",
+                     "z_window", "method", "log_prices", "comparison", "threshold",
+                     "cooldown_s", "hysteresis", "enabled", "webhook_url")
+# Editing one of these changes what the rule measures or when it triggers, so the trigger
+# state (armed, last firing, previous value) is reset; a new name, webhook or cooldown keeps it.
+_ALERT_STATE_FIELDS = frozenset(ALERT_RULE_FIELDS) - {"name", "webhook_url", "cooldown_s"}
+ALERT_STATUS_FIELDS = ("state", "value", "checked_ms", "detail", "armed", "last_fired_ms",
+                       "previous_value", "as_of_ts")
+ALERT_EVENT_COLUMNS = ("id", "rule_id", "ts", "as_of_ts", "rule_name", "metric", "subject",
+                       "comparison", "value", "threshold", "message", "delivered", "attempts",
+                       "delivered_ms")
+DELIVERY_NOT_REQUESTED = "not requested"
+DELIVERY_PENDING = "pending"
+DELIVERY_OK = "ok"
+_EVALUATOR_LEASE_KEY = "alert_evaluator"
+
+_ALERT_RULE_COLUMNS_SQL = ", ".join(ALERT_RULE_FIELDS)
+_INSERT_ALERT_RULE = (f"INSERT INTO alert_rules ({_ALERT_RULE_COLUMNS_SQL}, created_ms, "
+                      f"updated_ms) VALUES ({', '.join('?' * len(ALERT_RULE_FIELDS))}, ?, ?)")
+_LIST_ALERT_RULES = f"""SELECT r.id, {', '.join('r.' + f for f in ALERT_RULE_FIELDS)},
+        r.created_ms, r.updated_ms, s.state, s.value, s.checked_ms, s.detail, s.armed,
+        s.last_fired_ms, s.previous_value, s.as_of_ts,
+        (SELECT count(*) FROM alert_events AS e WHERE e.rule_id = r.id) AS events
+    FROM alert_rules AS r LEFT JOIN alert_status AS s ON s.rule_id = r.id"""
+_UPSERT_ALERT_STATUS = f"""INSERT INTO alert_status (rule_id, {', '.join(ALERT_STATUS_FIELDS)})
+    VALUES (?, {', '.join('?' * len(ALERT_STATUS_FIELDS))})
+    ON CONFLICT (rule_id) DO UPDATE SET
+    {', '.join(f'{f} = excluded.{f}' for f in ALERT_STATUS_FIELDS)}"""
+_INSERT_ALERT_EVENT = f"""INSERT INTO alert_events ({', '.join(ALERT_EVENT_COLUMNS[1:])})
+    VALUES ({', '.join('?' * (len(ALERT_EVENT_COLUMNS) - 1))})"""
+# The lease row is taken over only by its owner or once it has expired: one statement, so two
+# processes cannot both win.
+_CLAIM_LEASE = """INSERT INTO meta (key, value) VALUES (:key, :value)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+    WHERE json_extract(meta.value, '$.owner') = :owner
+       OR json_extract(meta.value, '$.until_ms') < :now"""
+
+_RULE_DTYPES = {"id": np.int64, "window": np.int64, "z_window": np.int64,
+                "threshold": np.float64, "cooldown_s": np.float64, "hysteresis": np.float64,
+                "log_prices": bool, "enabled": bool, "created_ms": np.int64,
+                "updated_ms": np.int64, "value": np.float64, "checked_ms": np.float64,
+                "armed": np.float64, "last_fired_ms": np.float64, "previous_value": np.float64,
+                "as_of_ts": np.float64, "events": np.int64}
+_EVENT_DTYPES = {"id": np.int64, "rule_id": np.int64, "ts": np.int64, "as_of_ts": np.float64,
+                 "value": np.float64, "threshold": np.float64, "attempts": np.int64,
+                 "delivered_ms": np.float64}
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` unless the caller already opened a transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.owned = False
+
+    def __enter__(self) -> sqlite3.Connection:
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.owned = True
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.owned:
+            return
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+
+def _typed_frame(rows: list[tuple], columns: Sequence[str], dtypes: dict) -> pd.DataFrame:
+    """Rows -> DataFrame; NULL -> NaN in float columns, None in object columns."""
+    data = list(zip(*rows)) if rows else [()] * len(columns)
+    frame = {}
+    for name, values in zip(columns, data):
+        dtype = dtypes.get(name, object)
+        if dtype is object:
+            frame[name] = pd.Series(list(values), dtype=object)
+        elif dtype is np.float64:
+            frame[name] = np.array([np.nan if v is None else v for v in values], dtype=dtype)
+        else:
+            frame[name] = np.array(list(values), dtype=dtype)
+    return pd.DataFrame(frame)
+
+
+def _alert_rule_values(rule) -> dict:
+    """The storable fields of a rule given as a mapping or a dataclass (alerts.AlertRule)."""
+    if dataclasses.is_dataclass(rule) and not isinstance(rule, type):
+        fields = dataclasses.asdict(rule)
+    elif isinstance(rule, Mapping):
+        fields = dict(rule)
+    else:
+        raise ValueError(f"rule ({type(rule).__name__}) must be a mapping or an AlertRule")
+    missing = [name for name in ALERT_RULE_FIELDS if name not in fields]
+    if missing:
+        raise ValueError(f"rule is missing fields {missing}")
+    return fields
+
+
+def _alert_rule_row(fields: Mapping) -> list:
+    row = []
+    for name in ALERT_RULE_FIELDS:
+        value = fields[name]
+        if name in ("log_prices", "enabled"):
+            value = int(bool(value))
+        elif isinstance(value, np.generic):  # numpy scalars from a DataFrame row
+            value = value.item()
+        row.append(value)
+    return row
+
+
+def save_alert_rule(conn: sqlite3.Connection, rule) -> int:
+    """Store a new alert rule and return its id.
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+        A writable connection.
+    rule : alerts.AlertRule or mapping
+        Every field of ``ALERT_RULE_FIELDS``; validate it first with
+        ``alerts.validate_rule`` (or call ``alerts.create_rule``). ``id`` must be absent or
+        None.
+
+    Returns
+    -------
+    int
+        The new rule id.
+    """
+    fields = _alert_rule_values(rule)
+    if fields.get("id") is not None:
+        raise ValueError(f"rule id ({fields['id']!r}) must be None for a new rule; "
+                         "use update_alert_rule to change a stored rule")
+    now = _now_ms()
+    cursor = conn.execute(_INSERT_ALERT_RULE, (*_alert_rule_row(fields), now, now))
+    return int(cursor.lastrowid)
+
+
+def save_alert_rules_once(conn: sqlite3.Connection, key: str, rules: Sequence) -> list[int]:
+    """Store ``rules`` unless rules were stored under ``key`` before; one transaction.
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+    key : str
+        A marker kept in ``meta`` (e.g. ``"alert_defaults:BTCUSDT/ETHUSDT"``). It stays when
+        the rules are deleted, so deleted ready-made rules do not come back.
+    rules : sequence of alerts.AlertRule or mappings
+
+    Returns
+    -------
+    list of int
+        Ids of the rules stored now; empty when ``key`` was already present.
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"key ({key!r}) must be a non-empty string")
+    rows = [_alert_rule_row(_alert_rule_values(rule)) for rule in rules]
+    now = _now_ms()
+    with _Transaction(conn):
+        inserted = conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                                (key, str(now))).rowcount
+        if not inserted:
+            return []
+        return [int(conn.execute(_INSERT_ALERT_RULE, (*row, now, now)).lastrowid)
+                for row in rows]
+
+
+def update_alert_rule(conn: sqlite3.Connection, rule_id: int, **fields) -> None:
+    """Change fields of a stored rule; resets its trigger state when the trigger changed.
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+    rule_id : int
+    **fields
+        Names from ``ALERT_RULE_FIELDS``. Validate the edited rule first
+        (``alerts.edit_rule`` does both).
+
+    Notes
+    -----
+    ``updated_ms`` is set on every call with a real change. When a field that decides what is
+    measured or when it fires changes (all but ``name``, ``webhook_url`` and ``cooldown_s``),
+    the rule's ``alert_status`` row is deleted: the rule starts armed, without a previous
+    value, as if new. Values equal to the stored ones change nothing, so a form that submits
+    every field does not re-arm a rule.
+    """
+    unknown = sorted(set(fields) - set(ALERT_RULE_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown alert rule fields {unknown}; allowed: "
+                         f"{', '.join(ALERT_RULE_FIELDS)}")
+    if not fields:
+        return
+    names = list(fields)
+    with _Transaction(conn):
+        current = conn.execute(f"SELECT {', '.join(names)} FROM alert_rules WHERE id = ?",
+                               (int(rule_id),)).fetchone()
+        if current is None:
+            raise ValueError(f"rule_id ({rule_id!r}) does not exist")
+        new_values = dict(zip(ALERT_RULE_FIELDS, _alert_rule_row(
+            {name: fields.get(name) for name in ALERT_RULE_FIELDS})))
+        changed = [name for name, old in zip(names, current) if new_values[name] != old]
+        if not changed:
+            return
+        # Column names come from ALERT_RULE_FIELDS (checked above), never from user text.
+        assignments = ", ".join(f"{name} = ?" for name in changed)
+        conn.execute(f"UPDATE alert_rules SET {assignments}, updated_ms = ? WHERE id = ?",
+                     (*[new_values[name] for name in changed], _now_ms(), int(rule_id)))
+        if _ALERT_STATE_FIELDS.intersection(changed):
+            conn.execute("DELETE FROM alert_status WHERE rule_id = ?", (int(rule_id),))
+
+
+def set_alert_rule_enabled(conn: sqlite3.Connection, rule_id: int, enabled: bool) -> None:
+    """Enable or disable a rule; a change re-arms it (see ``update_alert_rule``)."""
+    update_alert_rule(conn, rule_id, enabled=bool(enabled))
+
+
+def delete_alert_rule(conn: sqlite3.Connection, rule_id: int) -> bool:
+    """Delete a rule and its status; its events stay (with the rule's name copied in them).
+
+    Returns
+    -------
+    bool
+        Whether the rule existed.
+    """
+    with _Transaction(conn):
+        deleted = conn.execute("DELETE FROM alert_rules WHERE id = ?", (int(rule_id),)).rowcount
+        conn.execute("DELETE FROM alert_status WHERE rule_id = ?", (int(rule_id),))
+    return bool(deleted)
+
+
+def list_alert_rules(conn: sqlite3.Connection, *, enabled_only: bool = False) -> pd.DataFrame:
+    """Stored rules with their latest status, ordered by id.
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+        Read-only connections work.
+    enabled_only : bool, default False
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``id``, every name of ``ALERT_RULE_FIELDS``, ``created_ms``, ``updated_ms``,
+        then the status: ``state`` ("disabled" for a disabled rule, "not checked yet" before
+        the evaluator saw an enabled rule, else what the evaluator wrote: "waiting for data",
+        "armed", "cooling down", "disarmed", "error"), ``value``, ``checked_ms``,
+        ``detail``, ``armed``, ``last_fired_ms``, ``previous_value``, ``as_of_ts``
+        (float64, NaN when unknown) and ``events`` (firings stored for the rule).
+        ``log_prices`` and ``enabled`` are bool; symbols None where not used.
+    """
+    sql = _LIST_ALERT_RULES + (" WHERE r.enabled = 1" if enabled_only else "") + " ORDER BY r.id"
+    rows = conn.execute(sql).fetchall()
+    columns = ("id", *ALERT_RULE_FIELDS, "created_ms", "updated_ms", "state", "value",
+               "checked_ms", "detail", "armed", "last_fired_ms", "previous_value", "as_of_ts",
+               "events")
+    frame = _typed_frame(rows, columns, _RULE_DTYPES)
+    enabled = frame["enabled"].to_numpy(dtype=bool)
+    state = frame["state"].where(frame["state"].notna(), "not checked yet")
+    frame["state"] = state.where(enabled, "disabled").astype(object)
+    frame["detail"] = frame["detail"].where(frame["detail"].notna(), "").astype(object)
+    return frame
+
+
+def write_alert_status(conn: sqlite3.Connection, rule_id: int, *, state: str, detail: str,
+                       checked_ms: int, value: float | None = None, armed: bool = True,
+                       last_fired_ms: int | None = None, previous_value: float | None = None,
+                       as_of_ts: int | None = None) -> None:
+    """Store the evaluator's latest verdict and trigger state for one rule (upsert).
+
+    ``value``/``previous_value`` that are NaN are stored as NULL.
+    """
+    def nullable(number):
+        if number is None:
+            return None
+        number = float(number)
+        return None if np.isnan(number) else number
+
+    conn.execute(_UPSERT_ALERT_STATUS, (
+        int(rule_id), str(state), nullable(value), int(checked_ms), str(detail), int(bool(armed)),
+        None if last_fired_ms is None else int(last_fired_ms), nullable(previous_value),
+        None if as_of_ts is None else int(as_of_ts)))
+
+
+def read_alert_status(conn: sqlite3.Connection) -> dict[int, dict]:
+    """Every rule's stored status: ``{rule_id: {state, value, checked_ms, detail, armed,
+    last_fired_ms, previous_value, as_of_ts}}`` (``armed`` bool, NULL -> None)."""
+    rows = conn.execute(
+        f"SELECT rule_id, {', '.join(ALERT_STATUS_FIELDS)} FROM alert_status").fetchall()
+    result = {}
+    for row in rows:
+        status = dict(zip(ALERT_STATUS_FIELDS, row[1:]))
+        status["armed"] = bool(status["armed"])
+        result[int(row[0])] = status
+    return result
+
+
+def insert_alert_event(conn: sqlite3.Connection, *, rule_id: int, ts: int, value: float,
+                       threshold: float, message: str, rule_name: str, metric: str,
+                       subject: str, comparison: str, as_of_ts: int | None = None,
+                       delivered: str = DELIVERY_NOT_REQUESTED) -> int:
+    """Store one firing of a rule and return the event id.
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+    rule_id : int
+    ts : int
+        Firing time, epoch ms.
+    value, threshold : float
+        The metric value that fired and the rule's threshold then.
+    message : str
+        The line shown to the user (and sent to the webhook).
+    rule_name, metric, subject, comparison : str
+        Copies of the rule as it was, so the history reads right after edits or deletion.
+    as_of_ts : int, optional
+        Open of the bar the value belongs to.
+    delivered : str, default "not requested"
+        ``"pending"`` when a webhook will be tried (``set_alert_event_delivery`` records the
+        result).
+    """
+    cursor = conn.execute(_INSERT_ALERT_EVENT, (
+        int(rule_id), int(ts), None if as_of_ts is None else int(as_of_ts), str(rule_name),
+        str(metric), str(subject), str(comparison), float(value), float(threshold),
+        str(message), str(delivered), 0, None))
+    return int(cursor.lastrowid)
+
+
+def set_alert_event_delivery(conn: sqlite3.Connection, event_id: int, delivered: str, *,
+                             attempts: int, delivered_ms: int) -> None:
+    """Record a webhook result on an event: ``"ok"`` or ``"failed: <reason>"``."""
+    conn.execute("UPDATE alert_events SET delivered = ?, attempts = ?, delivered_ms = ? "
+                 "WHERE id = ?", (str(delivered), int(attempts), int(delivered_ms),
+                                  int(event_id)))
+
+
+def list_alert_events(conn: sqlite3.Connection, *, since_id: int | None = None,
+                      limit: int | None = 200, rule_id: int | None = None) -> pd.DataFrame:
+    """Stored alert events, newest first.
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+        Read-only connections work.
+    since_id : int, optional
+        Only events with ``id > since_id`` (a page keeps the largest id it has shown and
+        toasts what is newer).
+    limit : int or None, default 200
+        At most this many (the newest); None = all.
+    rule_id : int, optional
+        Only this rule's events.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``ALERT_EVENT_COLUMNS``: ``id, rule_id, ts`` (int64 epoch ms), ``as_of_ts``
+        (float64), ``rule_name, metric, subject, comparison``, ``value, threshold``
+        (float64), ``message``, ``delivered`` ("not requested", "pending", "ok" or
+        "failed: reason"), ``attempts`` (int64), ``delivered_ms`` (float64, NaN until a
+        webhook result is recorded).
+    """
+    if limit is not None and (isinstance(limit, bool) or int(limit) < 1):
+        raise ValueError(f"limit ({limit!r}) must be >= 1 or None")
+    clauses, params = [], []
+    if since_id is not None:
+        clauses.append("id > ?")
+        params.append(int(since_id))
+    if rule_id is not None:
+        clauses.append("rule_id = ?")
+        params.append(int(rule_id))
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    params.append(-1 if limit is None else int(limit))
+    rows = conn.execute(f"SELECT {', '.join(ALERT_EVENT_COLUMNS)} FROM alert_events{where} "
+                        "ORDER BY id DESC LIMIT ?", params).fetchall()
+    return _typed_frame(rows, ALERT_EVENT_COLUMNS, _EVENT_DTYPES)
+
+
+def latest_alert_event_id(conn: sqlite3.Connection) -> int:
+    """The newest event id (0 when there is none): where a new page starts its toasts."""
+    return int(conn.execute("SELECT coalesce(max(id), 0) FROM alert_events").fetchone()[0])
+
+
+def mark_pending_deliveries_failed(conn: sqlite3.Connection, reason: str) -> int:
+    """Mark every ``"pending"`` delivery as ``"failed: <reason>"``; returns how many.
+
+    For an evaluator that starts after a stop: webhooks queued in a previous run were lost.
+    """
+    return conn.execute("UPDATE alert_events SET delivered = ? WHERE delivered = ?",
+                        (f"failed: {reason}", DELIVERY_PENDING)).rowcount
+
+
+def first_bar_ts(conn: sqlite3.Connection, symbol: str) -> int | None:
+    """Open time (epoch ms) of the oldest stored 1 s bar of ``symbol``, or None; one seek."""
+    row = conn.execute("SELECT min(ts) FROM bars_1s WHERE symbol = ?", (symbol.upper(),)
+                       ).fetchone()
+    return row[0]
+
+
+def claim_alert_evaluator(conn: sqlite3.Connection, owner: str, now_ms: int,
+                          ttl_ms: int) -> str | None:
+    """Take or renew the lease that lets one evaluator write alerts to this file.
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+    owner : str
+        The evaluator's id (unique per evaluator object).
+    now_ms : int
+    ttl_ms : int
+        The lease lasts until ``now_ms + ttl_ms`` unless renewed.
+
+    Returns
+    -------
+    str or None
+        The owner holding the lease after the call: ``owner`` when it was taken or renewed,
+        another id when a live evaluator (in this or another process) holds it.
+
+    Notes
+    -----
+    One evaluator per process is guaranteed by ``alerts.start_evaluator``; the lease covers
+    two processes (two Streamlit servers) on one database, which would otherwise fire every
+    alert twice. An evaluator that dies without releasing blocks others for ``ttl_ms``.
+    """
+    value = json.dumps({"owner": owner, "until_ms": int(now_ms) + int(ttl_ms)})
+    conn.execute(_CLAIM_LEASE, {"key": _EVALUATOR_LEASE_KEY, "value": value, "owner": owner,
+                                "now": int(now_ms)})
+    row = conn.execute("SELECT json_extract(value, '$.owner') FROM meta WHERE key = ?",
+                       (_EVALUATOR_LEASE_KEY,)).fetchone()
+    return row[0] if row else None
+
+
+def release_alert_evaluator(conn: sqlite3.Connection, owner: str) -> None:
+    """Give the lease up (only when ``owner`` holds it)."""
+    conn.execute("DELETE FROM meta WHERE key = ? AND json_extract(value, '$.owner') = ?",
+                 (_EVALUATOR_LEASE_KEY, owner))
