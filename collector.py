@@ -431,7 +431,8 @@ class Collector:
         self._market = market.MarketServer(source, kind="futures")
         base = self._market.start()
         return Endpoint(feed=feed, base=base, market_kind="futures", stream=s.stream,
-                        symbols=s.symbols, db_path=db_path or default_db_path(feed),
+                        symbols=s.symbols,
+                        db_path=db_path or default_db_path(feed, s.replay_file),
                         builtin_market=True)
 
     def _fall_back_to_demo(self, reason: str) -> None:
@@ -850,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
 def _replay_complete(collector: Collector) -> bool:
     """True once the replay server sent everything and the writer stored it all."""
     server = collector._market
-    return (server is not None and server.finished
+    return (server is not None and server.source_done
             and collector.received > 0
             and not collector._queue
             and collector.stored + collector.duplicates >= collector.received - collector.filtered

@@ -136,7 +136,7 @@ class Settings:
                               "such as UTC or Europe/London") from None
         object.__setattr__(self, "explicit_db_path", self.db_path is not None)
         if self.db_path is None:
-            object.__setattr__(self, "db_path", default_db_path(self.feed))
+            object.__setattr__(self, "db_path", default_db_path(self.feed, self.replay_file))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -175,9 +175,16 @@ class Settings:
         return Settings(**current)
 
 
-def default_db_path(feed: str) -> str:
-    """One database per feed: ``data/binance-futures.db``, ``data/demo.db`` ..."""
+def default_db_path(feed: str, replay_file: str | None = None) -> str:
+    """One database per feed: ``data/binance-futures.db``, ``data/demo.db`` ...
+
+    A replay gets one file per recording (``data/replay-<file name>.db``): recordings carry
+    no trade ids, so ids are numbered from 1 per file and two files must not share a table.
+    """
     name = "binance-futures" if feed == "auto" else feed
+    if feed == "replay" and replay_file:
+        stem = os.path.splitext(os.path.basename(replay_file))[0]
+        name = "replay-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
     return os.path.join(DATA_DIR, f"{name}.db")
 
 

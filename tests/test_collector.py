@@ -572,3 +572,25 @@ def test_cli_stops_cleanly_on_sigterm(tmp_path):
     assert process.returncode == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["stored"] > 0 and summary["stored"] == count_rows(str(tmp_path / "sig.db"))
+
+
+def test_replay_of_recorded_trades_stores_every_row_and_filters_zero_prices(tmp_path):
+    recording = os.path.join(ROOT, "tests", "data", "market_futures_2025-12-15T0843Z_head2000.ndjson")
+    rows = pd.read_json(recording, lines=True)
+    zero = int((rows.price == 0).sum())
+    assert zero > 0  # the excerpt holds Binance's NA placeholders
+    db = tmp_path / "replay.db"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "collector.py"), "--feed", "replay", "--stream",
+         "trade", "--replay-file", recording, "--replay-speed", "0", "--db", str(db),
+         "--duration", "60"],
+        capture_output=True, text=True, timeout=90, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["stored"] == len(rows) - zero  # identical rows are distinct trades
+    assert summary["filtered"] == zero and summary["duplicates"] == 0
+    with sqlite3.connect(db) as conn:
+        stored = pd.read_sql("SELECT symbol, trade_id, price, qty FROM ticks", conn)
+    expected = rows[rows.price > 0].groupby("symbol").size().to_dict()
+    assert stored.groupby("symbol").size().to_dict() == expected
+    assert (stored.price > 0).all()

@@ -52,3 +52,10 @@ def test_with_changes_revalidates_and_moves_the_default_db_with_the_feed():
     assert settings.with_changes(feed="demo").db_path.endswith("demo.db")
     with pytest.raises(ConfigError):
         settings.with_changes(symbols="x")
+
+
+def test_each_replay_recording_gets_its_own_database(tmp_path):
+    recording = tmp_path / "futures 2025-12-15.ndjson"
+    recording.write_text("")
+    settings = Settings.from_env({"CRYPTO_FEED": "replay", "CRYPTO_REPLAY_FILE": str(recording)})
+    assert settings.db_path.endswith("replay-futures_2025-12-15.db")
