@@ -21,7 +21,8 @@ One collector per process: ``start(settings)`` returns the running collector if 
 even after Streamlit re-imports this module (the registry lives on the ``sys`` module, which
 is never re-imported). ``stop()`` stops reading, drains the queue, commits and joins.
 
-Headless use (record for hours without a browser)::
+Headless use (record for hours without a browser; the alert rules stored in the database
+are evaluated alongside unless ``--no-alerts``)::
 
     python collector.py --feed demo --symbols btcusdt,ethusdt --duration 60
 
@@ -816,6 +817,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flush-interval", dest="flush_interval", type=float)
     parser.add_argument("--retention-days", dest="retention_days", type=float)
     parser.add_argument("--seed", dest="demo_seed", type=int, help="seed of the built-in market")
+    parser.add_argument("--no-alerts", dest="alerts", action="store_false",
+                        help="do not evaluate the alert rules stored in the database")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -824,7 +827,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {k: v for k, v in vars(args).items() if k not in ("duration", "log_level")}
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("duration", "log_level", "alerts")}
     try:
         settings = Settings.from_env(**overrides)
     except ConfigError as exc:
@@ -835,6 +839,12 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop_event.set())
     collector = Collector(settings).start()
     log.info("recording %s into %s", collector.endpoint.url, collector.db_path)
+    evaluator = None
+    if args.alerts:
+        # Imported here: the alert engine sits above the collector (alerts -> analytics,
+        # database); only this entry point, like the page, starts both side by side.
+        import alerts
+        evaluator = alerts.start_evaluator(lambda: collector.db_path)
     deadline = time.monotonic() + args.duration if args.duration else math.inf
     while not stop_event.is_set() and time.monotonic() < deadline:
         if settings.feed == "replay" and _replay_complete(collector):
@@ -842,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
             break
         stop_event.wait(0.2)
     final = collector.stop()
+    if evaluator is not None:
+        evaluator.stop()
     summary = {key: int(final[key]) for key in SUMMARY_KEYS}
     summary.update(feed=final["feed"], db_path=final["db_path"])
     print(orjson.dumps(summary).decode(), flush=True)

@@ -594,3 +594,23 @@ def test_replay_of_recorded_trades_stores_every_row_and_filters_zero_prices(tmp_
     expected = rows[rows.price > 0].groupby("symbol").size().to_dict()
     assert stored.groupby("symbol").size().to_dict() == expected
     assert (stored.price > 0).all()
+
+
+def test_cli_evaluates_stored_alert_rules_without_a_browser(tmp_path):
+    import alerts
+    import database
+
+    db = tmp_path / "alerts.db"
+    conn = database.connect(str(db))
+    rule_id = alerts.create_rule(conn, metric="price", symbol="BTCUSDT", comparison=">",
+                                 threshold=1.0, timeframe="1s", cooldown_s=3600)
+    conn.close()
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "collector.py"), "--feed", "demo", "--db", str(db),
+         "--seed", "4", "--duration", "5"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(db) as conn:
+        events = conn.execute("SELECT rule_id, value FROM alert_events").fetchall()
+    assert len(events) == 1 and events[0][0] == rule_id  # fired once, then cooling down
+    assert 50_000 < events[0][1] < 150_000  # the simulated BTC price
