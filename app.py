@@ -1,0 +1,887 @@
+"""Pairs-trading dashboard: `streamlit run app.py`.
+
+UI only. Reading and analytics live in ``dashboard_data`` (which calls ``database`` and
+``analytics``), figures in ``visualizations``, trades in ``collector`` (one per process,
+started once), alert rules in ``alerts``.
+
+How the page stays live without flicker
+    * Sidebar controls rerun the whole script; nothing else does.
+    * ``@st.fragment(run_every=...)`` reruns only the live parts: the sidebar feed status
+      and the live strip (value + z-score chart) every second, the open tab's charts at the
+      chosen refresh interval (for 1m/5m bars at the bar length). Pause sets run_every=None.
+    * Tabs are lazy (``on_change="rerun"``): only the open tab runs.
+    * Heavy work is cached with ``st.cache_data`` keyed by the newest bar's time
+      (``database.latest_bar_ts``), so several browser tabs share one computation; live
+      bars are topped up incrementally (``dashboard_data.BarStore``).
+    * Every chart has a constant ``st.plotly_chart`` key and a ``uirevision`` naming what
+      its axes mean (source, symbols, timeframe, zone); a dragged box zoom is re-applied
+      on every refresh (see ``chart``: Streamlit 1.67 remounts a chart whose data changed).
+    * Download buttons are outside timed fragments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pandas as pd
+import streamlit as st
+
+import analytics
+import backtest
+import collector
+import dashboard_data as dd
+import database
+import uploads
+import visualizations as viz
+from config import ConfigError, Settings, parse_symbols
+
+try:
+    import alerts
+except ModuleNotFoundError as exc:  # written in parallel; the Alerts tab says it is missing
+    if exc.name != "alerts":
+        raise
+    alerts = None
+
+TAB_NAMES = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Backtest", "Alerts",
+             "Data", "Health")
+REFRESH_CHOICES = (1, 2, 5, 10, 30)
+ZONES = ("UTC", "Europe/London", "Europe/Berlin", "America/New_York", "America/Chicago",
+         "Asia/Kolkata", "Asia/Singapore", "Asia/Hong_Kong", "Asia/Tokyo", "Australia/Sydney")
+
+st.set_page_config(page_title="Pairs analytics", page_icon="📈", layout="wide")
+
+
+# --------------------------------------------------------------------------------------
+# Settings and services
+# --------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def start_services(settings: Settings) -> collector.Collector:
+    """The process's collector (and alert evaluator); both are idempotent per process."""
+    feed = collector.start(settings)
+    if alerts is not None:
+        alerts.start_evaluator(lambda: (collector.running_collector() or feed).db_path)
+    return feed
+
+
+@st.cache_resource(show_spinner=False)
+def bar_store() -> dd.BarStore:
+    return dd.BarStore()
+
+
+@st.cache_resource(show_spinner=False)
+def subscribed_since() -> dict[str, int]:
+    """When the page subscribed each symbol (process-wide, like the collector)."""
+    return {}
+
+
+try:
+    settings = Settings.from_env()
+except ConfigError as exc:
+    st.error(f"Configuration error: {exc}")
+    st.stop()
+feed = start_services(settings)
+if not feed.running:  # stopped elsewhere (tests, a CLI in the same process): start anew
+    start_services.clear()
+    feed = start_services(settings)
+
+
+# --------------------------------------------------------------------------------------
+# Cached loaders (keyed by the newest bar, shared by every session)
+# --------------------------------------------------------------------------------------
+
+
+# A view of 24 h of 1 s bars pickles to ~27 MB and its key changes every second: keep few.
+@st.cache_data(max_entries=6, ttl=600, show_spinner=False)
+def cached_pair_view(source: dd.DataSource, y: str, x: str, timeframe: str,
+                     lookback_ms: int | None, method: str, window: int, log_prices: bool,
+                     latest: tuple) -> dict:
+    """``dd.view_to_parts`` of the pair's view (pandas only: see there why)."""
+    anchor = max((t for t in latest if t is not None), default=None)
+    bars_y = dd.load_bars(source, y, timeframe, lookback_ms, anchor, bar_store())
+    bars_x = dd.load_bars(source, x, timeframe, lookback_ms, anchor, bar_store())
+    return dd.view_to_parts(dd.build_pair_view(
+        bars_y, bars_x, y, x, timeframe if source.kind == "live" else None, method, window,
+        log_prices))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def cached_bars_by_symbol(source: dd.DataSource, symbols: tuple, timeframe: str,
+                          lookback_ms: int | None, latest: tuple) -> dict:
+    anchor = max((t for t in latest if t is not None), default=None)
+    return {s: dd.load_bars(source, s, timeframe, lookback_ms, anchor, bar_store())
+            for s in symbols}
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def cached_minute_stats(source: dd.DataSource, y: str, x: str, lookback_ms: int | None,
+                        window: int, log_prices: bool, latest: tuple) -> pd.DataFrame:
+    anchor = max((t for t in latest if t is not None), default=None)
+    bars_y = dd.load_bars(source, y, "1min", lookback_ms, anchor)
+    bars_x = dd.load_bars(source, x, "1min", lookback_ms, anchor)
+    return analytics.minute_stats(bars_y, bars_x, window=window, log_prices=log_prices)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def cached_backtest(view_key: tuple, params: tuple) -> backtest.BacktestResult:
+    view = dd.view_from_parts(cached_pair_view(*view_key))
+    entry, exit_, stop, fee_bps, slippage_bps, notional = params
+    return backtest.backtest(view.aligned.y, view.aligned.x, view.signals.frame["z"],
+                             entry, exit_, beta=view.signals.frame["beta"],
+                             stop=stop or None, fee_bps=fee_bps, slippage_bps=slippage_bps,
+                             notional=notional, bar_seconds=view.bar_seconds,
+                             log_prices=view.signals.log_prices)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def parse_ohlc(data: bytes, name: str, naive_tz: str, symbol: str,
+               timeframe: str | None) -> uploads.OhlcUpload:
+    return uploads.parse_ohlc_csv(data, filename=name, naive_timezone=naive_tz,
+                                  default_symbol=symbol or None, timeframe=timeframe)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def parse_ticks(data: bytes, name: str, naive_tz: str) -> uploads.TickUpload:
+    return uploads.parse_tick_file(data, filename=name, naive_timezone=naive_tz)
+
+
+# --------------------------------------------------------------------------------------
+# Sidebar: feed status, symbols, pair and parameters
+# --------------------------------------------------------------------------------------
+
+
+def sidebar_status() -> None:
+    health = feed.health()
+    status = dd.feed_status(health)
+    show = {"success": st.success, "info": st.info, "warning": st.warning,
+            "error": st.error}[status.level]
+    show(status.label)
+    if status.detail:
+        st.caption(status.detail)
+    st.caption(f"reconnects: {health['reconnects']} · stored: {health['stored']:,} · "
+               f"lag: {health['lag_ms']} ms")
+    activity = dd.symbol_activity_table(health)[["trades/s", "age (s)"]]
+    if len(activity):
+        st.dataframe(activity, width="stretch")
+        st.caption("age: seconds since the symbol's last trade")
+    for symbol, quiet_s in dd.silent_symbols(health, subscribed_since(), dd.now_ms()):
+        st.warning(f"no trades for {symbol} in {quiet_s:.0f} s — check that it is listed on "
+                   "this feed")
+
+
+def add_symbol() -> None:
+    text = st.session_state.get("new_symbol", "")
+    try:
+        new = parse_symbols(text)
+        current = list(feed.settings.symbols)
+        feed.set_symbols(current + [s for s in new if s not in current])
+    except ConfigError as exc:
+        st.session_state["symbol_message"] = ("error", str(exc))
+        return
+    for symbol in new:
+        subscribed_since().setdefault(symbol.upper(), dd.now_ms())
+    st.session_state["symbol_message"] = ("success", f"subscribed {', '.join(new).upper()}")
+    st.session_state["new_symbol"] = ""
+
+
+def remove_symbol() -> None:
+    symbol = st.session_state.get("remove_choice", "").lower()
+    remaining = [s for s in feed.settings.symbols if s != symbol]
+    if not remaining:
+        st.session_state["symbol_message"] = ("error", "keep at least one symbol")
+        return
+    feed.set_symbols(remaining)
+    subscribed_since().pop(symbol.upper(), None)
+    st.session_state["symbol_message"] = ("success", f"unsubscribed {symbol.upper()}")
+
+
+def swap_legs() -> None:
+    state = st.session_state
+    state["y_symbol"], state["x_symbol"] = state["x_symbol"], state["y_symbol"]
+
+
+def keep_choice(key: str, options: list, default) -> None:
+    """A widget whose stored value is no longer an option falls back to ``default``."""
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = default
+
+
+def sidebar_controls() -> dd.Controls | None:
+    """All sidebar widgets; None when no pair can be chosen yet."""
+    with st.expander("Symbols (collector)", expanded=False):
+        st.text_input("add symbols", key="new_symbol", placeholder="e.g. solusdt, bnbusdt")
+        st.button("Add", key="add_symbol", on_click=add_symbol)
+        subscribed = [s.upper() for s in feed.settings.symbols]
+        st.selectbox("remove symbol", subscribed, key="remove_choice")
+        st.button("Remove", key="remove_symbol", on_click=remove_symbol)
+        message = st.session_state.pop("symbol_message", None)
+        if message:
+            (st.error if message[0] == "error" else st.success)(message[1])
+
+    upload_names = sorted(set(dd.list_uploads(settings.upload_db_path)["source"]))
+    kind = st.radio("source", ("live", "uploaded"), key="source_kind", horizontal=True)
+    if kind == "uploaded" and not upload_names:
+        st.info("no uploaded files yet — upload one in the Data tab")
+        kind = "live"
+    if kind == "uploaded":
+        keep_choice("upload_name", upload_names, upload_names[0])
+        name = st.selectbox("uploaded file", upload_names, key="upload_name")
+        source = dd.DataSource("uploaded", settings.upload_db_path, name)
+    else:
+        source = dd.DataSource("live", feed.db_path)
+
+    symbols = dd.pair_symbols(feed.settings.symbols, source)
+    if len(symbols) < 2:
+        st.warning("a pair needs two symbols: add one above")
+        return None
+    keep_choice("y_symbol", symbols, symbols[0])
+    keep_choice("x_symbol", symbols, symbols[1] if symbols[0] == st.session_state["y_symbol"]
+                else symbols[0])
+    st.selectbox("dependent leg y", symbols, key="y_symbol")
+    st.selectbox("independent leg x", symbols, key="x_symbol")
+    st.button("⇅ swap legs", key="swap", on_click=swap_legs)
+
+    tf_label = st.selectbox("timeframe", dd.TIMEFRAME_LABELS, key="timeframe")
+    # "all" only for uploads: all of a week of live 1 s bars is too much for a 1 s refresh
+    lookbacks = [k for k in dd.LOOKBACKS_MS if source.kind == "uploaded" or k != "all"]
+    keep_choice("lookback", lookbacks, "1 h" if source.kind == "live" else "all")
+    lookback = st.selectbox("lookback", lookbacks, key="lookback")
+    window = int(st.number_input("rolling window (bars)", min_value=10, max_value=20_000,
+                                 value=60, step=10, key="window"))
+    method_label = st.selectbox("regression method", list(dd.METHODS), key="method")
+    log_prices = st.toggle("log prices", value=True, key="log_prices",
+                           help="log prices: β is an elasticity; raw: units of x per y")
+    entry = st.number_input("entry |z|", min_value=0.1, max_value=10.0, value=2.0, step=0.1,
+                            key="entry_z")
+    exit_ = st.number_input("exit |z|", min_value=0.0, max_value=10.0, value=0.0, step=0.1,
+                            key="exit_z")
+    if exit_ >= entry:
+        st.error(f"exit ({exit_:g}) must be below entry ({entry:g}); using 0")
+        exit_ = 0.0
+    zones = list(dict.fromkeys([settings.display_tz, *ZONES]))
+    tz = st.selectbox("time zone", zones, key="tz",
+                      help="times on charts and in tables; naive upload times are set in "
+                           "the Data tab")
+    refresh = st.selectbox("refresh every (s)", REFRESH_CHOICES, index=1, key="refresh_s")
+    paused = st.toggle("pause", key="paused")
+    return dd.Controls(source=source, y=st.session_state["y_symbol"],
+                    x=st.session_state["x_symbol"], tf_label=tf_label,
+                    timeframe=dd.timeframe_of(tf_label), lookback_label=lookback,
+                    lookback_ms=dd.LOOKBACKS_MS[lookback], method_label=method_label,
+                    method=dd.METHODS[method_label], window=window, log_prices=log_prices,
+                    entry=float(entry), exit=float(exit_), tz=tz, refresh_s=float(refresh),
+                    paused=paused)
+
+
+# --------------------------------------------------------------------------------------
+# Shared pieces for the fragments
+# --------------------------------------------------------------------------------------
+
+
+def latest_key(c: dd.Controls, symbols=None) -> tuple:
+    return dd.latest_bar_times(c.source, symbols or (c.y, c.x))
+
+
+def view_key(c: dd.Controls) -> tuple | None:
+    """Arguments of ``cached_pair_view`` for the current data, or None without data."""
+    latest = latest_key(c)
+    if all(t is None for t in latest):
+        return None
+    return (c.source, c.y, c.x, c.timeframe, c.lookback_ms, c.method, c.window,
+            c.log_prices, latest)
+
+
+def current_view(c: dd.Controls) -> dd.PairView | None:
+    key = view_key(c)
+    return None if key is None else dd.view_from_parts(cached_pair_view(*key))
+
+
+def waiting(c: dd.Controls) -> None:
+    st.info(dd.WAITING_MESSAGE if c.live else f"{c.source.upload} has no bars for "
+            f"{c.y}/{c.x}")
+
+
+def warming(c: dd.Controls, view: dd.PairView, needed: int, nobs: int) -> str:
+    return dd.warming_message(needed, nobs, c.tf_label, view.bar_seconds)
+
+
+def chart(fig, key: str) -> None:
+    """Draw a figure whose zoom survives refreshes.
+
+    Streamlit 1.67 remounts a chart whose data changed (its element id hashes the figure),
+    so Plotly's ``uirevision`` alone cannot keep a zoom across refreshes. Dragging draws a
+    box (``dragmode="select"``); its axis ranges are kept in session state under the
+    chart's ``uirevision`` and written into every later figure until "reset zoom". The
+    selection is read before the figure is built, so the zoom applies in the same rerun.
+    """
+    zoom_key = f"zoom|{key}|{fig.layout.uirevision}"
+    seen_key = f"zoom_seen|{key}"
+    box = dd.zoom_from_selection(st.session_state.get(key))
+    if box is not None and box != st.session_state.get(seen_key):
+        st.session_state[seen_key] = box  # a box is applied once; "reset" must stick
+        st.session_state[zoom_key] = box
+    zoom = st.session_state.get(zoom_key)
+    if zoom and fig.data:
+        fig.update_layout({axis: {"range": bounds, "autorange": False}
+                           for axis, bounds in zoom.items()})
+    fig.update_layout(dragmode="select")
+    st.plotly_chart(fig, theme=None, key=key, on_select="rerun", selection_mode="box",
+                    config={"displaylogo": False})
+    if zoom:
+        st.button("reset zoom", key=f"{key}_reset", on_click=st.session_state.pop,
+                  args=(zoom_key, None), type="tertiary")
+
+
+def alerts_ready() -> bool:
+    return alerts is not None and dd.database_ready(feed.db_path)
+
+
+def show_toasts() -> None:
+    """Toast alert events newer than the last one this session has seen."""
+    if not alerts_ready():
+        return
+    if "last_event_id" not in st.session_state:  # events from before this session: no toast
+        st.session_state["last_event_id"] = dd.newest_alert_event_id(feed.db_path)
+        return
+    for event_id, message in dd.alert_messages_after(feed.db_path,
+                                                     st.session_state["last_event_id"]):
+        st.toast(f"🔔 {message}")
+        st.session_state["last_event_id"] = event_id
+
+
+# --------------------------------------------------------------------------------------
+# Live strip (every second)
+# --------------------------------------------------------------------------------------
+
+
+def live_strip(c: dd.Controls) -> None:
+    if c.live and feed.db_path != c.source.db_path:  # 'auto' fell back to the built-in market
+        st.rerun(scope="app")
+    status = dd.feed_status(feed.health())
+    if c.live and status.builtin:
+        st.warning(f"**{status.label}.** {status.detail}")
+    view = current_view(c)
+    if view is None:
+        waiting(c)
+        return
+    values = dd.live_values(view)
+    columns = st.columns([1.5, 1.3, 1.1, 0.9, 1.0, 1.1, 1.0])
+    columns[0].metric(f"{c.y} last", dd.format_price(values.last_y))
+    columns[1].metric(f"{c.x} last", dd.format_price(values.last_x))
+    columns[2].metric("spread", dd.format_number(values.spread, ".5f"))
+    columns[3].metric("z-score", dd.format_number(values.z, ".2f"))
+    columns[4].metric("β", dd.format_number(values.beta, ".4f"))
+    columns[5].metric("correlation", dd.format_number(values.correlation, ".3f"))
+    columns[6].metric("alerts firing / on",
+                      dd.alert_summary(feed.db_path) if alerts_ready() else "—")
+    scale = "log" if c.log_prices else "raw"
+    last = (dd.display_times([values.last_ts], c.tz)[0].strftime("%H:%M:%S %Z")
+            if values.last_ts is not None else "—")
+    feed_words = status.label if c.live else c.source.label
+    st.caption(f"{feed_words} · {c.y} on {c.x} · {c.method_label}, {scale} prices, "
+               f"{c.window}-bar window, {c.tf_label} bars · last bar {last} · "
+               f"{len(view.aligned.frame)} bars · drag a box on a chart to zoom (kept "
+               "across refreshes)")
+    signals = view.signals
+    if signals.enough_data:
+        fig = viz.zscore_figure(signals.frame["z"], c.entry, c.exit, tz=c.tz,
+                                uirevision=c.chart_key("live_z"))
+    else:
+        message = "z-score: " + warming(c, view, signals.needed, signals.nobs)
+        st.info(message)
+        fig = viz.empty_figure(message, uirevision=c.chart_key("live_z"))
+    fig.update_layout(height=220)
+    chart(fig, "live_z")
+    show_toasts()
+
+
+# --------------------------------------------------------------------------------------
+# Tabs
+# --------------------------------------------------------------------------------------
+
+
+def tab_prices(c: dd.Controls) -> None:
+    view = current_view(c)
+    if view is None:
+        waiting(c)
+        return
+    for leg, symbol, bars in (("y", c.y, view.bars_y), ("x", c.x, view.bars_x)):
+        chart(viz.candlestick_figure(bars, symbol, tz=c.tz,
+                                     uirevision=c.chart_key(f"candles_{leg}"),
+                                     empty_message=f"{symbol}: no bars yet"),
+              f"candles_{leg}")
+    chart(viz.normalised_overlay_figure(view.bars_y, view.bars_x, c.y, c.x, tz=c.tz,
+                                        uirevision=c.chart_key("overlay")), "overlay")
+
+
+def tab_spread(c: dd.Controls) -> None:
+    view = current_view(c)
+    if view is None:
+        waiting(c)
+        return
+    signals = view.signals
+    spread_name = "log spread" if c.log_prices else "spread"
+    if signals.enough_data:
+        mean, upper, lower = dd.spread_bands(view, c.entry)
+        spread_fig = viz.spread_figure(signals.frame["spread"], mean, upper, lower,
+                                       name=spread_name, tz=c.tz,
+                                       uirevision=c.chart_key("spread"))
+        z_fig = viz.zscore_figure(signals.frame["z"], c.entry, c.exit, tz=c.tz,
+                                  uirevision=c.chart_key("zscore"))
+    else:
+        message = warming(c, view, signals.needed, signals.nobs)
+        st.info(f"spread and z-score: {message}")
+        spread_fig = viz.empty_figure(f"spread: {message}", uirevision=c.chart_key("spread"))
+        z_fig = viz.empty_figure(f"z-score: {message}", uirevision=c.chart_key("zscore"))
+    st.caption(f"{spread_name} = y − β·x − α with β, α from the trailing {c.window} bars "
+               f"({c.method_label}); bands at ±{c.entry:g}σ")
+    chart(spread_fig, "spread")
+    chart(z_fig, "zscore")
+    st.caption("β over time: the chosen method's trailing β and the Kalman prior β(t|t−1)")
+    chart(viz.beta_figure(view.rolling_beta, view.kalman_beta, tz=c.tz,
+                          uirevision=c.chart_key("beta"),
+                          empty_message="β: " + warming(c, view, c.window + 1,
+                                                        signals.nobs)), "beta")
+
+
+def statistics_live(c: dd.Controls) -> None:
+    view = current_view(c)
+    if view is None:
+        waiting(c)
+        return
+    table = dd.price_stats_table({c.y: view.bars_y, c.x: view.bars_x}, view.bar_seconds)
+    st.markdown(f"**Prices** over the lookback ({c.lookback_label}, {c.tf_label} bars)")
+    st.dataframe(table.drop(index=["first_ts", "last_ts"]), width="stretch")
+    spread = view.signals.frame["spread"]
+    life = analytics.half_life(spread)
+    hurst = analytics.hurst(spread)
+    cols = st.columns(4)
+    cols[0].metric("half-life (bars)", dd.format_number(life.bars, ".1f"))
+    seconds = life.seconds(view.bar_seconds) if math.isfinite(life.bars) else math.nan
+    cols[1].metric("half-life (s)", dd.format_number(seconds, ".0f"))
+    cols[2].metric("Hurst (spread)", dd.format_number(hurst, ".3f"))
+    cols[3].metric("mean crossings", analytics.mean_crossings(spread))
+    if life.reason:
+        st.caption(f"half-life: {life.reason}")
+    if not math.isfinite(hurst):
+        needed = 4 * analytics.HURST_DEFAULT_MAX_LAG
+        st.caption(f"Hurst: {warming(c, view, needed, int(spread.notna().sum()))}")
+
+
+def tab_statistics(c: dd.Controls) -> None:
+    st.fragment(run_every=c.chart_every)(statistics_live)(c)
+    st.markdown("**Stationarity and cointegration** (runs on request: ADF and "
+                "Engle–Granger cost up to a second)")
+    test_key = repr(("tests", c.source, c.y, c.x, c.timeframe, c.lookback_ms, c.method,
+                     c.window, c.log_prices))
+    if st.button("Run ADF on the spread and Engle–Granger on the pair", key="run_tests"):
+        view = current_view(c)
+        if view is None:
+            waiting(c)
+        else:
+            st.session_state[test_key] = dd.run_pair_tests(view)
+    results = st.session_state.get(test_key)
+    if results is not None:
+        stamp = (dd.display_times([results.last_ts], c.tz)[0].strftime("%H:%M:%S")
+                 if results.last_ts is not None else "—")
+        st.caption(f"on {results.bars} bars up to {stamp}; click again for newer data")
+        adf, eg = results.adf, results.eg
+        tests = (("ADF", "ADF on spread (not a cointegration test on its own)", adf,
+                  f"lags {adf.lags_used}"),
+                 ("Engle–Granger", f"Engle–Granger: {c.y} on {c.x}", eg, f"β {eg.beta:.4f}"))
+        for column, (name, title, test, extra) in zip(st.columns(2), tests):
+            column.markdown(title)
+            if test.enough_data:
+                column.write(f"statistic {test.statistic:.3f}, p = {test.pvalue:.4f}, 5 % "
+                             f"critical {test.critical_values['5%']:.3f}, {extra}")
+                column.success(f"{name}: {test.verdict}")
+            else:
+                column.info(f"{name}: needs {test.needed} bars, has {test.nobs}")
+
+    st.markdown("**Per-minute statistics** (no look-ahead; the table you can download)")
+    minutes = int(st.number_input("window (minutes)", min_value=3, max_value=1440, value=15,
+                                  key="minute_window"))
+    latest = latest_key(c)
+    if all(t is None for t in latest):
+        waiting(c)
+        return
+    table = cached_minute_stats(c.source, c.y, c.x, c.lookback_ms, minutes, c.log_prices,
+                                latest)
+    if table["z"].notna().sum() == 0:
+        st.info(f"z and β per minute: needs {2 * minutes} minutes, has {len(table)}")
+    st.dataframe(dd.with_time_column(table, c.tz), width="stretch", height=280,
+                 hide_index=True)
+    st.download_button("Download per-minute CSV", dd.to_csv_bytes(table, c.tz),
+                       file_name=f"minute_stats_{c.y}_{c.x}.csv", mime="text/csv",
+                       key="download_minute_stats", on_click="ignore")
+
+
+def correlation_live(c: dd.Controls, symbols: tuple, min_tpm: float, max_empty: float,
+                     liquid_only: bool) -> None:
+    view = current_view(c)
+    if view is None:
+        waiting(c)
+        return
+    if view.correlation.notna().any():
+        fig = viz.correlation_figure(view.correlation,
+                                     name=f"corr of log returns ({c.window} co-traded bars)",
+                                     tz=c.tz, uirevision=c.chart_key("correlation"))
+    else:
+        co_traded = int(view.aligned.both_traded.sum())
+        message = "correlation: " + warming(c, view, c.window + 1, co_traded)
+        st.info(message + " (co-traded bars)")
+        fig = viz.empty_figure(message, uirevision=c.chart_key("correlation"))
+    chart(fig, "correlation")
+
+    bars = cached_bars_by_symbol(c.source, symbols, c.timeframe, c.lookback_ms,
+                                 latest_key(c, symbols))
+    liquidity = dd.liquidity_table(bars, c.timeframe, min_tpm, max_empty)
+    st.dataframe(liquidity, width="stretch")
+    chosen = [s for s in symbols if not liquid_only or bool(liquidity.loc[s, "liquid"])]
+    returns = dd.returns_table({s: bars[s] for s in chosen}, c.timeframe)
+    if returns.shape[1] >= 2:
+        matrix = analytics.correlation_matrix(returns, min_periods=dd.HEATMAP_MIN_PERIODS)
+        chart(viz.heatmap_figure(matrix, "correlation of log returns", -1, 1,
+                                 uirevision=c.chart_key("corr_matrix"),
+                                 empty_message="no pair has enough common returns"),
+              "corr_matrix")
+    else:
+        st.info("the heat-maps need at least two (liquid) symbols with data")
+    st.session_state["screen_symbols"] = tuple(chosen)
+
+
+def tab_correlation(c: dd.Controls) -> None:
+    symbols = tuple(dd.pair_symbols(feed.settings.symbols, c.source))
+    cols = st.columns(3)
+    min_tpm = cols[0].number_input("min trades per minute", min_value=0.0, value=10.0,
+                                   key="min_tpm")
+    max_empty = cols[1].slider("max share of empty bars", 0.0, 1.0, 0.5, key="max_empty")
+    liquid_only = cols[2].checkbox("heat-maps: liquid symbols only", value=True,
+                                   key="liquid_only")
+    st.fragment(run_every=c.chart_every)(correlation_live)(c, symbols, min_tpm, max_empty,
+                                                           liquid_only)
+    chosen = st.session_state.get("screen_symbols", ())
+    screen_key = repr(("screen", c.source, chosen, c.timeframe, c.lookback_ms, c.log_prices))
+    if st.button("Run cointegration screen (Engle–Granger, Benjamini–Hochberg)",
+                 key="run_screen", disabled=len(chosen) < 2):
+        bars = cached_bars_by_symbol(c.source, chosen, c.timeframe, c.lookback_ms,
+                                     latest_key(c, chosen))
+        st.session_state[screen_key] = analytics.cointegration_matrix(
+            dd.closes_table(bars), log_prices=c.log_prices)
+    screen = st.session_state.get(screen_key)
+    if screen is not None:
+        chart(viz.heatmap_figure(screen.pvalues_bh, "Engle–Granger p-values, BH-corrected "
+                                 "(row = y, column = x)", 0, 1,
+                                 colorscale=viz.pvalue_colorscale(screen.alpha),
+                                 text_fmt=".3f", uirevision=c.chart_key("coint_matrix")),
+              "coint_matrix")
+
+
+def tab_backtest(c: dd.Controls) -> None:
+    key = view_key(c)
+    if key is None:
+        waiting(c)
+        return
+    with st.form("backtest_form"):
+        cols = st.columns(6)
+        entry = cols[0].number_input("entry z", 0.1, 10.0, c.entry, 0.1, key="bt_entry")
+        exit_ = cols[1].number_input("exit z", 0.0, 10.0, c.exit, 0.1, key="bt_exit")
+        stop = cols[2].number_input("stop z (0 = none)", 0.0, 20.0, 0.0, 0.5, key="bt_stop")
+        fee = cols[3].number_input("fee (bps per fill)", 0.0, 100.0, 5.0, 0.5, key="bt_fee")
+        slip = cols[4].number_input("slippage (bps)", 0.0, 100.0, 1.0, 0.5, key="bt_slip")
+        size = cols[5].number_input("size (y notional)", 10.0, 1e9, 10_000.0, 1000.0,
+                                    key="bt_size")
+        st.form_submit_button("Run backtest on the latest data")
+    view = dd.view_from_parts(cached_pair_view(*key))
+    if not view.signals.enough_data:
+        st.info("backtest: " + warming(c, view, view.signals.needed, view.signals.nobs))
+        return
+    try:
+        result = cached_backtest(key, (entry, exit_, stop, fee, slip, size))
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    st.caption(f"{c.y} on {c.x}, {c.method_label} β, {'log' if c.log_prices else 'raw'} "
+               "prices; fills at the next bar's close; a round trip pays four fees")
+    headline = (("total return", f"{result.total_return:.2%}"),
+                ("Sharpe", dd.format_number(result.sharpe, ".2f")),
+                ("max drawdown", f"{result.max_drawdown:.2%}"), ("trades", result.n_trades),
+                ("win rate", dd.format_number(result.win_rate, ".0%")),
+                ("fees paid", f"{result.fees_paid:,.2f}"))
+    for column, (label, value) in zip(st.columns(6), headline):
+        column.metric(label, value)
+    metrics = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
+               if f.name not in ("trades", "equity", "positions")}
+    chart(viz.equity_figure(result.equity, tz=c.tz, uirevision=c.chart_key("equity")),
+          "equity")
+    st.dataframe(pd.Series(metrics, name="value").to_frame(), width="stretch")
+    trades = result.trades
+    st.dataframe(dd.with_time_column(trades, c.tz, ts_column="entry_ts", name="entry time"),
+                 width="stretch", hide_index=True)
+    st.download_button("Download trades CSV", dd.to_csv_bytes(trades, c.tz, "entry_ts"),
+                       file_name=f"backtest_trades_{c.y}_{c.x}.csv", mime="text/csv",
+                       key="download_trades", on_click="ignore")
+
+
+def create_alert(fields: dict) -> None:
+    try:
+        with dd.writing(feed.db_path) as conn:
+            rule_id = alerts.create_rule(conn, **fields)
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    st.success(f"rule {rule_id} created")
+
+
+def alert_form(c: dd.Controls) -> None:
+    metrics = list(alerts.METRICS)
+    with st.form("new_alert"):
+        cols = st.columns(3)
+        metric = cols[0].selectbox("metric", metrics, key="alert_metric",
+                                   format_func=lambda m: alerts.METRICS[m].label)
+        symbol = cols[1].selectbox("symbol (for one-symbol metrics)", [c.y, c.x],
+                                   key="alert_symbol")
+        comparison = cols[2].selectbox("comparison", alerts.COMPARISONS,
+                                       key="alert_comparison")
+        cols = st.columns(4)
+        threshold = cols[0].number_input("threshold", value=2.0, key="alert_threshold")
+        cooldown = cols[1].number_input("cooldown (s)", 0.0, 86_400.0, 60.0,
+                                        key="alert_cooldown")
+        hysteresis = cols[2].number_input("hysteresis", 0.0, value=0.0,
+                                          key="alert_hysteresis")
+        name = cols[3].text_input("name (optional)", key="alert_name")
+        webhook = st.text_input("webhook URL (optional)", key="alert_webhook")
+        submitted = st.form_submit_button("Create alert")
+    info = alerts.METRICS[metric]
+    st.caption(f"{info.label} ({info.unit}): {info.description}")
+    if submitted:
+        subject = ({"y_symbol": c.y, "x_symbol": c.x} if info.subject == "pair"
+                   else {"symbol": symbol})
+        create_alert(dict(name=name.strip() or None, metric=metric, **subject,
+                          timeframe=c.timeframe, window=c.window, method=c.method,
+                          log_prices=c.log_prices, comparison=comparison,
+                          threshold=float(threshold), cooldown_s=float(cooldown),
+                          hysteresis=float(hysteresis), enabled=True,
+                          webhook_url=webhook.strip() or None))
+
+
+def alert_rule_actions(rules: pd.DataFrame) -> None:
+    cols = st.columns(4)
+    names = dict(zip(rules["id"], rules["name"]))
+    rule_id = cols[0].selectbox("rule", list(names), key="alert_rule_choice",
+                                format_func=lambda i: f"{i}: {names[i]}")
+    actions = {"enable": cols[1].button("Enable", key="alert_enable"),
+               "disable": cols[2].button("Disable", key="alert_disable"),
+               "delete": cols[3].button("Delete", key="alert_delete")}
+    if not any(actions.values()):
+        return
+    with dd.writing(feed.db_path) as conn:
+        if actions["delete"]:
+            database.delete_alert_rule(conn, int(rule_id))
+        else:
+            database.set_alert_rule_enabled(conn, int(rule_id), actions["enable"])
+    st.rerun()
+
+
+def tab_alerts(c: dd.Controls) -> None:
+    if alerts is None:
+        st.warning("Alerts are not available: alerts.py is missing from this installation.")
+        return
+    status = alerts.evaluator_status()
+    st.caption(f"evaluator {'running' if status.get('running') else 'stopped'} · "
+               f"{status.get('rules_evaluated', 0)} evaluations · "
+               f"{status.get('events_fired', 0)} events fired · checks rules without a "
+               f"browser{' · ' + status['last_error'] if status.get('last_error') else ''}")
+    defaults_key = repr(("default_rules", feed.db_path, c.y, c.x))
+    if c.live and defaults_key not in st.session_state:
+        with dd.writing(feed.db_path) as conn:  # disabled |z| > 2, > 3; once per pair
+            alerts.ensure_default_rules(conn, c.y, c.x, timeframe=c.timeframe,
+                                        window=c.window, method=c.method,
+                                        log_prices=c.log_prices)
+        st.session_state[defaults_key] = True
+    alert_form(c)
+    if not dd.database_ready(feed.db_path):
+        waiting(c)
+        return
+    with dd.reading(feed.db_path) as conn:
+        rules = database.list_alert_rules(conn)
+    st.markdown(f"**Rules** ({len(rules)})")
+    st.dataframe(rules[[col for col in dd.ALERT_RULE_TABLE if col in rules.columns]],
+                 width="stretch", hide_index=True)
+    if len(rules):
+        alert_rule_actions(rules)
+    st.fragment(run_every=c.chart_every)(alert_history)(c)
+
+
+def alert_history(c: dd.Controls) -> None:
+    with dd.reading(feed.db_path) as conn:
+        events = database.list_alert_events(conn, limit=200)
+    st.markdown(f"**History** ({len(events)} most recent events)")
+    st.dataframe(dd.with_time_column(events, c.tz, ts_column="ts"), width="stretch",
+                 hide_index=True)
+
+
+def export_buttons(c: dd.Controls) -> None:
+    """CSV exports of the chosen range; the files are built when clicked."""
+    st.markdown("**Export the chosen range**")
+    key = view_key(c)
+    if key is None:
+        waiting(c)
+        return
+    view = dd.view_from_parts(cached_pair_view(*key))
+    start = int(view.aligned.frame.index[0]) if len(view.aligned.frame) else None
+    st.caption(f"range: {len(view.aligned.frame)} {c.tf_label} bars of {c.y} and {c.x} "
+               f"({c.lookback_label} lookback, {c.source.label})")
+    cols = st.columns(3)
+    cols[0].download_button(
+        "Bars CSV", lambda: dd.bars_csv({c.y: view.bars_y, c.x: view.bars_x}, c.tz),
+        file_name=f"bars_{c.y}_{c.x}_{c.tf_label}.csv", mime="text/csv",
+        key="download_bars", on_click="ignore")
+    if c.live:
+        cols[1].download_button(
+            "Ticks CSV", lambda: dd.ticks_csv(
+                {s: dd.read_ticks(c.source.db_path, s, start) for s in (c.y, c.x)}, c.tz),
+            file_name=f"ticks_{c.y}_{c.x}.csv", mime="text/csv", key="download_ticks",
+            on_click="ignore")
+    else:
+        cols[1].caption("ticks: uploads are stored as bars")
+    cols[2].download_button(
+        "Analytics CSV", lambda: dd.to_csv_bytes(dd.analytics_frame(view), c.tz),
+        file_name=f"analytics_{c.y}_{c.x}_{c.tf_label}.csv", mime="text/csv",
+        key="download_analytics", on_click="ignore")
+
+
+def store_upload(name: str, bars: pd.DataFrame) -> None:
+    """Button callback: store bars, then analyse them (source: uploaded, all history)."""
+    try:
+        rows = dd.save_uploaded(settings.upload_db_path, name, bars)
+    except ValueError as exc:
+        st.session_state["upload_message"] = ("error", str(exc))
+        return
+    st.session_state.update(source_kind="uploaded", upload_name=name, lookback="all")
+    st.session_state["upload_message"] = (
+        "success", f"stored {rows:,} bars as '{name}'; source is now 'uploaded: {name}'")
+
+
+def upload_report(name: str, parsed, counts: str) -> None:
+    """What a parse accepted and rejected, with each rejected row and why."""
+    if parsed.error:
+        st.error(f"{name}: {parsed.error}")
+    st.write(f"{name}: {parsed.n_rows} rows — {counts}")
+    if parsed.n_rejected:
+        st.error(f"{parsed.n_rejected} rows rejected — they are listed below with the reason "
+                 "and are NOT stored; the series has holes where they were")
+        st.dataframe(parsed.rejected, width="stretch", hide_index=True, height=220)
+    for warning in parsed.warnings:
+        st.caption(f"⚠ {warning}")
+
+
+def upload_section() -> None:
+    st.markdown("**Upload OHLC CSV** — timestamp, open, high, low, close[, volume][, symbol]; "
+                "epoch s/ms or ISO times")
+    cols = st.columns(3)
+    naive_tz = cols[0].selectbox("zone of times written without one", ZONES, key="naive_tz")
+    symbol = cols[1].text_input("symbol for files without a symbol column",
+                                key="upload_symbol", placeholder="e.g. BTCUSDT")
+    file_tf = cols[2].selectbox("bar size to keep (files with a timeframe column)",
+                                ("—", *dd.TIMEFRAME_LABELS), key="upload_timeframe")
+    ohlc_file = st.file_uploader("OHLC CSV", type=["csv", "txt"], key="ohlc_file")
+    if ohlc_file is not None:
+        parsed = parse_ohlc(ohlc_file.getvalue(), ohlc_file.name, naive_tz, symbol.strip(),
+                            None if file_tf == "—" else file_tf)
+        upload_report(ohlc_file.name, parsed, (
+            f"{parsed.n_accepted} accepted, {parsed.n_rejected} rejected, {parsed.n_skipped} "
+            f"skipped; symbols {', '.join(parsed.symbols) or '—'}; times read as "
+            f"{parsed.time_format}"))
+        if parsed.ok:
+            st.button(f"Store {parsed.n_accepted} accepted bars as '{ohlc_file.name}'",
+                      key="store_ohlc", on_click=store_upload,
+                      args=(ohlc_file.name, parsed.bars))
+
+    st.markdown("**Upload ticks** — the browser collector's NDJSON or a CSV of trades; "
+                "stored as 1 s bars")
+    tick_file = st.file_uploader("tick file", type=["ndjson", "json", "jsonl", "csv", "txt"],
+                                 key="tick_file")
+    if tick_file is not None:
+        parsed = parse_ticks(tick_file.getvalue(), tick_file.name, naive_tz)
+        upload_report(tick_file.name, parsed, (
+            f"{parsed.n_accepted} trades accepted, {parsed.n_rejected} rejected, "
+            f"{parsed.n_filtered_zero} zero-price placeholders dropped; per symbol "
+            f"{parsed.trades_by_symbol}"))
+        if parsed.ok:
+            bars = dd.tick_upload_bars(parsed.trades, parsed.side_known)
+            st.button(f"Store {len(bars)} 1 s bars as '{tick_file.name}'", key="store_ticks",
+                      on_click=store_upload, args=(tick_file.name, bars))
+    message = st.session_state.pop("upload_message", None)
+    if message:
+        (st.error if message[0] == "error" else st.success)(message[1])
+    stored = dd.list_uploads(settings.upload_db_path)
+    if len(stored):
+        st.markdown("**Stored uploads**")
+        st.dataframe(stored, width="stretch", hide_index=True)
+
+
+def tab_data(c: dd.Controls) -> None:
+    export_buttons(c)
+    st.divider()
+    upload_section()
+
+
+def tab_health(c: dd.Controls) -> None:
+    health = feed.health()
+    st.markdown(f"**{dd.feed_status(health).label}** · {health['url']} · state "
+                f"{health['state']} · last close: {health['last_close_reason'] or '—'}")
+    counters = ("received", "stored", "duplicates", "rejected", "filtered", "dropped",
+                "gaps", "reconnects", "queue_depth", "queue_high_water", "queue_max",
+                "lag_ms", "batches", "write_errors")
+    cols = st.columns(7)
+    for i, name in enumerate(counters):
+        cols[i % 7].metric(name.replace("_", " "), f"{health[name]:,}")
+    st.dataframe(dd.symbol_activity_table(health), width="stretch")
+    sizes = {"collector database": health["db_path"], "upload database":
+             settings.upload_db_path}
+    st.write(" · ".join(f"{label} {path}: {database.database_size_bytes(path) / 1e6:,.1f} MB"
+                        for label, path in sizes.items()))
+    if dd.database_ready(health["db_path"]):
+        with dd.reading(health["db_path"]) as conn:
+            gaps = database.read_gaps(conn)
+        st.markdown(f"**Trade-id gaps** ({len(gaps)})")
+        st.dataframe(dd.with_time_column(gaps, c.tz, ts_column="detected_at",
+                                         name="detected"), width="stretch", hide_index=True)
+    else:
+        st.info(dd.WAITING_MESSAGE)
+
+
+# --------------------------------------------------------------------------------------
+# Page
+# --------------------------------------------------------------------------------------
+
+with st.sidebar:
+    st.header("Pairs analytics")
+    st.fragment(run_every=None if st.session_state.get("paused") else 1.0)(sidebar_status)()
+    controls = sidebar_controls()
+if controls is None:
+    st.stop()
+if controls.y == controls.x:
+    st.warning("choose two different symbols for y and x")
+    st.stop()
+
+st.fragment(run_every=controls.fast_every)(live_strip)(controls)
+
+TIMED_TABS = {"Prices": tab_prices, "Spread & z-score": tab_spread}
+PLAIN_TABS = {"Statistics": tab_statistics, "Correlation": tab_correlation,
+              "Backtest": tab_backtest, "Alerts": tab_alerts, "Data": tab_data}
+tabs = st.tabs(TAB_NAMES, key="tab", on_change="rerun")
+for name, tab in zip(TAB_NAMES, tabs):
+    if not tab.open:
+        continue
+    with tab:
+        if name in TIMED_TABS:
+            st.fragment(run_every=controls.chart_every)(TIMED_TABS[name])(controls)
+        elif name == "Health":
+            st.fragment(run_every=None if controls.paused else controls.refresh_s)(
+                tab_health)(controls)
+        else:
+            PLAIN_TABS[name](controls)

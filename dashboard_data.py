@@ -1,0 +1,761 @@
+"""Data the dashboard page shows: loading bars, assembling pair analytics, labels and CSVs.
+
+The page (``app.py``) arranges widgets; this module does the reading and the calling of
+``database`` / ``analytics`` behind it, so that what the page shows can be built and checked
+without Streamlit. It holds no statistics of its own: every number comes from
+``analytics``; the only arithmetic here is unit conversion for messages (bars -> seconds)
+and window bounds for reads.
+
+Sources
+    ``DataSource("live", db_path)`` reads the collector's database (``bars_1s`` aggregated
+    in SQL); ``DataSource("uploaded", upload_db_path, name)`` reads one uploaded file's bars
+    (``uploaded_bars``). Both come back in the project's bar layout, so the same analytics
+    and charts serve both.
+Connections
+    Every read opens its own read-only connection and closes it (``reading``): a sqlite3
+    connection is never shared between the page's threads. Writes (uploads) open a
+    short-lived writable connection.
+Incremental reads
+    ``BarStore`` keeps the bars of a (database, symbol, timeframe, lookback) window and
+    tops them up with ``database.read_bars_since``: a refresh reads the last few bars, not
+    the whole window (24 h of 1 s bars cost ~130 ms to read, the delta < 1 ms).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import math
+import os
+import sqlite3
+import threading
+import time
+import zoneinfo
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+import analytics
+import database
+
+BUILTIN_MARKET_LABEL = "Built-in simulated market — not real prices"
+REPLAY_LABEL = "Built-in market replaying a recorded file — not live prices"
+WAITING_MESSAGE = "waiting for the first trades…"
+FEED_NAMES = {"binance-futures": "Binance futures", "binance-spot": "Binance spot",
+              "demo": "built-in simulated market", "replay": "recorded-file replay"}
+
+# UI labels -> canonical timeframes (the project's "1m"/"5m" mean "1min"/"5min").
+TIMEFRAME_LABELS = ("1s", "5s", "10s", "30s", "1m", "5m")
+LOOKBACKS_MS: dict[str, int | None] = {
+    "5 min": 5 * 60_000, "15 min": 15 * 60_000, "1 h": 3_600_000, "4 h": 4 * 3_600_000,
+    "24 h": 24 * 3_600_000, "all": None,
+}
+METHODS = {"OLS": "ols", "TLS": "tls", "Huber": "huber", "Theil–Sen": "theil-sen",
+           "Kalman": "kalman"}
+NO_TRADES_WARNING_S = 10.0  # a subscribed symbol silent this long gets a warning
+HEATMAP_MIN_PERIODS = 30  # common returns per pair before a correlation is shown
+ALERT_RULE_TABLE = ("id", "name", "enabled", "state", "value", "detail", "metric", "symbol",
+                    "y_symbol", "x_symbol", "comparison", "threshold", "cooldown_s",
+                    "hysteresis", "timeframe", "window", "method", "log_prices", "events",
+                    "webhook_url")  # the columns of database.list_alert_rules shown
+
+
+def timeframe_of(label: str) -> str:
+    """``"1m"`` -> ``"1min"``; the canonical timeframe of a UI label."""
+    return analytics.normalize_timeframe(label)
+
+
+def bar_ms_of(label: str) -> int:
+    return analytics.TIMEFRAME_MS[timeframe_of(label)]
+
+
+# --------------------------------------------------------------------------------------
+# Sources and connections
+# --------------------------------------------------------------------------------------
+
+
+class DataSource(NamedTuple):
+    """Where bars come from. A tuple, so Streamlit's caches can hash it."""
+
+    kind: str  # "live" | "uploaded"
+    db_path: str
+    upload: str = ""  # the uploaded file's name (``uploaded_bars.source``)
+
+    @property
+    def label(self) -> str:
+        return "live" if self.kind == "live" else f"uploaded: {self.upload}"
+
+
+@contextlib.contextmanager
+def reading(path: str) -> Iterator[sqlite3.Connection]:
+    """A read-only connection for one call; FileNotFoundError when the file is missing."""
+    conn = database.connect(path, readonly=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[sqlite3.Connection]:
+    """A short-lived writable connection (uploads, alert rules); creates the file."""
+    conn = database.connect(path)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def database_ready(path: str) -> bool:
+    """True once the file exists and has its schema (the collector creates it lazily)."""
+    if not path or not os.path.exists(path):
+        return False
+    try:
+        with reading(path) as conn:
+            conn.execute("SELECT 1 FROM bars_1s LIMIT 1").fetchall()
+        return True
+    except sqlite3.DatabaseError:
+        return False
+
+
+def latest_bar_times(source: DataSource, symbols) -> tuple:
+    """Open time of the newest bar of each symbol in ``source`` (None where it has none).
+
+    The cache key of everything computed from bars: one index seek per live symbol.
+    """
+    if not database_ready(source.db_path):
+        return tuple(None for _ in symbols)
+    with reading(source.db_path) as conn:
+        if source.kind == "live":
+            return tuple(database.latest_bar_ts(conn, s) for s in symbols)
+        uploads = database.list_uploads(conn)
+    mine = uploads[uploads["source"] == source.upload].set_index("symbol")["last_ts"]
+    return tuple(int(mine[s.upper()]) if s.upper() in mine.index else None for s in symbols)
+
+
+def stored_symbols(source: DataSource) -> list[str]:
+    """Upper-case symbols with bars in ``source``."""
+    if not database_ready(source.db_path):
+        return []
+    with reading(source.db_path) as conn:
+        if source.kind == "live":
+            return database.list_symbols(conn)["symbol"].tolist()
+        uploads = database.list_uploads(conn)
+    return uploads.loc[uploads["source"] == source.upload, "symbol"].tolist()
+
+
+def list_uploads(upload_db_path: str) -> pd.DataFrame:
+    """``database.list_uploads`` of the upload database (empty when it does not exist)."""
+    if not database_ready(upload_db_path):
+        return pd.DataFrame(columns=["source", "symbol", "first_ts", "last_ts", "rows"])
+    with reading(upload_db_path) as conn:
+        return database.list_uploads(conn)
+
+
+def pair_symbols(collector_symbols, source: DataSource) -> list[str]:
+    """Pair choices: the collector's symbols and the stored ones (live), or the upload's."""
+    stored = stored_symbols(source)
+    if source.kind != "live":
+        return sorted(stored)
+    names = [s.upper() for s in collector_symbols]
+    return names + sorted(set(stored) - set(names))
+
+
+# --------------------------------------------------------------------------------------
+# Page settings
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Controls:
+    """What the page's sidebar selected; passed to every fragment and tab."""
+
+    source: DataSource
+    y: str
+    x: str
+    tf_label: str
+    timeframe: str
+    lookback_label: str
+    lookback_ms: int | None
+    method_label: str
+    method: str
+    window: int
+    log_prices: bool
+    entry: float
+    exit: float
+    tz: str
+    refresh_s: float
+    paused: bool
+
+    @property
+    def live(self) -> bool:
+        return self.source.kind == "live"
+
+    @property
+    def fast_every(self) -> float | None:
+        return None if self.paused else 1.0
+
+    @property
+    def chart_every(self) -> float | None:
+        return chart_interval(self.tf_label, self.refresh_s, self.paused, self.live)
+
+    def chart_key(self, name: str) -> str:
+        """uirevision: whatever changes the meaning of the axes resets the zoom."""
+        return f"{name}|{self.source.label}|{self.y}|{self.x}|{self.timeframe}|{self.tz}"
+
+
+# --------------------------------------------------------------------------------------
+# Bars
+# --------------------------------------------------------------------------------------
+
+
+def _window_start(anchor_ms: int | None, lookback_ms: int | None) -> int | None:
+    if anchor_ms is None or lookback_ms is None:
+        return None
+    return int(anchor_ms) - int(lookback_ms)
+
+
+@dataclass
+class _Window:
+    start_ms: int | None
+    bars: pd.DataFrame
+
+
+class BarStore:
+    """Live bars per (database, symbol, timeframe, lookback), topped up incrementally.
+
+    ``bars(...)`` returns the bars whose open is in ``[anchor - lookback, ...)``; the first
+    call reads the whole window, later calls read only from the last bar held (which may
+    have grown) with ``database.read_bars_since`` and drop what fell out of the window.
+    Thread-safe; holds at most ``max_windows`` windows (least recently used dropped).
+    """
+
+    def __init__(self, max_windows: int = 32) -> None:
+        self._windows: OrderedDict[tuple, _Window] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_windows = max_windows
+
+    def bars(self, db_path: str, symbol: str, timeframe: str, lookback_ms: int | None,
+             anchor_ms: int | None) -> pd.DataFrame:
+        key = (db_path, symbol.upper(), timeframe, lookback_ms)
+        start = _window_start(anchor_ms, lookback_ms)
+        with self._lock:
+            window = self._windows.get(key)
+            # A held window can be topped up when it reaches back at least as far as asked.
+            reusable = window is not None and len(window.bars) > 0 and (
+                (start is None and window.start_ms is None)
+                or (start is not None and window.start_ms is not None
+                    and window.start_ms <= start))
+            with reading(db_path) as conn:
+                if reusable:
+                    fresh = database.read_bars_since(conn, symbol, int(window.bars.index[-1]),
+                                                     timeframe)
+                    kept = window.bars[window.bars.index < fresh.index[0]] if len(fresh) \
+                        else window.bars
+                    merged = pd.concat([kept, fresh]) if len(fresh) else kept
+                else:
+                    merged = database.read_bars(conn, symbol, start, None, timeframe)
+            if start is not None and len(merged):
+                size = analytics.TIMEFRAME_MS[timeframe]
+                first_full_bucket = -(-start // size) * size  # read_bars' rule
+                merged = merged[merged.index >= first_full_bucket]
+            self._windows[key] = _Window(start, merged)
+            self._windows.move_to_end(key)
+            while len(self._windows) > self.max_windows:
+                self._windows.popitem(last=False)
+            return merged
+
+
+def load_bars(source: DataSource, symbol: str, timeframe: str, lookback_ms: int | None,
+              anchor_ms: int | None, store: BarStore | None = None) -> pd.DataFrame:
+    """Bars of one symbol over ``[anchor - lookback, ...)`` at ``timeframe``.
+
+    Live data come from ``database.read_bars`` (through ``store`` when given); uploaded
+    data from ``database.read_uploaded_bars`` (a timeframe finer than the file gives the
+    file's bars). Empty when the database or the symbol has nothing yet.
+    """
+    if not database_ready(source.db_path):
+        return analytics.resample(pd.DataFrame({"ts": [], "price": [], "qty": []}), "1s")
+    if source.kind == "live":
+        if store is not None:
+            return store.bars(source.db_path, symbol, timeframe, lookback_ms, anchor_ms)
+        with reading(source.db_path) as conn:
+            return database.read_bars(conn, symbol, _window_start(anchor_ms, lookback_ms),
+                                      None, timeframe)
+    with reading(source.db_path) as conn:
+        bars = database.read_uploaded_bars(conn, source.upload, symbol, timeframe)
+    start = _window_start(anchor_ms, lookback_ms)
+    return bars if start is None else bars[bars.index >= start]
+
+
+def read_ticks(db_path: str, symbol: str, start_ms: int | None) -> pd.DataFrame:
+    """Stored trades of one symbol since ``start_ms`` (all when None)."""
+    with reading(db_path) as conn:
+        return database.read_ticks(conn, symbol, 0 if start_ms is None else start_ms)
+
+
+# --------------------------------------------------------------------------------------
+# Pair analytics
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairView:
+    """Everything the page draws for one pair, built by ``build_pair_view``.
+
+    ``signals`` uses the chosen method; ``rolling_beta`` is that method's trailing β (the
+    rolling OLS β when the method is Kalman) and ``kalman_beta`` the Kalman prior
+    β(t|t-1) after the filter's warm-up (NaN before), drawn side by side. ``correlation`` is the trailing correlation of
+    co-traded log returns over ``window`` observations.
+    """
+
+    y_symbol: str
+    x_symbol: str
+    timeframe: str
+    bar_ms: int
+    bars_y: pd.DataFrame
+    bars_x: pd.DataFrame
+    aligned: analytics.AlignResult
+    signals: analytics.PairSignals
+    rolling_beta: pd.Series
+    kalman_beta: pd.Series
+    correlation: pd.Series
+
+    @property
+    def bar_seconds(self) -> float:
+        return self.bar_ms / 1000.0
+
+
+def build_pair_view(bars_y: pd.DataFrame, bars_x: pd.DataFrame, y_symbol: str, x_symbol: str,
+                    timeframe: str | None, method: str, window: int,
+                    log_prices: bool) -> PairView:
+    """Align two legs and compute the trailing hedge, spread, z, β paths and correlation.
+
+    Parameters
+    ----------
+    bars_y, bars_x : pandas.DataFrame
+        Bars of the dependent and independent leg.
+    timeframe : str or None
+        The bars' size; None lets ``analytics.align`` infer it (uploaded files, whose bar
+        size may be coarser than the one asked for).
+    method : {"ols", "tls", "huber", "theil-sen", "kalman"}
+    window : int
+        Bars in the trailing hedge, z and correlation windows.
+    log_prices : bool
+    """
+    aligned = analytics.align(bars_y, bars_x, timeframe=timeframe)
+    signals = analytics.pair_signals(aligned.y, aligned.x, method=method, window=window,
+                                     log_prices=log_prices)
+    if method == "kalman":
+        kalman = signals
+        rolling = analytics.pair_signals(aligned.y, aligned.x, method="ols", window=window,
+                                         log_prices=log_prices)
+    else:
+        rolling = signals
+        kalman = analytics.pair_signals(aligned.y, aligned.x, method="kalman", window=window,
+                                        log_prices=log_prices)
+    correlation = analytics.rolling_correlation(aligned.y, aligned.x, window,
+                                                co_traded=aligned.both_traded)
+    # The filter starts from beta = 0 and spends its warm-up learning the level: not shown.
+    kalman_beta = kalman.frame["beta"].where(~kalman.frame["warmup"].astype(bool))
+    return PairView(y_symbol=y_symbol.upper(), x_symbol=x_symbol.upper(),
+                    timeframe=timeframe or "", bar_ms=int(aligned.bar_ms), bars_y=bars_y,
+                    bars_x=bars_x, aligned=aligned, signals=signals,
+                    rolling_beta=rolling.frame["beta"], kalman_beta=kalman_beta,
+                    correlation=correlation)
+
+
+def view_to_parts(view: PairView) -> dict:
+    """The view as pandas objects and Python scalars only, for ``st.cache_data``.
+
+    Streamlit pickles cached values; a pickled instance of a class from a project module
+    fails once Streamlit has re-imported that module (it does after a source file changes,
+    and a fragment rerun keeps the old module), while pandas objects always pickle.
+    """
+    signals = view.signals
+    return {
+        "y_symbol": view.y_symbol, "x_symbol": view.x_symbol, "timeframe": view.timeframe,
+        "bar_ms": view.bar_ms, "bars_y": view.bars_y, "bars_x": view.bars_x,
+        "aligned_frame": view.aligned.frame, "ffill_limit": view.aligned.ffill_limit,
+        "signals_frame": signals.frame,
+        "signals_meta": {"method": signals.method, "window": signals.window,
+                         "z_window": signals.z_window, "log_prices": signals.log_prices,
+                         "nobs": signals.nobs, "needed": signals.needed,
+                         "refit_every": signals.refit_every},
+        "rolling_beta": view.rolling_beta, "kalman_beta": view.kalman_beta,
+        "correlation": view.correlation,
+    }
+
+
+def view_from_parts(parts: Mapping) -> PairView:
+    """Inverse of ``view_to_parts``."""
+    aligned = analytics.AlignResult(frame=parts["aligned_frame"], bar_ms=parts["bar_ms"],
+                                    ffill_limit=parts["ffill_limit"])
+    signals = analytics.PairSignals(frame=parts["signals_frame"], **parts["signals_meta"])
+    return PairView(y_symbol=parts["y_symbol"], x_symbol=parts["x_symbol"],
+                    timeframe=parts["timeframe"], bar_ms=parts["bar_ms"],
+                    bars_y=parts["bars_y"], bars_x=parts["bars_x"], aligned=aligned,
+                    signals=signals, rolling_beta=parts["rolling_beta"],
+                    kalman_beta=parts["kalman_beta"], correlation=parts["correlation"])
+
+
+@dataclass(frozen=True)
+class LiveValues:
+    """The numbers of the live strip (NaN when not available yet)."""
+
+    last_y: float
+    last_x: float
+    spread: float
+    z: float
+    beta: float
+    correlation: float
+    last_ts: int | None
+
+
+def live_values(view: PairView) -> LiveValues:
+    """Last prices, and the newest spread, z, β and correlation that exist.
+
+    While the z window fills, β and the spread already exist (they need ``window`` bars,
+    z needs ``window + z_window``): the strip shows them from the newest bar that has a β,
+    and z from the newest bar that has a z (the same bar once z exists).
+    """
+    frame = view.signals.frame
+    usable = frame["beta"].notna()
+    if view.signals.method == "kalman":  # the filter's β means nothing during its warm-up
+        usable &= ~frame["warmup"].astype(bool)
+    hedged = frame[usable]
+    latest = hedged.iloc[-1] if len(hedged) else view.signals.latest
+    corr = view.correlation.dropna()
+    return LiveValues(
+        last_y=float(view.bars_y["close"].iloc[-1]) if len(view.bars_y) else math.nan,
+        last_x=float(view.bars_x["close"].iloc[-1]) if len(view.bars_x) else math.nan,
+        spread=float(latest["spread"]), z=float(view.signals.latest["z"]),
+        beta=float(latest["beta"]),
+        correlation=float(corr.iloc[-1]) if len(corr) else math.nan,
+        last_ts=int(view.aligned.frame.index[-1]) if len(view.aligned.frame) else None,
+    )
+
+
+def analytics_frame(view: PairView) -> pd.DataFrame:
+    """The pair's per-bar analytics at full resolution (the 'analytics' CSV)."""
+    frame = view.aligned.frame
+    signals = view.signals.frame
+    return pd.DataFrame({
+        "y_close": frame["y"], "x_close": frame["x"],
+        "y_traded": frame["y_traded"], "x_traded": frame["x_traded"],
+        "both_traded": frame["both_traded"],
+        "beta": signals["beta"], "alpha": signals["alpha"], "spread": signals["spread"],
+        "spread_mean": signals["spread_mean"], "spread_std": signals["spread_std"],
+        "z": signals["z"], "rolling_beta": view.rolling_beta,
+        "kalman_beta": view.kalman_beta, "correlation": view.correlation,
+    }, index=frame.index)
+
+
+def spread_bands(view: PairView, k: float) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Trailing mean of the spread and mean ± k·std (k = the entry z: where z crosses ±k)."""
+    frame = view.signals.frame
+    mean, std = frame["spread_mean"], frame["spread_std"]
+    return mean, mean + k * std, mean - k * std
+
+
+def model_levels(view: PairView) -> tuple[pd.Series, pd.Series]:
+    """The legs on the model's scale (log prices when the view uses them)."""
+    if view.signals.log_prices:
+        return analytics.to_log_prices(view.aligned.y), analytics.to_log_prices(view.aligned.x)
+    return view.aligned.y, view.aligned.x
+
+
+@dataclass(frozen=True)
+class PairTests:
+    """ADF on the spread and Engle–Granger on the pair, as run by ``run_pair_tests``."""
+
+    adf: analytics.ADFResult
+    eg: analytics.EngleGrangerResult
+    bars: int
+    last_ts: int | None
+
+
+def run_pair_tests(view: PairView) -> PairTests:
+    y_model, x_model = model_levels(view)
+    adf = analytics.adf_test(view.signals.frame["spread"])
+    eg = analytics.engle_granger(y_model, x_model, log_prices=view.signals.log_prices)
+    last = int(view.aligned.frame.index[-1]) if len(view.aligned.frame) else None
+    return PairTests(adf=adf, eg=eg, bars=len(view.aligned.frame), last_ts=last)
+
+
+def price_stats_table(bars_by_symbol: Mapping[str, pd.DataFrame],
+                      bar_seconds: float) -> pd.DataFrame:
+    """``analytics.price_stats`` per symbol: one column per symbol, one row per field."""
+    columns = {symbol: dataclasses.asdict(analytics.price_stats(bars, bar_seconds))
+               for symbol, bars in bars_by_symbol.items()}
+    return pd.DataFrame(columns)
+
+
+def liquidity_table(bars_by_symbol: Mapping[str, pd.DataFrame], timeframe: str,
+                    min_trades_per_minute: float, max_empty_share: float) -> pd.DataFrame:
+    """``analytics.liquidity_metrics`` plus the ``is_liquid`` verdict and its reason."""
+    metrics = analytics.liquidity_metrics(dict(bars_by_symbol), timeframe)
+    verdicts = [analytics.is_liquid(metrics.loc[symbol], min_trades_per_minute,
+                                    max_empty_share) for symbol in metrics.index]
+    metrics["liquid"] = [v.liquid for v in verdicts]
+    metrics["reason"] = [v.reason for v in verdicts]
+    return metrics
+
+
+def returns_table(bars_by_symbol: Mapping[str, pd.DataFrame], timeframe: str) -> pd.DataFrame:
+    """One column of one-bar log returns per symbol (NaN where a symbol did not trade)."""
+    columns = {symbol: analytics.log_returns(bars["close"], timeframe)
+               for symbol, bars in bars_by_symbol.items() if len(bars)}
+    return pd.DataFrame(columns)
+
+
+def closes_table(bars_by_symbol: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Close prices, one column per symbol, on the union of bar times (NaN where absent)."""
+    return pd.DataFrame({symbol: bars["close"] for symbol, bars in bars_by_symbol.items()
+                         if len(bars)})
+
+
+# --------------------------------------------------------------------------------------
+# Words on screen
+# --------------------------------------------------------------------------------------
+
+
+def format_duration(seconds: float) -> str:
+    """``46 s``, ``12 min``, ``3.5 h`` — for "about ... more" messages."""
+    if not math.isfinite(seconds):
+        return "unknown time"
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def warming_message(needed: int, nobs: int, timeframe_label: str, bar_seconds: float) -> str:
+    """'needs 60 bars, has 14 — about 46 s more at 1s bars'."""
+    missing = max(int(needed) - int(nobs), 0)
+    return (f"needs {needed} bars, has {nobs} — about "
+            f"{format_duration(missing * bar_seconds)} more at {timeframe_label} bars")
+
+
+@dataclass(frozen=True)
+class FeedStatus:
+    """How the page names the feed: ``label`` everywhere, ``detail`` next to it."""
+
+    label: str
+    level: str  # "success" | "info" | "warning" | "error"
+    builtin: bool
+    detail: str = ""
+
+
+def feed_status(health: Mapping) -> FeedStatus:
+    """Feed label from ``Collector.health()``: live, reconnecting, or the built-in market."""
+    state = health.get("state", "")
+    reason = health.get("last_close_reason") or "no reason given"
+    if health.get("builtin_market"):
+        label = BUILTIN_MARKET_LABEL if health.get("feed") == "demo" else REPLAY_LABEL
+        details = []
+        if health.get("requested_feed") == "auto":
+            details.append("Binance did not answer "
+                           f"({health.get('fallback_reason') or 'no data'}): "
+                           "switched to the built-in simulated market.")
+        if state == "reconnecting":
+            details.append(f"reconnecting — {reason}")
+        return FeedStatus(label, "warning", True, " ".join(details))
+    name = FEED_NAMES.get(health.get("feed", ""), health.get("feed", "feed"))
+    if state == "connected":
+        return FeedStatus(f"live — {name}", "success", False)
+    if state == "reconnecting":
+        return FeedStatus(f"reconnecting — {name}", "warning", False, reason)
+    if state == "connecting":
+        detail = ""
+        if health.get("requested_feed") == "auto":
+            detail = ("falls back to the built-in simulated market if Binance sends "
+                      "nothing")
+        return FeedStatus(f"connecting — {name}", "info", False, detail)
+    return FeedStatus(f"stopped — {name}", "error", False, reason)
+
+
+def silent_symbols(health: Mapping, subscribed_since_ms: Mapping[str, int], now_ms: int,
+                   threshold_s: float = NO_TRADES_WARNING_S) -> list[tuple[str, float]]:
+    """(symbol, seconds) for subscribed symbols without a trade for ``threshold_s``.
+
+    A symbol that never traded counts from when it was subscribed (``subscribed_since_ms``,
+    default the collector's start).
+    """
+    started = health.get("started_ms") or now_ms
+    silent = []
+    for symbol, info in health.get("symbols", {}).items():
+        if info.get("last_trade_ms"):
+            quiet_s = info.get("last_trade_age_s") or 0.0
+        else:
+            quiet_s = (now_ms - subscribed_since_ms.get(symbol, started)) / 1000.0
+        if quiet_s > threshold_s:
+            silent.append((symbol, quiet_s))
+    return silent
+
+
+def symbol_activity_table(health: Mapping) -> pd.DataFrame:
+    """Per-symbol trades/s, last-trade age and trades received, from ``health()``."""
+    rows = {symbol: {"trades/s": info.get("trades_per_s"),
+                     "age (s)": info.get("last_trade_age_s"),
+                     "received": info.get("received")}
+            for symbol, info in health.get("symbols", {}).items()}
+    return pd.DataFrame.from_dict(rows, orient="index",
+                                  columns=["trades/s", "age (s)", "received"])
+
+
+def format_price(value: float) -> str:
+    """Enough decimals for any crypto price: 89,761.30 / 3,139.77 / 0.123456."""
+    if not math.isfinite(value):
+        return "—"
+    if abs(value) >= 1000:
+        return f"{value:,.2f}"
+    if abs(value) >= 1:
+        return f"{value:,.4f}"
+    return f"{value:.6g}"
+
+
+def format_number(value: float, spec: str = ".3f") -> str:
+    """``format(value, spec)``, or an em dash for NaN/None."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    return format(value, spec)
+
+
+def chart_interval(timeframe_label: str, refresh_s: float, paused: bool,
+                   live: bool) -> float | None:
+    """Seconds between chart refreshes: None when paused or for static uploaded data;
+    the bar length for 1m/5m bars (a chart changes meaningfully at bar close); else the
+    chosen refresh interval."""
+    if paused or not live:
+        return None
+    bar_s = bar_ms_of(timeframe_label) / 1000.0
+    return max(float(refresh_s), bar_s) if bar_s >= 60 else float(refresh_s)
+
+
+def zoom_from_selection(state) -> dict[str, list] | None:
+    """Axis ranges of the newest box in a ``st.plotly_chart`` selection state.
+
+    ``state`` is what Streamlit keeps for a chart with ``on_select``: ``{"selection":
+    {"box": [{"xref": "x", "yref": "y2", "x": [a, b], "y": [c, d]}, ...], ...}}``.
+    Returns ``{"xaxis": [lo, hi], "yaxis2": [lo, hi]}`` or None without a box.
+    """
+    selection = (state or {}).get("selection") or {}
+    boxes = selection.get("box") or []
+    if not boxes:
+        return None
+    box = boxes[-1]
+    ranges = {}
+    for ref, values in ((box.get("xref") or "x", box.get("x")),
+                        (box.get("yref") or "y", box.get("y"))):
+        if values is not None and len(values) == 2:
+            ranges[f"{ref[0]}axis{ref[1:]}"] = sorted(values)
+    return ranges or None
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def newest_alert_event_id(db_path: str) -> int:
+    """Where a new page session starts its toasts (0 without events)."""
+    with reading(db_path) as conn:
+        return database.latest_alert_event_id(conn)
+
+
+def alert_messages_after(db_path: str, event_id: int) -> list[tuple[int, str]]:
+    """(id, message) of alert events newer than ``event_id``, oldest first."""
+    with reading(db_path) as conn:
+        events = database.list_alert_events(conn, since_id=event_id, limit=None)
+    events = events.sort_values("id")
+    return list(zip(events["id"].astype(int).tolist(), events["message"].tolist()))
+
+
+def alert_summary(db_path: str) -> str:
+    """'1 / 3': enabled rules disarmed by a firing (their condition still holds) / enabled."""
+    with reading(db_path) as conn:
+        rules = database.list_alert_rules(conn, enabled_only=True)
+    return f"{int((rules['state'] == 'disarmed').sum())} / {len(rules)}"
+
+
+# --------------------------------------------------------------------------------------
+# Time display and CSV
+# --------------------------------------------------------------------------------------
+
+
+def display_times(ts_ms, tz: str) -> pd.Series:
+    """Epoch ms -> wall-clock times in ``tz`` (tz-aware), for tables."""
+    values = np.asarray(ts_ms, dtype=np.int64)
+    return pd.Series(pd.to_datetime(values, unit="ms", utc=True).tz_convert(zoneinfo.ZoneInfo(tz)))
+
+
+def with_time_column(frame: pd.DataFrame, tz: str, ts_column: str | None = None,
+                     name: str = "time") -> pd.DataFrame:
+    """A copy with a ``time`` column (ISO, in ``tz``) first; ``ts`` (epoch ms) kept."""
+    out = frame.reset_index() if ts_column is None else frame.copy()
+    column = "ts" if ts_column is None else ts_column
+    out = out.reset_index(drop=True)
+    if column in out.columns:
+        times = display_times(out[column].to_numpy(dtype=np.int64), tz)
+        out.insert(0, name, times.map(lambda t: t.isoformat(timespec="milliseconds")))
+    return out
+
+
+def to_csv_bytes(frame: pd.DataFrame, tz: str, ts_column: str | None = None) -> bytes:
+    """CSV with epoch-ms ``ts`` and an ISO ``time`` column in ``tz``; floats written in
+    full (shortest round-trip) precision so that a reader gets back the same numbers."""
+    buffer = io.StringIO()
+    with_time_column(frame, tz, ts_column).to_csv(buffer, index=False)
+    return buffer.getvalue().encode("utf-8")
+
+
+def bars_csv(bars_by_symbol: Mapping[str, pd.DataFrame], tz: str) -> bytes:
+    """Bars of several symbols in one CSV with a ``symbol`` column."""
+    frames = [bars.assign(symbol=symbol) for symbol, bars in bars_by_symbol.items()]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return to_csv_bytes(pd.DataFrame(columns=["symbol", *analytics.BAR_COLUMNS],
+                                         index=pd.Index([], name="ts", dtype=np.int64)), tz)
+    joined = pd.concat(frames)
+    joined = joined[["symbol", *[c for c in joined.columns if c != "symbol"]]]
+    return to_csv_bytes(joined, tz)
+
+
+def ticks_csv(ticks_by_symbol: Mapping[str, pd.DataFrame], tz: str) -> bytes:
+    frames = [ticks.assign(symbol=symbol) for symbol, ticks in ticks_by_symbol.items()]
+    joined = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["symbol", *database.TICK_COLUMNS])
+    return to_csv_bytes(joined, tz, ts_column="ts")
+
+
+# --------------------------------------------------------------------------------------
+# Uploads
+# --------------------------------------------------------------------------------------
+
+
+def tick_upload_bars(trades: pd.DataFrame, side_known: bool) -> pd.DataFrame:
+    """1 s bars per symbol from uploaded trades, in ``save_uploaded_bars``'s layout."""
+    frames = []
+    for symbol, group in trades.groupby("symbol", sort=True):
+        ticks = group[["ts", "trade_id", "price", "qty"]]
+        if side_known:
+            ticks = ticks.assign(is_buyer_maker=group["is_buyer_maker"].astype(float))
+        bars = analytics.resample(ticks, "1s")
+        frames.append(bars.reset_index().assign(symbol=symbol))
+    if not frames:
+        return pd.DataFrame(columns=["symbol", "ts", "open", "high", "low", "close", "volume",
+                                     "vwap"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def save_uploaded(upload_db_path: str, name: str, bars: pd.DataFrame) -> int:
+    """Store bars under ``name`` in the upload database (own writable connection)."""
+    with writing(upload_db_path) as conn:
+        return database.save_uploaded_bars(conn, name, bars)

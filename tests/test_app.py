@@ -1,0 +1,694 @@
+"""Tests for app.py (the Streamlit page) through ``streamlit.testing.v1.AppTest``.
+
+Every test runs the real page against real components: a SQLite file in ``tmp_path``, the
+real collector pointed either at a closed 127.0.0.1 port (nothing is ever written by it) or
+at the built-in simulated market, the real alert evaluator. Trades recorded on Binance
+futures (tests/data/app_futures_2025-12-15T0843Z_btc_eth_first5000.ndjson: the first 5,000
+lines of /work/shared/data/ticks/futures_2025-12-15T0843Z_btc_eth.ndjson) are imported
+with ``uploads.parse_tick_file`` + ``database.import_ticks``; reference values are computed
+independently from the same file with plain pandas.
+
+AppTest facts used here (Streamlit 1.67)
+- Lazy tabs (``st.tabs(..., key="tab", on_change="rerun")``): a tab opens by setting
+  ``at.session_state["tab"]`` to its label and running again; closed tabs render nothing.
+- Fragments run once per ``run()``; their timers never tick.
+- Download buttons: an eager one carries ``proto.url`` = ``/mock/media/<file_id>.<ext>``,
+  a deferred one (``data=`` a callable) ``proto.deferred_file_id``. Each run builds its own
+  ``MediaFileManager``; the ``media`` fixture records it so a test can read the bytes
+  (``read_file``) or run the deferred callable (``execute_deferred``) as a click would.
+- A chart with ``on_select`` and a key takes a selection through
+  ``at.session_state[<key>]`` (what a dragged box would send), so the zoom that the page
+  re-applies on every refresh can be driven without a browser. Zoom in a real browser was
+  checked with headless Chromium (Streamlit 1.67 remounts a chart whose data changed, so
+  ``uirevision`` alone does not keep a zoom; see ``app.chart``).
+- Threads started in ``st.cache_resource`` outlive a test: every test stops the collector
+  and the evaluator and clears Streamlit's caches.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import streamlit as st
+import streamlit.testing.v1.app_test as app_test_module
+from streamlit.runtime.media_file_manager import MediaFileManager
+from streamlit.testing.v1 import AppTest
+
+import alerts
+import analytics
+import backtest
+import collector
+import dashboard_data as dd
+import database
+import uploads
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+DATA = Path(__file__).resolve().parent / "data"
+TRADES_FILE = DATA / "app_futures_2025-12-15T0843Z_btc_eth_first5000.ndjson"
+GOOD_OHLC = DATA / "upload_spot_1m_2025-12-15_btc_eth.csv"
+TABS = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Backtest", "Alerts",
+        "Data", "Health")
+TEXT_ELEMENTS = ("markdown", "caption", "info", "warning", "error", "success", "text")
+
+
+# --------------------------------------------------------------------------------------
+# fixtures and helpers
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def closed_port():
+    """A 127.0.0.1 port nobody listens on: the feed's connects are refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch, closed_port):
+    """Environment of a page whose feed cannot connect; cleans up threads and caches."""
+    paths = {"db": str(tmp_path / "live.db"), "uploads": str(tmp_path / "uploads.db")}
+    for name in ("CRYPTO_DEMO_SEED", "CRYPTO_REPLAY_FILE", "CRYPTO_STREAM"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CRYPTO_FEED", "binance-futures")
+    monkeypatch.setenv("BINANCE_WS_URL", f"ws://127.0.0.1:{closed_port}")
+    monkeypatch.setenv("CRYPTO_SYMBOLS", "btcusdt,ethusdt")
+    monkeypatch.setenv("CRYPTO_DB_PATH", paths["db"])
+    monkeypatch.setenv("CRYPTO_UPLOAD_DB", paths["uploads"])
+    monkeypatch.setenv("CRYPTO_DISPLAY_TZ", "UTC")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield paths
+    collector.stop()
+    alerts.stop_evaluator()
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def recorded_db(app_env):
+    """The recorded trades imported into the page's live database."""
+    parsed = uploads.parse_tick_file(TRADES_FILE, filename=TRADES_FILE.name)
+    assert parsed.ok, parsed.error
+    conn = database.connect(app_env["db"])
+    try:
+        database.import_ticks(conn, uploads.to_trade_tuples(parsed.trades, received_ms=1))
+    finally:
+        conn.close()
+    return app_env
+
+
+@pytest.fixture
+def media(monkeypatch):
+    """The MediaFileManager of every AppTest run (download button payloads live there)."""
+    managers: list[MediaFileManager] = []
+
+    class RecordingManager(MediaFileManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            managers.append(self)
+
+    monkeypatch.setattr(app_test_module, "MediaFileManager", RecordingManager)
+    return managers
+
+
+def reference_trades() -> pd.DataFrame:
+    """The fixture's market trades read with plain json/pandas (placeholders removed)."""
+    with open(TRADES_FILE, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    frame = pd.DataFrame(rows)
+    frame = frame[(frame["price"] > 0) & (frame["size"] > 0)].copy()
+    epoch = pd.Timestamp("1970-01-01", tz="UTC")
+    frame["ts"] = (pd.to_datetime(frame["ts"], utc=True) - epoch) // pd.Timedelta(milliseconds=1)
+    return frame.reset_index(drop=True)
+
+
+def new_app(**state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at
+
+
+def run(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def open_tab(at: AppTest, name: str) -> AppTest:
+    at.session_state["tab"] = name
+    return run(at)
+
+
+def texts(at: AppTest) -> list[str]:
+    found = []
+    for kind in TEXT_ELEMENTS:
+        found.extend(str(element.value) for element in at.get(kind))
+    return found
+
+
+def metric(at: AppTest, label: str) -> str:
+    matches = [m.value for m in at.metric if m.label == label]
+    assert matches, f"no metric {label!r}; have {[m.label for m in at.metric]}"
+    return matches[0]
+
+
+def dataframe_with_row(at: AppTest, row: str) -> pd.DataFrame:
+    for frame in at.dataframe:
+        if row in frame.value.index:
+            return frame.value
+    raise AssertionError(f"no dataframe with a row {row!r}")
+
+
+def download(at: AppTest, managers: list, key: str) -> bytes:
+    """The bytes a click on download button ``key`` would deliver."""
+    buttons = [b for b in at.get("download_button") if b.proto.id.endswith(key)]
+    assert buttons, f"no download button {key!r}"
+    proto = buttons[0].proto
+    manager = managers[-1]
+    url = manager.execute_deferred(proto.deferred_file_id) if proto.deferred_file_id \
+        else proto.url
+    file_id = url.rsplit("/", 1)[1].split(".")[0]
+    return manager.read_file(file_id).content
+
+
+def stored_bars(db_path: str, symbol: str, timeframe: str = "1s") -> pd.DataFrame:
+    conn = database.connect(db_path, readonly=True)
+    try:
+        return database.read_bars(conn, symbol, timeframe=timeframe)
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------------------
+# start-up, empty database, configuration
+# --------------------------------------------------------------------------------------
+
+
+def test_starts_on_an_empty_database(app_env):
+    at = run(new_app())
+
+    assert dd.WAITING_MESSAGE in texts(at)
+    assert not Path(app_env["db"]).exists()  # the page never creates the collector's file
+    assert dd.BUILTIN_MARKET_LABEL not in " ".join(texts(at))
+    feed_words = " ".join(texts(at))
+    assert "Binance futures" in feed_words and "live —" not in feed_words
+
+
+@pytest.mark.parametrize("tab", TABS)
+def test_every_tab_renders_on_an_empty_database(app_env, tab):
+    at = open_tab(run(new_app()), tab)
+
+    assert not at.error, [e.value for e in at.error]
+    if tab in ("Prices", "Spread & z-score", "Statistics", "Correlation", "Backtest", "Data"):
+        assert dd.WAITING_MESSAGE in [i.value for i in at.info]
+
+
+def test_a_bad_setting_is_shown_not_raised(app_env, monkeypatch):
+    monkeypatch.setenv("CRYPTO_FEED", "nasdaq")
+    at = run(new_app())
+
+    assert any("CRYPTO_FEED='nasdaq'" in e.value for e in at.error)
+    assert not at.tabs
+
+
+def test_only_the_open_tab_runs(recorded_db):
+    at = run(new_app())
+    assert [t.label for t in at.tabs] == list(TABS)
+    assert not at.get("file_uploader")  # Data tab closed: its widgets were never created
+
+    at = open_tab(at, "Data")
+    assert len(at.get("file_uploader")) == 2
+    candles = [c for c in at.get("plotly_chart") if c.proto.id.endswith("candles_y")]
+    assert not candles  # Prices is closed now
+
+
+# --------------------------------------------------------------------------------------
+# recorded trades: numbers on screen equal a pandas recomputation
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tab", TABS)
+def test_every_tab_renders_with_recorded_trades(recorded_db, tab):
+    at = open_tab(run(new_app(lookback="15 min")), tab)
+
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_recorded_trades_give_the_expected_bars_and_statistics(recorded_db):
+    trades = reference_trades()
+    at = open_tab(run(new_app(lookback="15 min")), "Statistics")
+
+    table = dataframe_with_row(at, "vwap")
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        mine = trades[trades["symbol"] == symbol]
+        seconds = mine["ts"] // 1000
+        # Close of the last second = last trade of that second in file order (ids are given
+        # in file order and the bar keeps the largest (ts, id)).
+        last = mine.loc[mine["ts"] == mine["ts"].max(), "price"].iloc[-1]
+        vwap = (mine["price"] * mine["size"]).sum() / mine["size"].sum()
+        assert table.loc["bars", symbol] == seconds.nunique()
+        assert table.loc["trades", symbol] == len(mine)
+        assert table.loc["last", symbol] == last
+        assert table.loc["high", symbol] == mine["price"].max()
+        assert table.loc["vwap", symbol] == pytest.approx(vwap, rel=1e-12)  # sum order only
+        assert table.loc["volume", symbol] == pytest.approx(mine["size"].sum(), rel=1e-12)
+        assert metric(at, f"{symbol} last") == dd.format_price(last)
+    union_seconds = (trades["ts"] // 1000).nunique()
+    assert any(f"· {union_seconds} bars" in c.value for c in at.caption)
+
+
+def test_timeframe_changes_the_bars_shown(recorded_db):
+    trades = reference_trades()
+    at = run(new_app(lookback="15 min"))
+    at.selectbox(key="timeframe").set_value("10s")
+    at = run(at)
+
+    buckets = (trades["ts"] // 10_000).nunique()  # 10 s bars of either leg
+    assert any("10s bars" in c.value and f"· {buckets} bars" in c.value
+               for c in at.caption), [c.value for c in at.caption]
+
+
+@pytest.mark.parametrize("method_label", ["OLS", "Kalman"])
+def test_method_changes_the_live_z_score(recorded_db, method_label):
+    at = run(new_app(lookback="15 min", method=method_label))
+
+    # The page must show pair_signals' latest z for the chosen method on the aligned legs.
+    bars_y = stored_bars(recorded_db["db"], "BTCUSDT")
+    bars_x = stored_bars(recorded_db["db"], "ETHUSDT")
+    aligned = analytics.align(bars_y, bars_x, timeframe="1s")
+    signals = analytics.pair_signals(aligned.y, aligned.x, method=dd.METHODS[method_label],
+                                     window=60, log_prices=True)
+    expected = signals.latest
+    assert metric(at, "z-score") == f"{expected['z']:.2f}"
+    assert metric(at, "β") == f"{expected['beta']:.4f}"
+    assert any(f"{method_label}, log prices" in c.value for c in at.caption)
+
+
+def test_ols_and_kalman_show_different_hedges(recorded_db):
+    at = run(new_app(lookback="15 min"))
+    ols_beta = metric(at, "β")
+    at.selectbox(key="method").set_value("Kalman")
+    kalman_beta = metric(run(at), "β")
+
+    assert ols_beta != kalman_beta
+
+
+def test_warming_up_says_what_it_needs(recorded_db):
+    trades = reference_trades()
+    at = run(new_app(lookback="15 min"))
+    at.number_input(key="window").set_value(100)
+    at = run(at)
+
+    # Bars with a level for both legs: a leg's close is carried at most 5 bars (align's
+    # default limit), counted here from the raw trades.
+    traded = {s: set(trades.loc[trades["symbol"] == s, "ts"] // 1000)
+              for s in ("BTCUSDT", "ETHUSDT")}
+    union = sorted(traded["BTCUSDT"] | traded["ETHUSDT"])
+
+    def has_level(symbol, second):
+        return any(second - k in traded[symbol] for k in range(6))
+
+    nobs = sum(has_level("BTCUSDT", s) and has_level("ETHUSDT", s) for s in union)
+    expected = f"z-score: needs 200 bars, has {nobs} — about {200 - nobs} s more at 1s bars"
+    assert expected in [i.value for i in at.info]
+    assert metric(at, "z-score") == "—"
+
+
+def test_swap_exchanges_the_legs(recorded_db):
+    at = run(new_app(lookback="15 min"))
+    at.button(key="swap").click()
+    at = run(at)
+
+    assert at.session_state["y_symbol"] == "ETHUSDT"
+    assert at.session_state["x_symbol"] == "BTCUSDT"
+    assert any("ETHUSDT on BTCUSDT" in c.value for c in at.caption)
+
+
+def test_statistics_tests_run_on_request_with_a_verdict(recorded_db):
+    at = open_tab(run(new_app(lookback="15 min")), "Statistics")
+    assert not any(s.value.startswith("Engle–Granger:") for s in at.success)
+
+    at.button(key="run_tests").click()
+    at = run(at)
+
+    verdicts = [s.value for s in at.success]
+    assert any(v.startswith("ADF: ") for v in verdicts)
+    assert any(v.startswith("Engle–Granger: ") and "cointegrated" in v for v in verdicts)
+
+
+# --------------------------------------------------------------------------------------
+# downloads
+# --------------------------------------------------------------------------------------
+
+
+def test_minute_statistics_csv_download(recorded_db, media):
+    trades = reference_trades()
+    at = open_tab(run(new_app(lookback="15 min")), "Statistics")
+
+    csv = pd.read_csv(io.BytesIO(download(at, media, "download_minute_stats")))
+    btc = trades[trades["symbol"] == "BTCUSDT"].copy()
+    btc["minute"] = btc["ts"] // 60_000 * 60_000
+    last_per_minute = btc.groupby("minute")["price"].last()  # file order within a minute
+    assert csv["ts"].tolist() == sorted((trades["ts"] // 60_000 * 60_000).unique().tolist())
+    assert csv.set_index("ts")["y_close"].to_dict() == last_per_minute.to_dict()
+    assert csv["time"].iloc[0] == "2025-12-15T08:43:00.000+00:00"
+    assert set(analytics.MINUTE_STATS_COLUMNS) <= set(csv.columns)
+
+
+def test_data_tab_exports_bars_ticks_and_analytics(recorded_db, media):
+    trades = reference_trades()
+    at = open_tab(run(new_app(lookback="15 min")), "Data")
+
+    bars = pd.read_csv(io.BytesIO(download(at, media, "download_bars")))
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        expected = stored_bars(recorded_db["db"], symbol)
+        mine = bars[bars["symbol"] == symbol].set_index("ts")
+        assert mine.index.tolist() == expected.index.tolist()
+        # floats are written in full precision: read back exactly
+        assert mine["close"].tolist() == expected["close"].tolist()
+        assert mine["vwap"].tolist() == expected["vwap"].tolist()
+    ticks = pd.read_csv(io.BytesIO(download(at, media, "download_ticks")))
+    assert len(ticks) == len(trades)
+    assert ticks.groupby("symbol")["price"].sum().to_dict() == pytest.approx(
+        trades.groupby("symbol")["price"].sum().to_dict(), rel=1e-9)
+    table = pd.read_csv(io.BytesIO(download(at, media, "download_analytics")))
+    assert len(table) == (trades["ts"] // 1000).nunique()
+    assert {"y_close", "x_close", "beta", "spread", "z", "kalman_beta",
+            "correlation"} <= set(table.columns)
+
+
+def test_backtest_trades_download_matches_the_table(recorded_db, media):
+    at = run(new_app(lookback="15 min"))
+    at.number_input(key="window").set_value(20)
+    at.number_input(key="entry_z").set_value(1.0)
+    at = open_tab(run(at), "Backtest")
+
+    count = int(metric(at, "trades"))
+    csv = pd.read_csv(io.BytesIO(download(at, media, "download_trades")))
+    assert count >= 1
+    assert len(csv) == count
+    assert list(csv.columns) == ["time", *backtest.TRADE_COLUMNS]
+
+
+# --------------------------------------------------------------------------------------
+# uploads
+# --------------------------------------------------------------------------------------
+
+
+def test_a_good_ohlc_upload_is_stored_and_analysed(app_env):
+    data = GOOD_OHLC.read_bytes()
+    expected = uploads.parse_ohlc_csv(data, filename=GOOD_OHLC.name)
+    at = open_tab(run(new_app()), "Data")
+    at.get("file_uploader")[0].upload(GOOD_OHLC.name, data, "text/csv")
+    at = run(at)
+    assert any(f"{expected.n_accepted} accepted, {expected.n_rejected} rejected" in t
+               for t in texts(at))
+
+    at.button(key="store_ohlc").click()
+    at = run(at)
+    assert at.session_state["source_kind"] == "uploaded"
+    assert at.session_state["upload_name"] == GOOD_OHLC.name
+    at = open_tab(at, "Statistics")
+
+    table = dataframe_with_row(at, "vwap")
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        bars = expected.bars[expected.bars["symbol"] == symbol]
+        assert table.loc["bars", symbol] == len(bars)
+        assert table.loc["last", symbol] == bars["close"].iloc[-1]
+    assert any("uploaded: " + GOOD_OHLC.name in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("coin, rejected", [("btc", 57), ("eth", 45)])
+def test_invalid_ohlc_rows_are_rejected_with_counts(app_env, coin, rejected):
+    # 57 (BTC) and 45 (ETH) rows with high < max(open, close) or low > min(open, close):
+    # counted by the data set's publishers (/work/shared/data/README.md, bad/).
+    path = DATA / f"upload_ohlc_1m_{coin}_invalid_high_low.csv"
+    at = open_tab(run(new_app()), "Data")
+    at.text_input(key="upload_symbol").set_value(f"{coin}usdt")
+    at.get("file_uploader")[0].upload(path.name, path.read_bytes(), "text/csv")
+    at = run(at)
+
+    assert any(f"{200 - rejected} accepted, {rejected} rejected" in t for t in texts(at))
+    assert any(e.value.startswith(f"{rejected} rows rejected") for e in at.error)
+    listed = [f.value for f in at.dataframe if "reason" in f.value.columns]
+    assert len(listed) == 1 and len(listed[0]) == rejected
+    assert listed[0]["reason"].str.contains("high|low").all()
+
+
+def test_a_tick_file_upload_becomes_one_second_bars(app_env):
+    trades = reference_trades()
+    at = open_tab(run(new_app()), "Data")
+    at.get("file_uploader")[1].upload(TRADES_FILE.name, TRADES_FILE.read_bytes(),
+                                      "application/x-ndjson")
+    at = run(at)
+    at.button(key="store_ticks").click()
+    at = open_tab(run(at), "Statistics")
+
+    table = dataframe_with_row(at, "vwap")
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        mine = trades[trades["symbol"] == symbol]
+        assert table.loc["bars", symbol] == (mine["ts"] // 1000).nunique()
+        vwap = (mine["price"] * mine["size"]).sum() / mine["size"].sum()
+        assert table.loc["vwap", symbol] == pytest.approx(vwap, rel=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# feed label, symbols, alerts
+# --------------------------------------------------------------------------------------
+
+
+def test_the_simulated_market_is_labelled(app_env, monkeypatch):
+    monkeypatch.setenv("CRYPTO_FEED", "demo")
+    monkeypatch.setenv("CRYPTO_DEMO_SEED", "11")
+    at = run(new_app())
+    deadline = time.monotonic() + 20
+    while dd.WAITING_MESSAGE in texts(at) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        at = run(at)
+
+    label = dd.BUILTIN_MARKET_LABEL
+    assert label in [w.value for w in at.sidebar.warning]  # sidebar
+    assert any(label in w.value for w in at.main.warning)  # banner
+    assert any(c.value.startswith(label) for c in at.caption)  # live strip caption
+
+
+def test_symbols_are_validated_added_and_removed(app_env, monkeypatch):
+    monkeypatch.setenv("CRYPTO_FEED", "demo")
+    monkeypatch.setenv("CRYPTO_DEMO_SEED", "5")
+    at = run(new_app())
+    at.text_input(key="new_symbol").set_value("btc-usdt!")
+    at.button(key="add_symbol").click()
+    at = run(at)
+    assert any("is not valid" in e.value for e in at.sidebar.error)
+    assert collector.running_collector().settings.symbols == ("btcusdt", "ethusdt")
+
+    at.text_input(key="new_symbol").set_value("SOLUSDT")
+    at.button(key="add_symbol").click()
+    at = run(at)
+    assert collector.running_collector().settings.symbols == ("btcusdt", "ethusdt", "solusdt")
+    assert "SOLUSDT" in at.selectbox(key="y_symbol").options
+
+    at.selectbox(key="remove_choice").set_value("SOLUSDT")
+    at.button(key="remove_symbol").click()
+    run(at)
+    assert collector.running_collector().settings.symbols == ("btcusdt", "ethusdt")
+
+
+def submit_alert(at: AppTest, *, threshold: float, comparison: str = "abs>") -> AppTest:
+    at.selectbox(key="alert_metric").set_value("zscore")
+    at.selectbox(key="alert_comparison").set_value(comparison)
+    at.number_input(key="alert_threshold").set_value(threshold)
+    next(b for b in at.button if b.label == "Create alert").click()
+    return run(at)
+
+
+def rules_table(at: AppTest) -> pd.DataFrame:
+    return next(f.value for f in at.dataframe if "comparison" in f.value.columns)
+
+
+def test_alert_rules_are_created_listed_and_deleted(recorded_db):
+    at = open_tab(run(new_app(lookback="15 min")), "Alerts")
+    defaults = rules_table(at)
+    assert len(defaults) == 2 and not defaults["enabled"].any()  # |z| > 2, > 3, disabled
+
+    at = submit_alert(at, threshold=0.0)  # abs> needs a positive threshold
+    assert at.error and "threshold" in at.error[0].value
+    at = submit_alert(at, threshold=2.5)
+    created = [s.value for s in at.success if s.value.startswith("rule ")]
+    assert created
+    rule_id = int(re.match(r"rule (\d+) created", created[0]).group(1))
+    at = run(at)
+    assert rule_id in rules_table(at)["id"].tolist()
+
+    at.selectbox(key="alert_rule_choice").set_value(rule_id)
+    at.button(key="alert_delete").click()
+    at = run(at)
+    assert rule_id not in rules_table(at)["id"].tolist()
+
+
+def test_new_alert_events_toast_and_old_ones_do_not(recorded_db):
+    conn = database.connect(recorded_db["db"])
+    event = dict(rule_id=1, value=2.4, threshold=2.0, rule_name="z", metric="zscore",
+                 subject="BTCUSDT/ETHUSDT", comparison="abs>")
+    try:
+        database.insert_alert_event(conn, ts=1, message="old event", **event)
+        at = run(new_app(lookback="15 min"))
+        assert not at.toast
+        database.insert_alert_event(conn, ts=2, message="z-score beyond 2", **event)
+    finally:
+        conn.close()
+    at = run(at)
+
+    assert [t.value for t in at.toast] == ["🔔 z-score beyond 2"]
+    at = run(at)
+    assert not at.toast  # shown once
+
+
+def test_health_tab_shows_collector_counters_and_gaps(recorded_db):
+    at = open_tab(run(new_app(lookback="15 min")), "Health")
+
+    assert metric(at, "reconnects").replace(",", "").isdigit()
+    assert metric(at, "stored") == "0"  # the feed never connected
+    assert any(m.value.startswith("**Trade-id gaps** (0)") for m in at.markdown)
+    assert any("collector database" in t and "MB" in t for t in texts(at))
+    assert math.isfinite(float(metric(at, "queue max").replace(",", "")))
+
+
+# --------------------------------------------------------------------------------------
+# zoom that survives refreshes
+# --------------------------------------------------------------------------------------
+
+
+def chart_layout(at: AppTest, key: str) -> dict:
+    charts = [c for c in at.get("plotly_chart") if c.proto.id.endswith(key)]
+    assert charts, f"no chart {key!r}"
+    return json.loads(charts[0].proto.spec)["layout"]
+
+
+def box_selection(x, y, xref="x", yref="y"):
+    """The selection state Streamlit stores when a box is dragged on a chart."""
+    return {"selection": {"points": [], "point_indices": [], "lasso": [],
+                          "box": [{"xref": xref, "yref": yref, "x": x, "y": y}]}}
+
+
+def test_zoom_from_selection_reads_the_newest_box():
+    state = box_selection([5, 1], [3, 4], yref="y2")
+    state["selection"]["box"].insert(0, {"xref": "x", "yref": "y", "x": [0, 9], "y": [0, 9]})
+
+    assert dd.zoom_from_selection(state) == {"xaxis": [1, 5], "yaxis2": [3, 4]}
+    assert dd.zoom_from_selection(box_selection([], [])) is None
+    assert dd.zoom_from_selection(None) is None
+
+
+def test_a_dragged_box_zooms_until_reset(recorded_db):
+    x_range = ["2025-12-15 08:44:00", "2025-12-15 08:44:30"]
+    at = run(new_app(lookback="15 min"))
+    assert "range" not in chart_layout(at, "candles_y")["xaxis"]
+    assert chart_layout(at, "candles_y")["dragmode"] == "select"
+
+    at.session_state["candles_y"] = box_selection(x_range, [89_700, 89_800])
+    at = run(at)
+    assert chart_layout(at, "candles_y")["xaxis"]["range"] == x_range
+    assert chart_layout(at, "candles_y")["yaxis"]["range"] == [89_700, 89_800]
+    assert "range" not in chart_layout(at, "candles_x")["xaxis"]  # only that chart
+    at = run(at)  # a refresh keeps it
+    assert chart_layout(at, "candles_y")["xaxis"]["range"] == x_range
+
+    at.button(key="candles_y_reset").click()
+    at = run(at)
+    assert "range" not in chart_layout(at, "candles_y")["xaxis"]  # and the old box is not reapplied
+    at = run(at)
+    assert "range" not in chart_layout(at, "candles_y")["xaxis"]
+
+
+def test_naive_upload_times_follow_the_chosen_zone(app_env, media):
+    path = DATA / "upload_spot_bars_1s_1m_5m_IST_naive_first3000.csv"
+    at = open_tab(run(new_app()), "Data")
+    at.selectbox(key="naive_tz").set_value("Asia/Kolkata")
+    at.selectbox(key="upload_timeframe").set_value("1m")
+    at.get("file_uploader")[0].upload(path.name, path.read_bytes(), "text/csv")
+    at = run(at)
+    at.button(key="store_ohlc").click()
+    at = open_tab(run(at), "Data")
+
+    bars = pd.read_csv(io.BytesIO(download(at, media, "download_bars")))
+    # The file's first 1m bar is 2025-12-16 16:39 in India (UTC+05:30) = 11:09 UTC, by hand.
+    assert bars["ts"].min() == pd.Timestamp("2025-12-16 11:09", tz="UTC").value // 1_000_000
+    assert bars["time"].min() == "2025-12-16T11:09:00.000+00:00"
+
+
+def test_lookback_all_is_offered_for_uploads_only(app_env):
+    at = run(new_app())
+    assert "all" not in at.selectbox(key="lookback").options
+
+
+# --------------------------------------------------------------------------------------
+# dashboard_data: the page's loading helpers and words
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeframe", ["1s", "10s"])
+def test_bar_store_top_ups_equal_a_full_read(tmp_path, timeframe):
+    parsed = uploads.parse_tick_file(TRADES_FILE)
+    records = uploads.to_trade_tuples(parsed.trades, received_ms=1)
+    records.sort(key=lambda r: r[2])
+    path = str(tmp_path / "bars.db")
+    conn = database.connect(path)
+    store = dd.BarStore()
+    lookback = 60_000
+    # Cut inside a second (odd trade indices) so that the held last bar must grow.
+    cuts = [0, len(records) // 3 + 1, 2 * len(records) // 3 + 1, len(records)]
+    try:
+        for start, stop in zip(cuts, cuts[1:]):
+            database.import_ticks(conn, records[start:stop])
+            anchor = database.latest_bar_ts(conn, "ETHUSDT")
+            result = store.bars(path, "ETHUSDT", timeframe, lookback, anchor)
+            expected = database.read_bars(conn, "ETHUSDT", anchor - lookback, None, timeframe)
+            pd.testing.assert_frame_equal(result, expected)
+    finally:
+        conn.close()
+
+
+def test_warming_message_reads_like_the_issue():
+    assert dd.warming_message(60, 14, "1s", 1.0) == \
+        "needs 60 bars, has 14 — about 46 s more at 1s bars"
+    assert dd.warming_message(120, 20, "1m", 60.0) == \
+        "needs 120 bars, has 20 — about 100 min more at 1m bars"
+
+
+def test_feed_status_names_every_state():
+    fallback = dict(state="connected", feed="demo", requested_feed="auto", builtin_market=True,
+                    fallback_reason="connect failed: refused", last_close_reason="")
+    status = dd.feed_status(fallback)
+    assert status.label == dd.BUILTIN_MARKET_LABEL and status.builtin
+    assert "connect failed: refused" in status.detail
+    live = dict(state="connected", feed="binance-futures", requested_feed="binance-futures",
+                builtin_market=False)
+    assert dd.feed_status(live).label == "live — Binance futures"
+    down = dict(live, state="reconnecting", last_close_reason="no data for 30 s")
+    assert dd.feed_status(down).label == "reconnecting — Binance futures"
+    assert dd.feed_status(down).detail == "no data for 30 s"
+
+
+def test_silent_symbols_are_named_after_ten_seconds():
+    now = 1_000_000
+    health = {"started_ms": now - 60_000, "symbols": {
+        "BTCUSDT": {"last_trade_ms": now - 500, "last_trade_age_s": 0.5},
+        "ETHUSDT": {"last_trade_ms": now - 12_000, "last_trade_age_s": 12.0},
+        "XYZUSDT": {"last_trade_ms": None, "last_trade_age_s": None},
+        "SOLUSDT": {"last_trade_ms": None, "last_trade_age_s": None}}}
+    since = {"SOLUSDT": now - 3_000}  # subscribed 3 s ago: not yet suspicious
+
+    assert dd.silent_symbols(health, since, now) == [("ETHUSDT", 12.0), ("XYZUSDT", 60.0)]
