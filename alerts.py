@@ -682,7 +682,7 @@ class MetricValue:
 
 def last_complete_bar(now_ms: int, timeframe: str) -> int:
     """Open (epoch ms) of the newest bar whose interval ended ``BAR_SETTLE_MS`` ago or more."""
-    size = database.TIMEFRAME_MS[analytics.normalize_timeframe(timeframe)]
+    size = analytics.TIMEFRAME_MS[analytics.normalize_timeframe(timeframe)]
     settled = int(now_ms) - BAR_SETTLE_MS
     return settled - settled % size - size
 
@@ -705,7 +705,7 @@ def _pair_needed(rule: AlertRule) -> int:
 
 
 def _aligned(conn, rule: AlertRule, as_of: int, span_bars: int, cache: dict):
-    size = database.TIMEFRAME_MS[rule.timeframe]
+    size = analytics.TIMEFRAME_MS[rule.timeframe]
     key = ("aligned", rule.y_symbol, rule.x_symbol, rule.timeframe, span_bars, as_of)
     if key not in cache:
         end = as_of + size
@@ -722,7 +722,7 @@ def _aligned(conn, rule: AlertRule, as_of: int, span_bars: int, cache: dict):
 
 
 def _pair_metric(conn, rule: AlertRule, as_of: int, cache: dict) -> MetricValue:
-    size = database.TIMEFRAME_MS[rule.timeframe]
+    size = analytics.TIMEFRAME_MS[rule.timeframe]
     needed = _pair_needed(rule)
     # One read for every hedge metric of the same settings (zscore, spread and beta_change
     # then share bars and signals in a tick), with a margin: an interval in which neither leg
@@ -795,7 +795,7 @@ def _last_trade(conn, symbol: str, before_ms: int | None):
 
 
 def _spike_metric(conn, rule: AlertRule, as_of: int) -> MetricValue:
-    size = database.TIMEFRAME_MS[rule.timeframe]
+    size = analytics.TIMEFRAME_MS[rule.timeframe]
     baseline_start = as_of - rule.window * size
     first = database.first_bar_ts(conn, rule.symbol)
     if first is None:
@@ -858,7 +858,7 @@ def compute_metric(conn, rule: AlertRule, now_ms: int, *,
         age = max(0.0, (int(now_ms) - last[0]) / 1000.0)
         return MetricValue(age, True, f"last trade at {_clock(last[0])}", int(now_ms))
     as_of = last_complete_bar(now_ms, rule.timeframe)
-    size = database.TIMEFRAME_MS[rule.timeframe]
+    size = analytics.TIMEFRAME_MS[rule.timeframe]
     if rule.needs_pair:
         return _pair_metric(conn, rule, as_of, cache)
     if rule.metric in ("volume_spike", "trades_spike"):

@@ -85,6 +85,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analytics import TIMEFRAME_MS
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -93,18 +95,7 @@ BUSY_TIMEOUT_MS = 5_000
 # is ~10 MB, so repeated bucket reads stay in memory (~15 % faster warm reads than 2 MiB).
 CACHE_KIB = 65_536
 
-TIMEFRAME_MS = {
-    "1s": 1_000,
-    "5s": 5_000,
-    "10s": 10_000,
-    "30s": 30_000,
-    "1min": 60_000,
-    "5min": 300_000,
-    "15min": 900_000,
-    "1h": 3_600_000,
-}
-BAR_COLUMNS = ("open", "high", "low", "close", "volume", "buy_volume", "trades", "notional",
-               "vwap")
+# Shared with analytics so a timeframe means the same bucket everywhere.
 TICK_COLUMNS = ("ts", "trade_id", "price", "qty", "is_buyer_maker")
 
 # A trade id more than this far below the highest id seen, with an exchange time later than

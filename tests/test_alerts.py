@@ -29,6 +29,7 @@ import alerts
 import analytics
 import database
 from config import Settings
+from helpers import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T0 = 1_765_843_200_000  # 2025-12-16 00:00:00 UTC, a whole hour
@@ -37,14 +38,6 @@ Z_RTOL = 1e-6  # bounded read vs full history: same windows, rolling sums in ano
 
 # ----------------------------------------------------------------------------- helpers
 
-
-def wait_until(condition, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 @pytest.fixture

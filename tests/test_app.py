@@ -35,7 +35,6 @@ import socket
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,19 +24,12 @@ import pytest
 import collector
 from collector import FrameKind, MalformedFrame, parse_frame, stream_url
 from config import Settings
+from helpers import free_port, wait_until
 from loopback import ScriptedServer, drop_tcp, hold_open, trade_frame
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T0 = 1_765_800_000_000  # 2025-12-15 12:00:00 UTC
 
-
-def wait_until(condition, timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 def count_rows(db_path: str, table: str = "ticks") -> int:
@@ -51,11 +43,6 @@ def settings_for(server_url: str, tmp_path, **changes) -> Settings:
     values.update(changes)
     return Settings(**values)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import analytics
 import database
 
 BASE_MS = 1_765_843_200_000  # 2025-12-16 00:00:00 UTC, a whole hour
@@ -295,7 +296,7 @@ def test_read_bars_timeframes_equal_pandas_resample(conn, two_hours, timeframe):
     result = database.read_bars(conn, "ethusdt", timeframe=timeframe)
     expected = resample_reference(bars_1s, timeframe)
     assert result.index.dtype == np.int64 and result.index.name == "ts"
-    assert list(result.columns) == list(database.BAR_COLUMNS)
+    assert list(result.columns) == list(analytics.BAR_COLUMNS)
     assert result["trades"].dtype == np.int64
     assert_bars_equal(result.reset_index(), expected.reset_index())
 
@@ -340,7 +341,7 @@ def test_read_bars_rejects_unknown_timeframe_and_handles_empty(conn):
     with pytest.raises(ValueError, match=r"timeframe \('1m'\) must be one of"):
         database.read_bars(conn, "BTCUSDT", timeframe="1m")
     empty = database.read_bars(conn, "NOPE", timeframe="1min")
-    assert empty.empty and list(empty.columns) == list(database.BAR_COLUMNS)
+    assert empty.empty and list(empty.columns) == list(analytics.BAR_COLUMNS)
     assert empty.index.dtype == np.int64
 
 
@@ -674,7 +675,7 @@ def test_uploaded_bars_roundtrip_and_resample(conn):
 
     btc = database.read_uploaded_bars(conn, "klines.csv", "BTCUSDT")
     source = frame[frame["symbol"] == "btcusdt"]
-    assert list(btc.columns) == list(database.BAR_COLUMNS)
+    assert list(btc.columns) == list(analytics.BAR_COLUMNS)
     np.testing.assert_array_equal(btc.index.to_numpy(), source["ts"].to_numpy())
     for column in ("open", "high", "low", "close", "volume", "vwap"):
         np.testing.assert_array_equal(btc[column].to_numpy(), source[column].to_numpy())
