@@ -27,6 +27,7 @@ import math
 import pandas as pd
 import streamlit as st
 
+import alerts
 import analytics
 import backtest
 import collector
@@ -35,13 +36,6 @@ import database
 import uploads
 import visualizations as viz
 from config import ConfigError, Settings, parse_symbols
-
-try:
-    import alerts
-except ModuleNotFoundError as exc:  # written in parallel; the Alerts tab says it is missing
-    if exc.name != "alerts":
-        raise
-    alerts = None
 
 TAB_NAMES = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Backtest", "Alerts",
              "Data", "Health")
@@ -61,8 +55,7 @@ st.set_page_config(page_title="Pairs analytics", page_icon="📈", layout="wide"
 def start_services(settings: Settings) -> collector.Collector:
     """The process's collector (and alert evaluator); both are idempotent per process."""
     feed = collector.start(settings)
-    if alerts is not None:
-        alerts.start_evaluator(lambda: (collector.running_collector() or feed).db_path)
+    alerts.start_evaluator(lambda: (collector.running_collector() or feed).db_path)
     return feed
 
 
@@ -335,7 +328,7 @@ def chart(fig, key: str) -> None:
 
 
 def alerts_ready() -> bool:
-    return alerts is not None and dd.database_ready(feed.db_path)
+    return dd.database_ready(feed.db_path)
 
 
 def show_toasts() -> None:
@@ -686,9 +679,6 @@ def alert_rule_actions(rules: pd.DataFrame) -> None:
 
 
 def tab_alerts(c: dd.Controls) -> None:
-    if alerts is None:
-        st.warning("Alerts are not available: alerts.py is missing from this installation.")
-        return
     status = alerts.evaluator_status()
     st.caption(f"evaluator {'running' if status.get('running') else 'stopped'} · "
                f"{status.get('rules_evaluated', 0)} evaluations · "
