@@ -620,6 +620,10 @@ class Collector:
         try:
             while True:
                 stopping = self._stop_requested.is_set()
+                if (conn is not None and self.settings.retention_days > 0 and not stopping
+                        and time.monotonic() - last_prune > PRUNE_EVERY_S):
+                    last_prune = time.monotonic()
+                    self._prune_step(conn)
                 if not batch:
                     batch = self._take_batch(force=stopping)
                 if not batch and not self._seen_ids:
@@ -650,10 +654,6 @@ class Collector:
                 if batch:
                     self.commit_latencies_ms.append(committed_ms - batch[0][6])
                 batch = []
-                if (self.settings.retention_days > 0
-                        and time.monotonic() - last_prune > PRUNE_EVERY_S):
-                    last_prune = time.monotonic()
-                    self._prune_step(conn)
         except Exception:
             log.exception("writer thread crashed")
             self.last_close_reason = "writer crashed (see log)"
@@ -676,15 +676,19 @@ class Collector:
     def _prune_step(self, conn: sqlite3.Connection) -> None:
         """Delete ticks older than the retention, a few thousand rows per transaction."""
         retention_ms = int(self.settings.retention_days * 86_400_000)
-        for symbol in list(self.symbols):
-            latest = database.latest_bar_ts(conn, symbol)
-            if latest is None:
-                continue
-            cutoff = latest - retention_ms
-            while not self._stop_requested.is_set():
-                deleted = database.prune(conn, cutoff, symbol=symbol)
-                if deleted == 0 or len(self._queue) > self.settings.batch_size:
-                    break
+        try:
+            for symbol in list(self.symbols):
+                latest = database.latest_bar_ts(conn, symbol)
+                if latest is None:
+                    continue
+                cutoff = latest - retention_ms
+                while not self._stop_requested.is_set():
+                    deleted = database.prune(conn, cutoff, symbol=symbol)
+                    # Ingest first: leave the rest for the next round if trades are waiting.
+                    if deleted == 0 or len(self._queue) > self.settings.batch_size:
+                        break
+        except sqlite3.OperationalError as exc:  # busy: retention can wait a minute
+            log.warning("retention pruning postponed: %s", exc)
 
     # -- health ---------------------------------------------------------------------------
 

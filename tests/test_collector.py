@@ -601,3 +601,56 @@ def test_cli_evaluates_stored_alert_rules_without_a_browser(tmp_path):
         events = conn.execute("SELECT rule_id, value FROM alert_events").fetchall()
     assert len(events) == 1 and events[0][0] == rule_id  # fired once, then cooling down
     assert 50_000 < events[0][1] < 150_000  # the simulated BTC price
+
+
+def test_planned_reconnect_before_the_connection_age_limit(tmp_path, make_collector):
+    async def script(connection, index):
+        for i in range(40):  # keep data flowing so only the age limit can end the connection
+            await connection.send(trade_frame("BTCUSDT", index * 100 + i + 1, T0 + i, 1.0))
+            await asyncio.sleep(0.05)
+        await hold_open(connection, 30)
+
+    with ScriptedServer(script) as server:
+        c = make_collector(settings_for(server.url, tmp_path), max_connection_age=0.5,
+                           backoff_base=5.0)  # a backoff would show as a 5 s pause
+        c.start()
+        assert wait_until(lambda: server.connections >= 3, 4)
+        assert "planned reconnect" in c.last_close_reason
+        assert c.retry_delays == []  # planned reconnects skip the backoff
+
+
+def test_backoff_resets_after_a_healthy_connection(tmp_path, make_collector):
+    async def script(connection, index):
+        for i in range(30):
+            await connection.send(trade_frame("BTCUSDT", i + 1, T0 + i, 1.0))
+            await asyncio.sleep(0.05)
+        await hold_open(connection, 30)
+
+    with ScriptedServer(script, refuse=4) as server:
+        c = make_collector(settings_for(server.url, tmp_path), backoff_base=0.01,
+                           healthy_reset=0.5).start()
+        assert wait_until(lambda: c.connections == 1, 10)
+        assert c.failures == 4  # four refusals in a row
+        assert wait_until(lambda: c.failures == 0, 3)  # healthy for 0.5 s: forgiven
+
+
+def test_retention_prunes_old_ticks_in_the_background(tmp_path, make_collector, monkeypatch):
+    import database
+
+    db_path = str(tmp_path / "retention.db")
+    day = 86_400_000
+    conn = database.connect(db_path)
+    old = [("BTCUSDT", i, T0 - 3 * day + i, 1.0, 1.0, 0, T0) for i in range(1, 501)]
+    database.import_ticks(conn, old)
+    conn.close()
+    monkeypatch.setattr(collector, "PRUNE_EVERY_S", 0.1)
+    frames = [trade_frame("BTCUSDT", 1000 + i, T0 + i, 2.0) for i in range(50)]
+    with ScriptedServer(send_trades(frames)) as server:
+        c = make_collector(settings_for(server.url, tmp_path, db_path=db_path,
+                                        retention_days=1)).start()
+        assert wait_until(lambda: c.stored == 50, 10)
+        assert wait_until(lambda: count_rows(db_path) == 50, 10)
+    with sqlite3.connect(db_path) as conn:
+        oldest = conn.execute("SELECT min(ts) FROM ticks").fetchone()[0]
+        old_bars = conn.execute("SELECT count(*) FROM bars_1s WHERE ts < ?", (T0 - day,)).fetchone()[0]
+    assert oldest >= T0 and old_bars == 0
