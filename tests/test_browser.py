@@ -1,0 +1,339 @@
+"""The page in a real browser: ``streamlit run app.py`` + Debian's Chromium via Playwright.
+
+One Streamlit server for the module (its own process group, killed at teardown) on the
+built-in simulated market (``CRYPTO_FEED=demo``, ``CRYPTO_DEMO_SEED=1``) with both SQLite
+files in a temporary directory. Each test opens its own page, i.e. its own Streamlit session.
+
+What AppTest cannot show and these tests do:
+- every tab renders in a browser without an exception element or a traceback, and the
+  server logs none either;
+- fragment timers really tick: the live strip's z-score changes by itself;
+- a box dragged on a chart keeps the zoom across refreshes (Streamlit 1.67 remounts a chart
+  whose data changed, see ``app.chart``), read from Plotly's ``_fullLayout`` in the DOM.
+
+The z-score needs ``window + z_window`` bars (``analytics.pair_signals``); at the default 60-bar
+window that is two minutes of 1 s bars, so the z test sets the sidebar window to 10 (20 bars);
+while it warms up the strip shows "—" and an info "z-score: needs 20 bars, has N".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SIMULATED_LABEL = "Built-in simulated market — not real prices"
+TABS = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Backtest", "Alerts",
+        "Data", "Health")
+# What each tab draws when it works (app.py): element keys (class st-key-<key>) with a
+# Plotly chart inside, and texts.
+TAB_CONTENT = {
+    "Prices": {"charts": ["candles_y", "candles_x", "overlay"], "texts": []},
+    "Spread & z-score": {"charts": ["spread", "zscore", "beta"],
+                         "texts": ["β over time", "bands at ±2σ"]},
+    "Statistics": {"charts": [], "texts": ["half-life (bars)", "Stationarity and cointegration",
+                                           "Per-minute statistics"]},
+    "Correlation": {"charts": ["correlation"], "texts": ["min trades per minute"]},
+    "Backtest": {"charts": [], "texts": ["Run backtest on the latest data"]},
+    "Alerts": {"charts": [], "texts": ["Create alert", "History ("]},
+    "Data": {"charts": [], "texts": ["Export the chosen range", "Upload OHLC CSV", "Bars CSV"]},
+    "Health": {"charts": [], "texts": ["Trade-id gaps", "received", "queue high water"]},
+}
+REFRESH_S = 2  # the sidebar's default "refresh every (s)"
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is missing (Debian package 'chromium'; .ci/run installs it)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+PlaywrightTimeout = sync_api.TimeoutError
+
+
+# --------------------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``streamlit run app.py`` on the demo feed; yields (url, server log path)."""
+    workdir = tmp_path_factory.mktemp("browser")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTO_", "BINANCE_"))}
+    env.update(CRYPTO_FEED="demo", CRYPTO_DEMO_SEED="1", CRYPTO_SYMBOLS="btcusdt,ethusdt",
+               CRYPTO_DB_PATH=str(workdir / "demo.db"),
+               CRYPTO_UPLOAD_DB=str(workdir / "uploads.db"), CRYPTO_DISPLAY_TZ="UTC")
+    log_path = workdir / "streamlit.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1",
+             "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, f"streamlit exited:\n{log_path.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"{url}_stcore/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "no /_stcore/health within 60 s"
+            time.sleep(0.2)
+        yield url, log_path
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+        with pytest.raises(ProcessLookupError):  # nothing of the group is left
+            os.killpg(process.pid, 0)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(server, browser, tmp_path):
+    """A new session on the page, charts drawn; screenshots go to tmp_path."""
+    url, _ = server
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    tab.goto(url)
+    tab.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
+    wait_until(tab, tmp_path / "start.png", "the first Plotly chart",
+               "() => document.querySelector('.js-plotly-plot') !== null", timeout_s=60)
+    yield tab
+    context.close()
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+def snap(page, path: Path) -> str:
+    page.screenshot(path=str(path))
+    return str(path)
+
+
+def wait_until(page, shot: Path, what: str, js: str, arg=None, timeout_s: float = 30):
+    """``page.wait_for_function``; on timeout fail naming ``what`` with a screenshot."""
+    try:
+        return page.wait_for_function(js, arg=arg, timeout=timeout_s * 1000, polling=100)
+    except PlaywrightTimeout:
+        text = page.inner_text("body")[:1500]
+        pytest.fail(f"{what}: not within {timeout_s} s; screenshot {snap(page, shot)}; "
+                    f"page text:\n{text}")
+
+
+def assert_no_error(page, shot: Path, where: str) -> None:
+    exceptions = page.locator('[data-testid="stException"]')
+    assert exceptions.count() == 0, (
+        f"{where}: exception element: {exceptions.first.inner_text()[:800]} "
+        f"(screenshot {snap(page, shot)})")
+    body = page.inner_text("body")
+    assert "Traceback" not in body, (
+        f"{where}: traceback on the page (screenshot {snap(page, shot)})")
+
+
+def metric_value(page, label: str) -> str | None:
+    return page.evaluate(
+        """label => { for (const m of document.querySelectorAll('[data-testid="stMetric"]')) {
+             const l = m.querySelector('[data-testid="stMetricLabel"]');
+             if (l && l.innerText.trim() === label)
+               return m.querySelector('[data-testid="stMetricValue"]').innerText.trim(); }
+           return null; }""", label)
+
+
+# Streamlit keeps one stTabPanel per tab; the open one is labelled by the selected tab.
+OPEN_PANEL_JS = """name => {
+  const tab = Array.from(document.querySelectorAll('[role="tab"]'))
+      .find(t => t.innerText.trim() === name);
+  if (!tab || tab.getAttribute('aria-selected') !== 'true') return null;
+  return Array.from(document.querySelectorAll('[data-testid="stTabPanel"]'))
+      .find(p => p.getAttribute('aria-labelledby') === tab.id) || null;
+}"""
+
+TAB_READY_JS = """([name, charts, texts]) => {
+  const panel = (""" + OPEN_PANEL_JS + """)(name);
+  if (!panel) return false;
+  if (panel.querySelector('[data-testid="stException"]')) return true;  // reported next
+  const drawn = charts.every(k => {
+      const el = panel.querySelector('.st-key-' + k + ' .js-plotly-plot');
+      return el && el._fullLayout; });
+  return drawn && texts.every(t => panel.innerText.includes(t));
+}"""
+
+# x range of a chart's first x axis in epoch ms, and its newest x value.
+X_RANGE_JS = """key => {
+  const el = document.querySelector('.st-key-' + key + ' .js-plotly-plot');
+  if (!el || !el._fullLayout || !el._fullData) return null;
+  const ax = el._fullLayout.xaxis;
+  const xs = el._fullData.flatMap(t => Array.from(t.x || []));
+  return {range: ax.range.slice(), lo: ax.r2l(ax.range[0]), hi: ax.r2l(ax.range[1]),
+          autorange: ax.autorange, n: xs.length,
+          first: xs.length ? Math.min(...xs) : null, last: xs.length ? Math.max(...xs) : null};
+}"""
+
+
+def assert_server_log_clean(server, shot_path: str) -> None:
+    """The server printed no traceback (an exception outside any element, e.g. a thread)."""
+    text = server[1].read_text(errors="replace")
+    assert "Traceback" not in text, (f"server log has a traceback (screenshot {shot_path}):\n"
+                                     f"{text[text.find('Traceback'):][:3000]}")
+
+
+# --------------------------------------------------------------------------------------
+# tests
+# --------------------------------------------------------------------------------------
+
+
+def test_live_z_score_changes_by_itself(server, page, tmp_path):
+    shot = tmp_path / "live_z.png"
+    window = page.locator(".st-key-window input")
+    window.fill("10")
+    window.press("Enter")
+    wait_until(page, shot, "the strip caption saying 10-bar window",
+               """() => document.querySelector('[data-testid="stMain"]').innerText
+                    .includes('10-bar window')""")
+    # While the z window fills, the strip shows "—" and says how many bars are missing.
+    state = page.evaluate(
+        """() => { const main = document.querySelector('[data-testid="stMain"]');
+             for (const m of main.querySelectorAll('[data-testid="stMetric"]'))
+               if (m.innerText.startsWith('z-score'))
+                 return [m.querySelector('[data-testid="stMetricValue"]').innerText.trim(),
+                         main.innerText]; }""")
+    if state[0] == "—":
+        assert re.search(r"z-score: needs 20 bars, has \d+", state[1]), (
+            f"z shown as — without a warming message (screenshot {snap(page, shot)})")
+    wait_until(page, shot, "a numeric z-score in the strip (z window filled)",
+               """() => { for (const m of document.querySelectorAll('[data-testid="stMetric"]'))
+                    if (m.innerText.startsWith('z-score'))
+                      return /^-?\\d+\\.\\d\\d$/.test(m.querySelector(
+                        '[data-testid="stMetricValue"]').innerText.trim());
+                  return false; }""", timeout_s=60)
+    first = metric_value(page, "z-score")
+    changed = wait_until(
+        page, shot, f"the z-score to change from {first}",
+        """first => { for (const m of document.querySelectorAll('[data-testid="stMetric"]'))
+             if (m.innerText.startsWith('z-score')) {
+               const v = m.querySelector('[data-testid="stMetricValue"]').innerText.trim();
+               return /^-?\\d+\\.\\d\\d$/.test(v) && v !== first ? v : false; }
+           return false; }""", first, timeout_s=30).json_value()
+    assert changed != first and re.fullmatch(r"-?\d+\.\d\d", changed), (
+        f"z-score {first} -> {changed} (screenshot {snap(page, shot)})")
+    assert_no_error(page, shot, "live strip")
+    assert_server_log_clean(server, snap(page, shot))
+
+
+def test_every_tab_renders_without_errors(server, page, tmp_path):
+    shot = tmp_path / "tabs.png"
+    label = page.locator('[data-testid="stMain"] [data-testid="stAlert"]',
+                         has_text=SIMULATED_LABEL)
+    wait_until(page, shot, "the simulated-market label in the live strip",
+               """label => Array.from(document.querySelectorAll(
+                    '[data-testid="stMain"] [data-testid="stAlert"]'))
+                    .some(e => e.innerText.includes(label))""", SIMULATED_LABEL)
+    assert label.first.is_visible(), f"simulated-market label hidden ({snap(page, shot)})"
+    for name in TABS:
+        page.get_by_role("tab", name=name, exact=True).click()
+        content = TAB_CONTENT[name]
+        wait_until(page, shot, f"tab {name!r} with {content}", TAB_READY_JS,
+                   [name, content["charts"], content["texts"]], timeout_s=30)
+        panel_text = page.evaluate(f"name => ({OPEN_PANEL_JS})(name).innerText", name)
+        assert len(panel_text.strip()) > 20, f"{name}: almost empty ({snap(page, shot)})"
+        assert_no_error(page, shot, f"tab {name!r}")
+    page.get_by_role("tab", name="Spread & z-score", exact=True).click()
+    content = TAB_CONTENT["Spread & z-score"]
+    wait_until(page, shot, "back on Spread & z-score", TAB_READY_JS,
+               ["Spread & z-score", content["charts"], content["texts"]])
+    saved = snap(page, shot)
+    assert os.path.getsize(saved) > 10_000, f"screenshot suspiciously small: {saved}"
+    assert_no_error(page, shot, "after all tabs")
+    assert_server_log_clean(server, saved)
+
+
+def test_box_zoom_survives_refreshes(server, page, tmp_path):
+    shot = tmp_path / "zoom.png"
+    chart = ".st-key-overlay"
+    before = wait_until(page, shot, "the overlay chart with 20+ points",
+                        f"() => {{ const r = ({X_RANGE_JS})('overlay'); "
+                        "return r && r.n >= 20 ? r : false; }", timeout_s=60).json_value()
+    assert before["autorange"] is True, f"zoomed before any drag: {before}"
+    # Each refresh remounts the chart (new data) and a remount cancels a drag in progress,
+    # so the box is dragged quickly right after a refresh; a drag that still loses the race
+    # is retried.
+    page.locator(chart).scroll_into_view_if_needed()
+    zoomed = None
+    for attempt in range(3):
+        page.evaluate("() => { window.beforeDrag = document.querySelector("
+                      "'.st-key-overlay .js-plotly-plot'); }")
+        wait_until(page, shot, "a refresh of the overlay chart",
+                   "() => document.querySelector('.st-key-overlay .js-plotly-plot') "
+                   "!== window.beforeDrag", timeout_s=15)
+        at_drag = page.evaluate(X_RANGE_JS, "overlay")
+        box = page.locator(f"{chart} .js-plotly-plot .nsewdrag").first.bounding_box()
+        x0, x1 = box["x"] + 0.3 * box["width"], box["x"] + 0.6 * box["width"]
+        y0, y1 = box["y"] + 0.15 * box["height"], box["y"] + 0.85 * box["height"]
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2)
+        page.mouse.move(x1, y1)
+        page.mouse.up()
+        try:
+            zoomed = page.wait_for_function(
+                f"() => {{ const r = ({X_RANGE_JS})('overlay'); "
+                "return r && r.autorange === false ? r : false; }",
+                timeout=8000, polling=100).json_value()
+            break
+        except PlaywrightTimeout:
+            continue
+    assert zoomed is not None, (f"three dragged boxes, no zoom applied "
+                                f"(screenshot {snap(page, shot)})")
+    # The box covered 30 %..60 % of the plot's width: the zoom is that part of the axis.
+    span = at_drag["hi"] - at_drag["lo"]
+    assert abs(zoomed["lo"] - (at_drag["lo"] + 0.3 * span)) < 0.1 * span, (at_drag, zoomed)
+    assert abs(zoomed["hi"] - (at_drag["lo"] + 0.6 * span)) < 0.1 * span, (at_drag, zoomed)
+    # Several refreshes later (new bars drawn past the zoom), the range is unchanged.
+    later = wait_until(
+        page, shot, "new bars drawn after the zoom",
+        f"""last => {{ const r = ({X_RANGE_JS})('overlay');
+              return r && r.last >= last + {3 * REFRESH_S * 1000} ? r : false; }}""",
+        zoomed["last"], timeout_s=30).json_value()
+    assert later["range"] == zoomed["range"] and later["autorange"] is False, (
+        f"zoom lost after refresh: {zoomed['range']} -> {later['range']} "
+        f"(screenshot {snap(page, shot)})")
+    assert later["last"] > zoomed["hi"], "the data did not grow past the zoom window"
+    assert page.locator(".st-key-overlay_reset").count() == 1, (
+        f"no 'reset zoom' button (screenshot {snap(page, shot)})")
+    assert_no_error(page, shot, "after zooming")
+    assert_server_log_clean(server, snap(page, shot))
