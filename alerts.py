@@ -21,7 +21,7 @@ Parts, each usable on its own:
 
 Which bar is evaluated. Bar metrics use the LAST COMPLETE bar: the newest bar whose interval
 ended at least ``BAR_SETTLE_MS`` (0.5 s) ago, so late trades of that second have been written
-by the collector (it flushes every 0.3 s). A half-built bar would make a rule flicker. Each
+by the collector (it flushes every 0.25 s). A half-built bar would make a rule flicker. Each
 rule is evaluated once per new complete bar of its timeframe; ``last_trade_age`` is evaluated
 on every tick.
 

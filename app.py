@@ -7,8 +7,9 @@ started once), alert rules in ``alerts``.
 How the page stays live without flicker
     * Sidebar controls rerun the whole script; nothing else does.
     * ``@st.fragment(run_every=...)`` reruns only the live parts: the sidebar feed status
-      and the live strip (value + z-score chart) every second, the open tab's charts at the
-      chosen refresh interval (for 1m/5m bars at the bar length). Pause sets run_every=None.
+      every second, the live strip (values + z-score chart) twice a second, the open tab's
+      charts at the chosen refresh interval (for 1m/5m bars at the bar length). Pause sets
+      run_every=None.
     * Tabs are lazy (``on_change="rerun"``): only the open tab runs.
     * Heavy work is cached with ``st.cache_data`` keyed by the newest bar's time
       (``database.latest_bar_ts``), so several browser tabs share one computation; live
@@ -345,7 +346,7 @@ def show_toasts() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Live strip (every second)
+# Live strip (twice a second)
 # --------------------------------------------------------------------------------------
 
 

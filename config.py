@@ -96,7 +96,7 @@ class Settings:
     replay_file: str | None = None
     replay_speed: float = 1.0  # 1 = real time, N = N times faster, 0 = as fast as possible
     batch_size: int = 1000  # rows per transaction at most
-    flush_interval: float = 0.3  # seconds: a partial batch is written once it is this old
+    flush_interval: float = 0.25  # seconds: a partial batch is written once it is this old
     silence_timeout: float = 30.0  # seconds without a data frame -> reconnect
     retention_days: float = 7.0  # 0 keeps everything
     queue_max: int = 100_000  # trades buffered between reader and writer
