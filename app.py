@@ -91,8 +91,12 @@ if not feed.running:  # stopped elsewhere (tests, a CLI in the same process): st
 @st.cache_data(max_entries=6, ttl=600, show_spinner=False)
 def cached_pair_view(source: dd.DataSource, y: str, x: str, timeframe: str,
                      lookback_ms: int | None, method: str, window: int, log_prices: bool,
-                     latest: tuple) -> dict:
-    """``dd.view_to_parts`` of the pair's view (pandas only: see there why)."""
+                     latest: tuple, version: tuple) -> dict:
+    """``dd.view_to_parts`` of the pair's view (pandas only: see there why).
+
+    ``version`` (``dd.data_version``) is only part of the cache key: it changes with every
+    trade in the newest bar, so the live strip's last price is never a second stale.
+    """
     anchor = max((t for t in latest if t is not None), default=None)
     bars_y = dd.load_bars(source, y, timeframe, lookback_ms, anchor, bar_store())
     bars_x = dd.load_bars(source, x, timeframe, lookback_ms, anchor, bar_store())
@@ -284,7 +288,7 @@ def view_key(c: dd.Controls) -> tuple | None:
     if all(t is None for t in latest):
         return None
     return (c.source, c.y, c.x, c.timeframe, c.lookback_ms, c.method, c.window,
-            c.log_prices, latest)
+            c.log_prices, latest, dd.data_version(c.source, (c.y, c.x)))
 
 
 def current_view(c: dd.Controls) -> dd.PairView | None:

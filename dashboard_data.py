@@ -139,6 +139,18 @@ def latest_bar_times(source: DataSource, symbols) -> tuple:
     return tuple(int(mine[s.upper()]) if s.upper() in mine.index else None for s in symbols)
 
 
+def data_version(source: DataSource, symbols) -> tuple:
+    """A value that changes whenever any of ``symbols`` gets a trade: the cache key.
+
+    Live: (open time, trade count) of each symbol's newest bar, so a trade inside the
+    current second refreshes the view too. Uploads never change after they are stored.
+    """
+    if source.kind != "live" or not database_ready(source.db_path):
+        return latest_bar_times(source, symbols)
+    with reading(source.db_path) as conn:
+        return tuple(database.latest_bar_version(conn, s) for s in symbols)
+
+
 def stored_symbols(source: DataSource) -> list[str]:
     """Upper-case symbols with bars in ``source``."""
     if not database_ready(source.db_path):

@@ -1026,6 +1026,17 @@ def latest_bar_ts(conn: sqlite3.Connection, symbol: str) -> int | None:
     return row[0]
 
 
+def latest_bar_version(conn: sqlite3.Connection, symbol: str) -> tuple[int, int] | None:
+    """``(open time, trade count)`` of the newest 1 s bar of ``symbol``, or None.
+
+    Changes whenever a trade lands in the newest bar, not only when a new bar opens: the
+    cache key for anything that shows the last price. One primary-key seek.
+    """
+    row = conn.execute("SELECT ts, trades FROM bars_1s WHERE symbol = ? ORDER BY ts DESC "
+                       "LIMIT 1", (symbol.upper(),)).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
 def read_ticks(conn: sqlite3.Connection, symbol: str, start_ms: int,
                end_ms: int | None = None, limit: int | None = None, *,
                latest: bool = False) -> pd.DataFrame:

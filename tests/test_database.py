@@ -725,3 +725,15 @@ def test_save_uploaded_bars_validates_input(conn):
     with pytest.raises(ValueError, match="source"):
         database.save_uploaded_bars(conn, " ", frame)
     assert database.list_uploads(conn).empty
+
+
+def test_latest_bar_version_changes_with_every_trade_in_the_newest_bar(tmp_path):
+    conn = database.connect(str(tmp_path / "version.db"))
+    writer = database.TickWriter(conn)
+    assert database.latest_bar_version(conn, "BTCUSDT") is None
+    writer.write([("BTCUSDT", 1, 1_765_800_000_100, 1.0, 1.0, 0, 0)])
+    first = database.latest_bar_version(conn, "btcusdt")
+    writer.write([("BTCUSDT", 2, 1_765_800_000_900, 2.0, 1.0, 0, 0)])  # same second
+    second = database.latest_bar_version(conn, "BTCUSDT")
+    assert first == (1_765_800_000_000, 1) and second == (1_765_800_000_000, 2)
+    assert database.latest_bar_ts(conn, "BTCUSDT") == 1_765_800_000_000  # unchanged
