@@ -47,8 +47,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from statsmodels.stats.multitest import multipletests
-from statsmodels.tsa.stattools import adfuller, coint
+
+# statsmodels (~0.6 s to import) is imported inside the three functions that use it, so the
+# page's first render and the collector do not pay for it up front.
 
 # --------------------------------------------------------------------------------------
 # Constants
@@ -1332,6 +1333,8 @@ def adf_test(series, maxlag: int | None = None, regression: str = "c",
         return refused(f"not enough data: needs {needed}, has {n}", False)
     if values.max() == values.min():
         return refused("constant series: no unit-root test possible", True)
+    from statsmodels.tsa.stattools import adfuller
+
     result = adfuller(values, maxlag=lag_cap, regression=regression, autolag=autolag,
                       result_object=True)
     critical = {key: float(value) for key, value in result.critical_values.items()}
@@ -1443,6 +1446,8 @@ def engle_granger(y, x, maxlag: int | None = None, log_prices: bool = True,
         warnings.warn("y and x are (almost) perfectly collinear: Engle–Granger undefined",
                       DegenerateInputWarning, stacklevel=2)
         return refused("legs (almost) perfectly collinear: test undefined", True, beta, alpha)
+    from statsmodels.tsa.stattools import coint
+
     result = coint(y_values, x_values, trend="c", maxlag=lag_cap, autolag="aic")
     statistic = float(result.coint_t)
     critical = dict(zip(("1%", "5%", "10%"), (float(v) for v in result.critical_values)))
@@ -1950,6 +1955,8 @@ def cointegration_matrix(prices_by_symbol: pd.DataFrame, log_prices: bool = True
     adjusted = pd.DataFrame(np.nan, index=symbols, columns=symbols)
     tested = np.isfinite(pvalues.to_numpy())
     if tested.any():
+        from statsmodels.stats.multitest import multipletests
+
         corrected = multipletests(pvalues.to_numpy()[tested], alpha=alpha, method="fdr_bh")[1]
         values = adjusted.to_numpy(copy=True)
         values[tested] = corrected
