@@ -50,8 +50,8 @@ Fragment reruns (``fragments``)
     feed. Sidebar: refresh every 1 s (fragments at 1 s bars rerun every second; at 1m bars
     app.py reruns the tab at the bar length, 60 s, so ``--minute-reruns`` takes a minute
     each). For each (timeframe, lookback) x tab the script prints p50/p95/max of the tab
-    fragment's body and of the live strip (it runs every second too and, sharing the
-    cache, often pays the cache miss first).
+    fragment's body and of the live strip (it reruns on its own, faster timer and, sharing
+    the cache, often pays the cache miss first).
 
 Tick-to-screen (``tick``)
     ``tests/loopback.py``'s ScriptedServer sends BTCUSDT and ETHUSDT aggTrades at a steady
