@@ -463,6 +463,8 @@ class Collector:
                     self._wait_before_retry()
                     if self._stop_requested.is_set():
                         break
+                    if self._check_auto_fallback():
+                        self._reconnect_requested.clear()  # connecting right now anyway
                     self.reconnects += 1
                 first_attempt = False
                 self._run_connection()
@@ -479,16 +481,27 @@ class Collector:
             self._reconnect_requested.clear()
             return
         delay = backoff_delay(self.failures, self._rng, self.backoff_base, self.backoff_cap)
+        if self._auto_pending():  # never sleep past the moment 'auto' gives up on Binance
+            delay = min(delay, max(0.0, self._fallback_at_ms() - now_ms()) / 1000)
         self.failures += 1
         self.retry_delays = (self.retry_delays + [delay])[-100:]
         self._stop_requested.wait(delay)
 
-    def _check_auto_fallback(self) -> None:
-        if (self.settings.feed == "auto" and not self.endpoint.builtin_market
-                and self.received == 0
-                and now_ms() - self.started_ms >= self.settings.auto_fallback * 1000):
+    def _auto_pending(self) -> bool:
+        """Feed 'auto', still on Binance, and nothing received from it yet."""
+        return (self.settings.feed == "auto" and not self.endpoint.builtin_market
+                and self.received == 0)
+
+    def _fallback_at_ms(self) -> float:
+        return self.started_ms + self.settings.auto_fallback * 1000
+
+    def _check_auto_fallback(self) -> bool:
+        """Switch 'auto' to the built-in market once its wait is over; True if it did."""
+        if self._auto_pending() and now_ms() >= self._fallback_at_ms():
             self._fall_back_to_demo(self.last_close_reason or "no data")
-            self._reconnect_requested.set()
+            self._reconnect_requested.set()  # the demo connection needs no backoff
+            return True
+        return False
 
     def _connect_timeout(self) -> float:
         if self.settings.feed == "auto" and not self.endpoint.builtin_market:
@@ -531,9 +544,7 @@ class Collector:
         settings = self.settings
         silence_ms = settings.silence_timeout * 1000
         max_age_ms = self.max_connection_age * 1000
-        fallback_at_ms = math.inf
-        if self.settings.feed == "auto" and not self.endpoint.builtin_market:
-            fallback_at_ms = self.started_ms + settings.auto_fallback * 1000
+        fallback_at_ms = self._fallback_at_ms() if self._auto_pending() else math.inf
         opened_ms = now_ms()
         last_data_ms = opened_ms
         queue = self._queue
