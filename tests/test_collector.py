@@ -658,10 +658,10 @@ def test_retention_prunes_old_ticks_in_the_background(tmp_path, make_collector, 
 
 def test_auto_fallback_is_not_delayed_by_a_long_backoff(tmp_path, make_collector):
     closed = f"ws://127.0.0.1:{free_port()}"
-    settings = Settings(feed="auto", ws_url=closed, auto_fallback=2.0, demo_seed=3,
+    settings = Settings(feed="auto", ws_url=closed, auto_fallback=1.0, demo_seed=3,
                         db_path=str(tmp_path / "futures.db"), flush_interval=0.1)
-    # Backoff ceilings of 8, 16, 32 s after a few refusals: the fallback must not wait them.
-    c = make_collector(settings, backoff_base=8.0, backoff_cap=60.0).start()
-    assert wait_until(lambda: c.health()["feed"] == "demo", 4.0)
+    # Backoff ceiling 20 s (seed 7 draws a 6.5 s first wait): the fallback must not wait it.
+    c = make_collector(settings, backoff_base=20.0, backoff_cap=60.0).start()
+    assert wait_until(lambda: c.health()["feed"] == "demo", 2.5)
     assert wait_until(lambda: c.stored > 10, 5)
     assert c.db_path == str(tmp_path / "futures-demo.db")  # never the real file
