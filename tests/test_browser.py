@@ -292,9 +292,11 @@ def test_box_zoom_survives_refreshes(server, page, tmp_path):
     # Each refresh remounts the chart (new data) and a remount cancels a drag in progress,
     # so the box is dragged quickly right after a refresh; a drag that still loses the race
     # is retried.
-    page.locator(chart).scroll_into_view_if_needed()
+    # The chart remounts on every refresh, so Playwright's wait for a "stable" element can
+    # race it; scroll with the DOM call instead.
+    page.evaluate("() => document.querySelector('.st-key-overlay').scrollIntoView()")
     zoomed = None
-    for attempt in range(3):
+    for _attempt in range(5):
         page.evaluate("() => { window.beforeDrag = document.querySelector("
                       "'.st-key-overlay .js-plotly-plot'); }")
         wait_until(page, shot, "a refresh of the overlay chart",
@@ -302,6 +304,8 @@ def test_box_zoom_survives_refreshes(server, page, tmp_path):
                    "!== window.beforeDrag", timeout_s=15)
         at_drag = page.evaluate(X_RANGE_JS, "overlay")
         box = page.locator(f"{chart} .js-plotly-plot .nsewdrag").first.bounding_box()
+        if box is None:  # remounted between the two calls: try the next refresh
+            continue
         x0, x1 = box["x"] + 0.3 * box["width"], box["x"] + 0.6 * box["width"]
         y0, y1 = box["y"] + 0.15 * box["height"], box["y"] + 0.85 * box["height"]
         page.mouse.move(x0, y0)
@@ -317,7 +321,7 @@ def test_box_zoom_survives_refreshes(server, page, tmp_path):
             break
         except PlaywrightTimeout:
             continue
-    assert zoomed is not None, (f"three dragged boxes, no zoom applied "
+    assert zoomed is not None, (f"five dragged boxes, no zoom applied "
                                 f"(screenshot {snap(page, shot)})")
     # The box covered 30 %..60 % of the plot's width: the zoom is that part of the axis.
     span = at_drag["hi"] - at_drag["lo"]
