@@ -284,11 +284,12 @@ def latest_key(c: dd.Controls, symbols=None) -> tuple:
 
 def view_key(c: dd.Controls) -> tuple | None:
     """Arguments of ``cached_pair_view`` for the current data, or None without data."""
-    latest = latest_key(c)
+    version = dd.data_version(c.source, (c.y, c.x))
+    latest = tuple(v[0] if isinstance(v, tuple) else v for v in version)  # bar open times
     if all(t is None for t in latest):
         return None
     return (c.source, c.y, c.x, c.timeframe, c.lookback_ms, c.method, c.window,
-            c.log_prices, latest, dd.data_version(c.source, (c.y, c.x)))
+            c.log_prices, latest, version)
 
 
 def current_view(c: dd.Controls) -> dd.PairView | None:
