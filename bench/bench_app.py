@@ -107,10 +107,7 @@ import market  # noqa: E402
 
 APP = ROOT / "app.py"
 OUT = ROOT / "bench" / "out"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+from tests.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 HOUR_MS = 3_600_000
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 BUILTIN_RATE = 110.0  # market.py's default BTC 40/s + ETH 70/s at speed 1

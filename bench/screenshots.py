@@ -31,11 +31,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 OUT = ROOT / "docs" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, OPEN_PANEL_JS  # noqa: E402
 TABS = {"Prices": "prices", "Spread & z-score": "spread-z-score", "Statistics": "statistics",
         "Correlation": "correlation", "Backtest": "backtest", "Alerts": "alerts",
         "Data": "data", "Health": "health"}
@@ -50,13 +48,6 @@ ON_REQUEST = {"Statistics": ("Run ADF on the spread and Engle–Granger on the p
               "Correlation": ("Run cointegration screen (Engle–Granger, Benjamini–Hochberg)",
                               "Engle–Granger p-values")}
 
-OPEN_PANEL_JS = """name => {
-  const tab = Array.from(document.querySelectorAll('[role="tab"]'))
-      .find(t => t.innerText.trim() === name);
-  if (!tab || tab.getAttribute('aria-selected') !== 'true') return null;
-  return Array.from(document.querySelectorAll('[data-testid="stTabPanel"]'))
-      .find(p => p.getAttribute('aria-labelledby') === tab.id) || null;
-}"""
 TAB_READY_JS = """([name, text]) => {
   const panel = (""" + OPEN_PANEL_JS + """)(name);
   if (!panel || !panel.innerText.includes(text)) return false;

@@ -31,10 +31,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+from browser import CHROMIUM, CHROMIUM_ARGS, OPEN_PANEL_JS
 SIMULATED_LABEL = "Built-in simulated market — not real prices"
 TABS = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Backtest", "Alerts",
         "Data", "Health")
@@ -174,14 +171,6 @@ def metric_value(page, label: str) -> str | None:
            return null; }""", label)
 
 
-# Streamlit keeps one stTabPanel per tab; the open one is labelled by the selected tab.
-OPEN_PANEL_JS = """name => {
-  const tab = Array.from(document.querySelectorAll('[role="tab"]'))
-      .find(t => t.innerText.trim() === name);
-  if (!tab || tab.getAttribute('aria-selected') !== 'true') return null;
-  return Array.from(document.querySelectorAll('[data-testid="stTabPanel"]'))
-      .find(p => p.getAttribute('aria-labelledby') === tab.id) || null;
-}"""
 
 TAB_READY_JS = """([name, charts, texts]) => {
   const panel = (""" + OPEN_PANEL_JS + """)(name);
