@@ -85,7 +85,6 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import orjson
 import pandas as pd
-from scipy.signal import lfilter
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosedError
 from websockets.http11 import Request, Response
@@ -775,8 +774,12 @@ class SimulatedMarket:
         # Exact OU discretisation: s[k] = phi s[k-1] + eta[k], Var(eta) = std^2 (1 - phi^2).
         phi = math.exp(-self.ou_theta * dt)
         eta = self._rng_spread.standard_normal(steps) * (self.spread_std * math.sqrt(1 - phi * phi))
-        spread, _ = lfilter([1.0], [1.0, -phi], eta, zi=[phi * self._spread])
-        self._spread = float(spread[-1])
+        spread = np.empty(steps)
+        level = self._spread
+        for k, shock in enumerate(eta.tolist()):  # 100 steps: a loop beats importing scipy
+            level = phi * level + shock
+            spread[k] = level
+        self._spread = level
         chunk = _Chunk(self._next_chunk_ms, leader_steps, leader_log, spread, None)
         parts = [
             self._symbol_trades(code, state, chunk, after_ms=None)
