@@ -27,9 +27,11 @@ Downsampling
     plotted value is an input value (lines) or an exact aggregate of input bars (candles).
     Full resolution stays with the caller (for CSV export).
 Rendering
-    Only SVG traces (``go.Scatter``, ``go.Bar``, ``go.Candlestick``): with at most a few
+    Only SVG traces (``go.Scatter``, ``go.Candlestick``, ``go.Heatmap``): with at most a few
     thousand points per trace SVG is fast enough, and browsers allow only 8-16 WebGL
-    contexts per page, which ``Scattergl`` charts across many tabs would exhaust.
+    contexts per page, which ``Scattergl`` charts across many tabs would exhaust. But one
+    SVG element per point is not fast: volume is a filled step line, not ``go.Bar``, and
+    candles are capped at ``DEFAULT_MAX_CANDLES`` (more than a chart's width in pixels).
 Zoom across refreshes
     ``layout.uirevision`` is a constant key per chart (the ``uirevision`` option), so a
     user's zoom and legend choices survive data refreshes. Include in the key whatever
@@ -53,6 +55,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 DEFAULT_MAX_POINTS = 2000
+DEFAULT_MAX_CANDLES = 1000  # each candle is its own SVG path: the browser's drawing cost
 MIN_MAX_POINTS = 10  # fewer points than this cannot show the shape of a series
 MINMAX_PRESELECT_RATIO = 4  # LTTB candidates kept per output point before LTTB runs
 TIME_HOVER_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -411,9 +414,7 @@ def choose_bucket_ms(ts, max_bars: int = DEFAULT_MAX_POINTS) -> int | None:
     ts = np.asarray(ts, dtype=np.int64)
     if ts.size <= max_bars:
         return None
-    gaps = np.diff(ts)
-    positive = gaps[gaps > 0]
-    interval = int(positive.min()) if positive.size else 1
+    interval = _bar_interval_ms(ts)
     span = int(ts[-1] - ts[0])
     needed = span / (max_bars - 1)
     for width in _NICE_BUCKET_MS:
@@ -688,12 +689,47 @@ def _format_duration(ms: int) -> str:
     return f"{ms}ms"
 
 
+def _bar_interval_ms(ts: np.ndarray) -> int:
+    """The bar length implied by sorted bar open times: their smallest positive gap (1 s for one bar)."""
+    gaps = np.diff(ts)
+    positive = gaps[gaps > 0]
+    return int(positive.min()) if positive.size else 1_000
+
+
+def _volume_traces(ts: np.ndarray, volume: np.ndarray, up: np.ndarray, width_ms: int,
+                   tz: str) -> list[go.Scatter]:
+    """Volume columns as two filled step lines, bars that closed up and bars that closed down.
+
+    One SVG path per trace instead of one element per bar: a ``go.Bar`` of 1,800 bars costs
+    the browser about a quarter of a second per chart to draw. Each column spans
+    ``width_ms`` from its bar's open; where the next bar does not start at the end of this
+    one the line drops to zero, so a gap in the data stays a gap. Hover is on the candles.
+    """
+    ends = ts + width_ms
+    gap_after = np.append(ts[1:] != ends[:-1], True)
+    slot = np.arange(ts.size) + np.concatenate(([0], np.cumsum(gap_after)[:-1]))
+    size = ts.size + int(gap_after.sum())
+    x = np.empty(size)
+    heights = np.zeros(size)
+    is_up = np.zeros(size, dtype=bool)
+    x[slot] = to_display_ms(ts, tz)
+    heights[slot] = np.nan_to_num(volume, nan=0.0)
+    is_up[slot] = up
+    x[slot[gap_after] + 1] = to_display_ms(ends[gap_after], tz)
+    return [go.Scatter(x=x, y=np.where(is_up == side, heights, 0.0), name=name, mode="lines",
+                       line=dict(shape="hv", width=0, color=color), fill="tozeroy",
+                       fillcolor=color, opacity=0.6, hoverinfo="skip", showlegend=False,
+                       yaxis="y2")
+            for side, name, color in ((True, "volume (up bars)", UP_COLOR),
+                                      (False, "volume (down bars)", DOWN_COLOR))]
+
+
 # --------------------------------------------------------------------------------------
 # figures
 # --------------------------------------------------------------------------------------
 
 def candlestick_figure(bars: pd.DataFrame, symbol: str, *, tz: str = "UTC", theme: str = "dark",
-                       uirevision: str = "candles", max_points: int = DEFAULT_MAX_POINTS,
+                       uirevision: str = "candles", max_points: int = DEFAULT_MAX_CANDLES,
                        empty_message: str | None = None) -> go.Figure:
     """Candlesticks with a volume panel below, sharing one time axis.
 
@@ -709,7 +745,7 @@ def candlestick_figure(bars: pd.DataFrame, symbol: str, *, tz: str = "UTC", them
     theme : {"dark", "light"}, default "dark"
     uirevision : str, default "candles"
         Constant key that keeps the user's zoom across refreshes.
-    max_points : int, default 2000
+    max_points : int, default 1000
         Maximum number of candles; longer inputs are aggregated with ``choose_bucket_ms`` /
         ``aggregate_ohlc`` and the legend names the candle width ("BTCUSDT (1min candles)").
     empty_message : str, optional
@@ -718,9 +754,11 @@ def candlestick_figure(bars: pd.DataFrame, symbol: str, *, tz: str = "UTC", them
     Returns
     -------
     plotly.graph_objects.Figure
-        Trace 0: ``go.Candlestick`` on y (upper 72 %); trace 1 (when a volume column
-        exists): volume ``go.Bar`` on y2, green where close >= open, red otherwise. One x
-        axis (``type="date"``) for both, so zooming and the unified hover cover both.
+        Trace 0: ``go.Candlestick`` on y (upper 72 %), its hover text the bar's volume;
+        traces 1 and 2 (when a volume column exists): volume columns on y2 as filled step
+        lines (``_volume_traces``), green for bars that closed at or above their open, red
+        otherwise. One x axis (``type="date"``) for both panels, so zoom and the unified
+        hover cover both.
 
     Notes
     -----
@@ -755,20 +793,13 @@ def candlestick_figure(bars: pd.DataFrame, symbol: str, *, tz: str = "UTC", them
         yaxis="y",
     )]
     if "volume" in drawable.columns:
+        ts = drawable.index.to_numpy(dtype=np.int64)
         volume = drawable["volume"].to_numpy(dtype=np.float64, na_value=np.nan)
-        traces.append(go.Bar(
-            x=x,
-            y=volume,
-            name="volume",
-            # 1 = up bar, 0 = down bar through a two-colour scale: a numeric array is sent
-            # as a typed array, a list of colour strings would cost ~25 ms of validation
-            marker=dict(color=(close >= open_).astype(np.float64), cmin=0.0, cmax=1.0,
-                        colorscale=[[0.0, DOWN_COLOR], [1.0, UP_COLOR]], line=dict(width=0)),
-            opacity=0.6,
-            yhoverformat=_value_format(volume, significant=5),
-            showlegend=False,
-            yaxis="y2",
-        ))
+        spec = _value_format(volume, significant=5)[1:]  # the d3 format is a Python spec too
+        traces[0].update(text=[f"volume {v:{spec}}" if math.isfinite(v) else "volume —"
+                               for v in volume.tolist()])
+        traces.extend(_volume_traces(ts, volume, close >= open_,
+                                     bucket_ms or _bar_interval_ms(ts), tz))
     return _figure(
         traces, theme=theme, uirevision=uirevision,
         xaxis=dict(_time_xaxis(tz), anchor="y2"),

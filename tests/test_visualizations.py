@@ -106,6 +106,8 @@ def test_traces_carry_float_epoch_ms_x_on_a_date_axis(name):
     for trace in fig.to_plotly_json()["data"]:
         assert isinstance(trace["x"], dict) and trace["x"]["dtype"] == "f8"  # a typed float array
         x = decode(trace["x"])
+        if trace.get("line", {}).get("shape") == "hv":  # volume columns: opens + the last close
+            x = x[:-1]
         # 600 points < max_points: nothing is downsampled, x is exactly the input ms in UTC
         np.testing.assert_array_equal(x, ts[-x.size:].astype(np.float64))
     assert not ISO_DATE.search(fig.to_json())
@@ -405,14 +407,14 @@ def test_candles_are_capped_and_keep_first_last_and_global_extremes():
 
     fig = viz.candlestick_figure(bars, "BTCUSDT", max_points=max_points)
     candles = trace_json(fig, 0)
-    volume = trace_json(fig, 1)
+    volume = decode(trace_json(fig, 1)["y"]) + decode(trace_json(fig, 2)["y"])
 
     assert decode(candles["x"]).size <= max_points
     assert decode(candles["open"])[0] == bars["open"].iloc[0]
     assert decode(candles["close"])[-1] == bars["close"].iloc[-1]
     assert decode(candles["high"]).max() == bars["high"].max()
     assert decode(candles["low"]).min() == bars["low"].min()
-    assert decode(volume["y"]).sum() == pytest.approx(bars["volume"].sum(), rel=1e-12)
+    assert volume.sum() == pytest.approx(bars["volume"].sum(), rel=1e-12)
     assert "candles)" in candles["name"]  # the legend names the aggregated width
 
 
@@ -420,16 +422,33 @@ def test_candles_pass_through_when_short_and_colour_volume_by_direction():
     bars = make_bars(120, seed=5)
 
     fig = viz.candlestick_figure(bars, "ETHUSDT")
-    candles, volume = trace_json(fig, 0), trace_json(fig, 1)
+    candles, up_volume, down_volume = (trace_json(fig, i) for i in range(3))
     up = (bars["close"] >= bars["open"]).to_numpy()
+    volume = bars["volume"].to_numpy()
 
     np.testing.assert_array_equal(decode(candles["open"]), bars["open"].to_numpy())
     assert candles["name"] == "ETHUSDT"
-    assert fig.data[1].yaxis == "y2" and fig.data[0].yaxis == "y"
-    np.testing.assert_array_equal(decode(volume["marker"]["color"]), up.astype(float))
-    scale = dict((value, colour) for value, colour in fig.data[1].marker.colorscale)
-    assert scale[1.0] == viz.UP_COLOR and scale[0.0] == viz.DOWN_COLOR
+    assert fig.data[0].yaxis == "y" and fig.data[1].yaxis == fig.data[2].yaxis == "y2"
+    # one column per bar (then a drop to zero after the last): up bars green, down bars red
+    np.testing.assert_array_equal(decode(up_volume["y"])[:-1], np.where(up, volume, 0.0))
+    np.testing.assert_array_equal(decode(down_volume["y"])[:-1], np.where(up, 0.0, volume))
+    assert fig.data[1].fillcolor == viz.UP_COLOR and fig.data[2].fillcolor == viz.DOWN_COLOR
+    assert fig.data[1].line.shape == "hv" and fig.data[1].fill == "tozeroy"
+    assert candles["text"][0] == f"volume {volume[0]:,.4f}"  # hover shows the bar's volume
     assert fig.layout.xaxis.rangeslider.visible is False
+
+
+def test_volume_columns_drop_to_zero_across_a_gap_in_the_bars():
+    bars = make_bars(6, seed=7).drop(index=START_MS + np.array([2_000, 3_000]))
+
+    fig = viz.candlestick_figure(bars, "BTCUSDT")
+    x = decode(trace_json(fig, 1)["x"])
+    total = decode(trace_json(fig, 1)["y"]) + decode(trace_json(fig, 2)["y"])
+    volume = bars["volume"].to_numpy()
+
+    # bars open at 0, 1, 4, 5 s: columns [0, 1), [1, 2), zero until 4 s, [4, 5), [5, 6), zero
+    np.testing.assert_array_equal(x - START_MS, [0, 1_000, 2_000, 4_000, 5_000, 6_000])
+    np.testing.assert_array_equal(total, [volume[0], volume[1], 0.0, volume[2], volume[3], 0.0])
 
 
 def test_candles_skip_bars_with_missing_prices():
