@@ -611,8 +611,13 @@ def tab_backtest(c: dd.Controls) -> None:
                 ("fees paid", f"{result.fees_paid:,.2f}"))
     for column, (label, value) in zip(st.columns(6), headline):
         column.metric(label, value)
+    if result.ratios_note:
+        st.caption(result.ratios_note + " (annualising a shorter sample means nothing)")
+    else:
+        st.caption(f"Sharpe and Sortino: annualised from {c.tf_label} bar returns over "
+                   "365 days of 24 h")
     metrics = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
-               if f.name not in ("trades", "equity", "positions")}
+               if f.name not in ("trades", "equity", "positions", "ratios_note")}
     chart(viz.equity_figure(result.equity, tz=c.tz, uirevision=c.chart_key("equity")),
           "equity")
     st.dataframe(pd.Series(metrics, name="value").to_frame(), width="stretch")

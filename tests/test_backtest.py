@@ -492,6 +492,23 @@ def test_sharpe_and_sortino_match_pandas_on_equity_returns():
     assert result.max_drawdown == pytest.approx(expected_depth, rel=1e-12)
 
 
+@pytest.mark.parametrize("n, bar_seconds, computed", [
+    (800, 1.0, False),      # 13 min of 1 s bars: too short to annualise
+    (3_599, 1.0, False),    # one bar short of an hour
+    (3_600, 1.0, True),
+    (99, 3_600.0, False),   # four days, but too few bars
+    (100, 3_600.0, True),
+])
+def test_ratios_need_enough_bars_and_an_hour_of_market_time(n, bar_seconds, computed):
+    y, x, z, beta = make_random_pair(n, seed=22)
+    result = backtest(y, x, z, beta=beta, bar_seconds=bar_seconds)
+
+    assert result.n_trades > 0
+    assert math.isfinite(result.sharpe) is computed
+    assert math.isfinite(result.sortino) is computed
+    assert (result.ratios_note == "") is computed
+
+
 def test_max_drawdown_on_a_hand_made_curve():
     # running peak: 100 120 120 120 130 130 130 130
     # drawdown:     0   0   .25 .083 0  .10  0  .038  -> depth 0.25 (90 vs 120)
@@ -530,6 +547,7 @@ def test_ratio_helpers_on_hand_values():
 def test_too_few_bars_reports_nan_ratios():
     result = run([100.0, 100.0], [50.0, 50.0], [0.0, 0.0])
     assert math.isnan(result.sharpe) and math.isnan(result.sortino)
+    assert "has 2 bars" in result.ratios_note
     empty = run([], [], [])
     assert empty.n_bars == 0 and math.isnan(empty.total_return)
     assert empty.equity.empty and empty.trades.empty
