@@ -495,7 +495,9 @@ def tab_statistics(c: dd.Controls) -> None:
             if test.enough_data:
                 column.write(f"statistic {test.statistic:.3f}, p = {test.pvalue:.4f}, 5 % "
                              f"critical {test.critical_values['5%']:.3f}, {extra}")
-                column.success(f"{name}: {test.verdict}")
+                # green only for a rejection at 5 %: "cannot reject" is not good news
+                (column.success if test.rejects_at_5pct else column.warning)(
+                    f"{name}: {test.verdict}")
             else:
                 column.info(f"{name}: needs {test.needed} bars, has {test.nobs}")
 

@@ -342,9 +342,17 @@ def test_statistics_tests_run_on_request_with_a_verdict(recorded_db):
     at.button(key="run_tests").click()
     at = run(at)
 
-    verdicts = [s.value for s in at.success]
-    assert any(v.startswith("ADF: ") for v in verdicts)
-    assert any(v.startswith("Engle–Granger: ") and "cointegrated" in v for v in verdicts)
+    # each verdict is green only when the statistic is below its 5 % critical value
+    figures = [m.value for m in at.markdown if m.value.startswith("statistic ")]
+    boxes = [(kind, box.value) for kind in ("success", "warning") for box in getattr(at, kind)
+             if box.value.startswith(("ADF: ", "Engle–Granger: "))]
+    assert len(figures) == 2 and len(boxes) == 2
+    for name, text in zip(("ADF: ", "Engle–Granger: "), figures):
+        statistic, critical = (float(re.search(pattern, text).group(1)) for pattern in
+                               (r"statistic (-?[\d.]+)", r"5 % critical (-?[\d.]+)"))
+        kind, verdict = next(b for b in boxes if b[1].startswith(name))
+        assert kind == ("success" if statistic < critical else "warning"), (text, verdict)
+    assert any("cointegrated" in verdict for _, verdict in boxes)
 
 
 # --------------------------------------------------------------------------------------
