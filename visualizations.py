@@ -643,6 +643,15 @@ def _value_format(values: np.ndarray, significant: int) -> str:
     return f",.{decimals}f"
 
 
+def _percent_format(fractions: np.ndarray) -> str:
+    """d3 percent format with enough decimals that ticks of a shallow range differ (0.25 %)."""
+    finite = np.abs(fractions[np.isfinite(fractions)])
+    largest = float(finite.max()) if finite.size else 0.0
+    if largest >= 0.1:
+        return ".0%"
+    return ".1%" if largest >= 0.01 else ".2%"
+
+
 def _line(ts: np.ndarray, values: np.ndarray, *, name: str, tz: str, max_points: int,
           hover_format: str, color: str | None = None, dash: str | None = None,
           width: float = 1.5, **trace_options) -> go.Scatter:
@@ -1140,9 +1149,10 @@ def heatmap_figure(matrix: pd.DataFrame, title: str = "", zmin: float | None = N
         [heatmap], theme=theme, uirevision=uirevision,
         title=dict(text=title, xref="paper", x=0.0, xanchor="left"),
         hovermode="closest",
-        margin=dict(l=55, r=20, t=44 if title else 20, b=40),
-        xaxis=dict(type="category", showgrid=False),
-        yaxis=dict(type="category", autorange="reversed", showgrid=False),
+        margin=dict(l=10, r=20, t=44 if title else 20, b=10),
+        # automargin: the margins grow to fit symbol labels of any length
+        xaxis=dict(type="category", showgrid=False, automargin=True),
+        yaxis=dict(type="category", autorange="reversed", showgrid=False, automargin=True),
     )
 
 
@@ -1198,6 +1208,7 @@ def equity_figure(equity: pd.Series, drawdown: pd.Series | None = None, *, tz: s
         traces, theme=theme, uirevision=uirevision,
         xaxis=dict(_time_xaxis(tz), anchor="y2"),
         yaxis=dict(domain=[0.32, 1.0], title=dict(text="equity")),
-        yaxis2=dict(domain=[0.0, 0.26], title=dict(text="drawdown"), tickformat=".0%", anchor="x"),
+        yaxis2=dict(domain=[0.0, 0.26], title=dict(text="drawdown"),
+                    tickformat=_percent_format(dd), anchor="x"),
         hoversubplots="axis",
     )

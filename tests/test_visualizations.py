@@ -602,6 +602,13 @@ def test_downsampled_values_are_input_values_and_gaps_survive():
     assert np.nanmax(y) == np.nanmax(z) and np.nanmin(y) == np.nanmin(z)
 
 
+def test_heatmap_margins_grow_to_fit_long_symbol_labels():
+    names = ["1000SHIBUSDT", "BTCUSDT"]
+    fig = viz.heatmap_figure(pd.DataFrame([[1.0, 0.5], [0.5, 1.0]], index=names, columns=names))
+
+    assert fig.layout.yaxis.automargin is True and fig.layout.xaxis.automargin is True
+
+
 def test_heatmap_nan_cells_are_blank_with_na_hover():
     matrix = pd.DataFrame([[np.nan, 0.012345], [0.2, np.nan]], index=["BTC", "ETH"], columns=["BTC", "ETH"])
 
@@ -728,7 +735,18 @@ def test_equity_drawdown_is_computed_from_full_resolution_equity():
     drawdown = decode(trace_json(large, 1)["y"])
     assert drawdown.size <= 800
     assert np.nanmin(drawdown) == pytest.approx(expected.min(), rel=1e-12)  # deepest point kept
-    assert large.data[1].yaxis == "y2" and large.layout.yaxis2.tickformat == ".0%"
+    assert large.data[1].yaxis == "y2"
+
+
+@pytest.mark.parametrize("depth, tickformat", [(0.0049, ".2%"), (0.05, ".1%"), (0.30, ".0%")])
+def test_drawdown_axis_has_decimals_enough_to_tell_its_ticks_apart(depth, tickformat):
+    equity = make_series(50) * 0 + 10_000
+    equity.iloc[25:] = 10_000 * (1 - depth)  # one fall of ``depth``, never recovered
+
+    fig = viz.equity_figure(equity)
+
+    assert np.nanmin(decode(trace_json(fig, 1)["y"])) == pytest.approx(-depth)
+    assert fig.layout.yaxis2.tickformat == tickformat
 
 
 def test_equity_uses_a_given_drawdown_and_rejects_non_positive_equity():
