@@ -44,6 +44,9 @@ REFRESH_CHOICES = (1, 2, 5, 10, 30)
 ZONES = ("UTC", "Europe/London", "Europe/Berlin", "America/New_York", "America/Chicago",
          "Asia/Kolkata", "Asia/Singapore", "Asia/Hong_Kong", "Asia/Tokyo", "Australia/Sydney")
 
+# Row labels such as "max_drawdown_duration_seconds" must not be cut off
+LABEL_COLUMN = {"_index": st.column_config.Column(width=240)}
+
 st.set_page_config(page_title="Pairs analytics", page_icon="📈", layout="wide")
 
 
@@ -369,7 +372,8 @@ def live_strip(c: dd.Controls) -> None:
     columns = st.columns([1.5, 1.3, 1.1, 0.9, 1.0, 1.1, 1.0])
     columns[0].metric(f"{c.y} last", dd.format_price(values.last_y))
     columns[1].metric(f"{c.x} last", dd.format_price(values.last_x))
-    columns[2].metric("spread", dd.format_number(values.spread, ".5f"))
+    columns[2].metric("spread", dd.format_spread(values.spread, c.log_prices),
+                      help="y − β·x − α; of log prices in basis points")
     columns[3].metric("z-score", dd.format_number(values.z, ".2f"))
     columns[4].metric("β", dd.format_number(values.beta, ".4f"))
     columns[5].metric("correlation", dd.format_number(values.correlation, ".3f"))
@@ -382,15 +386,15 @@ def live_strip(c: dd.Controls) -> None:
     st.caption(f"{feed_words} · {c.y} on {c.x} · {c.method_label}, {scale} prices, "
                f"{c.window}-bar window, {c.tf_label} bars · last bar {last} · "
                f"{len(view.aligned.frame)} bars · drag a box on a chart to zoom (kept "
-               "across refreshes)")
+               "across refreshes; a refresh cuts a slow drag short: pause first)")
     signals = view.signals
     if signals.enough_data:
         fig = viz.zscore_figure(signals.frame["z"], c.entry, c.exit, tz=c.tz,
                                 uirevision=c.chart_key("live_z"))
     else:
-        message = "z-score: " + warming(c, view, signals.needed, signals.nobs)
-        st.info(message)
-        fig = viz.empty_figure(message, uirevision=c.chart_key("live_z"))
+        st.info("z-score: " + warming(c, view, signals.needed, signals.nobs))
+        fig = viz.empty_figure("the z-score is drawn here once it has its bars",
+                               uirevision=c.chart_key("live_z"))
     fig.update_layout(height=220)
     chart(fig, "live_z")
     show_toasts()
@@ -452,7 +456,8 @@ def statistics_live(c: dd.Controls) -> None:
         return
     table = dd.price_stats_table({c.y: view.bars_y, c.x: view.bars_x}, view.bar_seconds)
     st.markdown(f"**Prices** over the lookback ({c.lookback_label}, {c.tf_label} bars)")
-    st.dataframe(table.drop(index=["first_ts", "last_ts"]), width="stretch")
+    st.dataframe(table.drop(index=["first_ts", "last_ts"]), width="stretch",
+                 column_config=LABEL_COLUMN)
     spread = view.signals.frame["spread"]
     life = analytics.half_life(spread)
     hurst = analytics.hurst(spread)
@@ -622,7 +627,8 @@ def tab_backtest(c: dd.Controls) -> None:
                if f.name not in ("trades", "equity", "positions", "ratios_note")}
     chart(viz.equity_figure(result.equity, tz=c.tz, uirevision=c.chart_key("equity")),
           "equity")
-    st.dataframe(pd.Series(metrics, name="value").to_frame(), width="stretch")
+    st.dataframe(pd.Series(metrics, name="value").to_frame(), width="stretch",
+                 column_config=LABEL_COLUMN)
     trades = result.trades
     st.dataframe(dd.with_time_column(trades, c.tz, ts_column="entry_ts", name="entry time"),
                  width="stretch", hide_index=True)

@@ -637,6 +637,17 @@ def format_price(value: float) -> str:
     return f"{value:.6g}"
 
 
+def format_spread(value: float, log_prices: bool) -> str:
+    """A spread short enough for the live strip: basis points of log price, or 4
+    significant digits of a raw-price spread (in units of the y leg's quote)."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    if log_prices:
+        return f"{value * 1e4:,.1f} bp"
+    magnitude = math.floor(math.log10(abs(value))) if value else 0
+    return f"{value:,.{min(6, max(0, 3 - magnitude))}f}"
+
+
 def format_number(value: float, spec: str = ".3f") -> str:
     """``format(value, spec)``, or an em dash for NaN/None."""
     if value is None or not math.isfinite(value):

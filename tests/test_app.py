@@ -292,6 +292,7 @@ def test_method_changes_the_live_z_score(recorded_db, method_label):
     expected = signals.latest
     assert metric(at, "z-score") == f"{expected['z']:.2f}"
     assert metric(at, "β") == f"{expected['beta']:.4f}"
+    assert metric(at, "spread") == f"{expected['spread'] * 10_000:,.1f} bp"  # log spread
     assert any(f"{method_label}, log prices" in c.value for c in at.caption)
 
 
@@ -323,6 +324,15 @@ def test_warming_up_says_what_it_needs(recorded_db):
     expected = f"z-score: needs 200 bars, has {nobs} — about {200 - nobs} s more at 1s bars"
     assert expected in [i.value for i in at.info]
     assert metric(at, "z-score") == "—"
+
+
+@pytest.mark.parametrize("value, log_prices, shown", [
+    (-0.000123, True, "-1.2 bp"), (0.0125, True, "125.0 bp"), (1234.567, False, "1,235"),
+    (-12.3456, False, "-12.35"), (0.00123456, False, "0.001235"), (0.0, False, "0.000"),
+    (float("nan"), True, "—"),
+])
+def test_strip_spread_is_short_enough_for_its_column(value, log_prices, shown):
+    assert dd.format_spread(value, log_prices) == shown
 
 
 def test_swap_exchanges_the_legs(recorded_db):
