@@ -8,8 +8,8 @@ How the page stays live without flicker
     * Sidebar controls rerun the whole script; nothing else does.
     * ``@st.fragment(run_every=...)`` reruns only the live parts: the sidebar feed status
       every second, the live strip (values + z-score chart) twice a second, the open tab's
-      charts at the chosen refresh interval (for 1m/5m bars at the bar length). Pause sets
-      run_every=None.
+      charts at the chosen refresh interval (for 1m/5m bars they draw closed bars only,
+      so they change at a bar close: ``view_key``). Pause sets run_every=None.
     * Tabs are lazy (``on_change="rerun"``): only the open tab runs.
     * Heavy work is cached with ``st.cache_data`` keyed by the newest bar's time
       (``database.latest_bar_ts``), so several browser tabs share one computation; live
@@ -94,15 +94,19 @@ if not feed.running:  # stopped elsewhere (tests, a CLI in the same process): st
 @st.cache_data(max_entries=6, ttl=600, show_spinner=False)
 def cached_pair_view(source: dd.DataSource, y: str, x: str, timeframe: str,
                      lookback_ms: int | None, method: str, window: int, log_prices: bool,
-                     latest: tuple, version: tuple) -> dict:
+                     latest: tuple, version: tuple, closed_before: int | None) -> dict:
     """``dd.view_to_parts`` of the pair's view (pandas only: see there why).
 
     ``version`` (``dd.data_version``) is only part of the cache key: it changes with every
     trade in the newest bar, so the live strip's last price is never a second stale.
+    ``closed_before``: drop bars opening at or after it (the forming bar), or None.
     """
     anchor = max((t for t in latest if t is not None), default=None)
     bars_y = dd.load_bars(source, y, timeframe, lookback_ms, anchor, bar_store())
     bars_x = dd.load_bars(source, x, timeframe, lookback_ms, anchor, bar_store())
+    if closed_before is not None:
+        bars_y = bars_y[bars_y.index < closed_before]
+        bars_x = bars_x[bars_x.index < closed_before]
     return dd.view_to_parts(dd.build_pair_view(
         bars_y, bars_x, y, x, timeframe if source.kind == "live" else None, method, window,
         log_prices))
@@ -285,19 +289,37 @@ def latest_key(c: dd.Controls, symbols=None) -> tuple:
     return dd.latest_bar_times(c.source, symbols or (c.y, c.x))
 
 
-def view_key(c: dd.Controls) -> tuple | None:
-    """Arguments of ``cached_pair_view`` for the current data, or None without data."""
+def view_key(c: dd.Controls, closed_only: bool = False) -> tuple | None:
+    """Arguments of ``cached_pair_view`` for the current data, or None without data.
+
+    ``closed_only`` (the tabs' charts): for live 1m/5m bars, the view of the closed bars,
+    keyed by the forming bar's open time, so it changes only at a bar close.
+    """
     version = dd.data_version(c.source, (c.y, c.x))
     latest = tuple(v[0] if isinstance(v, tuple) else v for v in version)  # bar open times
     if all(t is None for t in latest):
         return None
+    closed_before = None
+    if closed_only and c.charts_at_bar_close:
+        closed_before = dd.closed_bars_before(c.tf_label, latest)
+        latest = (closed_before - 1,)  # the lookback ends at the last closed bar
+        version = ("closed before", closed_before)
     return (c.source, c.y, c.x, c.timeframe, c.lookback_ms, c.method, c.window,
-            c.log_prices, latest, version)
+            c.log_prices, latest, version, closed_before)
 
 
-def current_view(c: dd.Controls) -> dd.PairView | None:
-    key = view_key(c)
+def current_view(c: dd.Controls, closed_only: bool = False) -> dd.PairView | None:
+    key = view_key(c, closed_only)
     return None if key is None else dd.view_from_parts(cached_pair_view(*key))
+
+
+def bar_close_note(c: dd.Controls, view: dd.PairView) -> None:
+    """Say that these charts stop at the last closed bar (live 1m/5m bars)."""
+    if c.charts_at_bar_close and len(view.aligned.frame):
+        last_close = int(view.aligned.frame.index[-1]) + dd.bar_ms_of(c.tf_label)
+        stamp = dd.display_times([last_close], c.tz)[0].strftime("%H:%M %Z")
+        st.caption(f"{len(view.aligned.frame)} closed {c.tf_label} bars up to {stamp}; the "
+                   "charts update at each bar close, the live strip above every trade")
 
 
 def waiting(c: dd.Controls) -> None:
@@ -406,10 +428,11 @@ def live_strip(c: dd.Controls) -> None:
 
 
 def tab_prices(c: dd.Controls) -> None:
-    view = current_view(c)
+    view = current_view(c, closed_only=True)
     if view is None:
         waiting(c)
         return
+    bar_close_note(c, view)
     for leg, symbol, bars in (("y", c.y, view.bars_y), ("x", c.x, view.bars_x)):
         chart(viz.candlestick_figure(bars, symbol, tz=c.tz,
                                      uirevision=c.chart_key(f"candles_{leg}"),
@@ -420,10 +443,11 @@ def tab_prices(c: dd.Controls) -> None:
 
 
 def tab_spread(c: dd.Controls) -> None:
-    view = current_view(c)
+    view = current_view(c, closed_only=True)
     if view is None:
         waiting(c)
         return
+    bar_close_note(c, view)
     signals = view.signals
     spread_name = "log spread" if c.log_prices else "spread"
     if signals.enough_data:
@@ -450,7 +474,7 @@ def tab_spread(c: dd.Controls) -> None:
 
 
 def statistics_live(c: dd.Controls) -> None:
-    view = current_view(c)
+    view = current_view(c, closed_only=True)
     if view is None:
         waiting(c)
         return
@@ -481,7 +505,7 @@ def tab_statistics(c: dd.Controls) -> None:
     test_key = repr(("tests", c.source, c.y, c.x, c.timeframe, c.lookback_ms, c.method,
                      c.window, c.log_prices))
     if st.button("Run ADF on the spread and Engle–Granger on the pair", key="run_tests"):
-        view = current_view(c)
+        view = current_view(c, closed_only=True)
         if view is None:
             waiting(c)
         else:
@@ -526,7 +550,7 @@ def tab_statistics(c: dd.Controls) -> None:
 
 def correlation_live(c: dd.Controls, symbols: tuple, min_tpm: float, max_empty: float,
                      liquid_only: bool) -> None:
-    view = current_view(c)
+    view = current_view(c, closed_only=True)
     if view is None:
         waiting(c)
         return
@@ -586,7 +610,7 @@ def tab_correlation(c: dd.Controls) -> None:
 
 
 def tab_backtest(c: dd.Controls) -> None:
-    key = view_key(c)
+    key = view_key(c, closed_only=True)
     if key is None:
         waiting(c)
         return

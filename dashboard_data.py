@@ -219,6 +219,11 @@ class Controls:
     def chart_every(self) -> float | None:
         return chart_interval(self.tf_label, self.refresh_s, self.paused, self.live)
 
+    @property
+    def charts_at_bar_close(self) -> bool:
+        """Live 1m/5m charts draw closed bars only (see ``closed_bars_before``)."""
+        return self.live and bar_ms_of(self.tf_label) >= CLOSED_BARS_FROM_MS
+
     def chart_key(self, name: str) -> str:
         """uirevision: whatever changes the meaning of the axes resets the zoom."""
         return f"{name}|{self.source.label}|{self.y}|{self.x}|{self.timeframe}|{self.tz}"
@@ -655,15 +660,33 @@ def format_number(value: float, spec: str = ".3f") -> str:
     return format(value, spec)
 
 
+CLOSED_BARS_FROM_MS = 60_000  # charts of bars this long or longer show closed bars only
+
+
 def chart_interval(timeframe_label: str, refresh_s: float, paused: bool,
                    live: bool) -> float | None:
-    """Seconds between chart refreshes: None when paused or for static uploaded data;
-    the bar length for 1m/5m bars (a chart changes meaningfully at bar close); else the
-    chosen refresh interval."""
+    """Seconds between chart refreshes: None when paused or for static uploaded data,
+    else the chosen refresh interval. Charts of 1m/5m bars rerun as often but draw closed
+    bars only (``closed_bars_before``): they change at each bar close, seen within one
+    interval, and a rerun between closes sends the same figures (nothing redraws)."""
     if paused or not live:
         return None
-    bar_s = bar_ms_of(timeframe_label) / 1000.0
-    return max(float(refresh_s), bar_s) if bar_s >= 60 else float(refresh_s)
+    return float(refresh_s)
+
+
+def closed_bars_before(timeframe_label: str, latest_ms) -> int | None:
+    """Open time of the forming bar for charts that show closed bars only, else None.
+
+    For bars of ``CLOSED_BARS_FROM_MS`` or longer: the newest 1 s bar of the pair
+    (``latest_ms``, open times, None where a leg has none) lies in the forming bar; every
+    bar opening before it is closed. A bar counts as closed once a trade after its end has
+    arrived, so its last second's trades, which arrive first, are already in.
+    """
+    bar_ms = bar_ms_of(timeframe_label)
+    newest = max((t for t in latest_ms if t is not None), default=None)
+    if bar_ms < CLOSED_BARS_FROM_MS or newest is None:
+        return None
+    return newest // bar_ms * bar_ms
 
 
 def zoom_from_selection(state) -> dict[str, list] | None:

@@ -35,6 +35,7 @@ import socket
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
@@ -277,6 +278,27 @@ def test_timeframe_changes_the_bars_shown(recorded_db):
     buckets = (trades["ts"] // 10_000).nunique()  # 10 s bars of either leg
     assert any("10s bars" in c.value and f"· {buckets} bars" in c.value
                for c in at.caption), [c.value for c in at.caption]
+
+
+def test_minute_charts_show_closed_bars_and_the_strip_the_forming_one(recorded_db):
+    trades = reference_trades()
+    at = run(new_app(lookback="15 min", timeframe="1m"))
+    at = open_tab(at, "Prices")
+
+    minutes = np.unique(trades["ts"].to_numpy() // 60_000)
+    forming = minutes[-1]  # the newest trade's minute has not closed
+    close = pd.Timestamp(int(forming) * 60_000, unit="ms", tz="UTC").strftime("%H:%M UTC")
+    assert any(f"· {minutes.size} bars" in c.value for c in at.caption)  # live strip
+    assert f"{minutes.size - 1} closed 1m bars up to {close}; the charts update at each bar " \
+        "close, the live strip above every trade" in [c.value for c in at.caption]
+
+
+@pytest.mark.parametrize("label, latest, expected", [
+    ("1m", (125_000, 119_000), 120_000), ("5m", (None, 899_999), 600_000),
+    ("1m", (None, None), None), ("30s", (125_000, 119_000), None),
+])
+def test_closed_bars_end_where_the_newest_second_begins_its_bar(label, latest, expected):
+    assert dd.closed_bars_before(label, latest) == expected
 
 
 @pytest.mark.parametrize("method_label", ["OLS", "Kalman"])
