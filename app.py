@@ -491,6 +491,9 @@ def statistics_live(c: dd.Controls) -> None:
     cols[1].metric("half-life (s)", dd.format_number(seconds, ".0f"))
     cols[2].metric("Hurst (spread)", dd.format_number(hurst, ".3f"))
     cols[3].metric("mean crossings", analytics.mean_crossings(spread))
+    st.caption(f"half-life and Hurst of the spread in 'Spread & z-score' (trailing "
+               f"{c.window}-bar {c.method_label} β): a short β window absorbs slow "
+               "reversion, so the half-life shortens with the window")
     if life.reason:
         st.caption(f"half-life: {life.reason}")
     if not math.isfinite(hurst):
