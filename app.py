@@ -167,9 +167,9 @@ def sidebar_status() -> None:
         st.caption(status.detail)
     st.caption(f"reconnects: {health['reconnects']} · stored: {health['stored']:,} · "
                f"lag: {health['lag_ms']} ms")
-    activity = dd.symbol_activity_table(health)[["trades/s", "age (s)"]]
-    if len(activity):
-        st.dataframe(activity, width="stretch")
+    activity = dd.symbol_activity_markdown(health)
+    if activity:
+        st.markdown(activity)
         st.caption("age: seconds since the symbol's last trade")
     for symbol, quiet_s in dd.silent_symbols(health, subscribed_since(), dd.now_ms()):
         st.warning(f"no trades for {symbol} in {quiet_s:.0f} s — check that it is listed on "

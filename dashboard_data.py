@@ -631,6 +631,22 @@ def symbol_activity_table(health: Mapping) -> pd.DataFrame:
                                   columns=["trades/s", "age (s)", "received"])
 
 
+def symbol_activity_markdown(health: Mapping) -> str:
+    """The sidebar's per-symbol trades/s and last-trade age as a Markdown table ("" when
+    no symbol has reported yet). Markdown, not ``st.dataframe``: the first page view then
+    does not wait for the browser to load and compile Streamlit's table component."""
+    table = symbol_activity_table(health)
+    if table.empty:
+        return ""
+
+    def cell(value, spec: str) -> str:
+        return "—" if value is None or not math.isfinite(value) else format(value, spec)
+
+    rows = [f"| {symbol} | {cell(row['trades/s'], '.1f')} | {cell(row['age (s)'], '.2f')} |"
+            for symbol, row in table.iterrows()]
+    return "\n".join(["| symbol | trades/s | age (s) |", "|---|--:|--:|", *rows])
+
+
 def format_price(value: float) -> str:
     """Enough decimals for any crypto price: 89,761.30 / 3,139.77 / 0.123456."""
     if not math.isfinite(value):

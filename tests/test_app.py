@@ -357,6 +357,17 @@ def test_strip_spread_is_short_enough_for_its_column(value, log_prices, shown):
     assert dd.format_spread(value, log_prices) == shown
 
 
+def test_sidebar_activity_is_a_markdown_table_with_a_dash_for_no_trade_yet():
+    health = {"symbols": {
+        "BTCUSDT": {"trades_per_s": 36.64, "last_trade_age_s": 0.0132, "received": 10},
+        "SOLUSDT": {"trades_per_s": 0.0, "last_trade_age_s": None, "received": 0}}}
+
+    assert dd.symbol_activity_markdown(health).splitlines() == [
+        "| symbol | trades/s | age (s) |", "|---|--:|--:|",
+        "| BTCUSDT | 36.6 | 0.01 |", "| SOLUSDT | 0.0 | — |"]
+    assert dd.symbol_activity_markdown({"symbols": {}}) == ""
+
+
 def test_swap_exchanges_the_legs(recorded_db):
     at = run(new_app(lookback="15 min"))
     at.button(key="swap").click()
