@@ -644,7 +644,7 @@ def symbol_activity_markdown(health: Mapping) -> str:
 
     rows = [f"| {symbol} | {cell(row['trades/s'], '.1f')} | {cell(row['age (s)'], '.2f')} |"
             for symbol, row in table.iterrows()]
-    return "\n".join(["| symbol | trades/s | age (s) |", "|---|--:|--:|", *rows])
+    return "\n".join(["| symbol | trades/s | age |", "|---|--:|--:|", *rows])
 
 
 def format_price(value: float) -> str:

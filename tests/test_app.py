@@ -363,7 +363,7 @@ def test_sidebar_activity_is_a_markdown_table_with_a_dash_for_no_trade_yet():
         "SOLUSDT": {"trades_per_s": 0.0, "last_trade_age_s": None, "received": 0}}}
 
     assert dd.symbol_activity_markdown(health).splitlines() == [
-        "| symbol | trades/s | age (s) |", "|---|--:|--:|",
+        "| symbol | trades/s | age |", "|---|--:|--:|",
         "| BTCUSDT | 36.6 | 0.01 |", "| SOLUSDT | 0.0 | — |"]
     assert dd.symbol_activity_markdown({"symbols": {}}) == ""
 
