@@ -315,7 +315,12 @@ def current_view(c: dd.Controls, closed_only: bool = False) -> dd.PairView | Non
 
 def bar_close_note(c: dd.Controls, view: dd.PairView) -> None:
     """Say that these charts stop at the last closed bar (live 1m/5m bars)."""
-    if c.charts_at_bar_close and len(view.aligned.frame):
+    if not c.charts_at_bar_close:
+        return
+    if len(view.aligned.frame) == 0:
+        st.info(f"no {c.tf_label} bar has closed yet: these charts show closed bars and "
+                "start at the first close (the live strip above shows the forming one)")
+    else:
         last_close = int(view.aligned.frame.index[-1]) + dd.bar_ms_of(c.tf_label)
         stamp = dd.display_times([last_close], c.tz)[0].strftime("%H:%M %Z")
         st.caption(f"{len(view.aligned.frame)} closed {c.tf_label} bars up to {stamp}; the "

@@ -293,6 +293,27 @@ def test_minute_charts_show_closed_bars_and_the_strip_the_forming_one(recorded_d
         "close, the live strip above every trade" in [c.value for c in at.caption]
 
 
+@pytest.mark.parametrize("tab", TABS)
+def test_minute_tabs_wait_for_the_first_bar_close(app_env, tab):
+    start = 1_700_000_040_000  # 40 s into a minute: no 1m bar has closed yet
+    trades = [(symbol, start + 500 * i, 1_000 + i, price * (1 + 1e-4 * (i % 3)), 0.5,
+               i % 2 == 0, 1) for symbol, price in (("BTCUSDT", 60_000.0), ("ETHUSDT", 3_000.0))
+              for i in range(30)]
+    conn = database.connect(app_env["db"])
+    try:
+        database.import_ticks(conn, trades)
+    finally:
+        conn.close()
+
+    at = open_tab(run(new_app(timeframe="1m", lookback="15 min")), tab)
+
+    assert not at.error, [e.value for e in at.error]
+    assert metric(at, "BTCUSDT last") != "—"  # the strip shows the forming bar
+    assert not any("closed 1m bars" in c.value for c in at.caption)
+    if tab in ("Prices", "Spread & z-score"):
+        assert any(i.value.startswith("no 1m bar has closed yet") for i in at.info)
+
+
 @pytest.mark.parametrize("label, latest, expected", [
     ("1m", (125_000, 119_000), 120_000), ("5m", (None, 899_999), 600_000),
     ("1m", (None, None), None), ("30s", (125_000, 119_000), None),
