@@ -313,10 +313,19 @@ def current_view(c: dd.Controls, closed_only: bool = False) -> dd.PairView | Non
     return None if key is None else dd.view_from_parts(cached_pair_view(*key))
 
 
+def tab_view(c: dd.Controls) -> dd.PairView | None:
+    """The view a tab draws (closed bars only at live 1m/5m): None, after saying why,
+    while there is no data; under live 1m/5m bars a note on the last bar close."""
+    view = current_view(c, closed_only=True)
+    if view is None:
+        waiting(c)
+    elif c.charts_at_bar_close:
+        bar_close_note(c, view)
+    return view
+
+
 def bar_close_note(c: dd.Controls, view: dd.PairView) -> None:
     """Say that these charts stop at the last closed bar (live 1m/5m bars)."""
-    if not c.charts_at_bar_close:
-        return
     if len(view.aligned.frame) == 0:
         st.info(f"no {c.tf_label} bar has closed yet: these charts show closed bars and "
                 "start at the first close (the live strip above shows the forming one)")
@@ -433,11 +442,9 @@ def live_strip(c: dd.Controls) -> None:
 
 
 def tab_prices(c: dd.Controls) -> None:
-    view = current_view(c, closed_only=True)
+    view = tab_view(c)
     if view is None:
-        waiting(c)
         return
-    bar_close_note(c, view)
     for leg, symbol, bars in (("y", c.y, view.bars_y), ("x", c.x, view.bars_x)):
         chart(viz.candlestick_figure(bars, symbol, tz=c.tz,
                                      uirevision=c.chart_key(f"candles_{leg}"),
@@ -448,11 +455,9 @@ def tab_prices(c: dd.Controls) -> None:
 
 
 def tab_spread(c: dd.Controls) -> None:
-    view = current_view(c, closed_only=True)
+    view = tab_view(c)
     if view is None:
-        waiting(c)
         return
-    bar_close_note(c, view)
     signals = view.signals
     spread_name = "log spread" if c.log_prices else "spread"
     if signals.enough_data:
@@ -479,9 +484,8 @@ def tab_spread(c: dd.Controls) -> None:
 
 
 def statistics_live(c: dd.Controls) -> None:
-    view = current_view(c, closed_only=True)
+    view = tab_view(c)
     if view is None:
-        waiting(c)
         return
     table = dd.price_stats_table({c.y: view.bars_y, c.x: view.bars_x}, view.bar_seconds)
     st.markdown(f"**Prices** over the lookback ({c.lookback_label}, {c.tf_label} bars)")
@@ -558,9 +562,8 @@ def tab_statistics(c: dd.Controls) -> None:
 
 def correlation_live(c: dd.Controls, symbols: tuple, min_tpm: float, max_empty: float,
                      liquid_only: bool) -> None:
-    view = current_view(c, closed_only=True)
+    view = tab_view(c)
     if view is None:
-        waiting(c)
         return
     if view.correlation.notna().any():
         fig = viz.correlation_figure(view.correlation,

@@ -310,7 +310,7 @@ def test_minute_tabs_wait_for_the_first_bar_close(app_env, tab):
     assert not at.error, [e.value for e in at.error]
     assert metric(at, "BTCUSDT last") != "—"  # the strip shows the forming bar
     assert not any("closed 1m bars" in c.value for c in at.caption)
-    if tab in ("Prices", "Spread & z-score"):
+    if tab in ("Prices", "Spread & z-score", "Statistics", "Correlation"):
         assert any(i.value.startswith("no 1m bar has closed yet") for i in at.info)
 
 
