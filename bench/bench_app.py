@@ -35,6 +35,8 @@ First render (``render``)
         ``--render-repeats`` new sessions on that warm server; and a second freshly started
         server on the same port visited by the same browser (Streamlit restarted, the tab
         reloaded: the scripts come from the browser's cache).
+    (c) The floor: a page of six ``st.metric`` and four three-point Plotly charts with no
+        project code, in a newly launched browser and then again (scripts cached).
 
 Fragment reruns (``fragments``)
     Measured in the real server with a real browser driving the fragment timers. The
@@ -482,6 +484,40 @@ def render_bench(db_path: Path, repeats: int) -> None:
         print("      warm server, new sessions:")
         for index, name in enumerate(("stApp", "strip values", "charts drawn")):
             print(f"        {name:13s} {percentiles([run[index] for run in warm])}")
+
+        # What any Streamlit + Plotly page costs here, whatever the app does
+        baseline = Path(workdir) / "baseline_page.py"
+        baseline.write_text(BASELINE_PAGE)
+        with browser_page() as page, AppServer(env, workdir, script=baseline) as server:
+            first = time_baseline_render(page, server.url)
+            again = time_baseline_render(page, server.url)
+        print("  (c) baseline: a page of 6 st.metric and 4 three-point Plotly charts, no "
+              f"project code: newly launched browser {first:.0f} ms, then {again:.0f} ms")
+
+
+BASELINE_PAGE = """\
+import plotly.graph_objects as go
+import streamlit as st
+
+st.set_page_config(layout="wide")
+for index, column in enumerate(st.columns(6)):
+    column.metric(f"metric {index}", index)
+for index in range(4):
+    st.plotly_chart(go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2])), key=f"chart{index}")
+"""
+BASELINE_DRAWN_JS = """() => document.querySelectorAll('[data-testid="stMetric"]').length >= 6
+    && Array.from(document.querySelectorAll('.js-plotly-plot'))
+           .filter(e => e._fullLayout).length >= 4"""
+
+
+def time_baseline_render(page, url: str) -> float:
+    """ms from ``page.goto`` to the baseline page's metrics and charts drawn."""
+    started = time.perf_counter()
+    page.goto(url)
+    page.wait_for_function(BASELINE_DRAWN_JS, timeout=300_000, polling=20)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    page.goto("about:blank")
+    return elapsed_ms
 
 
 def time_first_render(page, url: str) -> tuple[float, float, float]:
