@@ -647,19 +647,22 @@ def tab_backtest(c: dd.Controls) -> None:
     st.caption(f"{c.y} on {c.x}, {c.method_label} β, {'log' if c.log_prices else 'raw'} "
                "prices; fills at the next bar's close; a round trip pays four fees")
     headline = (("total return", f"{result.total_return:.2%}"),
-                ("Sharpe", dd.format_number(result.sharpe, ".2f")),
+                ("Sharpe", dd.format_number(math.nan if result.ratios_note else
+                                            result.sharpe, ".2f")),
                 ("max drawdown", f"{result.max_drawdown:.2%}"), ("trades", result.n_trades),
                 ("win rate", dd.format_number(result.win_rate, ".0%")),
                 ("fees paid", f"{result.fees_paid:,.2f}"))
     for column, (label, value) in zip(st.columns(6), headline):
         column.metric(label, value)
     if result.ratios_note:
-        st.caption(result.ratios_note + " (annualising a shorter sample means nothing)")
+        st.caption(result.ratios_note + ": shown as — (annualising minutes means nothing)")
     else:
         st.caption(f"Sharpe and Sortino: annualised from {c.tf_label} bar returns over "
                    "365 days of 24 h")
     metrics = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
                if f.name not in ("trades", "equity", "positions", "ratios_note")}
+    if result.ratios_note:
+        metrics.update(sharpe=math.nan, sortino=math.nan)
     chart(viz.equity_figure(result.equity, tz=c.tz, uirevision=c.chart_key("equity")),
           "equity")
     st.dataframe(pd.Series(metrics, name="value").to_frame(), width="stretch",

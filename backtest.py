@@ -49,10 +49,12 @@ TRADE_COLUMNS = (
     "bars_held",
     "exit_reason",
 )
-# Annualised ratios need a sample worth extrapolating: a few minutes of 1 s bars scaled by
-# sqrt(31.5 million bars a year) give Sharpe ratios in the hundreds that mean nothing.
-MIN_BARS_FOR_RATIOS = 100
-MIN_SECONDS_FOR_RATIOS = 3_600  # n_bars * bar_seconds: at least an hour of market time
+MIN_BARS_FOR_RATIOS = 3  # two bar returns are the fewest a sample std (ddof=1) accepts
+# Below these the annualised ratios are still computed but flagged (``ratios_note``): a few
+# minutes of 1 s bars scaled by sqrt(31.5 million bars a year) give Sharpe ratios in the
+# hundreds that mean nothing, and the dashboard shows them as "—".
+MIN_BARS_TO_ANNUALISE = 100
+MIN_SECONDS_TO_ANNUALISE = 3_600  # n_bars * bar_seconds: at least an hour of market time
 
 _LONG = 1
 _SHORT = -1
@@ -174,9 +176,8 @@ def backtest(
             ``equity[-1] / capital - 1``.
         sharpe, sortino : float
             Annualised from bar returns of ``equity`` (see ``sharpe_ratio``,
-            ``sortino_ratio``); NaN when the sample is too short to annualise: fewer than
-            ``MIN_BARS_FOR_RATIOS`` bars or less than ``MIN_SECONDS_FOR_RATIOS`` of
-            bars (``n_bars * bar_seconds``). ``ratios_note`` then says what is missing.
+            ``sortino_ratio``); NaN with fewer than ``MIN_BARS_FOR_RATIOS`` bars. A
+            short sample is flagged in ``ratios_note``.
         max_drawdown : float
             Deepest fall from a running peak as a POSITIVE fraction (0.25 = -25 %).
         max_drawdown_duration_bars, max_drawdown_duration_seconds : int, float
@@ -197,7 +198,9 @@ def backtest(
         periods_per_year : float
             ``SECONDS_PER_YEAR / bar_seconds`` used for annualising.
         ratios_note : str
-            Why Sharpe and Sortino are NaN for lack of data ("" when they were computed).
+            "" when the sample is long enough to annualise; otherwise why Sharpe and
+            Sortino mean little: fewer than ``MIN_BARS_TO_ANNUALISE`` bars or less than
+            ``MIN_SECONDS_TO_ANNUALISE`` seconds of bars (``n_bars * bar_seconds``).
 
     Raises
     ------
@@ -630,13 +633,12 @@ def _assemble_result(
     position_series = pd.Series(positions, index=index.copy(), name="position")
 
     bars_per_year = SECONDS_PER_YEAR / bar_seconds
-    ratios_note = ratios_sample_note(n, bar_seconds)
-    if ratios_note:
-        sharpe = sortino = math.nan
-    else:
+    if n >= MIN_BARS_FOR_RATIOS:
         returns = equity_values[1:] / equity_values[:-1] - 1.0
         sharpe = sharpe_ratio(returns, bars_per_year)
         sortino = sortino_ratio(returns, bars_per_year)
+    else:
+        sharpe = sortino = math.nan
     drawdown = max_drawdown(equity)
 
     pnl = trades["pnl"].to_numpy()
@@ -677,22 +679,22 @@ def _assemble_result(
         fees_paid=float(trades["fees"].sum()),
         slippage_paid=float(trades["slippage_cost"].sum()),
         periods_per_year=bars_per_year,
-        ratios_note=ratios_note,
+        ratios_note=ratios_sample_note(n, bar_seconds),
     )
 
 
 def ratios_sample_note(n_bars: int, bar_seconds: float) -> str:
     """Why ``n_bars`` bars of ``bar_seconds`` are too few to annualise, or "" when enough.
 
-    Both conditions must hold: at least ``MIN_BARS_FOR_RATIOS`` bars and at least
-    ``MIN_SECONDS_FOR_RATIOS`` seconds of bars (``n_bars * bar_seconds``).
+    Enough means at least ``MIN_BARS_TO_ANNUALISE`` bars and at least
+    ``MIN_SECONDS_TO_ANNUALISE`` seconds of bars (``n_bars * bar_seconds``).
     """
     covered = n_bars * bar_seconds
-    if n_bars >= MIN_BARS_FOR_RATIOS and covered >= MIN_SECONDS_FOR_RATIOS:
+    if n_bars >= MIN_BARS_TO_ANNUALISE and covered >= MIN_SECONDS_TO_ANNUALISE:
         return ""
-    return (f"Sharpe and Sortino need at least {MIN_BARS_FOR_RATIOS} bars covering "
-            f"{MIN_SECONDS_FOR_RATIOS // 60} min; the sample has {n_bars} bars "
-            f"({covered / 60:.1f} min)")
+    return (f"Sharpe and Sortino need at least {MIN_BARS_TO_ANNUALISE} bars covering "
+            f"{MIN_SECONDS_TO_ANNUALISE // 60} min to mean something; the sample has "
+            f"{n_bars} bars ({covered / 60:.1f} min)")
 
 
 def _trades_frame(raw_trades: list[tuple], ts: np.ndarray) -> pd.DataFrame:

@@ -471,6 +471,10 @@ def test_backtest_trades_download_matches_the_table(recorded_db, media):
     assert count >= 1
     assert len(csv) == count
     assert list(csv.columns) == ["time", *backtest.TRADE_COLUMNS]
+    # minutes of 1 s bars: Sharpe is not annualised on screen, and the page says why
+    assert metric(at, "Sharpe") == "—"
+    assert any(c.value.startswith("Sharpe and Sortino need at least 100 bars covering 60 min")
+               for c in at.caption)
 
 
 # --------------------------------------------------------------------------------------
