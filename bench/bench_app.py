@@ -90,13 +90,11 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -114,7 +112,7 @@ import market  # noqa: E402
 
 APP = ROOT / "app.py"
 OUT = ROOT / "bench" / "out"
-from tests.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, StreamlitServer, free_port  # noqa: E402
 HOUR_MS = 3_600_000
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 BUILTIN_RATE = 110.0  # market.py's default BTC 40/s + ETH 70/s at speed 1
@@ -160,12 +158,6 @@ exec(compile(open({app!r}, encoding="utf-8").read(), {app!r}, "exec"), globals()
 # --------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def closed_port_url() -> str:
     """A ws:// URL on 127.0.0.1 where nobody listens: the collector's connects are refused."""
     return f"ws://127.0.0.1:{free_port()}"
@@ -178,53 +170,6 @@ def app_env(db_path: str, upload_db: str, **extra: str) -> dict:
                OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env.update(extra)
     return env
-
-
-class AppServer:
-    """``streamlit run <script>`` on a free 127.0.0.1 port, in its own process group."""
-
-    def __init__(self, env: dict, workdir: str, script: Path = APP,
-                 port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log_path = os.path.join(workdir, f"streamlit-{self.port}.log")
-        with open(self.log_path, "w") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless",
-                 "true", "--server.port", str(self.port), "--server.address", "127.0.0.1",
-                 "--browser.gatherUsageStats", "false"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_healthy(self, timeout: float = 60.0) -> float:
-        started = time.perf_counter()
-        deadline = started + timeout
-        while time.perf_counter() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"streamlit exited: {Path(self.log_path).read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}_stcore/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        return time.perf_counter() - started
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("streamlit did not become healthy")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-
-    def __enter__(self) -> AppServer:
-        self.wait_healthy()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager
@@ -468,12 +413,12 @@ def render_bench(db_path: Path, repeats: int) -> None:
         env = app_env(live, upload_db, CRYPTO_FEED="binance-futures",
                       BINANCE_WS_URL=closed_port_url())
         with browser_page() as page:
-            with AppServer(env, workdir) as server:
+            with StreamlitServer(env, workdir) as server:
                 cold = [time_first_render(page, server.url)]
                 warm = [time_first_render(page, server.url) for _ in range(repeats)]
                 port = server.port
             # The same URL again: the browser has Streamlit's and Plotly's scripts cached
-            with AppServer(env, workdir, port=port) as server:
+            with StreamlitServer(env, workdir, port=port) as server:
                 restarted = [time_first_render(page, server.url)]
         print("  (b) Chromium, page.goto -> stApp / live strip values / strip + 3 Prices "
               "charts drawn (ms):")
@@ -488,7 +433,7 @@ def render_bench(db_path: Path, repeats: int) -> None:
         # What any Streamlit + Plotly page costs here, whatever the app does
         baseline = Path(workdir) / "baseline_page.py"
         baseline.write_text(BASELINE_PAGE)
-        with browser_page() as page, AppServer(env, workdir, script=baseline) as server:
+        with browser_page() as page, StreamlitServer(env, workdir, script=baseline) as server:
             first = time_baseline_render(page, server.url)
             again = time_baseline_render(page, server.url)
         print("  (c) baseline: a page of 6 st.metric and 4 three-point Plotly charts, no "
@@ -572,7 +517,7 @@ def fragments_bench(db_path: Path, tail_path: Path, meta: dict, reruns: int,
                       BINANCE_WS_URL=closed_port_url(), BENCH_TIMING_FILE=timing_file)
         appender = TailAppender(live, tail, meta["end_ms"])
         appender.start()
-        server = AppServer(env, workdir, script=wrapper)
+        server = StreamlitServer(env, workdir, script=wrapper)
         try:
             server.wait_healthy()
             with browser_page() as page:
@@ -656,7 +601,7 @@ def tick_bench(samples: int, tick_rate: float, marker_every: float) -> None:
             ScriptedServer(script) as feed:
         env = app_env(os.path.join(workdir, "live.db"), os.path.join(workdir, "uploads.db"),
                       CRYPTO_FEED="binance-futures", BINANCE_WS_URL=feed.url)
-        server = AppServer(env, workdir)
+        server = StreamlitServer(env, workdir)
         try:
             server.wait_healthy()
             with browser_page() as page:
@@ -703,7 +648,7 @@ def memory_bench(minutes: float, interval: float, trades_per_s: float) -> None:
             db_path = os.path.join(workdir, "live.db")
             env = app_env(db_path, os.path.join(workdir, "uploads.db"),
                           CRYPTO_FEED="binance-futures", BINANCE_WS_URL=market_url)
-            server = AppServer(env, workdir)
+            server = StreamlitServer(env, workdir)
             try:
                 server.wait_healthy()
                 proc = psutil.Process(server.process.pid)

@@ -21,19 +21,16 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "docs" / "screenshots"
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, OPEN_PANEL_JS  # noqa: E402
+from tests.browser import (CHROMIUM, CHROMIUM_ARGS, OPEN_PANEL_JS,  # noqa: E402
+                           StreamlitServer, demo_env)
 TABS = {"Prices": "prices", "Spread & z-score": "spread-z-score", "Statistics": "statistics",
         "Correlation": "correlation", "Backtest": "backtest", "Alerts": "alerts",
         "Data": "data", "Health": "health"}
@@ -69,49 +66,6 @@ Z_NUMERIC_JS = """() => { for (const m of document.querySelectorAll('[data-testi
   return false; }"""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(workdir: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTO_", "BINANCE_"))}
-    env.update(CRYPTO_FEED="demo", CRYPTO_DEMO_SEED="1", CRYPTO_SYMBOLS="btcusdt,ethusdt",
-               CRYPTO_DB_PATH=os.path.join(workdir, "demo.db"),
-               CRYPTO_UPLOAD_DB=os.path.join(workdir, "uploads.db"), CRYPTO_DISPLAY_TZ="UTC")
-    with open(os.path.join(workdir, "streamlit.log"), "w") as log:  # the child keeps its copy
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1",
-             "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("streamlit exited; see its log in " + workdir)
-        try:
-            with urllib.request.urlopen(f"{url}_stcore/health", timeout=2) as reply:
-                if reply.status == 200:
-                    return process, url
-        except OSError:
-            time.sleep(0.2)
-    stop_server(process)
-    raise RuntimeError("streamlit did not answer /_stcore/health within 60 s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
-
-
 def save_png(data: bytes, path: Path, max_kb: int) -> str:
     """Write ``data``; over ``max_kb`` it is re-encoded with a 256-colour palette."""
     note = ""
@@ -125,7 +79,8 @@ def save_png(data: bytes, path: Path, max_kb: int) -> str:
         note = f" (palette; was {len(data) / 1024:.0f} KB)"
         data = buffer.getvalue()
     path.write_bytes(data)
-    return f"{path.relative_to(ROOT)}: {len(data) / 1024:.0f} KB{note}"
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    return f"{shown}: {len(data) / 1024:.0f} KB{note}"
 
 
 def open_tab(page, name: str, timeout_s: float) -> None:
@@ -152,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="screenshots_") as workdir:
-        process, url = start_server(workdir)
-        started = time.monotonic()
-        try:
+        with StreamlitServer(demo_env(workdir), workdir) as server:
+            url = server.url
+            started = time.monotonic()
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM,
                                                      args=CHROMIUM_ARGS)
@@ -190,8 +145,6 @@ def main(argv: list[str] | None = None) -> int:
                 errors = page.locator('[data-testid="stException"]').count()
                 print(f"exception elements on the page: {errors}")
                 browser.close()
-        finally:
-            stop_server(process)
     return 0
 
 

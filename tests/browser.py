@@ -1,7 +1,23 @@
-"""What every real-browser script here shares: how Chromium is launched, how a tab is found.
+"""What every real-browser script here shares: how ``streamlit run`` is started and stopped,
+how Chromium is launched, how a tab is found.
 
 Used by tests/test_browser.py, bench/bench_app.py and bench/screenshots.py.
 """
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "app.py"
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own download cannot work here
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
@@ -16,3 +32,76 @@ OPEN_PANEL_JS = """name => {
   return Array.from(document.querySelectorAll('[data-testid="stTabPanel"]'))
       .find(p => p.getAttribute('aria-labelledby') === tab.id) || null;
 }"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def demo_env(workdir: str | Path, **extra: str) -> dict:
+    """The environment of a page on the built-in market (seed 1), SQLite files in ``workdir``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTO_", "BINANCE_"))}
+    env.update(CRYPTO_FEED="demo", CRYPTO_DEMO_SEED="1", CRYPTO_SYMBOLS="btcusdt,ethusdt",
+               CRYPTO_DB_PATH=os.path.join(workdir, "demo.db"),
+               CRYPTO_UPLOAD_DB=os.path.join(workdir, "uploads.db"), CRYPTO_DISPLAY_TZ="UTC")
+    env.update(extra)
+    return env
+
+
+class StreamlitServer:
+    """``streamlit run <script>`` on a free 127.0.0.1 port, in its own process group.
+
+    As a context manager it waits for ``/_stcore/health`` and stops the whole group on exit.
+    """
+
+    def __init__(self, env: dict, workdir: str | Path, script: Path = APP,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log_path = Path(workdir) / f"streamlit-{self.port}.log"
+        with open(self.log_path, "w") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless",
+                 "true", "--server.port", str(self.port), "--server.address", "127.0.0.1",
+                 "--browser.gatherUsageStats", "false"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_healthy(self, timeout: float = 60.0) -> float:
+        """Seconds until ``/_stcore/health`` answered; RuntimeError (with the log's tail) if
+        the server exits or does not answer within ``timeout``."""
+        started = time.perf_counter()
+        deadline = started + timeout
+        while time.perf_counter() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"streamlit exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}_stcore/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        return time.perf_counter() - started
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"streamlit did not answer /_stcore/health within {timeout:g} s")
+
+    def stop(self) -> None:
+        """SIGTERM to the process group, SIGKILL after 15 s."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+    def __enter__(self) -> StreamlitServer:
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -20,18 +20,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-from browser import CHROMIUM, CHROMIUM_ARGS, OPEN_PANEL_JS
+from browser import CHROMIUM, CHROMIUM_ARGS, OPEN_PANEL_JS, StreamlitServer, demo_env
+
 SIMULATED_LABEL = "Built-in simulated market — not real prices"
 TABS = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Backtest", "Alerts",
         "Data", "Health")
@@ -63,51 +57,14 @@ PlaywrightTimeout = sync_api.TimeoutError
 # --------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``streamlit run app.py`` on the demo feed; yields (url, server log path)."""
     workdir = tmp_path_factory.mktemp("browser")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTO_", "BINANCE_"))}
-    env.update(CRYPTO_FEED="demo", CRYPTO_DEMO_SEED="1", CRYPTO_SYMBOLS="btcusdt,ethusdt",
-               CRYPTO_DB_PATH=str(workdir / "demo.db"),
-               CRYPTO_UPLOAD_DB=str(workdir / "uploads.db"), CRYPTO_DISPLAY_TZ="UTC")
-    log_path = workdir / "streamlit.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1",
-             "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"streamlit exited:\n{log_path.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{url}_stcore/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "no /_stcore/health within 60 s"
-            time.sleep(0.2)
-        yield url, log_path
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
-        with pytest.raises(ProcessLookupError):  # nothing of the group is left
-            os.killpg(process.pid, 0)
+    with StreamlitServer(demo_env(workdir), workdir) as streamlit:
+        yield streamlit.url, streamlit.log_path
+    with pytest.raises(ProcessLookupError):  # nothing of the group is left
+        os.killpg(streamlit.process.pid, 0)
 
 
 @pytest.fixture(scope="module")
