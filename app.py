@@ -655,7 +655,7 @@ def tab_backtest(c: dd.Controls) -> None:
     for column, (label, value) in zip(st.columns(6), headline):
         column.metric(label, value)
     if result.ratios_note:
-        st.caption(result.ratios_note + ": shown as — (annualising minutes means nothing)")
+        st.caption(result.ratios_note + ": shown as — (too short to annualise)")
     else:
         st.caption(f"Sharpe and Sortino: annualised from {c.tf_label} bar returns over "
                    "365 days of 24 h")

@@ -217,7 +217,11 @@ class Controls:
 
     @property
     def chart_every(self) -> float | None:
-        return chart_interval(self.tf_label, self.refresh_s, self.paused, self.live)
+        """Seconds between chart refreshes: None when paused or for static uploaded data,
+        else the chosen refresh interval. Charts of 1m/5m bars rerun as often but draw
+        closed bars only (``closed_bars_before``): they change at each bar close, seen
+        within one interval, and a rerun between closes sends the same figures."""
+        return None if self.paused or not self.live else float(self.refresh_s)
 
     @property
     def charts_at_bar_close(self) -> bool:
@@ -677,17 +681,6 @@ def format_number(value: float, spec: str = ".3f") -> str:
 
 
 CLOSED_BARS_FROM_MS = 60_000  # charts of bars this long or longer show closed bars only
-
-
-def chart_interval(timeframe_label: str, refresh_s: float, paused: bool,
-                   live: bool) -> float | None:
-    """Seconds between chart refreshes: None when paused or for static uploaded data,
-    else the chosen refresh interval. Charts of 1m/5m bars rerun as often but draw closed
-    bars only (``closed_bars_before``): they change at each bar close, seen within one
-    interval, and a rerun between closes sends the same figures (nothing redraws)."""
-    if paused or not live:
-        return None
-    return float(refresh_s)
 
 
 def closed_bars_before(timeframe_label: str, latest_ms) -> int | None:

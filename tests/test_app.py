@@ -314,6 +314,24 @@ def test_minute_tabs_wait_for_the_first_bar_close(app_env, tab):
         assert any(i.value.startswith("no 1m bar has closed yet") for i in at.info)
 
 
+@pytest.mark.parametrize("tf_label, kind, paused, every, at_close", [
+    ("1s", "live", False, 2.0, False), ("1m", "live", False, 2.0, True),
+    ("5m", "live", False, 2.0, True), ("1m", "live", True, None, True),
+    ("1m", "uploaded", False, None, False),
+])
+def test_charts_rerun_at_the_refresh_interval_and_minute_bars_wait_for_the_close(
+        tf_label, kind, paused, every, at_close):
+    controls = dd.Controls(
+        source=dd.DataSource(kind, "x.db", "" if kind == "live" else "f.csv"), y="BTCUSDT",
+        x="ETHUSDT", tf_label=tf_label, timeframe=dd.timeframe_of(tf_label),
+        lookback_label="1 h", lookback_ms=3_600_000, method_label="OLS", method="ols",
+        window=60, log_prices=True, entry=2.0, exit=0.0, tz="UTC", refresh_s=2.0,
+        paused=paused)
+
+    assert controls.chart_every == every
+    assert controls.charts_at_bar_close is at_close
+
+
 @pytest.mark.parametrize("label, latest, expected", [
     ("1m", (125_000, 119_000), 120_000), ("5m", (None, 899_999), 600_000),
     ("1m", (None, None), None), ("30s", (125_000, 119_000), None),
