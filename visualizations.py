@@ -705,14 +705,15 @@ def _bar_interval_ms(ts: np.ndarray) -> int:
     return int(positive.min()) if positive.size else 1_000
 
 
-def _volume_traces(ts: np.ndarray, volume: np.ndarray, up: np.ndarray, width_ms: int,
-                   tz: str) -> list[go.Scatter]:
+def _volume_traces(ts: np.ndarray, x_open: np.ndarray, volume: np.ndarray, up: np.ndarray,
+                   width_ms: int, tz: str) -> list[go.Scatter]:
     """Volume columns as two filled step lines, bars that closed up and bars that closed down.
 
     One SVG path per trace instead of one element per bar: a ``go.Bar`` of 1,800 bars costs
     the browser about a quarter of a second per chart to draw. Each column spans
     ``width_ms`` from its bar's open; where the next bar does not start at the end of this
     one the line drops to zero, so a gap in the data stays a gap. Hover is on the candles.
+    ``x_open`` is ``to_display_ms(ts, tz)``, already computed for the candles.
     """
     ends = ts + width_ms
     gap_after = np.append(ts[1:] != ends[:-1], True)
@@ -721,7 +722,7 @@ def _volume_traces(ts: np.ndarray, volume: np.ndarray, up: np.ndarray, width_ms:
     x = np.empty(size)
     heights = np.zeros(size)
     is_up = np.zeros(size, dtype=bool)
-    x[slot] = to_display_ms(ts, tz)
+    x[slot] = x_open
     heights[slot] = np.nan_to_num(volume, nan=0.0)
     is_up[slot] = up
     x[slot[gap_after] + 1] = to_display_ms(ends[gap_after], tz)
@@ -807,7 +808,7 @@ def candlestick_figure(bars: pd.DataFrame, symbol: str, *, tz: str = "UTC", them
         spec = _value_format(volume, significant=5)[1:]  # the d3 format is a Python spec too
         traces[0].update(text=[f"volume {v:{spec}}" if math.isfinite(v) else "volume —"
                                for v in volume.tolist()])
-        traces.extend(_volume_traces(ts, volume, close >= open_,
+        traces.extend(_volume_traces(ts, x, volume, close >= open_,
                                      bucket_ms or _bar_interval_ms(ts), tz))
     return _figure(
         traces, theme=theme, uirevision=uirevision,
