@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -48,7 +49,13 @@ TRADE_COLUMNS = (
     "slippage_cost",
     "bars_held",
     "exit_reason",
+    "entry_ts_y",
+    "entry_ts_x",
+    "exit_ts_y",
+    "exit_ts_x",
 )
+# A hedge leg worth more than this many times the y leg is refused (see ``backtest``).
+DEFAULT_MAX_HEDGE_MULTIPLE = 10.0
 MIN_BARS_FOR_RATIOS = 3  # two bar returns are the fewest a sample std (ddof=1) accepts
 # Below these the annualised ratios are still computed but flagged (``ratios_note``): a few
 # minutes of 1 s bars scaled by sqrt(31.5 million bars a year) give Sharpe ratios in the
@@ -70,6 +77,23 @@ class Drawdown:
     depth: float
     duration_bars: int
     duration_seconds: float
+
+
+@dataclass(frozen=True)
+class PositionPnl:
+    """Profit and costs of one closed two-leg position; see ``position_pnl``."""
+
+    gross: float
+    fees: float
+    slippage: float
+    net: float
+    entry_fee: float
+    exit_fee: float
+    entry_fill_y: float
+    entry_fill_x: float
+    exit_fill_y: float
+    exit_fill_x: float
+    traded_notional: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,6 +140,9 @@ def backtest(
     capital: float | None = None,
     bar_seconds: float = 1.0,
     log_prices: bool = True,
+    y_traded: pd.Series | None = None,
+    x_traded: pd.Series | None = None,
+    max_hedge_multiple: float = DEFAULT_MAX_HEDGE_MULTIPLE,
 ) -> BacktestResult:
     """Backtest a z-score mean-reversion rule on the spread of ``y`` against ``x``.
 
@@ -278,6 +305,9 @@ def backtest(
         raise ValueError(f"beta ({beta!r}) must be a pandas Series or a finite number")
     _check_prices("y", y)
     _check_prices("x", x)
+    for name, mask in (("y_traded", y_traded), ("x_traded", x_traded)):
+        if mask is not None:
+            _check_mask(name, mask, y)
     _check_thresholds(entry, exit, stop)
     if max_holding_bars is not None and (
         isinstance(max_holding_bars, bool)
@@ -294,6 +324,7 @@ def backtest(
     _check_number("bar_seconds", bar_seconds, low=0.0)
     if not isinstance(log_prices, bool):
         raise ValueError(f"log_prices ({log_prices!r}) must be True or False")
+    _check_number("max_hedge_multiple", max_hedge_multiple, low=0.0)
 
     ts = y.index.to_numpy(dtype=np.int64)
     price_y = y.to_numpy(dtype=np.float64)
@@ -305,19 +336,30 @@ def backtest(
     else:
         beta_values = np.full(len(ts), float(beta))
 
+    # A leg can fill on a bar where it has a price and (when the mask is given) traded.
+    fills_y = np.isfinite(price_y)
+    fills_x = np.isfinite(price_x)
+    if y_traded is not None:
+        fills_y &= y_traded.to_numpy(dtype=bool)
+    if x_traded is not None:
+        fills_x &= x_traded.to_numpy(dtype=bool)
+
     trades = _run_state_machine(
         price_y=price_y,
         price_x=price_x,
+        fills_y=fills_y,
+        fills_x=fills_x,
         z_values=z_values,
         beta_values=beta_values,
         entry=float(entry),
         exit_level=float(exit),
         stop=math.inf if stop is None else float(stop),
         max_holding_bars=max_holding_bars,
-        fee_rate=float(fee_bps) / 1e4,
-        slippage_rate=float(slippage_bps) / 1e4,
+        fee_bps=float(fee_bps),
+        slippage_bps=float(slippage_bps),
         notional=float(notional),
         log_prices=log_prices,
+        max_hedge_multiple=float(max_hedge_multiple),
     )
     return _assemble_result(
         trades, ts, y.index, price_y, price_x, float(capital), float(bar_seconds)
@@ -342,6 +384,39 @@ def periods_per_year(bar_seconds: float) -> float:
     """
     _check_number("bar_seconds", bar_seconds, low=0.0)
     return SECONDS_PER_YEAR / float(bar_seconds)
+
+
+def elapsed_periods_per_year(ts_ms: np.ndarray | pd.Index) -> float:
+    """Return intervals per year at the sample's own pace, from its bar timestamps.
+
+    Parameters
+    ----------
+    ts_ms : array-like of int
+        Strictly increasing epoch-ms bar timestamps (the ``ts`` index).
+
+    Returns
+    -------
+    float
+        ``(n - 1) / elapsed_years`` with ``elapsed_years = (ts[-1] - ts[0]) / 1000 /
+        SECONDS_PER_YEAR``: the ``n - 1`` returns between ``n`` bars, per year of elapsed
+        time. NaN with fewer than 2 timestamps.
+
+    Notes
+    -----
+    On regular bars this equals ``periods_per_year(bar_seconds)``. On irregular bars (a
+    row only where something traded, gaps in the recording) it is still right for the
+    Sharpe and Sortino ratios, under the assumption that returns over non-overlapping
+    intervals are uncorrelated: then both the mean and the variance of returns add up over
+    time, so ``mean(r) · P`` is the return per elapsed year and ``var(r) · P`` the
+    variance per elapsed year, whatever the spacing of the bars. Counting bars instead
+    (13,225 bars spanning 31,382 s taken as 13,225 s) overstates the Sharpe ratio by
+    ``sqrt(31,382 / 13,224) ≈ 1.54``.
+    """
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    if ts.size < 2:
+        return math.nan
+    elapsed_years = float(ts[-1] - ts[0]) / 1000.0 / SECONDS_PER_YEAR
+    return (ts.size - 1) / elapsed_years
 
 
 def sharpe_ratio(returns: np.ndarray | pd.Series, periods_per_year: float) -> float:
@@ -450,60 +525,84 @@ def max_drawdown(equity: pd.Series) -> Drawdown:
     )
 
 
+class _Trade(NamedTuple):
+    """One booked round trip, in bar numbers; ``_trades_frame`` turns it into a row."""
+
+    entry_bar: int  # the bar on which the entry's second leg filled (the position exists)
+    exit_bar: int  # the bar on which the exit's second leg filled, or the last bar ("end")
+    entry_bar_y: int
+    entry_bar_x: int
+    exit_bar_y: int
+    exit_bar_x: int
+    side: int
+    beta: float
+    qty_y: float  # signed units held: positive = long that leg
+    qty_x: float
+    pnl: PositionPnl
+    reason: str
+
+
 def _run_state_machine(
     *,
     price_y: np.ndarray,
     price_x: np.ndarray,
+    fills_y: np.ndarray,
+    fills_x: np.ndarray,
     z_values: np.ndarray,
     beta_values: np.ndarray,
     entry: float,
     exit_level: float,
     stop: float,
     max_holding_bars: int | None,
-    fee_rate: float,
-    slippage_rate: float,
+    fee_bps: float,
+    slippage_bps: float,
     notional: float,
     log_prices: bool,
-) -> list[tuple]:
-    """The bar loop: returns raw trade tuples (entry bar, exit bar, side, ...)."""
+    max_hedge_multiple: float,
+) -> list[_Trade]:
+    """The bar loop of ``backtest``'s Notes: returns the booked round trips."""
     n = len(price_y)
     # Plain Python floats: a loop over numpy scalars is several times slower.
     py = price_y.tolist()
     px = price_x.tolist()
     zs = z_values.tolist()
     betas = beta_values.tolist()
-    tradable = (np.isfinite(price_y) & np.isfinite(price_x)).tolist()
+    # Last known levels at the signal bar: only the raw-price hedge cap needs them.
+    known_y = known_x = py
+    if not log_prices:
+        known_y = pd.Series(price_y).ffill().tolist()
+        known_x = pd.Series(price_x).ffill().tolist()
+    next_y = _next_fill_bars(fills_y)
+    next_x = _next_fill_bars(fills_x)
     hold_limit = max_holding_bars if max_holding_bars is not None else n + 1
+    below_entry, below_stop, below_exit = -entry, -stop, -exit_level
 
-    trades: list[tuple] = []
+    trades: list[_Trade] = []
     position = 0
     order = _NO_ORDER
     order_side = 0
     order_beta = math.nan
     order_reason = ""
+    leg_bar_y = leg_bar_x = due = -1  # fill bars of the order in flight; due = the later
     armed = True  # False after a stop/max_holding exit until z is back inside +-entry
-    open_trade: tuple | None = None
-    fill_bar = -1
+    held: tuple | None = None  # (side, beta, units_y, units_x, entry bar of y, of x)
+    entry_bar = -1
 
     for t in range(n):
         if order != _NO_ORDER:
-            if not tradable[t]:
-                continue
+            if t < due:
+                continue  # a leg is still waiting for its next trade (due == n: never)
             if order == _ENTRY_ORDER:
-                open_trade = _open_leg_quantities(
-                    order_side, order_beta, py[t], px[t], notional, log_prices, slippage_rate
-                )
+                units_y = notional / py[leg_bar_y]
+                units_x = order_beta * (notional / px[leg_bar_x] if log_prices else units_y)
+                held = (order_side, order_beta, units_y, units_x, leg_bar_y, leg_bar_x)
                 position = order_side
-                fill_bar = t
+                entry_bar = t
             else:
-                trades.append(
-                    _close_trade(
-                        open_trade, fill_bar, t, py[t], px[t], order_reason,
-                        fee_rate, slippage_rate,
-                    )
-                )
+                trades.append(_book_trade(held, entry_bar, t, leg_bar_y, leg_bar_x,
+                                          order_reason, py, px, fee_bps, slippage_bps))
                 position = 0
-                open_trade = None
+                held = None
             order = _NO_ORDER
 
         zt = zs[t]
@@ -511,10 +610,22 @@ def _run_state_machine(
             if not armed:
                 armed = abs(zt) <= entry  # False for NaN
                 continue
-            if zt > entry and zt < stop and betas[t] == betas[t]:
-                order, order_side, order_beta = _ENTRY_ORDER, _SHORT, betas[t]
-            elif zt < -entry and zt > -stop and betas[t] == betas[t]:
-                order, order_side, order_beta = _ENTRY_ORDER, _LONG, betas[t]
+            if zt > entry:
+                if zt >= stop:
+                    continue  # it would be stopped out at once
+                side = _SHORT
+            elif zt < below_entry:
+                if zt <= below_stop:
+                    continue
+                side = _LONG
+            else:
+                continue  # inside the band, or NaN
+            beta_t = betas[t]
+            hedge = abs(beta_t) if log_prices else abs(beta_t) * known_x[t] / known_y[t]
+            if hedge <= max_hedge_multiple:  # False for a NaN β or an unknown price
+                order, order_side, order_beta = _ENTRY_ORDER, side, beta_t
+                leg_bar_y, leg_bar_x = next_y[t + 1], next_x[t + 1]
+                due = max(leg_bar_y, leg_bar_x)
             continue
 
         reason = ""
@@ -524,72 +635,156 @@ def _run_state_machine(
             elif zt <= exit_level:
                 reason = "exit"
         else:
-            if zt <= -stop:
+            if zt <= below_stop:
                 reason = "stop"
-            elif zt >= -exit_level:
+            elif zt >= below_exit:
                 reason = "exit"
-        if not reason and t + 1 - fill_bar >= hold_limit:
+        if not reason and t + 1 - entry_bar >= hold_limit:
             reason = "max_holding"
         if reason:
             order, order_reason = _EXIT_ORDER, reason
+            leg_bar_y, leg_bar_x = next_y[t + 1], next_x[t + 1]
+            due = max(leg_bar_y, leg_bar_x)
             armed = reason == "exit"
 
-    if open_trade is not None:
-        last_tradable = int(np.flatnonzero(tradable)[-1])
-        trades.append(
-            _close_trade(
-                open_trade, fill_bar, last_tradable, py[last_tradable], px[last_tradable],
-                "end", fee_rate, slippage_rate,
-            )
-        )
+    if held is not None:
+        # Still open, or an exit with a leg that never traded again: each leg closes at
+        # its exit fill if it had one, else at its last traded price; booked on the last bar.
+        last_y = int(np.flatnonzero(fills_y)[-1])
+        last_x = int(np.flatnonzero(fills_x)[-1])
+        exiting = order == _EXIT_ORDER
+        bar_y = leg_bar_y if exiting and leg_bar_y < n else last_y
+        bar_x = leg_bar_x if exiting and leg_bar_x < n else last_x
+        trades.append(_book_trade(held, entry_bar, n - 1, bar_y, bar_x, "end", py, px,
+                                  fee_bps, slippage_bps))
     return trades
 
 
-def _open_leg_quantities(
-    side: int,
-    beta: float,
-    ref_y: float,
-    ref_x: float,
-    notional: float,
-    log_prices: bool,
-    slippage_rate: float,
-) -> tuple:
-    """Signed units and slipped fill prices of an entry; the sizing rule of the Notes."""
-    units_y = notional / ref_y
-    units_x = beta * notional / ref_x if log_prices else beta * units_y
-    qty_y = side * units_y  # long spread: buy y
-    qty_x = -side * units_x  # long spread: sell β·x
-    fill_y = ref_y * (1.0 + slippage_rate * _sign(qty_y))
-    fill_x = ref_x * (1.0 + slippage_rate * _sign(qty_x))
-    return (side, beta, qty_y, qty_x, ref_y, ref_x, fill_y, fill_x)
+def _next_fill_bars(can_fill: np.ndarray) -> list[int]:
+    """``result[t]`` = first bar >= t on which the leg can fill, ``n`` if none (n + 1 items)."""
+    n = len(can_fill)
+    bars = np.where(can_fill, np.arange(n), n)
+    following = np.minimum.accumulate(bars[::-1])[::-1]
+    return np.append(following, n).tolist()
 
 
-def _close_trade(
-    open_trade: tuple,
+def _book_trade(
+    held: tuple,
     entry_bar: int,
     exit_bar: int,
-    ref_y: float,
-    ref_x: float,
+    exit_bar_y: int,
+    exit_bar_x: int,
     reason: str,
-    fee_rate: float,
-    slippage_rate: float,
-) -> tuple:
-    """Fills of the closing orders, PnL and costs of the round trip, as one raw tuple."""
-    side, beta, qty_y, qty_x, entry_ref_y, entry_ref_x, entry_y, entry_x = open_trade
-    # Closing sells what was bought and buys back what was sold.
-    exit_y = ref_y * (1.0 - slippage_rate * _sign(qty_y))
-    exit_x = ref_x * (1.0 - slippage_rate * _sign(qty_x))
-    gross = qty_y * (exit_y - entry_y) + qty_x * (exit_x - entry_x)
-    size_y, size_x = abs(qty_y), abs(qty_x)
-    entry_fee = fee_rate * (size_y * entry_y + size_x * entry_x)
-    exit_fee = fee_rate * (size_y * exit_y + size_x * exit_x)
-    slippage = slippage_rate * (
-        size_y * (entry_ref_y + ref_y) + size_x * (entry_ref_x + ref_x)
+    py: list[float],
+    px: list[float],
+    fee_bps: float,
+    slippage_bps: float,
+) -> _Trade:
+    """Price a round trip with ``position_pnl`` at each leg's own fill bars."""
+    side, beta, units_y, units_x, entry_bar_y, entry_bar_x = held
+    pnl = position_pnl(
+        "long" if side == _LONG else "short", units_y, units_x,
+        py[entry_bar_y], px[entry_bar_x], py[exit_bar_y], px[exit_bar_x],
+        fee_bps=fee_bps, slippage_bps=slippage_bps,
     )
-    traded = size_y * (entry_y + exit_y) + size_x * (entry_x + exit_x)
-    return (
-        entry_bar, exit_bar, side, entry_y, entry_x, exit_y, exit_x, qty_y, qty_x, beta,
-        gross, entry_fee, exit_fee, slippage, traded, reason,
+    return _Trade(entry_bar, exit_bar, entry_bar_y, entry_bar_x, exit_bar_y, exit_bar_x,
+                  side, beta, side * units_y, -side * units_x, pnl, reason)
+
+
+def position_pnl(
+    side: str,
+    units_y: float,
+    units_x: float,
+    entry_y: float,
+    entry_x: float,
+    exit_y: float,
+    exit_x: float,
+    fee_bps: float,
+    slippage_bps: float,
+) -> PositionPnl:
+    """Profit, commission and slippage of one closed two-leg spread position.
+
+    The single P&L arithmetic of the project: ``backtest`` prices every round trip with it.
+
+    Parameters
+    ----------
+    side : {"long", "short"}
+        Long the spread = buy ``units_y`` of y and sell ``units_x`` of x; short = the
+        opposite.
+    units_y : float
+        Quantity of y, > 0.
+    units_x : float
+        Hedge quantity of x, signed like β: a negative ``units_x`` (negative β) means the
+        long spread BUYS ``|units_x|`` of x.
+    entry_y, entry_x, exit_y, exit_x : float
+        Reference prices, > 0: the traded prices at which each leg's entry and exit orders
+        were filled, before slippage.
+    fee_bps : float
+        Commission per fill, in basis points of the fill's notional, >= 0.
+    slippage_bps : float
+        Adverse move of each fill, in basis points of the reference price, in [0, 10000).
+
+    Returns
+    -------
+    PositionPnl
+        entry_fill_y, entry_fill_x, exit_fill_y, exit_fill_x : float
+            Fill prices: a buy at ``p · (1 + slippage_bps/1e4)``, a sell at
+            ``p · (1 - slippage_bps/1e4)``.
+        gross : float
+            ``q_y · (exit_fill_y - entry_fill_y) + q_x · (exit_fill_x - entry_fill_x)``
+            with the signed quantities held ``q_y = ±units_y``, ``q_x = ∓units_x`` (upper
+            sign: long). Slippage is already inside it; commission is not.
+        entry_fee, exit_fee, fees : float
+            ``fee_bps/1e4`` times the traded notional ``|q_y| · fill_y + |q_x| · fill_x``
+            of the two entry fills, of the two exit fills, and their sum (four fills).
+        slippage : float
+            What slippage cost against the reference prices, for information:
+            ``slippage_bps/1e4 · Σ |q| · reference price`` over the four fills. Already
+            inside ``gross``: do not subtract it again.
+        net : float
+            ``gross - fees``.
+        traded_notional : float
+            ``Σ |q| · fill price`` over the four fills.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument: an unknown side, a non-positive ``units_y``, a non-finite
+        ``units_x``, a non-positive or non-finite price, negative costs.
+    """
+    if side not in SIDES:
+        raise ValueError(f"side ({side!r}) must be 'long' or 'short'")
+    _check_number("units_y", units_y, low=0.0)
+    _check_number("units_x", units_x, low=-math.inf)
+    for name, price in (("entry_y", entry_y), ("entry_x", entry_x), ("exit_y", exit_y),
+                        ("exit_x", exit_x)):
+        if isinstance(price, bool) or not isinstance(price, Real) or not (
+                math.isfinite(price) and price > 0.0):
+            raise ValueError(f"{name} must be a positive finite price, got {price!r}")
+    _check_number("fee_bps", fee_bps, low=0.0, low_inclusive=True)
+    _check_number("slippage_bps", slippage_bps, low=0.0, low_inclusive=True, high=10_000.0)
+    direction = 1.0 if side == "long" else -1.0
+    qty_y = direction * units_y  # long spread: buy y
+    qty_x = -direction * units_x  # long spread: sell β·x
+    slip = slippage_bps / 1e4
+    fee = fee_bps / 1e4
+    entry_fill_y = entry_y * (1.0 + slip * _sign(qty_y))
+    entry_fill_x = entry_x * (1.0 + slip * _sign(qty_x))
+    # Closing sells what was bought and buys back what was sold.
+    exit_fill_y = exit_y * (1.0 - slip * _sign(qty_y))
+    exit_fill_x = exit_x * (1.0 - slip * _sign(qty_x))
+    gross = qty_y * (exit_fill_y - entry_fill_y) + qty_x * (exit_fill_x - entry_fill_x)
+    size_y, size_x = abs(qty_y), abs(qty_x)
+    entry_notional = size_y * entry_fill_y + size_x * entry_fill_x
+    exit_notional = size_y * exit_fill_y + size_x * exit_fill_x
+    entry_fee = fee * entry_notional
+    exit_fee = fee * exit_notional
+    slippage = slip * (size_y * (entry_y + exit_y) + size_x * (entry_x + exit_x))
+    return PositionPnl(
+        gross=gross, fees=entry_fee + exit_fee, slippage=slippage,
+        net=gross - (entry_fee + exit_fee), entry_fee=entry_fee, exit_fee=exit_fee,
+        entry_fill_y=entry_fill_y, entry_fill_x=entry_fill_x, exit_fill_y=exit_fill_y,
+        exit_fill_x=exit_fill_x, traded_notional=entry_notional + exit_notional,
     )
 
 
@@ -598,7 +793,7 @@ def _sign(value: float) -> float:
 
 
 def _assemble_result(
-    raw_trades: list[tuple],
+    trades_booked: list[_Trade],
     ts: np.ndarray,
     index: pd.Index,
     price_y: np.ndarray,
@@ -612,13 +807,15 @@ def _assemble_result(
     held_y = np.zeros(n)
     held_x = np.zeros(n)
     cash_flow = np.zeros(n)
-    for (entry_bar, exit_bar, side, entry_y, entry_x, exit_y, exit_x, qty_y, qty_x, _beta,
-         _gross, entry_fee, exit_fee, _slip, _traded, _reason) in raw_trades:
-        positions[entry_bar:exit_bar] = side
-        held_y[entry_bar:exit_bar] = qty_y
-        held_x[entry_bar:exit_bar] = qty_x
-        cash_flow[entry_bar] -= qty_y * entry_y + qty_x * entry_x + entry_fee
-        cash_flow[exit_bar] += qty_y * exit_y + qty_x * exit_x - exit_fee
+    for trade in trades_booked:
+        pnl = trade.pnl
+        positions[trade.entry_bar:trade.exit_bar] = trade.side
+        held_y[trade.entry_bar:trade.exit_bar] = trade.qty_y
+        held_x[trade.entry_bar:trade.exit_bar] = trade.qty_x
+        cash_flow[trade.entry_bar] -= (trade.qty_y * pnl.entry_fill_y
+                                       + trade.qty_x * pnl.entry_fill_x + pnl.entry_fee)
+        cash_flow[trade.exit_bar] += (trade.qty_y * pnl.exit_fill_y
+                                      + trade.qty_x * pnl.exit_fill_x - pnl.exit_fee)
     # Mark at the last known price; only bars with a holding are marked, so the NaN
     # prices before a leg's first print never reach the equity.
     mark_y = pd.Series(price_y).ffill().to_numpy()
@@ -628,15 +825,15 @@ def _assemble_result(
     )
     equity_values = capital + np.cumsum(cash_flow) + holdings
 
-    trades = _trades_frame(raw_trades, ts)
+    trades = _trades_frame(trades_booked, ts)
     equity = pd.Series(equity_values, index=index.copy(), name="equity")
     position_series = pd.Series(positions, index=index.copy(), name="position")
 
-    bars_per_year = SECONDS_PER_YEAR / bar_seconds
+    intervals_per_year = elapsed_periods_per_year(ts)
     if n >= MIN_BARS_FOR_RATIOS:
         returns = equity_values[1:] / equity_values[:-1] - 1.0
-        sharpe = sharpe_ratio(returns, bars_per_year)
-        sortino = sortino_ratio(returns, bars_per_year)
+        sharpe = sharpe_ratio(returns, intervals_per_year)
+        sortino = sortino_ratio(returns, intervals_per_year)
     else:
         sharpe = sortino = math.nan
     drawdown = max_drawdown(equity)
@@ -655,7 +852,8 @@ def _assemble_result(
             profit_factor = math.inf if wins > 0.0 else math.nan
         avg_bars = float(trades["bars_held"].mean())
         avg_seconds = float(((trades["exit_ts"] - trades["entry_ts"]) / 1000.0).mean())
-    traded_notional = sum(trade[14] for trade in raw_trades)
+    traded_notional = sum(trade.pnl.traded_notional for trade in trades_booked)
+    span_seconds = float(ts[-1] - ts[0]) / 1000.0 if n else 0.0
 
     return BacktestResult(
         trades=trades,
@@ -678,18 +876,24 @@ def _assemble_result(
         turnover=traded_notional / capital,
         fees_paid=float(trades["fees"].sum()),
         slippage_paid=float(trades["slippage_cost"].sum()),
-        periods_per_year=bars_per_year,
-        ratios_note=ratios_sample_note(n, bar_seconds),
+        periods_per_year=intervals_per_year,
+        ratios_note=ratios_sample_note(n, bar_seconds, span_seconds=span_seconds),
     )
 
 
-def ratios_sample_note(n_bars: int, bar_seconds: float) -> str:
-    """Why ``n_bars`` bars of ``bar_seconds`` are too few to annualise, or "" when enough.
+def ratios_sample_note(n_bars: int, bar_seconds: float, span_seconds: float | None = None
+                       ) -> str:
+    """Why ``n_bars`` bars are too few to annualise, or "" when enough.
 
-    Enough means at least ``MIN_BARS_TO_ANNUALISE`` bars and at least
-    ``MIN_SECONDS_TO_ANNUALISE`` seconds of bars (``n_bars * bar_seconds``).
+    Enough means at least ``MIN_BARS_TO_ANNUALISE`` bars covering at least
+    ``MIN_SECONDS_TO_ANNUALISE`` seconds. The time covered is ``span_seconds`` (first to
+    last bar timestamp) plus the last bar's own ``bar_seconds``; without ``span_seconds``
+    the bars are taken as regular, ``n_bars * bar_seconds``.
     """
-    covered = n_bars * bar_seconds
+    if span_seconds is None or n_bars == 0:
+        covered = n_bars * bar_seconds
+    else:
+        covered = span_seconds + bar_seconds
     if n_bars >= MIN_BARS_TO_ANNUALISE and covered >= MIN_SECONDS_TO_ANNUALISE:
         return ""
     return (f"Sharpe and Sortino need at least {MIN_BARS_TO_ANNUALISE} bars covering "
@@ -697,35 +901,41 @@ def ratios_sample_note(n_bars: int, bar_seconds: float) -> str:
             f"{n_bars} bars ({covered / 60:.1f} min)")
 
 
-def _trades_frame(raw_trades: list[tuple], ts: np.ndarray) -> pd.DataFrame:
-    entry_bars = np.array([t[0] for t in raw_trades], dtype=np.int64)
-    exit_bars = np.array([t[1] for t in raw_trades], dtype=np.int64)
+def _trades_frame(trades_booked: list[_Trade], ts: np.ndarray) -> pd.DataFrame:
+    def bars(name: str) -> np.ndarray:
+        return np.array([getattr(t, name) for t in trades_booked], dtype=np.int64)
 
-    def column(position: int) -> np.ndarray:
-        return np.array([t[position] for t in raw_trades], dtype=np.float64)
+    def prices(name: str) -> np.ndarray:
+        return np.array([getattr(t.pnl, name) for t in trades_booked], dtype=np.float64)
 
-    gross = column(10)
-    fees = column(11) + column(12)
+    def values(name: str) -> np.ndarray:
+        return np.array([getattr(t, name) for t in trades_booked], dtype=np.float64)
+
+    entry_bars, exit_bars = bars("entry_bar"), bars("exit_bar")
     return pd.DataFrame(
         {
             "entry_ts": ts[entry_bars],
             "exit_ts": ts[exit_bars],
             "side": pd.Series(
-                ["long" if t[2] == _LONG else "short" for t in raw_trades], dtype="str"
+                ["long" if t.side == _LONG else "short" for t in trades_booked], dtype="str"
             ),
-            "entry_price_y": column(3),
-            "entry_price_x": column(4),
-            "exit_price_y": column(5),
-            "exit_price_x": column(6),
-            "units_y": column(7),
-            "units_x": column(8),
-            "beta": column(9),
-            "pnl": gross - fees,
-            "gross_pnl": gross,
-            "fees": fees,
-            "slippage_cost": column(13),
+            "entry_price_y": prices("entry_fill_y"),
+            "entry_price_x": prices("entry_fill_x"),
+            "exit_price_y": prices("exit_fill_y"),
+            "exit_price_x": prices("exit_fill_x"),
+            "units_y": values("qty_y"),
+            "units_x": values("qty_x"),
+            "beta": values("beta"),
+            "pnl": prices("net"),
+            "gross_pnl": prices("gross"),
+            "fees": prices("fees"),
+            "slippage_cost": prices("slippage"),
             "bars_held": exit_bars - entry_bars,
-            "exit_reason": pd.Series([t[15] for t in raw_trades], dtype="str"),
+            "exit_reason": pd.Series([t.reason for t in trades_booked], dtype="str"),
+            "entry_ts_y": ts[bars("entry_bar_y")],
+            "entry_ts_x": ts[bars("entry_bar_x")],
+            "exit_ts_y": ts[bars("exit_bar_y")],
+            "exit_ts_x": ts[bars("exit_bar_x")],
         },
         columns=list(TRADE_COLUMNS),
     )
@@ -752,6 +962,15 @@ def _check_same_index(name: str, series: pd.Series, reference: pd.Series) -> Non
             f"{name} index differs from y's at position {mismatch} "
             f"(ts {series.index[mismatch]} vs {reference.index[mismatch]})"
         )
+
+
+def _check_mask(name: str, mask: object, reference: pd.Series) -> None:
+    if not isinstance(mask, pd.Series):
+        raise ValueError(f"{name} must be a pandas Series of bool, got {type(mask).__name__}")
+    _check_same_index(name, mask, reference)
+    if mask.dtype != bool:
+        raise ValueError(f"{name} must hold booleans (True where that leg traded in the "
+                         f"bar), got dtype {mask.dtype}")
 
 
 def _check_prices(name: str, series: pd.Series) -> None:

@@ -9,6 +9,7 @@ with 1 bp slippage fills at 102 * 0.9999 = 101.9898.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,12 +20,17 @@ from backtest import (
     TRADE_COLUMNS,
     BacktestResult,
     Drawdown,
+    PositionPnl,
     backtest,
+    elapsed_periods_per_year,
     max_drawdown,
     periods_per_year,
+    position_pnl,
     sharpe_ratio,
     sortino_ratio,
 )
+
+DATA = Path(__file__).parent / "data"
 
 START_MS = 1_765_000_000_000
 STEP_MS = 1_000
@@ -34,12 +40,16 @@ def make_index(n: int, step_ms: int = STEP_MS) -> pd.Index:
     return pd.Index(START_MS + step_ms * np.arange(n, dtype=np.int64), name="ts")
 
 
-def run(y, x, z, **kwargs) -> BacktestResult:
-    """Backtest plain lists on a regular 1 s index; ``beta`` may be a list or a number."""
-    index = make_index(len(z))
+def run(y, x, z, step_ms: int = STEP_MS, **kwargs) -> BacktestResult:
+    """Backtest plain lists on a regular index (1 s unless ``step_ms``); ``beta`` may be a
+    list or a number, ``y_traded``/``x_traded`` lists of bool."""
+    index = make_index(len(z), step_ms)
     beta = kwargs.pop("beta", 0.5)
     if isinstance(beta, list):
         beta = pd.Series(beta, index=index, dtype=float)
+    for mask in ("y_traded", "x_traded"):
+        if isinstance(kwargs.get(mask), list):
+            kwargs[mask] = pd.Series(kwargs[mask], index=index, dtype=bool)
     return backtest(
         pd.Series(y, index=index, dtype=float),
         pd.Series(x, index=index, dtype=float),
@@ -49,10 +59,11 @@ def run(y, x, z, **kwargs) -> BacktestResult:
     )
 
 
-def make_random_pair(n: int, seed: int) -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
+def make_random_pair(n: int, seed: int, step_ms: int = STEP_MS
+                     ) -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
     """Seeded y, x, z, beta with frequent ±2 crossings (z is a fast AR(1), not fitted)."""
     rng = np.random.default_rng(seed)
-    index = make_index(n)
+    index = make_index(n, step_ms)
     z = np.empty(n)
     z[0] = 0.0
     for t in range(1, n):
@@ -330,44 +341,58 @@ def test_nan_z_holds_the_state():
     assert (warming.trades["entry_ts"] - START_MS).tolist() == [4_000]
 
 
-def test_nan_price_defers_the_fill_to_the_next_bar_with_both_prices():
+def test_nan_price_defers_that_legs_fill_to_its_next_bar_with_a_price():
     nan = math.nan
     y = [100.0, 101.0, nan, 103.0, nan, 105.0, 106.0, 107.0]
     x = [50.0, 50.0, 50.0, 52.0, 52.0, nan, 53.0, 53.0]
-    # signal @1 -> fill wanted @2 but y is NaN -> fill @3 at 103 / 52 (z @2 ignored: the
-    # order is in flight); exit signal @4 -> fill wanted @5, x NaN -> fill @6 at 106 / 53
+    # without masks a leg can fill wherever its price is not NaN, each leg on its own:
+    # signal @1 -> x fills @2 at 50, y is NaN @2 -> fills @3 at 103; booked @3 (z @2 is
+    # ignored: the order is in flight). exit signal @4 -> y fills @5 at 105, x is NaN @5
+    # -> fills @6 at 53; booked @6.
     z = [0.0, 2.5, -1.0, 1.0, -0.1, 1.0, 1.0, 1.0]
     result = run(y, x, z, fee_bps=0.0, slippage_bps=0.0)
     trade = result.trades.iloc[0]
     assert len(result.trades) == 1
     assert (trade["entry_ts"], trade["exit_ts"]) == (START_MS + 3_000, START_MS + 6_000)
-    assert (trade["entry_price_y"], trade["entry_price_x"]) == (103.0, 52.0)
-    assert (trade["exit_price_y"], trade["exit_price_x"]) == (106.0, 53.0)
-    assert trade["units_y"] == pytest.approx(-10_000 / 103)
+    assert (trade["entry_ts_y"], trade["entry_ts_x"]) == (START_MS + 3_000, START_MS + 2_000)
+    assert (trade["exit_ts_y"], trade["exit_ts_x"]) == (START_MS + 5_000, START_MS + 6_000)
+    assert (trade["entry_price_y"], trade["entry_price_x"]) == (103.0, 50.0)
+    assert (trade["exit_price_y"], trade["exit_price_x"]) == (105.0, 53.0)
+    units_y, units_x = 10_000 / 103, 0.5 * 10_000 / 50
+    assert trade["units_y"] == pytest.approx(-units_y)
     assert result.positions.tolist() == [0, 0, 0, -1, -1, -1, 0, 0]
-    # @4 y is NaN: marked at the last known y (103) and x = 52, the entry prices -> 10,000
-    assert result.equity.iloc[4] == pytest.approx(10_000.0, rel=1e-12)
+    # @3 marked at 103 / 52: the x leg bought at 50 is up 2 per unit
+    assert result.equity.iloc[3] == pytest.approx(10_000.0 + units_x * 2.0, rel=1e-12)
+    # @4 y is NaN: marked at the last known y (103)
+    assert result.equity.iloc[4] == pytest.approx(10_000.0 + units_x * 2.0, rel=1e-12)
     # @5 x is NaN: the position is marked at the last known x (52) and y = 105
-    units_y, units_x = 10_000 / 103, 0.5 * 10_000 / 52
-    expected_equity_5 = 10_000 - units_y * (105.0 - 103.0) + units_x * (52.0 - 52.0)
+    expected_equity_5 = 10_000 - units_y * (105.0 - 103.0) + units_x * (52.0 - 50.0)
     assert result.equity.iloc[5] == pytest.approx(expected_equity_5, rel=1e-12)
 
 
 # --- no look-ahead -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("with_masks", [False, True])
 @pytest.mark.parametrize("cut", [120, 250, 399])
-def test_data_after_t_changes_nothing_at_or_before_t(cut):
+def test_data_after_t_changes_nothing_at_or_before_t(cut, with_masks):
     y, x, z, beta = make_random_pair(500, seed=11)
-    original = backtest(y, x, z, beta=beta, stop=4.0, max_holding_bars=15)
     rng = np.random.default_rng(99)
+    masks = {}
+    if with_masks:  # sparse legs: each trades on about 60 % of the bars
+        masks = {name: pd.Series(rng.random(len(y)) < 0.6, index=y.index)
+                 for name in ("y_traded", "x_traded")}
+    original = backtest(y, x, z, beta=beta, stop=4.0, max_holding_bars=15, **masks)
     after = slice(cut + 1, None)
     y2, x2, z2, beta2 = y.copy(), x.copy(), z.copy(), beta.copy()
     y2.iloc[after] = y.iloc[after] * np.exp(rng.normal(0.0, 0.05, len(y) - cut - 1))
     x2.iloc[after] = x.iloc[after] * np.exp(rng.normal(0.0, 0.05, len(x) - cut - 1))
     z2.iloc[after] = rng.normal(0.0, 3.0, len(z) - cut - 1)
     beta2.iloc[after] = 2.0
-    changed = backtest(y2, x2, z2, beta=beta2, stop=4.0, max_holding_bars=15)
+    masks2 = {name: mask.copy() for name, mask in masks.items()}
+    for mask in masks2.values():
+        mask.iloc[after] = rng.random(len(y) - cut - 1) < 0.3
+    changed = backtest(y2, x2, z2, beta=beta2, stop=4.0, max_holding_bars=15, **masks2)
 
     t_ms = y.index[cut]
     done_before = original.trades[original.trades["exit_ts"] <= t_ms]
@@ -478,7 +503,7 @@ def test_metrics_without_trades_or_without_losses():
 
 
 def test_sharpe_and_sortino_match_pandas_on_equity_returns():
-    y, x, z, beta = make_random_pair(800, seed=21)
+    y, x, z, beta = make_random_pair(800, seed=21, step_ms=60_000)
     result = backtest(y, x, z, beta=beta, bar_seconds=60.0)
     returns = result.equity.pct_change().iloc[1:]
     bars_per_year = 365 * 24 * 60  # 1 min bars, 24/7
@@ -500,7 +525,7 @@ def test_sharpe_and_sortino_match_pandas_on_equity_returns():
     (100, 3_600.0, True),
 ])
 def test_short_samples_are_flagged_as_too_short_to_annualise(n, bar_seconds, meaningful):
-    y, x, z, beta = make_random_pair(n, seed=22)
+    y, x, z, beta = make_random_pair(n, seed=22, step_ms=int(bar_seconds * 1000))
     result = backtest(y, x, z, beta=beta, bar_seconds=bar_seconds)
 
     assert result.n_trades > 0
@@ -609,3 +634,279 @@ def test_invalid_series_name_the_series():
         backtest(y.iloc[::-1], x, z, beta=0.5)
     with pytest.raises(ValueError, match=r"x must be a pandas Series, got list"):
         backtest(y, [50.0] * 5, z, beta=0.5)
+
+
+# --- P&L of one two-leg position ---------------------------------------------------------
+
+
+def test_position_pnl_matches_hand_computation():
+    # short spread: sell 2 y, buy 30 x; fee 10 bps, slippage 20 bps (0.2 %)
+    # entry fills: sell y at 100*0.998 = 99.8, buy x at 5*1.002 = 5.01
+    # exit fills:  buy y at 90*1.002 = 90.18, sell x at 5.5*0.998 = 5.489
+    # gross: -2*(90.18 - 99.8) + 30*(5.489 - 5.01) = 19.24 + 14.37 = 33.61
+    # traded: 2*99.8 + 30*5.01 = 349.9 at entry, 2*90.18 + 30*5.489 = 345.03 at exit
+    # fees: 0.001 * 694.93 = 0.69493; slippage: 0.002 * (200 + 150 + 180 + 165) = 1.39
+    # check: without slippage gross = 20 + 15 = 35 = 33.61 + 1.39
+    result = position_pnl("short", 2.0, 30.0, 100.0, 5.0, 90.0, 5.5,
+                          fee_bps=10.0, slippage_bps=20.0)
+    assert isinstance(result, PositionPnl)
+    assert result.gross == pytest.approx(33.61, rel=1e-12)
+    assert result.fees == pytest.approx(0.69493, rel=1e-12)
+    assert result.entry_fee == pytest.approx(0.3499, rel=1e-12)
+    assert result.exit_fee == pytest.approx(0.34503, rel=1e-12)
+    assert result.slippage == pytest.approx(1.39, rel=1e-12)
+    assert result.net == pytest.approx(33.61 - 0.69493, rel=1e-12)
+    assert (result.entry_fill_y, result.entry_fill_x) == (pytest.approx(99.8),
+                                                         pytest.approx(5.01))
+    assert (result.exit_fill_y, result.exit_fill_x) == (pytest.approx(90.18),
+                                                       pytest.approx(5.489))
+    assert result.traded_notional == pytest.approx(694.93, rel=1e-12)
+
+
+def test_position_pnl_long_with_a_negative_hedge_buys_x():
+    # long spread = buy units_y of y, sell units_x of x; units_x = -30 (β < 0) buys 30 x
+    # gross: 2*(90 - 100) - (-30)*(5.5 - 5) = -20 + 15 = -5, no costs
+    result = position_pnl("long", 2.0, -30.0, 100.0, 5.0, 90.0, 5.5,
+                          fee_bps=0.0, slippage_bps=0.0)
+    assert (result.gross, result.fees, result.slippage, result.net) == (
+        pytest.approx(-5.0), 0.0, 0.0, pytest.approx(-5.0))
+    with pytest.raises(ValueError, match=r"side \('flat'\) must be 'long' or 'short'"):
+        position_pnl("flat", 2.0, 30.0, 100.0, 5.0, 90.0, 5.5, fee_bps=5.0, slippage_bps=1.0)
+    with pytest.raises(ValueError, match=r"exit_x must be a positive finite price"):
+        position_pnl("long", 2.0, 30.0, 100.0, 5.0, 90.0, math.nan, fee_bps=5.0,
+                     slippage_bps=1.0)
+
+
+def test_backtest_trades_are_priced_by_position_pnl():
+    y, x, z, beta = make_random_pair(400, seed=8)
+    result = backtest(y, x, z, beta=beta, fee_bps=7.0, slippage_bps=2.0)
+    assert result.n_trades >= 5
+    for trade in result.trades.itertuples():
+        side = 1.0 if trade.side == "long" else -1.0
+        expected = position_pnl(
+            trade.side, abs(trade.units_y), -side * trade.units_x,
+            y.loc[trade.entry_ts_y], x.loc[trade.entry_ts_x],
+            y.loc[trade.exit_ts_y], x.loc[trade.exit_ts_x], fee_bps=7.0, slippage_bps=2.0)
+        assert trade.pnl == pytest.approx(expected.net, rel=1e-12)
+        assert trade.gross_pnl == pytest.approx(expected.gross, rel=1e-12)
+        assert trade.fees == pytest.approx(expected.fees, rel=1e-12)
+        assert trade.slippage_cost == pytest.approx(expected.slippage, rel=1e-12)
+        assert trade.entry_price_y == pytest.approx(expected.entry_fill_y, rel=1e-14)
+
+
+# --- fills at prices that existed --------------------------------------------------------
+
+
+def test_each_leg_fills_at_its_own_next_traded_bar():
+    # y and x are forward-filled levels; the masks say which bars really traded:
+    #   bar      0    1    2    3    4    5    6    7
+    #   y      100  101  101* 103  103* 105  105* 105*   (* = carried, y did not trade)
+    #   x       50   50   51   51*  52   52*  53   53*
+    # signal @1 -> y fills at its next trade @3 (103), x at @2 (51): booked @3, when the
+    # second leg is in; z @2 is ignored (order in flight). exit signal @4 (-0.1) -> y fills
+    # @5 (105), x @6 (53): booked @6. Never at a carried level (101 @2, 103 @4, 52 @5).
+    y = [100.0, 101.0, 101.0, 103.0, 103.0, 105.0, 105.0, 105.0]
+    x = [50.0, 50.0, 51.0, 51.0, 52.0, 52.0, 53.0, 53.0]
+    y_traded = [True, True, False, True, False, True, False, False]
+    x_traded = [True, True, True, False, True, False, True, False]
+    z = [0.0, 2.5, -1.0, 1.0, -0.1, 1.0, 1.0, 1.0]
+    result = run(y, x, z, y_traded=y_traded, x_traded=x_traded, fee_bps=0.0,
+                 slippage_bps=0.0)
+
+    trade = result.trades.iloc[0]
+    assert len(result.trades) == 1
+    assert (trade["entry_ts"], trade["exit_ts"]) == (START_MS + 3_000, START_MS + 6_000)
+    assert (trade["entry_ts_y"], trade["entry_ts_x"]) == (START_MS + 3_000, START_MS + 2_000)
+    assert (trade["exit_ts_y"], trade["exit_ts_x"]) == (START_MS + 5_000, START_MS + 6_000)
+    assert (trade["entry_price_y"], trade["entry_price_x"]) == (103.0, 51.0)
+    assert (trade["exit_price_y"], trade["exit_price_x"]) == (105.0, 53.0)
+    units_y, units_x = 10_000 / 103, 0.5 * 10_000 / 51  # each leg sized at its own fill
+    assert trade["units_y"] == pytest.approx(-units_y, rel=1e-12)
+    assert trade["units_x"] == pytest.approx(units_x, rel=1e-12)
+    assert trade["bars_held"] == 3
+    assert result.positions.tolist() == [0, 0, 0, -1, -1, -1, 0, 0]
+    # equity, marked at the (forward-filled) levels while booked @3..@5
+    assert result.equity.iloc[3] == pytest.approx(10_000.0, rel=1e-12)
+    assert result.equity.iloc[4] == pytest.approx(10_000 + units_x * 1.0, rel=1e-12)
+    assert result.equity.iloc[5] == pytest.approx(10_000 - units_y * 2.0 + units_x * 1.0,
+                                                  rel=1e-12)
+    expected_pnl = -units_y * (105.0 - 103.0) + units_x * (53.0 - 51.0)
+    assert trade["pnl"] == pytest.approx(expected_pnl, rel=1e-12)
+    assert result.equity.iloc[-1] == pytest.approx(10_000 + expected_pnl, rel=1e-12)
+
+
+def test_a_leg_with_a_nan_price_never_fills_on_that_bar():
+    # the mask says y traded @2 but its price is NaN: y fills @3 (102), x @2 (50)
+    nan = math.nan
+    result = run([100.0, 100.0, nan, 102.0, 102.0], [50.0] * 5, [0.0, 2.5, 1.0, 1.0, 1.0],
+                 y_traded=[True] * 5, x_traded=[True] * 5, slippage_bps=0.0)
+    trade = result.trades.iloc[0]
+    assert (trade["entry_ts_y"], trade["entry_ts_x"]) == (START_MS + 3_000, START_MS + 2_000)
+    assert trade["entry_price_y"] == 102.0
+    assert trade["exit_reason"] == "end"
+
+
+def test_an_entry_is_not_opened_when_a_leg_never_trades_again():
+    # x never trades after the signal @1: y would have filled @2, but the entry is never
+    # complete, so nothing is booked (as for a signal on the last bar)
+    result = run([100.0, 100.0, 101.0, 102.0, 103.0], [50.0] * 5, [0.0, 2.5, 1.0, 1.0, 1.0],
+                 y_traded=[True] * 5, x_traded=[True, True, False, False, False])
+    assert result.n_trades == 0
+    assert result.positions.tolist() == [0] * 5
+    assert result.equity.tolist() == [10_000.0] * 5
+
+
+def test_an_exit_leg_that_never_trades_again_closes_at_its_last_traded_price():
+    # entry signal @1 -> both legs fill @2 (100 / 51); exit signal @3 -> y fills @4 (97);
+    # x never trades after @3, so at the end it closes at its last traded price (52 @3,
+    # before the exit signal's next bar), reason "end", booked on the last bar @5.
+    y = [100.0, 100.0, 100.0, 98.0, 97.0, 96.0]
+    x = [50.0, 50.0, 51.0, 52.0, 52.0, 52.0]
+    result = run(y, x, [0.0, 2.5, 1.0, -0.1, 1.0, 1.0], y_traded=[True] * 6,
+                 x_traded=[True, True, True, True, False, False], fee_bps=0.0,
+                 slippage_bps=0.0)
+    trade = result.trades.iloc[0]
+    assert trade["exit_reason"] == "end"
+    assert trade["exit_ts"] == START_MS + 5_000
+    assert (trade["exit_ts_y"], trade["exit_ts_x"]) == (START_MS + 4_000, START_MS + 3_000)
+    assert (trade["exit_price_y"], trade["exit_price_x"]) == (97.0, 52.0)
+    units_y, units_x = 100.0, 0.5 * 10_000 / 51
+    assert trade["pnl"] == pytest.approx(units_y * 3.0 + units_x * 1.0, rel=1e-12)
+    assert result.positions.tolist() == [0, 0, -1, -1, -1, 0]
+    assert result.equity.iloc[-1] == pytest.approx(10_000 + trade["pnl"], rel=1e-12)
+
+
+def _real_spot_pair() -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
+    """ETH (y) and BTC (x) 1 s closes of the real spot recording, on the union of the bars
+    in which either traded; levels forward-filled, masks True where that leg printed."""
+    rows = pd.read_csv(DATA / "upload_spot_bars_1s_1m_5m_IST_naive_first3000.csv")
+    rows = rows[rows["timeframe"] == "1s"]
+    ms = pd.to_datetime(rows["ts"]).astype("datetime64[ms]").astype(np.int64)
+    closes = rows.assign(ts=ms).pivot_table(index="ts", columns="symbol", values="price",
+                                            aggfunc="last")
+    closes.index = closes.index.astype(np.int64)
+    traded = closes.notna()
+    levels = closes.ffill()
+    return levels["ethusdt"], levels["btcusdt"], traded["ethusdt"], traded["btcusdt"]
+
+
+def test_fills_on_the_real_spot_recording_use_each_legs_own_prints():
+    y, x, y_traded, x_traded = _real_spot_pair()
+    spread = np.log(y) - np.log(x)
+    z = (spread - spread.rolling(120).mean()) / spread.rolling(120).std()
+    valid = z.notna() & y.notna() & x.notna()
+    y, x, z = y[valid], x[valid], z[valid]
+    y_traded, x_traded = y_traded[valid], x_traded[valid]
+    assert 0.1 < 1 - y_traded.mean() < 0.5 and 0.05 < 1 - x_traded.mean() < 0.5  # sparse
+    settings = dict(entry=1.5, exit=0.0, beta=1.0, slippage_bps=0.0)
+    result = backtest(y, x, z, y_traded=y_traded, x_traded=x_traded, **settings)
+
+    trades = result.trades
+    assert len(trades) >= 5
+    for leg, prices, traded in (("y", y, y_traded), ("x", x, x_traded)):
+        for side in ("entry", "exit"):
+            fill_ts = trades[f"{side}_ts_{leg}"]
+            assert traded.loc[fill_ts].all(), f"{side} of {leg} on a bar it did not trade"
+            np.testing.assert_array_equal(trades[f"{side}_price_{leg}"].to_numpy(),
+                                          prices.loc[fill_ts].to_numpy())
+    # without the masks the same run fills some legs at carried levels: the test can fail
+    naive = backtest(y, x, z, **settings).trades
+    carried = sum((~traded.loc[naive[f"{side}_ts_{leg}"]]).sum()
+                  for leg, traded in (("y", y_traded), ("x", x_traded))
+                  for side in ("entry", "exit"))
+    assert carried > 0
+
+
+# --- hedge-leg cap -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("beta", "cap", "trades"), [
+    (12.0, None, 0),    # default cap 10: a 12x hedge is refused
+    (-12.0, None, 0),   # the cap is on |hedge notional|
+    (10.0, None, 1),    # exactly at the cap is allowed
+    (12.0, 15.0, 1),    # configurable
+])
+def test_log_price_hedge_cap(beta, cap, trades):
+    kwargs = {} if cap is None else {"max_hedge_multiple": cap}
+    result = run([100.0] * 5, [50.0] * 5, [0.0, 2.5, 1.0, 1.0, 1.0], beta=beta, **kwargs)
+    assert result.n_trades == trades
+    if trades:
+        trade = result.trades.iloc[0]
+        hedge = abs(trade["units_x"]) * 50.0 / (abs(trade["units_y"]) * 100.0)
+        assert hedge == pytest.approx(abs(beta), rel=1e-12)
+
+
+def test_raw_price_hedge_cap_uses_the_notional_ratio():
+    # raw β = 0.5 unit of x (at 3000) per unit of y (at 100): hedge notional 15x -> refused
+    refused = run([100.0] * 5, [3000.0] * 5, [0.0, -2.5, -1.0, -1.0, -1.0], beta=0.5,
+                  log_prices=False)
+    assert refused.n_trades == 0
+    # β = 0.3 -> 9x, allowed; sized as units: units_x = 0.3 * units_y
+    allowed = run([100.0] * 5, [3000.0] * 5, [0.0, -2.5, -1.0, -1.0, -1.0], beta=0.3,
+                  log_prices=False)
+    trade = allowed.trades.iloc[0]
+    assert trade["units_x"] == pytest.approx(-0.3 * 10_000 / 100, rel=1e-12)
+    # sized as log prices the same β would give 0.3 * 10000 / 3000 = 1 unit: must differ
+    assert abs(trade["units_x"]) != pytest.approx(1.0)
+
+
+def test_a_spiking_beta_never_opens_an_oversized_hedge():
+    y, x, z, beta = make_random_pair(600, seed=4)
+    wild = beta.copy()
+    wild.iloc[::7] = 40.0  # every seventh bar an absurd β, as a near-constant x window gives
+    result = backtest(y, x, z, beta=wild)
+    assert result.n_trades >= 5
+    assert (result.trades["beta"].abs() <= 10.0).all()
+    # and the spikes did fall on signal bars: without the cap some trades carry them
+    uncapped = backtest(y, x, z, beta=wild, max_hedge_multiple=100.0)
+    assert (uncapped.trades["beta"] == 40.0).any()
+
+
+# --- annualising by elapsed time ---------------------------------------------------------
+
+
+def test_elapsed_periods_per_year_on_hand_values():
+    # 3 intervals over 6 s -> 0.5 interval per second -> 15,768,000 a year
+    assert elapsed_periods_per_year(np.array([0, 1_000, 3_000, 6_000])) == 15_768_000.0
+    assert math.isnan(elapsed_periods_per_year(np.array([5_000])))
+
+
+def test_sharpe_is_annualised_by_elapsed_time_on_irregular_bars():
+    # 13,225 bars spanning 31,382 s (bars only where something traded): 13,224 returns
+    # in 31,382 s, not 13,224 s -> periods per year 13,224 / 31,382 * 31,536,000
+    rng = np.random.default_rng(13)
+    gaps_s = 1 + rng.multinomial(31_382 - 13_224, np.full(13_224, 1 / 13_224))
+    index = pd.Index(START_MS + 1_000 * np.concatenate(([0], np.cumsum(gaps_s))), name="ts")
+    assert (index[-1] - index[0]) / 1000 == 31_382
+    y, x, z, beta = (s.set_axis(index) for s in make_random_pair(13_225, seed=6))
+    result = backtest(y, x, z, beta=beta, bar_seconds=1.0)
+
+    expected_periods = 13_224 / 31_382 * SECONDS_PER_YEAR
+    assert result.periods_per_year == pytest.approx(expected_periods, rel=1e-12)
+    returns = result.equity.pct_change().iloc[1:]
+    per_bar = returns.mean() / returns.std()
+    assert result.sharpe == pytest.approx(per_bar * math.sqrt(expected_periods), rel=1e-9)
+    downside = math.sqrt((returns.clip(upper=0.0) ** 2).mean())
+    assert result.sortino == pytest.approx(
+        returns.mean() / downside * math.sqrt(expected_periods), rel=1e-9)
+    # the per-bar annualisation would overstate it by sqrt(31,382 / 13,224) ~ 1.54
+    overstated = per_bar * math.sqrt(SECONDS_PER_YEAR)
+    assert overstated / result.sharpe == pytest.approx(math.sqrt(31_382 / 13_224), rel=1e-9)
+
+
+def test_ratios_note_counts_elapsed_time_not_bars():
+    # 200 bars 20 s apart cover 66 min: long enough, though 200 bars x 1 s would not be
+    y, x, z, beta = make_random_pair(200, seed=22, step_ms=20_000)
+    assert backtest(y, x, z, beta=beta, bar_seconds=1.0).ratios_note == ""
+    short = backtest(y.iloc[:150], x.iloc[:150], z.iloc[:150], beta=beta.iloc[:150])
+    assert "has 150 bars (49.7 min)" in short.ratios_note  # 149 * 20 s + 1 s
+
+
+def test_new_arguments_are_validated():
+    y, x, z = _valid_inputs()
+    with pytest.raises(ValueError, match=r"max_hedge_multiple \(0\.0\) must be > 0"):
+        backtest(y, x, z, beta=0.5, max_hedge_multiple=0.0)
+    with pytest.raises(ValueError, match=r"y_traded must hold booleans"):
+        backtest(y, x, z, beta=0.5, y_traded=pd.Series(1.0, index=y.index))
+    with pytest.raises(ValueError, match=r"x_traded index differs"):
+        backtest(y, x, z, beta=0.5, x_traded=pd.Series(True, index=make_index(5) + 3))
