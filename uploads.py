@@ -6,7 +6,7 @@ line 1) and a plain-words reason, and every assumption the parser had to make is
 ``warnings``. Problems that make the whole file untrustworthy (a required column missing,
 epoch units mixed, several timeframes and no choice) give ``ok=False`` and an ``error``.
 
-Pure module: pandas, numpy and the standard library only; the only I/O is reading the
+Pure module: pandas, numpy, orjson and the standard library only; the only I/O is reading the
 bytes, text or path it is given.
 
 Decisions (each one is tested in tests/test_uploads.py)
@@ -51,6 +51,7 @@ is not positive", and the 5m file's 38 off-grid rows are 1-minute bars from the 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -61,6 +62,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 
 import numpy as np
+import orjson
 import pandas as pd
 
 __all__ = [
@@ -70,6 +72,7 @@ __all__ = [
     "parse_tick_file",
     "to_trade_tuples",
     "timeframe_to_ms",
+    "DEFAULT_MAX_UPLOAD_BYTES",
     "PLAUSIBLE_START_MS",
     "PLAUSIBLE_END_MS",
 ]
@@ -122,7 +125,14 @@ _TIMEFRAME_UNIT_MS = {
 # A vwap may miss low/high by the float noise of its own division (88080.19999999998).
 _VWAP_RELATIVE_TOLERANCE = 1e-9
 _RAW_LINE_LIMIT = 300
+# Uploads larger than this are refused before reading (Streamlit's own default upload cap
+# is 200 MB too); config.Settings.upload_max_mb overrides it for the page.
+DEFAULT_MAX_UPLOAD_BYTES = 200_000_000
 _SIDE_VALUES = {"true": 1, "1": 1, "false": 0, "0": 0}
+
+
+class _BadArgument(ValueError):
+    """An invalid argument (not a problem of the file): raised to the caller."""
 
 
 class _UploadError(Exception):
@@ -334,42 +344,123 @@ def _check_timezone(naive_timezone: str) -> None:
         ) from exc
 
 
-def _read_text(data) -> str:
-    """Text of ``data``: bytes, a path (``os.PathLike``, or a one-line str naming an
-    existing file), text, or a file-like object such as Streamlit's UploadedFile."""
-    if isinstance(data, os.PathLike) or (
+def _read_text(data, max_bytes: int | None = None) -> tuple[str, str]:
+    """Text of ``data`` and the name of the encoding it was read with.
+
+    ``data`` is bytes, a path (``os.PathLike``, or a one-line str naming an existing file),
+    text, or a file-like object such as Streamlit's UploadedFile. A file larger than
+    ``max_bytes`` is refused before it is read or decoded."""
+    is_path = isinstance(data, os.PathLike) or (
         isinstance(data, str)
         and "\n" not in data
         and 0 < len(data) < 4096
         and os.path.isfile(data)
-    ):
+    )
+    if is_path:
+        _check_size(os.path.getsize(data), max_bytes)
         with open(data, "rb") as handle:
             data = handle.read()
-    elif hasattr(data, "getvalue"):
-        data = data.getvalue()
-    elif hasattr(data, "read"):
-        data = data.read()
+    elif hasattr(data, "getvalue") or hasattr(data, "read"):
+        size = getattr(data, "size", None)
+        if isinstance(size, int):
+            _check_size(size, max_bytes)
+        data = data.getvalue() if hasattr(data, "getvalue") else data.read()
     if isinstance(data, (bytes, bytearray, memoryview)):
+        _check_size(len(data), max_bytes)
         return _decode(bytes(data))
     if isinstance(data, str):
-        return data.removeprefix("\ufeff")
-    raise ValueError(
+        _check_size(len(data), max_bytes)
+        return data.removeprefix("\ufeff"), "text"
+    raise _BadArgument(
         f"data must be bytes, text, a path or a file-like object, got {type(data).__name__}"
     )
 
 
-def _decode(raw: bytes) -> str:
+def _internal_error(exc: Exception) -> str:
+    """The message for a file this parser failed on (a parser defect, tested never to
+    happen by tests/test_upload_fuzz.py): the user sees what broke instead of a traceback."""
+    return (
+        f"internal error while reading the file ({type(exc).__name__}: {str(exc)[:200]}); "
+        "please report it with the file"
+    )
+
+
+def _with_encoding_note(result, encoding: str):
+    """Say in ``warnings`` when the file was not plain UTF-8 (or passed as text)."""
+    if encoding in ("UTF-8", "text"):
+        return result
+    note = f"file read as {encoding}"
+    return dataclasses.replace(result, warnings=(note, *result.warnings))
+
+
+def _check_size(n_bytes: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and n_bytes > max_bytes:
+        raise _UploadError(
+            f"the file is {_format_bytes(n_bytes)}, over the upload limit of "
+            f"{_format_bytes(max_bytes)} (setting CRYPTO_UPLOAD_MAX_MB): split it or raise "
+            "the limit"
+        )
+
+
+def _format_bytes(n_bytes: int) -> str:
+    """1500000 -> "1.5 MB", 200000000 -> "200 MB" (decimal megabytes, like the setting)."""
+    return f"{n_bytes / 1e6:,.3g} MB" if n_bytes < 1e9 else f"{n_bytes / 1e6:,.0f} MB"
+
+
+# Byte-order marks, longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
+_BYTE_ORDER_MARKS = (
+    (b"\xef\xbb\xbf", "utf-8-sig", "UTF-8 with byte-order mark"),
+    (b"\xff\xfe\x00\x00", "utf-32", "UTF-32 LE with byte-order mark"),
+    (b"\x00\x00\xfe\xff", "utf-32", "UTF-32 BE with byte-order mark"),
+    (b"\xff\xfe", "utf-16", "UTF-16 LE with byte-order mark"),
+    (b"\xfe\xff", "utf-16", "UTF-16 BE with byte-order mark"),
+)
+
+
+def _sniff_encoding(raw: bytes) -> tuple[str, str]:
+    """(codec, plain name) of ``raw``: a byte-order mark, else the zero bytes that ASCII
+    characters leave in UTF-16/UTF-32 (a CSV or NDJSON file starts with ASCII names or
+    ``{``), else UTF-8."""
+    for mark, codec, name in _BYTE_ORDER_MARKS:
+        if raw.startswith(mark):
+            return codec, name
+    head = raw[:4096]
+    if len(head) >= 4 and b"\x00" in head:
+        quads = len(head) // 4 * 4
+        zero = [head[i:quads:4].count(0) / (quads // 4) for i in range(4)]
+        if zero[1] > 0.9 and zero[2] > 0.9 and zero[3] > 0.9 and zero[0] < 0.5:
+            return "utf-32-le", "UTF-32 LE without byte-order mark"
+        if zero[0] > 0.9 and zero[1] > 0.9 and zero[2] > 0.9 and zero[3] < 0.5:
+            return "utf-32-be", "UTF-32 BE without byte-order mark"
+        pairs = len(head) // 2 * 2
+        even = head[0:pairs:2].count(0) / (pairs // 2)
+        odd = head[1:pairs:2].count(0) / (pairs // 2)
+        if odd > 0.9 and even < 0.5:
+            return "utf-16-le", "UTF-16 LE without byte-order mark"
+        if even > 0.9 and odd < 0.5:
+            return "utf-16-be", "UTF-16 BE without byte-order mark"
+    return "utf-8", "UTF-8"
+
+
+def _decode(raw: bytes) -> tuple[str, str]:
+    """Decode an uploaded file; the error names the encoding it looked like and where it
+    broke, so the user knows what to re-save."""
     if raw[:2] == b"\x1f\x8b" or raw[:4] == b"PK\x03\x04":
         raise _UploadError("the file is compressed (gzip/zip): upload the extracted text file")
-    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return raw.decode("utf-16")
+    codec, name = _sniff_encoding(raw)
     try:
-        return raw.decode("utf-8-sig")
+        text = raw.decode(codec)
     except UnicodeDecodeError as exc:
+        if codec == "utf-8":
+            raise _UploadError(
+                f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at position "
+                f"{exc.start}): save it as UTF-8 CSV"
+            ) from exc
         raise _UploadError(
-            f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at position "
-            f"{exc.start}): save it as UTF-8 CSV"
+            f"the file looks like {name} but is not valid {name.split()[0]} text "
+            f"({exc.reason} at byte {exc.start}): save it as UTF-8"
         ) from exc
+    return text.removeprefix("\ufeff"), name
 
 
 def _as_text(series: pd.Series) -> pd.Series:
@@ -732,6 +823,7 @@ def parse_ohlc_csv(
     naive_timezone: str = "UTC",
     default_symbol: str | None = None,
     timeframe: str | None = None,
+    max_bytes: int | None = DEFAULT_MAX_UPLOAD_BYTES,
 ) -> OhlcUpload:
     """Parse and validate an uploaded OHLC (or price) CSV.
 
@@ -751,6 +843,9 @@ def parse_ohlc_csv(
         Bar size to keep when the file has a ``timeframe`` column holding several values
         ("1s", "1m", "5min", ...). With no such column it is the bar size alignment is
         checked against.
+    max_bytes : int or None, default 200 MB
+        Larger files are refused before they are read, with the limit in ``error``
+        (the page passes ``Settings.upload_max_mb``); None = no limit.
 
     Returns
     -------
@@ -786,10 +881,24 @@ def parse_ohlc_csv(
         default_symbol = default_symbol.strip().upper()
     wanted_ms = None if timeframe is None else timeframe_to_ms(timeframe)
     try:
-        table = _read_csv_table(_read_text(data))
-        return _validate_ohlc(table, filename, naive_timezone, default_symbol, timeframe, wanted_ms)
+        text, encoding = _read_text(data, max_bytes)
+        if text.lstrip().startswith("{"):
+            raise _UploadError(
+                "the file is NDJSON (one JSON object per line), not CSV: upload it as trades "
+                "(ticks)"
+            )
+        table = _read_csv_table(text)
+        del text  # the table holds the cells: free the file's text before validating
+        result = _validate_ohlc(table, filename, naive_timezone, default_symbol, timeframe,
+                                wanted_ms)
+        return _with_encoding_note(result, encoding)
     except _UploadError as exc:
         return _failed_ohlc(filename, str(exc), exc.n_rows)
+    except _BadArgument:
+        raise
+    except (ValueError, TypeError, ArithmeticError, RecursionError, UnicodeError) as exc:
+        # A defect of this parser, not of the file: said as such instead of a traceback.
+        return _failed_ohlc(filename, _internal_error(exc), 0)
 
 
 def _resolve_ohlc_columns(header: list[str], n_rows: int) -> tuple[dict[str, int], list[str], bool]:
@@ -1268,7 +1377,11 @@ class _TickColumns:
 
 
 def parse_tick_file(
-    data, *, filename: str = "ticks.ndjson", naive_timezone: str = "UTC"
+    data,
+    *,
+    filename: str = "ticks.ndjson",
+    naive_timezone: str = "UTC",
+    max_bytes: int | None = DEFAULT_MAX_UPLOAD_BYTES,
 ) -> TickUpload:
     """Parse and validate an uploaded file of individual trades.
 
@@ -1280,6 +1393,8 @@ def parse_tick_file(
         Name shown in messages and kept on the result.
     naive_timezone : str
         IANA zone of times written without a zone (none of the known formats has them).
+    max_bytes : int or None, default 200 MB
+        As for ``parse_ohlc_csv``.
 
     Returns
     -------
@@ -1313,79 +1428,174 @@ def parse_tick_file(
     _check_timezone(naive_timezone)
     fmt = "unknown"
     try:
-        text = _read_text(data)
+        text, encoding = _read_text(data, max_bytes)
         if not text.strip():
             raise _UploadError("the file is empty")
         fmt = "ndjson" if text.lstrip().startswith("{") else "csv"
         columns = _read_ndjson(text) if fmt == "ndjson" else _read_tick_csv(text)
-        return _validate_ticks(columns, fmt, filename, naive_timezone)
+        del text
+        return _with_encoding_note(_validate_ticks(columns, fmt, filename, naive_timezone),
+                                   encoding)
     except _UploadError as exc:
         return _failed_ticks(filename, str(exc), exc.n_rows, fmt)
+    except _BadArgument:
+        raise
+    except (ValueError, TypeError, ArithmeticError, RecursionError, UnicodeError) as exc:
+        return _failed_ticks(filename, _internal_error(exc), 0, fmt)
 
 
-def _load_json_objects(lines: list[str], numbers: list[int]):
-    """Decode NDJSON lines. Fast path: the whole file as one JSON array; if any line is
-    broken, decode line by line to name the broken ones."""
+def _json_error(line: str) -> str:
+    """Why a line is not JSON, in the words of the standard library's decoder when it
+    has some, else orjson's (which also refuses what the standard library lets through:
+    NaN/Infinity, numbers beyond a double such as 1e400, lone surrogates like \\ud800,
+    nesting deeper than 1024)."""
     try:
-        records = json.loads("[" + ",".join(lines) + "]")
-    except json.JSONDecodeError:
-        records = None  # some line is broken: the per-line pass below names it
-    if records is not None and len(records) == len(lines):
-        if all(isinstance(record, dict) for record in records):
-            return records, list(range(len(lines))), []
-    records, kept, early = [], [], []
-    for index, (number, line) in enumerate(zip(numbers, lines)):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            early.append((number, f"invalid JSON ({exc.msg})", line[:_RAW_LINE_LIMIT]))
-            continue
-        if not isinstance(record, dict):
-            early.append((number, "not a JSON object", line[:_RAW_LINE_LIMIT]))
-            continue
-        records.append(record)
-        kept.append(index)
-    return records, kept, early
+        json.loads(line)
+    except json.JSONDecodeError as exc:
+        return exc.msg
+    except RecursionError:
+        return "nested too deeply"
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        return str(exc).split(";")[0]
+    if re.search(r"\b(?:NaN|-?Infinity)\b", line):
+        return "NaN and Infinity are not JSON numbers"
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return exc.msg
+    return "not readable"
+
+
+def _json_cells(values: list) -> pd.Series:
+    """One chunk of one key's values as a column: float64 when every value is a JSON
+    number, else text (numbers keep their digits, a missing key is "", true is "True")."""
+    if values and all(type(v) in (int, float) for v in values):
+        return pd.Series(np.array(values, dtype=np.float64))
+    texts = [
+        "" if v is None else (v.strip() if type(v) is str else str(v)) for v in values
+    ]
+    return pd.Series(texts, dtype="str")
+
+
+def _concat_cells(chunks: list[pd.Series]) -> pd.Series:
+    """Chunks of one key as one column: numbers when all chunks are, else text."""
+    if not chunks:
+        return pd.Series([], dtype="str")
+    if not all(pd.api.types.is_float_dtype(c.dtype) for c in chunks):
+        chunks = [c if not pd.api.types.is_float_dtype(c.dtype) else _as_text(c) for c in chunks]
+    return pd.concat(chunks, ignore_index=True)
+
+
+def _iter_lines(text: str):
+    """(line number, start offset, end offset) of each line of ``text``, without holding
+    a list of all lines (a 1 M-line file would cost ~100 bytes per line)."""
+    position, number, size = 0, 0, len(text)
+    while position < size:
+        end = text.find("\n", position)
+        if end < 0:
+            end = size
+        number += 1
+        yield number, position, end
+        position = end + 1
+
+
+_JSON_CHUNK_LINES = 50_000
+_PROBE_ROWS = 10_000  # a file none of whose first rows is usable is refused after them
 
 
 def _read_ndjson(text: str) -> _TickColumns:
-    all_lines = text.replace("\r\n", "\n").split("\n")
-    numbers = [i + 1 for i, line in enumerate(all_lines) if line.strip()]
-    lines = [all_lines[i - 1].strip() for i in numbers]
-    records, kept, early = _load_json_objects(lines, numbers)
-    n_rows = len(lines)
-    frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+    """NDJSON -> tick columns, decoded in chunks of 50,000 lines so that only one chunk's
+    Python objects exist at a time; the kept columns are compact (float64 or Arrow text)."""
+    alias_of = {key: name for name, keys in _NDJSON_KEYS.items() for key in keys}
+    chunks: dict[str, list[pd.Series]] = {}  # key -> column chunks (aliases of our fields)
+    seen_keys: dict[str, None] = {}  # every key in order of first appearance
+    starts: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
+    kept_numbers: list[np.ndarray] = []
+    early: list[tuple[int, str, str]] = []
+    n_rows = n_objects = 0
+    records: list[dict] = []
+    spans: list[tuple[int, int, int]] = []
+
+    def flush() -> None:
+        if not spans:
+            return
+        keys_here = dict.fromkeys(k for record in records for k in record)
+        seen_keys.update(keys_here)
+        for key in list(chunks) + [k for k in keys_here if k in alias_of and k not in chunks]:
+            column = _json_cells([record.get(key) for record in records])
+            if key not in chunks:  # first chunk holding this key: earlier rows lack it
+                done = sum(len(c) for c in starts)
+                chunks[key] = [pd.Series([""] * done, dtype="str")] if done else []
+            chunks[key].append(column)
+        span = np.asarray(spans, dtype=np.int64)
+        kept_numbers.append(span[:, 0])
+        starts.append(span[:, 1])
+        ends.append(span[:, 2])
+        records.clear()
+        spans.clear()
+
+    for number, start, end in _iter_lines(text):
+        line = text[start:end].strip()
+        if not line:
+            continue
+        n_rows += 1
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            early.append((number, f"invalid JSON ({_json_error(line)})", line[:_RAW_LINE_LIMIT]))
+            record = None
+        if record is not None and not isinstance(record, dict):
+            early.append((number, "not a JSON object", line[:_RAW_LINE_LIMIT]))
+        elif record is not None:
+            records.append(record)
+            spans.append((number, start, end))
+            n_objects += 1
+        if len(spans) >= _JSON_CHUNK_LINES:
+            flush()
+        if n_rows == _PROBE_ROWS and n_objects == 0:
+            raise _UploadError(
+                f"none of the first {_PROBE_ROWS:,} lines is a JSON object (line "
+                f"{early[0][0]}: {early[0][1]}): is this an NDJSON file of trades?",
+                n_rows,
+            )
+    flush()
+
     picked: dict[str, str | None] = {}
     for name, keys in _NDJSON_KEYS.items():
-        present = [k for k in keys if k in frame.columns]
+        present = [k for k in keys if k in seen_keys]
         if len(present) > 1:
             raise _UploadError(
                 f"several keys could be the {name} ({', '.join(present)}): keep one", n_rows
             )
         picked[name] = present[0] if present else None
-    if not records:
-        raise _UploadError("no line of the file is a JSON object", n_rows)
+    if not n_objects:
+        first = f" (line {early[0][0]}: {early[0][1]})" if early else ""
+        raise _UploadError(f"no line of the file is a JSON object{first}", n_rows)
     for name, wanted in (("symbol", "symbol"), ("time", "ts"), ("price", "price"), ("qty", "size")):
         if picked[name] is None:
-            found = ", ".join(map(str, frame.columns))
+            found = ", ".join(map(str, seen_keys))
             raise _UploadError(f"missing required key '{wanted}' (found: {found})", n_rows)
-    kept_lines = [lines[i] for i in kept]
+    line_start = np.concatenate(starts)
+    line_end = np.concatenate(ends)
 
-    def numeric_or_text(key: str) -> pd.Series:
-        column = frame[key]
-        return column if pd.api.types.is_numeric_dtype(column.dtype) else _as_text(column)
+    def raw_for(positions: np.ndarray) -> list[str]:
+        return [
+            text[line_start[i]:line_end[i]].strip()[:_RAW_LINE_LIMIT] for i in positions
+        ]
 
+    columns = {name: _concat_cells(chunks[key]) for name, key in picked.items() if key}
     return _TickColumns(
-        symbol=_as_text(frame[picked["symbol"]]),
-        time=_json_time_text(frame[picked["time"]]),
-        price=numeric_or_text(picked["price"]),
-        qty=numeric_or_text(picked["qty"]),
-        side=_as_text(frame[picked["side"]]) if picked["side"] else None,
+        symbol=_as_text(columns["symbol"]),
+        time=_json_time_text(columns["time"]),
+        price=columns["price"],
+        qty=columns["qty"],
+        side=_as_text(columns["side"]) if "side" in columns else None,
         qty_name=picked["qty"],
-        lines=np.asarray([numbers[i] for i in kept], dtype=np.int64),
-        raw_for=lambda positions: [kept_lines[i][:_RAW_LINE_LIMIT] for i in positions],
+        lines=np.concatenate(kept_numbers),
+        raw_for=raw_for,
         early_rejects=early,
-        ignored=[str(c) for c in frame.columns if c not in picked.values()],
+        ignored=[str(c) for c in seen_keys if c not in picked.values()],
         n_blank=0,
     )
 
@@ -1393,7 +1603,10 @@ def _read_ndjson(text: str) -> _TickColumns:
 def _json_time_text(values: pd.Series) -> pd.Series:
     """Times as text; JSON integers keep their digits ("1765912493266", not "1.76e+12")."""
     if pd.api.types.is_float_dtype(values.dtype):
-        whole = values.notna() & (values == np.floor(values))
+        # Only exact integers (|v| < 2**53) are written as digits; inf and 1e30 stay floats
+        # and are rejected by the time rules, never cast to a wrapped-around int64.
+        with np.errstate(invalid="ignore"):
+            whole = values.notna() & (values == np.floor(values)) & (values.abs() < 2.0**53)
         values = values.astype(object).where(~whole, values.where(whole, 0).astype(np.int64))
     return _as_text(values)
 

@@ -927,3 +927,121 @@ def test_tick_result_types():
         "is_buyer_maker": "Int8",
     }
     assert result.time_format == "epoch ms"
+
+
+# ------------------------------------------------- encodings and hostile input (issue 12)
+
+ENCODED_TEXT = HEADER + GOOD_ROW + "2025-12-15 23:04:00,btcusdt,100,102,99,101,5\n"
+UTF16_SIZE = len(ENCODED_TEXT.encode("utf-16"))  # where the broken tail below starts
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        (ENCODED_TEXT.encode("utf-8"), None),
+        (ENCODED_TEXT.encode("utf-8-sig"), "UTF-8 with byte-order mark"),
+        (ENCODED_TEXT.encode("utf-16"), "UTF-16 LE with byte-order mark"),
+        (b"\xfe\xff" + ENCODED_TEXT.encode("utf-16-be"), "UTF-16 BE with byte-order mark"),
+        (ENCODED_TEXT.encode("utf-16-le"), "UTF-16 LE without byte-order mark"),
+        (ENCODED_TEXT.encode("utf-16-be"), "UTF-16 BE without byte-order mark"),
+        (ENCODED_TEXT.encode("utf-32"), "UTF-32 LE with byte-order mark"),
+        (b"\x00\x00\xfe\xff" + ENCODED_TEXT.encode("utf-32-be"), "UTF-32 BE with byte-order mark"),
+        (ENCODED_TEXT.encode("utf-32-le"), "UTF-32 LE without byte-order mark"),
+        (ENCODED_TEXT.encode("utf-32-be"), "UTF-32 BE without byte-order mark"),
+    ],
+)
+def test_every_unicode_encoding_is_read_and_named(raw, named):
+    expected = parse_ohlc_csv(ENCODED_TEXT)
+    result = parse_ohlc_csv(raw)
+    assert result.ok, result.error
+    pd.testing.assert_frame_equal(result.bars, expected.bars)
+    notes = [w for w in result.warnings if w.startswith("file read as ")]
+    assert notes == ([] if named is None else [f"file read as {named}"])
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected_error"),
+    [
+        (  # odd length: half a UTF-16 code unit at the end
+            ENCODED_TEXT.encode("utf-16") + b"\x00",
+            "the file looks like UTF-16 LE with byte-order mark but is not valid UTF-16 text "
+            f"(truncated data at byte {UTF16_SIZE}): save it as UTF-8",
+        ),
+        (  # a lone high surrogate (D800) at the end
+            ENCODED_TEXT.encode("utf-16") + b"\x00\xd8",
+            "the file looks like UTF-16 LE with byte-order mark but is not valid UTF-16 text "
+            f"(unexpected end of data at byte {UTF16_SIZE}): save it as UTF-8",
+        ),
+        (  # a lone high surrogate followed by an ordinary character
+            ENCODED_TEXT.encode("utf-16") + b"\x00\xd8a\x00",
+            "the file looks like UTF-16 LE with byte-order mark but is not valid UTF-16 text "
+            f"(illegal UTF-16 surrogate at byte {UTF16_SIZE}): save it as UTF-8",
+        ),
+    ],
+)
+@pytest.mark.parametrize("parse", [parse_ohlc_csv, parse_tick_file])
+def test_broken_utf16_is_a_message_naming_the_encoding(parse, raw, expected_error):
+    result = parse(raw)
+    assert not result.ok and result.error == expected_error
+
+
+def test_text_with_a_lone_surrogate_is_a_message():
+    result = parse_ohlc_csv(HEADER + "2025-12-15 23:03:00,btc\ud800,100,102,99,101,5\n")
+    assert not result.ok and "surrogate" in result.error
+
+
+GOOD_TICK = '{"symbol":"BTCUSDT","ts":1765912493266,"price":87000.5,"size":0.01}'
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"symbol":"BTCUSDT","ts":Infinity,"price":1,"size":1}',
+         "invalid JSON (NaN and Infinity are not JSON numbers)"),
+        ('{"symbol":"BTCUSDT","ts":-Infinity,"price":1,"size":1}',
+         "invalid JSON (NaN and Infinity are not JSON numbers)"),
+        ('{"symbol":"BTCUSDT","ts":NaN,"price":1,"size":1}',
+         "invalid JSON (NaN and Infinity are not JSON numbers)"),
+        ('{"symbol":"BTCUSDT","ts":1e400,"price":1,"size":1}',
+         "invalid JSON (number is infinity when parsed as double)"),
+        ('{"symbol":"BTCUSDT","ts":1765912493266,"price":-1e400,"size":1}',
+         "invalid JSON (number is infinity when parsed as double)"),
+        ('{"symbol":"\\ud800","ts":1765912493266,"price":1,"size":1}',
+         "invalid JSON (no low surrogate in string)"),
+        ('{"a":' + "[" * 100_000 + "]" * 100_000 + "}", "invalid JSON (nested too deeply)"),
+        ("[" * 100_000, "invalid JSON (nested too deeply)"),
+        ('{"symbol":"BTCUSDT","ts":1' + "0" * 5000 + ',"price":1,"size":1}',
+         "invalid JSON (Exceeds the limit (4300 digits) for integer string conversion: "
+         "value has 5001 digits)"),
+    ],
+)
+def test_hostile_ndjson_line_is_rejected_and_the_rest_kept(line, reason):
+    result = parse_tick_file("\n".join([GOOD_TICK, line, GOOD_TICK]))
+    assert result.ok and result.n_accepted == 2
+    assert dict(zip(result.rejected["line"], result.rejected["reason"])) == {2: reason}
+    assert result.rejected["raw"].iloc[0] == line[:300]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("1e30", "time '1e+30' is outside 2000-01-01 .. 2100-01-01 (as epoch seconds or "
+                 "milliseconds)"),
+        ("18446744073709551616", "time '1.8446744073709552e+19' is outside 2000-01-01 .. "
+                                 "2100-01-01 (as epoch seconds or milliseconds)"),
+        ("[1]", "unparseable time '[1]'"),
+        ('{"a":1}', "unparseable time '{'a': 1}'"),
+    ],
+)
+def test_ndjson_times_beyond_int64_or_not_scalars_are_rejected(value, reason):
+    line = f'{{"symbol":"BTCUSDT","ts":{value},"price":1,"size":1}}'
+    result = parse_tick_file("\n".join([GOOD_TICK, line]))
+    assert result.n_accepted == 1
+    assert dict(zip(result.rejected["line"], result.rejected["reason"])) == {2: reason}
+
+
+def test_ndjson_given_to_the_bar_parser_is_named():
+    result = parse_ohlc_csv(GOOD_TICK + "\n")
+    assert result.error == (
+        "the file is NDJSON (one JSON object per line), not CSV: upload it as trades (ticks)"
+    )
