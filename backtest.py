@@ -1,4 +1,4 @@
-"""Two-leg mean-reversion backtest of a pairs spread, with next-bar fills and costs.
+"""Two-leg mean-reversion backtest of a pairs spread, with next-trade fills and costs.
 
 A pure module: it imports nothing of the project. Inputs are pandas Series of price levels
 and a signal z-score on one int64 epoch-ms index ``ts``; the output is a frozen
@@ -14,9 +14,11 @@ and a signal z-score on one int64 epoch-ms index ``ts``; the output is a frozen
        entry_ts  exit_ts   side  bars_held exit_reason
     0      2000     5000  short          3        exit
 
-The state machine, the sizing and the cost model are described once, in ``backtest``'s
-Notes; the metric helpers (``sharpe_ratio``, ``sortino_ratio``, ``max_drawdown``) are
-public so that a reviewer can recompute each figure from ``result.equity``.
+The state machine, the fill rule, the sizing and the cost model are described once, in
+``backtest``'s Notes; ``position_pnl`` is the P&L arithmetic of one two-leg round trip
+(reused by anything that books trades); the metric helpers (``elapsed_periods_per_year``,
+``sharpe_ratio``, ``sortino_ratio``, ``max_drawdown``) are public so that a reviewer can
+recompute each figure from ``result.equity``.
 """
 
 from __future__ import annotations
@@ -176,16 +178,27 @@ def backtest(
     capital : float or None, default None
         Starting equity; None means ``notional``.
     bar_seconds : float, default 1.0
-        Length of one bar in seconds; only used to annualise Sharpe and Sortino.
+        Length of one bar in seconds. Only counts the last bar's own length in the time
+        the sample covers (``ratios_note``); Sharpe and Sortino are annualised from the
+        timestamps ``ts``, not from it.
     log_prices : bool, default True
         True when ``beta`` and ``z`` come from the log-price spread ``ln y - β ln x``, False
         for the raw-price spread ``y - β x``. Selects the sizing (see Notes).
+    y_traded, x_traded : pd.Series of bool or None, default None
+        True on the bars in which that leg really traded (``analytics.align``'s
+        ``y_traded``/``x_traded``), on the same index. A leg fills only on such a bar, at
+        its own price there, never at a forward-filled level. None: a leg can fill on
+        every bar where its price is not NaN.
+    max_hedge_multiple : float, default 10.0 (``DEFAULT_MAX_HEDGE_MULTIPLE``)
+        Largest hedge-leg notional, as a multiple of the y leg's, a position may open
+        with (> 0). See Notes.
 
     Returns
     -------
     BacktestResult
         trades : DataFrame, one row per round trip, columns ``TRADE_COLUMNS``:
-            ``entry_ts``/``exit_ts`` (int64 epoch ms of the fill bars), ``side``
+            ``entry_ts``/``exit_ts`` (int64 epoch ms of the bars the entry and the exit
+            were booked on: when their second leg filled), ``side``
             ({"long", "short"} spread), ``entry_price_y``/``entry_price_x``/
             ``exit_price_y``/``exit_price_x`` (fill prices, slippage included),
             ``units_y``/``units_x`` (SIGNED quantities held: positive = long that leg),
@@ -193,8 +206,9 @@ def backtest(
             gross_pnl - fees), ``gross_pnl`` (at fill prices, so after slippage, before
             commission), ``fees`` (commission of the four fills), ``slippage_cost``
             (what slippage cost against the reference prices; already inside gross_pnl),
-            ``bars_held`` (exit fill bar - entry fill bar), ``exit_reason``
-            ({"exit", "stop", "max_holding", "end"}).
+            ``bars_held`` (exit bar - entry bar, as booked), ``exit_reason``
+            ({"exit", "stop", "max_holding", "end"}), ``entry_ts_y``/``entry_ts_x``/
+            ``exit_ts_y``/``exit_ts_x`` (the bar each leg's fill happened on).
         equity : Series indexed by ``ts``, mark-to-market equity, starts from ``capital``.
         positions : Series indexed by ``ts`` of int {+1 long spread, -1 short, 0 flat}:
             the position held over the close of each bar, after that bar's fill.
@@ -202,9 +216,10 @@ def backtest(
         total_return : float
             ``equity[-1] / capital - 1``.
         sharpe, sortino : float
-            Annualised from bar returns of ``equity`` (see ``sharpe_ratio``,
-            ``sortino_ratio``); NaN with fewer than ``MIN_BARS_FOR_RATIOS`` bars. A
-            short sample is flagged in ``ratios_note``.
+            Annualised from the bar-to-bar returns of ``equity`` with
+            ``periods_per_year`` (see ``sharpe_ratio``, ``sortino_ratio``); NaN with
+            fewer than ``MIN_BARS_FOR_RATIOS`` bars. A short sample is flagged in
+            ``ratios_note``.
         max_drawdown : float
             Deepest fall from a running peak as a POSITIVE fraction (0.25 = -25 %).
         max_drawdown_duration_bars, max_drawdown_duration_seconds : int, float
@@ -223,11 +238,14 @@ def backtest(
         fees_paid, slippage_paid : float
             Sums of the trades' ``fees`` and ``slippage_cost``.
         periods_per_year : float
-            ``SECONDS_PER_YEAR / bar_seconds`` used for annualising.
+            Return intervals per year of elapsed time, ``elapsed_periods_per_year(ts)``
+            = ``(n_bars - 1) / ((ts[-1] - ts[0]) / 1000 / SECONDS_PER_YEAR)``; NaN with
+            fewer than 2 bars.
         ratios_note : str
             "" when the sample is long enough to annualise; otherwise why Sharpe and
             Sortino mean little: fewer than ``MIN_BARS_TO_ANNUALISE`` bars or less than
-            ``MIN_SECONDS_TO_ANNUALISE`` seconds of bars (``n_bars * bar_seconds``).
+            ``MIN_SECONDS_TO_ANNUALISE`` seconds covered (``(ts[-1] - ts[0]) / 1000 +
+            bar_seconds``).
 
     Raises
     ------
@@ -235,60 +253,90 @@ def backtest(
         Naming the argument and the value: misaligned or non-int64 or unsorted indices,
         non-positive or infinite prices, ``entry <= exit``, ``exit < 0``,
         ``stop <= entry``, ``max_holding_bars < 1``, negative costs, non-positive
-        ``notional``/``capital``/``bar_seconds``.
+        ``notional``/``capital``/``bar_seconds``/``max_hedge_multiple``, a traded mask
+        that is not a bool Series on y's index.
 
     Notes
     -----
-    Timing. The signal is observed at the close of bar t. The order it creates fills at
-    the close price of the next bar t+1 (the prices ``y``, ``x`` given; pass open prices
-    shifted by -1 if fills at the next open are wanted). If either leg's price is NaN on
-    that bar the fill is deferred to the next bar where both legs have a price; signals
-    are ignored while an order waits. An order created on the last bar is never filled.
-    A position exists from its entry fill bar on, so the earliest exit signal is the close
-    of the fill bar, filled one bar later (``bars_held >= 1``).
+    Timing and fills. The signal is observed at the close of bar t; the orders it creates
+    (one per leg) fill after it. Each leg fills at the close price (``y``, ``x`` as given)
+    of the first bar after t on which THAT leg can fill: it traded there
+    (``y_traded``/``x_traded``, when given) and its price is not NaN. So a fill is always
+    at a price that leg printed, never at a level carried forward from an earlier bar;
+    the two legs may fill on different bars. The entry (or exit) is booked on the bar its
+    second leg fills: the position exists from that bar on, and its z closes the bar
+    where exits are first considered, filled later (``bars_held >= 1``). Signals are
+    ignored while an order is in flight. (Pass open prices shifted by -1 if fills at the
+    next open are wanted.)
 
-    Rules, evaluated on each bar without a waiting order (z is ``z[t]``):
+    When a leg never trades again before the last bar: an entry is not opened (nothing is
+    booked, as for a signal on the last bar); an exit, or a position still open, is closed
+    at the end (below).
+
+    Rules, evaluated on each bar without an order in flight (z is ``z[t]``):
 
     - flat: ``z > entry`` -> short the spread (sell y, buy β·x);
-      ``z < -entry`` -> long the spread (buy y, sell β·x). No entry when β is NaN, or
-      when ``|z| >= stop`` (it would be stopped out at once).
+      ``z < -entry`` -> long the spread (buy y, sell β·x). No entry when β is NaN, when
+      the hedge leg would exceed ``max_hedge_multiple`` (below), or when ``|z| >= stop``
+      (it would be stopped out at once).
     - short: stop when ``z >= stop``; else exit when ``z <= exit``.
     - long: stop when ``z <= -stop``; else exit when ``z >= -exit``.
       With ``exit=0`` both sides exit when z reaches or crosses 0; with ``exit=0.5`` the
       short exits at ``z <= 0.5`` and the long at ``z >= -0.5``. The stop only fires on
       the adverse side; a move far beyond the exit level is an exit.
     - in a position with neither: a ``max_holding_bars`` exit is ordered on the bar whose
-      next-bar fill makes ``bars_held == max_holding_bars``. This is the only rule that
-      fires on a NaN z (time passes without a signal).
+      next-bar fill makes ``bars_held == max_holding_bars`` (later if a leg has not
+      traded on that bar). This is the only rule that fires on a NaN z (time passes
+      without a signal).
     - after a "stop" or "max_holding" exit, no new entry until z has been back inside
       ``[-entry, entry]`` on some bar; otherwise the rule would re-enter the move it just
       gave up on, on the very next bar.
 
     Sizing, fixed at entry and never re-marked with a later β. ``β`` is the value at the
-    signal bar; the reference prices ``py``, ``px`` are those of the fill bar (a
+    signal bar; ``py`` and ``px`` are each leg's own fill (reference) price (a
     quote-quantity order: the notional is the desk's decision, the price is the market's).
+    The sizing must match the spread the z-score was computed on:
 
     - log prices: β is an elasticity, the hedge is in dollars:
-      ``units_y = notional / py``, ``units_x = β · notional / px``, so a move ``ds`` of the
-      log spread earns ``notional · ds``.
+      ``units_y = notional / py``, ``units_x = β · notional / px`` (y notional N, x
+      notional β·N), so a move ``ds`` of the log spread earns ``notional · ds``.
     - raw prices: β is units of x per unit of y: ``units_y = notional / py``,
       ``units_x = β · units_y``, so a move ``ds`` of ``y - β x`` earns ``units_y · ds``.
 
     A negative β flips the direction of the x leg; the signed ``units_x`` shows it.
 
+    Hedge cap. No position is opened whose hedge-leg notional exceeds
+    ``max_hedge_multiple`` times the y leg's: ``|β|`` in log prices, ``|β| · x / y`` at the
+    signal bar's last known levels in raw prices (fills may move the ratio by the prices'
+    change until they happen). The default, 10, is the cap the issue sets for a
+    log-price β: real crypto pairs have elasticities of about 0.5 to 2, and a β beyond 10
+    comes from a window in which x barely moved (a few distinct prints), where the
+    regression is degenerate; hedging $10k of ETH with $1.16M of BTC is a bet on that
+    artefact, not a pair trade.
+
     Costs. Every fill of every leg pays ``fee_bps`` on its traded notional
     ``|units| · fill_price``: a round trip is four fills. Slippage moves each fill against
-    the trade: buys at ``p · (1 + slippage_bps/1e4)``, sells at ``p · (1 - ...)``.
+    the trade: buys at ``p · (1 + slippage_bps/1e4)``, sells at ``p · (1 - ...)``. One
+    function, ``position_pnl``, does this arithmetic for every round trip.
 
-    Equity. ``capital + cash + Σ units · price``, marked at the given prices (last known
-    price where a leg is NaN). It drops at entry by the entry commission and slippage.
-    A position still open after the last bar is closed at the last bar where both legs
-    have a price, with the same commission and slippage as any fill, and
-    ``exit_reason == "end"``; so ``equity[-1] == capital + trades.pnl.sum()``. A position
-    filled on that very bar is closed at once (``bars_held == 0``).
+    Equity. ``capital + cash + Σ units · price`` with the cash flows of an entry or exit
+    booked on its booking bar at the legs' fill prices. Open positions are marked at the
+    given prices, carried forward where a leg is NaN: the MARK may use a forward-filled
+    level (the value of a holding between prints), a FILL never does. A leg that filled
+    before the booking bar is marked at the current level until then. Equity drops at
+    entry by the entry commission and slippage. A position still open after the last bar
+    (or whose exit has a leg that never traded again) is closed with the same commission
+    and slippage as any fill: each leg at its exit fill if it had one, else at its last
+    traded price in the sample (which may precede the exit signal), booked on the last
+    bar with ``exit_reason == "end"``; so ``equity[-1] == capital + trades.pnl.sum()``. A
+    position booked on that very bar is closed at once (``bars_held == 0``).
 
-    Time. ``*_seconds`` figures are measured on ``ts`` (gaps in the bars count as time);
-    Sharpe and Sortino are annualised with ``bar_seconds`` (365 days of 24 h).
+    Time. ``*_seconds`` figures are measured on ``ts`` (gaps in the bars count as time).
+    Sharpe and Sortino are annualised by elapsed time, so irregular bars (rows only where
+    something traded) are right: ``P = (n_bars - 1) / elapsed years`` of 365 days of 24 h,
+    ``Sharpe = mean(r) / std(r) · sqrt(P)`` on the bar-to-bar returns r of ``equity``.
+    Assumption: returns over non-overlapping intervals are uncorrelated, so mean and
+    variance add up over time (see ``elapsed_periods_per_year``).
     """
     _check_series("y", y)
     for name, series in (("x", x), ("z", z)):
@@ -381,6 +429,8 @@ def periods_per_year(bar_seconds: float) -> float:
     Notes
     -----
     Crypto markets trade around the clock, every day: there is no 252-day calendar.
+    Right only for regular bars; ``elapsed_periods_per_year`` measures the pace of
+    irregular ones from their timestamps.
     """
     _check_number("bar_seconds", bar_seconds, low=0.0)
     return SECONDS_PER_YEAR / float(bar_seconds)
@@ -427,7 +477,8 @@ def sharpe_ratio(returns: np.ndarray | pd.Series, periods_per_year: float) -> fl
     returns : array-like
         Simple per-bar returns (flat bars included, as 0).
     periods_per_year : float
-        Bars per year, e.g. ``periods_per_year(bar_seconds)``.
+        Return intervals per year: ``elapsed_periods_per_year(ts)`` (what ``backtest``
+        uses), or ``periods_per_year(bar_seconds)`` for regular bars.
 
     Returns
     -------
@@ -457,7 +508,7 @@ def sortino_ratio(returns: np.ndarray | pd.Series, periods_per_year: float) -> f
     returns : array-like
         Simple per-bar returns (flat bars included, as 0).
     periods_per_year : float
-        Bars per year.
+        Return intervals per year (see ``sharpe_ratio``).
 
     Returns
     -------
