@@ -809,7 +809,8 @@ def position_pnl(
     _check_number("units_x", units_x, low=-math.inf)
     for name, price in (("entry_y", entry_y), ("entry_x", entry_x), ("exit_y", exit_y),
                         ("exit_x", exit_x)):
-        if isinstance(price, bool) or not isinstance(price, Real) or not (
+        if (type(price) is not float and (isinstance(price, bool)
+                                          or not isinstance(price, Real))) or not (
                 math.isfinite(price) and price > 0.0):
             raise ValueError(f"{name} must be a positive finite price, got {price!r}")
     _check_number("fee_bps", fee_bps, low=0.0, low_inclusive=True)
@@ -1058,7 +1059,12 @@ def _check_number(
     low_inclusive: bool = False,
     high: float = math.inf,
 ) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+    kind = type(value)
+    # Plain floats and ints first: the ABC check of ``Real`` is slow in a per-trade call.
+    if (kind is not float and kind is not int) and (
+            isinstance(value, bool) or not isinstance(value, Real)):
+        raise ValueError(f"{name} ({value!r}) must be a finite number")
+    if not math.isfinite(value):
         raise ValueError(f"{name} ({value!r}) must be a finite number")
     above = value >= low if low_inclusive else value > low
     if not above or value >= high:
