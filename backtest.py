@@ -675,7 +675,7 @@ def _run_state_machine(
             hedge = abs(beta_t) if log_prices else abs(beta_t) * known_x[t] / known_y[t]
             if hedge <= max_hedge_multiple:  # False for a NaN β or an unknown price
                 order, order_side, order_beta = _ENTRY_ORDER, side, beta_t
-                leg_bar_y, leg_bar_x = next_y[t + 1], next_x[t + 1]
+                leg_bar_y, leg_bar_x = int(next_y[t + 1]), int(next_x[t + 1])
                 due = max(leg_bar_y, leg_bar_x)
             continue
 
@@ -694,7 +694,7 @@ def _run_state_machine(
             reason = "max_holding"
         if reason:
             order, order_reason = _EXIT_ORDER, reason
-            leg_bar_y, leg_bar_x = next_y[t + 1], next_x[t + 1]
+            leg_bar_y, leg_bar_x = int(next_y[t + 1]), int(next_x[t + 1])
             due = max(leg_bar_y, leg_bar_x)
             armed = reason == "exit"
 
@@ -711,12 +711,15 @@ def _run_state_machine(
     return trades
 
 
-def _next_fill_bars(can_fill: np.ndarray) -> list[int]:
-    """``result[t]`` = first bar >= t on which the leg can fill, ``n`` if none (n + 1 items)."""
+def _next_fill_bars(can_fill: np.ndarray) -> np.ndarray:
+    """``result[t]`` = first bar >= t on which the leg can fill, ``n`` if none (n + 1 items).
+
+    An array, not a list: the loop reads it only when it places an order.
+    """
     n = len(can_fill)
     bars = np.where(can_fill, np.arange(n), n)
     following = np.minimum.accumulate(bars[::-1])[::-1]
-    return np.append(following, n).tolist()
+    return np.append(following, n)
 
 
 def _book_trade(
