@@ -34,6 +34,7 @@ import backtest
 import collector
 import dashboard_data as dd
 import database
+import page_state
 import uploads
 import visualizations as viz
 from config import ConfigError, Settings, parse_symbols
@@ -213,6 +214,61 @@ def keep_choice(key: str, options: list, default) -> None:
         st.session_state[key] = default
 
 
+def restore_view_from_url(upload_names: list[str]) -> None:
+    """On a session's first run, take the view from the URL (a reload, a shared link).
+
+    Each valid parameter seeds its widget's session-state key; ignored ones are listed
+    once in a warning (``url_problems``). ``write_view_to_url`` keeps the URL current."""
+    if "url_restored" in st.session_state:
+        return
+    st.session_state["url_restored"] = True
+
+    def symbols_of(kind: str, upload: str) -> list[str]:
+        source = (dd.DataSource("uploaded", settings.upload_db_path, upload)
+                  if kind == "uploaded" else dd.DataSource("live", feed.db_path))
+        return dd.pair_symbols(feed.settings.symbols, source)
+
+    view = page_state.read_url(st.query_params.to_dict(), uploads=upload_names,
+                               symbols_of=symbols_of, tabs=TAB_NAMES)
+    st.session_state.update(view.state)
+    st.session_state["url_chosen"] = set(view.state)
+    if view.problems:
+        st.session_state["url_problems"] = ("Ignored in the URL: " + "; ".join(view.problems)
+                                            + ". The view uses the defaults there.")
+
+
+def write_view_to_url(c: dd.Controls) -> None:
+    """The view's URL parameters (only they: other parameters are left alone)."""
+    state = {"source_kind": c.source.kind, "y_symbol": c.y, "x_symbol": c.x,
+             "timeframe": c.tf_label, "lookback": c.lookback_label, "window": c.window,
+             "method": c.method_label, "log_prices": c.log_prices, "entry_z": c.entry,
+             "exit_z": c.exit, "tab": st.session_state.get("tab")}
+    if c.source.kind == "uploaded":
+        state["upload_name"] = c.source.upload
+    wanted = page_state.url_params(state)
+    current = st.query_params.to_dict()
+    for name in page_state.URL_KEYS:
+        if name in wanted and current.get(name) != wanted[name]:
+            st.query_params[name] = wanted[name]
+        elif name not in wanted and name in current:
+            del st.query_params[name]
+
+
+def apply_source_defaults(source: dd.DataSource) -> None:
+    """A newly chosen upload opens at the file's own bar size over the whole file (a
+    static file never gets more bars); a value the URL chose is kept."""
+    if st.session_state.get("defaults_for") == source.label:
+        return
+    st.session_state["defaults_for"] = source.label
+    from_url = st.session_state.pop("url_chosen", set())
+    if source.kind == "uploaded":
+        if "timeframe" not in from_url:
+            st.session_state["timeframe"] = page_state.timeframe_label_for(
+                dd.upload_bar_ms(source))
+        if "lookback" not in from_url:
+            st.session_state["lookback"] = "all"
+
+
 def sidebar_controls() -> dd.Controls | None:
     """All sidebar widgets; None when no pair can be chosen yet."""
     with st.expander("Symbols (collector)", expanded=False):
@@ -226,6 +282,9 @@ def sidebar_controls() -> dd.Controls | None:
             (st.error if message[0] == "error" else st.success)(message[1])
 
     upload_names = sorted(set(dd.list_uploads(settings.upload_db_path)["source"]))
+    restore_view_from_url(upload_names)
+    if st.session_state.get("url_problems"):  # shown on the first run only
+        st.warning(st.session_state.pop("url_problems"))
     kind = st.radio("source", ("live", "uploaded"), key="source_kind", horizontal=True)
     if kind == "uploaded" and not upload_names:
         st.info("no uploaded files yet — upload one in the Data tab")
@@ -236,14 +295,16 @@ def sidebar_controls() -> dd.Controls | None:
         source = dd.DataSource("uploaded", settings.upload_db_path, name)
     else:
         source = dd.DataSource("live", feed.db_path)
+    apply_source_defaults(source)
 
     symbols = dd.pair_symbols(feed.settings.symbols, source)
     if len(symbols) < 2:
         st.warning("a pair needs two symbols: add one above")
         return None
-    keep_choice("y_symbol", symbols, symbols[0])
-    keep_choice("x_symbol", symbols, symbols[1] if symbols[0] == st.session_state["y_symbol"]
-                else symbols[0])
+    default_y, default_x = page_state.default_pair(symbols)
+    keep_choice("y_symbol", symbols, default_y)
+    keep_choice("x_symbol", symbols, default_x if default_x != st.session_state["y_symbol"]
+                else default_y)
     st.selectbox("dependent leg y", symbols, key="y_symbol")
     st.selectbox("independent leg x", symbols, key="x_symbol")
     st.button("⇅ swap legs", key="swap", on_click=swap_legs)
@@ -253,15 +314,19 @@ def sidebar_controls() -> dd.Controls | None:
     lookbacks = [k for k in dd.LOOKBACKS_MS if source.kind == "uploaded" or k != "all"]
     keep_choice("lookback", lookbacks, "1 h" if source.kind == "live" else "all")
     lookback = st.selectbox("lookback", lookbacks, key="lookback")
-    window = int(st.number_input("rolling window (bars)", min_value=10, max_value=20_000,
-                                 value=60, step=10, key="window"))
+    # Defaults through session state (not value=): the URL may have set these keys.
+    for key, default in (("window", 60), ("log_prices", True),
+                         ("entry_z", page_state.DEFAULT_ENTRY), ("exit_z", 0.0)):
+        st.session_state.setdefault(key, default)
+    window = int(st.number_input("rolling window (bars)", min_value=page_state.WINDOW_RANGE[0],
+                                 max_value=page_state.WINDOW_RANGE[1], step=10, key="window"))
     method_label = st.selectbox("regression method", list(dd.METHODS), key="method")
-    log_prices = st.toggle("log prices", value=True, key="log_prices",
+    log_prices = st.toggle("log prices", key="log_prices",
                            help="log prices: β is an elasticity; raw: units of x per y")
-    entry = st.number_input("entry |z|", min_value=0.1, max_value=10.0, value=2.0, step=0.1,
-                            key="entry_z")
-    exit_ = st.number_input("exit |z|", min_value=0.0, max_value=10.0, value=0.0, step=0.1,
-                            key="exit_z")
+    entry = st.number_input("entry |z|", min_value=page_state.ENTRY_RANGE[0],
+                            max_value=page_state.ENTRY_RANGE[1], step=0.1, key="entry_z")
+    exit_ = st.number_input("exit |z|", min_value=page_state.EXIT_RANGE[0],
+                            max_value=page_state.EXIT_RANGE[1], step=0.1, key="exit_z")
     if exit_ >= entry:
         st.error(f"exit ({exit_:g}) must be below entry ({entry:g}); using 0")
         exit_ = 0.0
@@ -921,6 +986,7 @@ TIMED_TABS = {"Prices": tab_prices, "Spread & z-score": tab_spread}
 PLAIN_TABS = {"Statistics": tab_statistics, "Correlation": tab_correlation,
               "Backtest": tab_backtest, "Alerts": tab_alerts, "Data": tab_data}
 tabs = st.tabs(TAB_NAMES, key="tab", on_change="rerun")
+write_view_to_url(controls)
 for name, tab in zip(TAB_NAMES, tabs):
     if not tab.open:
         continue

@@ -170,6 +170,22 @@ def list_uploads(upload_db_path: str) -> pd.DataFrame:
         return database.list_uploads(conn)
 
 
+def upload_bar_ms(source: DataSource) -> int | None:
+    """The bar size of an uploaded file: the most common step between its first symbol's
+    bar times (a few missing bars do not change it); None without two bars."""
+    symbols = stored_symbols(source)
+    if not symbols:
+        return None
+    with reading(source.db_path) as conn:
+        bars = database.read_uploaded_bars(conn, source.upload, symbols[0])
+    steps = np.diff(bars.index.to_numpy(dtype=np.int64))
+    steps = steps[steps > 0]
+    if len(steps) == 0:
+        return None
+    values, counts = np.unique(steps, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
 def pair_symbols(collector_symbols, source: DataSource) -> list[str]:
     """Pair choices: the collector's symbols and the stored ones (live), or the upload's."""
     stored = stored_symbols(source)

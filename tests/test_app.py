@@ -344,9 +344,10 @@ def test_closed_bars_end_where_the_newest_second_begins_its_bar(label, latest, e
 def test_method_changes_the_live_z_score(recorded_db, method_label):
     at = run(new_app(lookback="15 min", method=method_label))
 
-    # The page must show pair_signals' latest z for the chosen method on the aligned legs.
-    bars_y = stored_bars(recorded_db["db"], "BTCUSDT")
-    bars_x = stored_bars(recorded_db["db"], "ETHUSDT")
+    # The page must show pair_signals' latest z for the chosen method on the aligned legs
+    # (the default pair: ETH on BTC).
+    bars_y = stored_bars(recorded_db["db"], "ETHUSDT")
+    bars_x = stored_bars(recorded_db["db"], "BTCUSDT")
     aligned = analytics.align(bars_y, bars_x, timeframe="1s")
     signals = analytics.pair_signals(aligned.y, aligned.x, method=dd.METHODS[method_label],
                                      window=60, log_prices=True)
@@ -412,9 +413,9 @@ def test_swap_exchanges_the_legs(recorded_db):
     at.button(key="swap").click()
     at = run(at)
 
-    assert at.session_state["y_symbol"] == "ETHUSDT"
-    assert at.session_state["x_symbol"] == "BTCUSDT"
-    assert any("ETHUSDT on BTCUSDT" in c.value for c in at.caption)
+    assert at.session_state["y_symbol"] == "BTCUSDT"  # from the default ETH on BTC
+    assert at.session_state["x_symbol"] == "ETHUSDT"
+    assert any("BTCUSDT on ETHUSDT" in c.value for c in at.caption)
 
 
 def test_statistics_tests_run_on_request_with_a_verdict(recorded_db):
@@ -447,9 +448,9 @@ def test_minute_statistics_csv_download(recorded_db, media):
     at = open_tab(run(new_app(lookback="15 min")), "Statistics")
 
     csv = pd.read_csv(io.BytesIO(download(at, media, "download_minute_stats")))
-    btc = trades[trades["symbol"] == "BTCUSDT"].copy()
-    btc["minute"] = btc["ts"] // 60_000 * 60_000
-    last_per_minute = btc.groupby("minute")["price"].last()  # file order within a minute
+    eth = trades[trades["symbol"] == "ETHUSDT"].copy()  # y of the default pair
+    eth["minute"] = eth["ts"] // 60_000 * 60_000
+    last_per_minute = eth.groupby("minute")["price"].last()  # file order within a minute
     assert csv["ts"].tolist() == sorted((trades["ts"] // 60_000 * 60_000).unique().tolist())
     assert csv.set_index("ts")["y_close"].to_dict() == last_per_minute.to_dict()
     assert csv["time"].iloc[0] == "2025-12-15T08:43:00.000+00:00"

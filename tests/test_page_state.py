@@ -1,0 +1,161 @@
+"""The page's view state: defaults a new user sees, the URL that restores a view, the alert
+form (issue 15). AppTest drives the real page (``app.py``) on SQLite files in ``tmp_path``
+with the collector pointed at a closed 127.0.0.1 port (fixtures from ``test_app``); the URL
+is ``AppTest.query_params``, which the page reads on a session's first run and writes back.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import dashboard_data as dd
+import database
+import page_state
+import uploads
+from test_app import (GOOD_OHLC, app_env, closed_port, new_app, open_tab,  # noqa: F401
+                      recorded_db, run, texts)
+
+
+def store_good_upload(upload_db: str) -> str:
+    """The 1-minute OHLC file (about 1,000 bars of BTC and ETH) stored as an upload."""
+    parsed = uploads.parse_ohlc_csv(GOOD_OHLC.read_bytes(), filename=GOOD_OHLC.name)
+    assert parsed.ok, parsed.error
+    dd.save_uploaded(upload_db, GOOD_OHLC.name, parsed.bars)
+    return GOOD_OHLC.name
+
+
+def strip_caption(at) -> str:
+    return next(c.value for c in at.caption if " bars · last bar " in c.value)
+
+
+# --------------------------------------------------------------------------------------
+# 1. an upload opens at its own bar size, over the whole file
+# --------------------------------------------------------------------------------------
+
+
+def test_an_uploaded_minute_file_opens_at_its_bar_size_and_whole_range(app_env):
+    name = store_good_upload(app_env["uploads"])
+    at = run(new_app())  # a new tab: a fresh session starts on the live source
+    at.radio(key="source_kind").set_value("uploaded")
+    at = run(at)
+
+    assert at.session_state["upload_name"] == name
+    assert at.selectbox(key="timeframe").value == "1m"
+    assert at.selectbox(key="lookback").value == "all"
+    caption = strip_caption(at)
+    parsed = uploads.parse_ohlc_csv(GOOD_OHLC.read_bytes(), filename=GOOD_OHLC.name)
+    bars = parsed.bars["ts"].nunique()  # every accepted bar time: the whole file
+    assert "1m bars" in caption and f"{bars} bars" in caption, caption
+    assert not any("needs " in t and "more at" in t for t in texts(at))
+
+
+def test_upload_bar_size_is_read_from_the_stored_bars(app_env):
+    name = store_good_upload(app_env["uploads"])
+    source = dd.DataSource("uploaded", app_env["uploads"], name)
+    assert dd.upload_bar_ms(source) == 60_000
+    assert page_state.timeframe_label_for(60_000) == "1m"
+    assert page_state.timeframe_label_for(1_000) == "1s"
+    assert page_state.timeframe_label_for(15 * 60_000) == "5m"  # coarser files: the largest
+    assert page_state.timeframe_label_for(None) == "1s"
+
+
+# --------------------------------------------------------------------------------------
+# 6. the default pair
+# --------------------------------------------------------------------------------------
+
+
+def test_default_pair_is_eth_on_btc(app_env):
+    at = run(new_app())
+    assert at.selectbox(key="y_symbol").value == "ETHUSDT"
+    assert at.selectbox(key="x_symbol").value == "BTCUSDT"
+
+
+def test_default_pair_falls_back_to_the_first_two_symbols():
+    assert page_state.default_pair(["BTCUSDT", "ETHUSDT", "SOLUSDT"]) == ("ETHUSDT", "BTCUSDT")
+    assert page_state.default_pair(["SOLUSDT", "BNBUSDT"]) == ("SOLUSDT", "BNBUSDT")
+    assert page_state.default_pair(["SOLUSDT", "BTCUSDT"]) == ("SOLUSDT", "BTCUSDT")
+
+
+# --------------------------------------------------------------------------------------
+# 4. the view lives in the URL
+# --------------------------------------------------------------------------------------
+
+SHARED_VIEW = {"y": "BTCUSDT", "x": "ETHUSDT", "tf": "10s", "lookback": "15 min",
+               "window": "30", "method": "Kalman", "prices": "raw", "entry": "2.5",
+               "exit": "0.5", "tab": "Statistics"}
+
+
+def test_a_pasted_link_restores_the_view(recorded_db):
+    at = new_app()
+    at.query_params.update(SHARED_VIEW)
+    at = run(at)
+
+    state = at.session_state
+    assert (state["y_symbol"], state["x_symbol"]) == ("BTCUSDT", "ETHUSDT")
+    assert (state["timeframe"], state["lookback"], state["method"]) == ("10s", "15 min",
+                                                                         "Kalman")
+    assert state["window"] == 30 and state["log_prices"] is False
+    assert (state["entry_z"], state["exit_z"]) == (2.5, 0.5)
+    assert state["tab"] == "Statistics"
+    assert any("Per-minute statistics" in m.value for m in at.markdown)  # the tab is open
+    assert "Kalman, raw prices, 30-bar window, 10s bars" in strip_caption(at)
+    assert not at.warning or not any("URL" in w.value for w in at.warning)
+
+
+def test_the_url_follows_the_view(recorded_db):
+    at = run(new_app())
+    at.selectbox(key="timeframe").set_value("5s")
+    at.number_input(key="window").set_value(40)
+    at = run(at)
+    at = open_tab(at, "Backtest")
+
+    params = at.query_params
+    assert params["tf"] == "5s" and params["window"] == "40" and params["tab"] == "Backtest"
+    assert (params["y"], params["x"], params["source"]) == ("ETHUSDT", "BTCUSDT", "live")
+
+    again = new_app()  # a reload: a new session with the same URL
+    again.query_params.update(params)
+    again = run(again)
+    assert again.session_state["timeframe"] == "5s" and again.session_state["window"] == 40
+    assert again.session_state["tab"] == "Backtest"
+
+
+def test_a_link_to_an_upload_restores_source_and_bar_size(app_env):
+    name = store_good_upload(app_env["uploads"])
+    at = new_app()
+    at.query_params.update({"source": "uploaded", "upload": name, "tf": "5m"})
+    at = run(at)
+    assert at.session_state["source_kind"] == "uploaded"
+    assert at.session_state["upload_name"] == name
+    assert at.selectbox(key="timeframe").value == "5m"  # the link's choice, not the file's
+    assert at.selectbox(key="lookback").value == "all"
+
+
+def test_invalid_url_params_are_ignored_with_a_message(recorded_db):
+    at = new_app()
+    at.query_params.update({"tf": "7s", "window": "abc", "y": "DOGEUSDT", "tab": "Nope",
+                            "entry": "99", "prices": "log"})
+    at = run(at)
+
+    assert at.session_state["timeframe"] == "1s" and at.session_state["window"] == 60
+    assert at.session_state["y_symbol"] == "ETHUSDT"
+    warning = next(w.value for w in at.warning if "URL" in w.value)
+    for bad in ("tf=7s", "window=abc", "y=DOGEUSDT", "tab=Nope", "entry=99"):
+        assert bad in warning, warning
+    assert "prices" not in warning
+
+
+def test_read_url_checks_every_parameter():
+    view = page_state.read_url(
+        {"source": "uploaded", "upload": "a.csv", "y": "ETHUSDT", "x": "btcusdt",
+         "window": "25", "entry": "1.5", "exit": "2.5", "unknown": "1"},
+        uploads=["a.csv"], symbols_of=lambda kind, upload: ["BTCUSDT", "ETHUSDT"],
+        tabs=["Prices", "Alerts"])
+    assert view.state == {"source_kind": "uploaded", "upload_name": "a.csv",
+                          "y_symbol": "ETHUSDT", "x_symbol": "BTCUSDT", "window": 25,
+                          "entry_z": 1.5}
+    assert view.problems == ["exit=2.5 (must be below entry 1.5)"]
+    assert page_state.url_params(view.state) == {
+        "source": "uploaded", "upload": "a.csv", "y": "ETHUSDT", "x": "BTCUSDT",
+        "window": "25", "entry": "1.5"}
