@@ -436,6 +436,23 @@ def create_rule(conn, **fields) -> int:
     return database.save_alert_rule(conn, validate_rule(**fields))
 
 
+def duplicate_rule_id(conn, **fields) -> int | None:
+    """Id of a stored rule that measures and triggers exactly like ``fields`` would
+    (every field but ``name``, ``enabled`` and ``id`` equal after validation), else None.
+
+    Two such rules fire together and post the same webhook twice: the page refuses to
+    create the second. Raises ValueError like ``validate_rule`` for invalid fields.
+    """
+    def identity(rule: AlertRule) -> AlertRule:
+        return dataclasses.replace(rule, name=None, enabled=True, id=None)
+
+    wanted = identity(validate_rule(**fields))
+    for rule in list_rules(conn):
+        if identity(rule) == wanted:
+            return rule.id
+    return None
+
+
 def get_rule(conn, rule_id: int) -> AlertRule:
     """The stored rule ``rule_id``; ValueError when there is none."""
     rules = database.list_alert_rules(conn)

@@ -743,6 +743,11 @@ def tab_backtest(c: dd.Controls) -> None:
 def create_alert(fields: dict) -> None:
     try:
         with dd.writing(feed.db_path) as conn:
+            same = alerts.duplicate_rule_id(conn, **fields)
+            if same is not None:
+                st.error(f"not created: same as rule {same} (same metric, subject, "
+                         "settings, trigger, cooldown and webhook)")
+                return
             rule_id = alerts.create_rule(conn, **fields)
     except ValueError as exc:
         st.error(str(exc))
@@ -752,7 +757,7 @@ def create_alert(fields: dict) -> None:
 
 def alert_form(c: dd.Controls) -> None:
     metrics = list(alerts.METRICS)
-    with st.form("new_alert"):
+    with st.form("new_alert", enter_to_submit=False):  # Enter commits a value, no more
         cols = st.columns(3)
         metric = cols[0].selectbox("metric", metrics, key="alert_metric",
                                    format_func=lambda m: alerts.METRICS[m].label)

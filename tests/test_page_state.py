@@ -78,6 +78,52 @@ def test_default_pair_falls_back_to_the_first_two_symbols():
 
 
 # --------------------------------------------------------------------------------------
+# 3. the alert form: one rule per submit, duplicates refused
+# --------------------------------------------------------------------------------------
+
+
+def alert_rules(db_path: str) -> pd.DataFrame:
+    conn = database.connect(db_path, readonly=True)
+    try:
+        return database.list_alert_rules(conn)
+    finally:
+        conn.close()
+
+
+def fill_alert(at, *, threshold: float, cooldown: float):
+    at.selectbox(key="alert_metric").set_value("zscore")
+    at.selectbox(key="alert_comparison").set_value("abs>")
+    at.number_input(key="alert_threshold").set_value(threshold)
+    at.number_input(key="alert_cooldown").set_value(cooldown)
+    next(b for b in at.button if b.label == "Create alert").click()
+    return run(at)
+
+
+def test_enter_in_the_alert_form_does_not_submit_it(recorded_db):
+    at = open_tab(run(new_app(lookback="15 min")), "Alerts")
+    forms = [f for f in at.get("form") if f.proto.form.form_id == "new_alert"]
+    assert len(forms) == 1
+    assert forms[0].proto.form.enter_to_submit is False
+
+
+def test_a_duplicate_alert_rule_is_refused(recorded_db):
+    at = open_tab(run(new_app(lookback="15 min")), "Alerts")
+    before = len(alert_rules(recorded_db["db"]))
+    at = fill_alert(at, threshold=2.7, cooldown=15.0)
+    rules = alert_rules(recorded_db["db"])
+    assert len(rules) == before + 1
+    assert rules.iloc[-1]["cooldown_s"] == 15.0 and rules.iloc[-1]["threshold"] == 2.7
+    first_id = int(rules.iloc[-1]["id"])
+
+    at = fill_alert(at, threshold=2.7, cooldown=15.0)  # the same values again
+    assert len(alert_rules(recorded_db["db"])) == before + 1
+    assert any(f"same as rule {first_id}" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    at = fill_alert(at, threshold=2.8, cooldown=15.0)  # a different threshold is new
+    assert len(alert_rules(recorded_db["db"])) == before + 2
+
+
+# --------------------------------------------------------------------------------------
 # 4. the view lives in the URL
 # --------------------------------------------------------------------------------------
 
