@@ -124,6 +124,7 @@ class BacktestResult:
     slippage_paid: float
     periods_per_year: float
     ratios_note: str = ""
+    hedge_cap_refusals: int = 0
 
 
 def backtest(
@@ -246,6 +247,10 @@ def backtest(
             Sortino mean little: fewer than ``MIN_BARS_TO_ANNUALISE`` bars or less than
             ``MIN_SECONDS_TO_ANNUALISE`` seconds covered (``(ts[-1] - ts[0]) / 1000 +
             bar_seconds``).
+        hedge_cap_refusals : int
+            Bars on which an entry signal was refused because the hedge leg would have
+            exceeded ``max_hedge_multiple`` (a persisting signal counts on each bar);
+            0 tells that the cap never bound.
 
     Raises
     ------
@@ -392,7 +397,7 @@ def backtest(
     if x_traded is not None:
         fills_x &= x_traded.to_numpy(dtype=bool)
 
-    trades = _run_state_machine(
+    trades, hedge_cap_refusals = _run_state_machine(
         price_y=price_y,
         price_x=price_x,
         fills_y=fills_y,
@@ -410,7 +415,8 @@ def backtest(
         max_hedge_multiple=float(max_hedge_multiple),
     )
     return _assemble_result(
-        trades, ts, y.index, price_y, price_x, float(capital), float(bar_seconds)
+        trades, ts, y.index, price_y, price_x, float(capital), float(bar_seconds),
+        hedge_cap_refusals,
     )
 
 
@@ -610,8 +616,9 @@ def _run_state_machine(
     notional: float,
     log_prices: bool,
     max_hedge_multiple: float,
-) -> list[_Trade]:
-    """The bar loop of ``backtest``'s Notes: returns the booked round trips."""
+) -> tuple[list[_Trade], int]:
+    """The bar loop of ``backtest``'s Notes: the booked round trips, and how many entry
+    signals the hedge cap refused."""
     n = len(price_y)
     # Plain Python floats: a loop over numpy scalars is several times slower.
     py = price_y.tolist()
@@ -638,6 +645,7 @@ def _run_state_machine(
     armed = True  # False after a stop/max_holding exit until z is back inside +-entry
     held: tuple | None = None  # (side, beta, units_y, units_x, entry bar of y, of x)
     entry_bar = -1
+    hedge_cap_refusals = 0
 
     for t in range(n):
         if order != _NO_ORDER:
@@ -677,6 +685,8 @@ def _run_state_machine(
                 order, order_side, order_beta = _ENTRY_ORDER, side, beta_t
                 leg_bar_y, leg_bar_x = int(next_y[t + 1]), int(next_x[t + 1])
                 due = max(leg_bar_y, leg_bar_x)
+            elif hedge > max_hedge_multiple:
+                hedge_cap_refusals += 1
             continue
 
         reason = ""
@@ -708,7 +718,7 @@ def _run_state_machine(
         bar_x = leg_bar_x if exiting and leg_bar_x < n else last_x
         trades.append(_book_trade(held, entry_bar, n - 1, bar_y, bar_x, "end", py, px,
                                   fee_bps, slippage_bps))
-    return trades
+    return trades, hedge_cap_refusals
 
 
 def _next_fill_bars(can_fill: np.ndarray) -> np.ndarray:
@@ -855,6 +865,7 @@ def _assemble_result(
     price_x: np.ndarray,
     capital: float,
     bar_seconds: float,
+    hedge_cap_refusals: int,
 ) -> BacktestResult:
     """Per-bar positions and equity from the trades, then the metrics."""
     n = len(ts)
@@ -933,6 +944,7 @@ def _assemble_result(
         slippage_paid=float(trades["slippage_cost"].sum()),
         periods_per_year=intervals_per_year,
         ratios_note=ratios_sample_note(n, bar_seconds, span_seconds=span_seconds),
+        hedge_cap_refusals=hedge_cap_refusals,
     )
 
 

@@ -828,8 +828,10 @@ def test_fills_on_the_real_spot_recording_use_each_legs_own_prints():
 ])
 def test_log_price_hedge_cap(beta, cap, trades):
     kwargs = {} if cap is None else {"max_hedge_multiple": cap}
-    result = run([100.0] * 5, [50.0] * 5, [0.0, 2.5, 1.0, 1.0, 1.0], beta=beta, **kwargs)
+    # the signal persists @1 and @2 (z 2.5, 2.2): a refused entry is refused on both bars
+    result = run([100.0] * 5, [50.0] * 5, [0.0, 2.5, 2.2, 1.0, 1.0], beta=beta, **kwargs)
     assert result.n_trades == trades
+    assert result.hedge_cap_refusals == (0 if trades else 2)
     if trades:
         trade = result.trades.iloc[0]
         hedge = abs(trade["units_x"]) * 50.0 / (abs(trade["units_y"]) * 100.0)
