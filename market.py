@@ -87,6 +87,7 @@ import orjson
 import pandas as pd
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosedError
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
@@ -1156,6 +1157,9 @@ class MarketServer:
         max_client_buffer: int = 8 * 1024 * 1024,
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
+        history_s: float = 0.0,
+        kline_history_s: float = 0.0,
+        rest_weight_limit: int | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind ({kind!r}) must be one of {', '.join(KINDS)}")
@@ -1190,6 +1194,18 @@ class MarketServer:
         self.placeholders_sent = 0
         self.slow_client_disconnects = 0
         self.rejected_handshakes = 0
+
+        # REST side (see "REST: the past" below): what happened before the stream began.
+        if not (history_s >= 0 and kline_history_s >= 0):
+            raise ValueError("history_s and kline_history_s must be >= 0")
+        self.history_ms = int(history_s * 1000)
+        self.kline_history_ms = int(kline_history_s * 1000)
+        self.past = _PastStore()
+        self.rest = _RestSide(self, rest_weight_limit)
+        self._live_origin_ms: int | None = None  # simulated time the stream starts at
+        self._live_started: float | None = None  # monotonic time the stream started
+        self._last_emitted_ms: int | None = None
+        self._last_fold_ms = 0
 
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -1226,6 +1242,7 @@ class MarketServer:
         """Bind, start the server thread and return :attr:`url` once it is listening."""
         if self.state is not ServerState.NEW:
             raise RuntimeError(f"cannot start a MarketServer that is {self.state.value}")
+        self._prepare_past()
         sock = socket.create_server((self.host, self._requested_port))
         self.port = sock.getsockname()[1]
         self._thread = threading.Thread(
@@ -1286,6 +1303,79 @@ class MarketServer:
         where = f"{self.host}:{self.port}" if self.port else "unbound"
         return f"MarketServer({self.source!r}, {where}, kind={self.kind!r}, {self.state.value})"
 
+    # -- REST: the past ---------------------------------------------------------------------
+
+    def _prepare_past(self) -> None:
+        """Simulate or read the history served over REST, before the stream begins.
+
+        A simulation starts ``history_s`` (rounded down to a whole minute) before its live
+        start, hands those trades to the past store, and adds ``kline_history_s`` of
+        simulated klines before them; the stream then begins at the live start with the
+        next ids, so REST and stream meet without a hole. A replay's first ``history_s`` of
+        recorded time become its past in the same way.
+        """
+        if self.history_ms <= 0 and self.kline_history_ms <= 0:
+            return
+        source = self.source
+        if isinstance(source, SimulatedMarket):
+            live = source.start_ms if source.start_ms is not None else _now_ms()
+            history_start = (live - self.history_ms) // MINUTE_MS * MINUTE_MS
+            source.start_ms = history_start
+            kline_ms = self.kline_history_ms // MINUTE_MS * MINUTE_MS
+            if kline_ms > 0:  # from the simulation's initial state: before any take()
+                for symbol, rows in simulate_past_klines(source, history_start,
+                                                         kline_ms).items():
+                    self.past.add_klines(symbol, rows)
+            source.begin()
+        else:
+            live = source.origin_ms + self.history_ms
+        self.past.add_trades(source.take(live - 1, None))
+        self._live_origin_ms = live
+
+    def _begin_live(self) -> int:
+        """Start the source's clock; the simulated time the stream starts at."""
+        if self._live_origin_ms is None:
+            self.source.begin(_now_ms())
+            self._live_origin_ms = self.source.origin_ms
+        return self._live_origin_ms
+
+    def clock_ms(self) -> int:
+        """The market's "now" (REST ``serverTime``): the source clock, or the wall clock
+        before the source starts. At full speed: the time of the last trade sent."""
+        if self._live_started is None:
+            return self._live_origin_ms if self._live_origin_ms is not None else _now_ms()
+        if self.source.speed == 0:
+            return self._last_emitted_ms or self._live_origin_ms
+        elapsed = time.monotonic() - self._live_started
+        return self._live_origin_ms + int(elapsed * 1000 * self.source.speed)
+
+    def _remember(self, trades: _Trades) -> None:
+        """Keep streamed trades for REST; fold those older than KEEP_TRADES_MS into klines."""
+        if not len(trades):
+            return
+        self.past.add_trades(trades)
+        last = int(trades.ts[-1])
+        self._last_emitted_ms = last
+        if last - self._last_fold_ms > MINUTE_MS:
+            self._last_fold_ms = last
+            self.past.fold_old_trades(last - max(KEEP_TRADES_MS, self.history_ms))
+
+    def _number_formats_of(self, symbol: str, kind: str) -> tuple[str, str]:
+        if kind == "spot":
+            return f"%.{SPOT_DECIMALS}f", f"%.{SPOT_DECIMALS}f"
+        price_decimals, qty_decimals = self.source.decimals(symbol)
+        return f"%.{price_decimals}f", f"%.{qty_decimals}f"
+
+    def _rest_response(self, request: Request) -> Response:
+        try:
+            status, body, extra = self.rest.answer(request.path)
+        except Exception:  # a bug here must not look like a network problem
+            logger.exception("REST request %s failed", request.path)
+            status, body, extra = 500, _error(-1000, "internal error"), {}
+        headers = Headers([("Content-Type", "application/json"), ("Connection", "close"),
+                           ("Content-Length", str(len(body))), *extra.items()])
+        return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
     # -- server thread ------------------------------------------------------------------
 
     def _run(self, sock: socket.socket) -> None:
@@ -1342,6 +1432,8 @@ class MarketServer:
         return len(clients)
 
     def _check_path(self, connection: _Connection, request: Request) -> Response | None:
+        if request.path.startswith(tuple(REST_PATHS)):  # plain HTTP GET: REST, not a socket
+            return self._rest_response(request)
         route = parse_path(request.path, self.kind)
         if route is None:
             self.rejected_handshakes += 1
@@ -1461,9 +1553,8 @@ class MarketServer:
         loop = asyncio.get_running_loop()
         if self.wait_for_subscriber:
             await self._subscribed.wait()
-        source.begin(_now_ms())
-        origin_ms = source.origin_ms
-        started = loop.time()
+        origin_ms = self._begin_live()
+        started = self._live_started = loop.time()
         while True:
             remaining = None if self.max_trades is None else self.max_trades - self.total_trades
             if remaining == 0:
@@ -1515,6 +1606,7 @@ class MarketServer:
 
     def _emit(self, trades: _Trades, clock_ms: int | None) -> None:
         """Encode each trade once per subscribed stream variant and write one batch per group."""
+        self._remember(trades)
         market = int((~trades.na).sum())
         self.total_trades += market
         self.placeholders_sent += len(trades) - market
@@ -1605,6 +1697,371 @@ def _event_payload(
     if not futures:
         event["M"] = True
     return dumps(event)
+
+
+# ---------------------------------------------------------------------------------------
+# REST: the past, served like Binance's aggTrades / klines
+# ---------------------------------------------------------------------------------------
+
+MINUTE_MS = 60_000
+REST_PATHS = {"/fapi/v1/": "futures", "/api/v3/": "spot"}
+BINANCE_WEIGHT_LIMITS = {"futures": 2400, "spot": 6000}
+DEMO_REST_WEIGHT_LIMIT = 120_000  # the built-in demo announces (and allows) 50x Binance's
+BAN_AFTER_429S = 5  # requests answered 429 within one minute before the IP gets a 418
+BAN_S = 120
+KEEP_TRADES_MS = 2 * 3_600_000  # trades older than this (and the history) become klines
+
+
+def _rest_weight(prefix_kind: str, endpoint: str, limit: int) -> int:
+    """Binance's request weights (see binance_rest's docstring for the table)."""
+    if endpoint == "aggTrades":
+        return 20 if prefix_kind == "futures" else 4
+    if endpoint == "klines":
+        if prefix_kind == "spot":
+            return 2
+        return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+    if endpoint == "exchangeInfo":
+        return 1 if prefix_kind == "futures" else 20
+    return 1
+
+
+def simulate_past_klines(source: SimulatedMarket, end_ms: int, duration_ms: int
+                         ) -> dict[str, np.ndarray]:
+    """1-minute klines of the ``duration_ms`` before ``end_ms`` that lead into ``source``.
+
+    The paths are simulated backwards on a 1 s grid from the state the simulation starts
+    in: the leader's log price as a random walk (``leader_vol``), the follower as
+    ``alpha + beta * leader + s`` with the Ornstein-Uhlenbeck spread run backwards (a
+    stationary Gaussian OU process is time-reversible, so the same recursion serves),
+    further symbols as random walks correlated with the leader. Per minute: open, high,
+    low, close of the 60 one-second points on the tick grid; a Poisson number of trades at
+    the symbol's rate; volume = trades x the mean trade size (lognormal sizes, median
+    ``MEDIAN_NOTIONAL_USDT``) with 10 % noise; taker-buy volume about half of it.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Per symbol, an (n, 9) float64 array: open time, open, high, low, close, volume,
+        taker-buy volume, trades, quote volume. ``end_ms`` and ``duration_ms`` are whole
+        minutes.
+    """
+    minutes = duration_ms // MINUTE_MS
+    if minutes <= 0:
+        return {}
+    seconds = minutes * 60
+    rng = np.random.default_rng([source.seed, 9, 1])
+    # Backwards from the start: point k is the value k seconds before end_ms (k = 1..seconds).
+    leader_steps = rng.standard_normal(seconds) * source.leader_vol
+    leader_start = source._states[source.pair[0]].log_price
+    leader = leader_start - np.cumsum(leader_steps)
+    phi = math.exp(-source.ou_theta)
+    eta = rng.standard_normal(seconds) * (source.spread_std * math.sqrt(1 - phi * phi))
+    spread = np.empty(seconds)
+    level = source._spread
+    for k, shock in enumerate(eta.tolist()):
+        level = phi * level + shock
+        spread[k] = level
+    out = {}
+    opens = end_ms - (np.arange(minutes, 0, -1) * MINUTE_MS)  # ascending
+    mean_notional = MEDIAN_NOTIONAL_USDT * math.exp(SIZE_LOG_SIGMA**2 / 2)
+    for name, state in source._states.items():
+        info = state.instrument
+        if name == source.pair[0]:
+            path = leader
+        elif name == source.pair[1]:
+            path = source.alpha + source.beta * leader + spread
+        else:
+            vol = OTHER_VOL_BPS / 1e4
+            own = rng.standard_normal(seconds)
+            steps = OTHER_CORRELATION * (vol / source.leader_vol) * leader_steps + math.sqrt(
+                1 - OTHER_CORRELATION**2) * vol * own
+            start = state.log_price
+            if state.role == "member":
+                start = math.log(info.level) + state.spread
+            path = start - np.cumsum(steps)
+        # Ascending time: reverse, then 60 points per minute.
+        prices = np.floor(np.exp(path[::-1]) / info.tick) * info.tick
+        prices = np.round(prices, info.price_decimals).reshape(minutes, 60)
+        trades = rng.poisson(state.rate * 60, minutes).astype(np.float64)
+        close = prices[:, -1]
+        volume = np.round(trades * mean_notional / close * np.exp(rng.normal(0, 0.1, minutes))
+                          / info.lot) * info.lot
+        volume = np.round(np.maximum(volume, info.lot), info.qty_decimals)
+        buy = np.round(volume * rng.uniform(0.4, 0.6, minutes) / info.lot) * info.lot
+        buy = np.round(buy, info.qty_decimals)
+        notional = volume * prices.mean(axis=1)
+        out[name] = np.column_stack([opens, prices[:, 0], prices.max(axis=1),
+                                     prices.min(axis=1), close, volume, buy, trades, notional])
+    return out
+
+
+class _PastStore:
+    """What a :class:`MarketServer` has to say about the past, per symbol.
+
+    Trades (aggregate id, trade id, time, price, qty, buyer-is-maker) of the simulated or
+    replayed history and of everything streamed since, in time order; klines computed from
+    them on request; older minutes as stored klines (simulated before the history, or
+    folded from trades older than ``KEEP_TRADES_MS`` so memory stays bounded).
+    """
+
+    _FIELDS = ("agg_id", "trade_id", "ts", "price", "qty", "maker")
+
+    def __init__(self) -> None:
+        self._parts: dict[str, list[tuple[np.ndarray, ...]]] = {}
+        self._merged: dict[str, tuple[np.ndarray, ...]] = {}
+        self._klines: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def add_trades(self, trades: _Trades) -> None:
+        """Record market trades (placeholders are left out, as in Binance's aggTrades)."""
+        if not len(trades):
+            return
+        keep = ~trades.na
+        codes = trades.code[keep]
+        columns = (trades.agg_id[keep], trades.trade_id[keep], trades.ts[keep],
+                   trades.price[keep], trades.qty[keep], trades.maker[keep])
+        with self._lock:
+            for code in np.unique(codes).tolist():
+                rows = codes == code
+                self._parts.setdefault(trades.symbols[code], []).append(
+                    tuple(column[rows] for column in columns))
+
+    def add_klines(self, symbol: str, rows: np.ndarray) -> None:
+        with self._lock:
+            old = self._klines.get(symbol)
+            self._klines[symbol] = rows if old is None else np.vstack([old, rows])
+
+    def has(self, symbol: str) -> bool:
+        return symbol in self._parts or symbol in self._klines or symbol in self._merged
+
+    def trades(self, symbol: str) -> tuple[np.ndarray, ...] | None:
+        """The symbol's trade columns, merged into one array each (cached)."""
+        with self._lock:
+            parts = self._parts.get(symbol)
+            merged = self._merged.get(symbol)
+            if parts:
+                pieces = ([merged] if merged is not None else []) + parts
+                merged = tuple(np.concatenate([p[i] for p in pieces]) for i in range(6))
+                self._merged[symbol] = merged
+                self._parts[symbol] = []
+            return merged
+
+    def fold_old_trades(self, before_ms: int) -> None:
+        """Turn trades of whole minutes before ``before_ms`` into stored klines."""
+        cut = before_ms - before_ms % MINUTE_MS
+        for symbol in list(self._parts) + list(self._merged):
+            trades = self.trades(symbol)
+            if trades is None or not len(trades[2]) or trades[2][0] >= cut:
+                continue
+            stop = int(np.searchsorted(trades[2], cut, side="left"))
+            old = tuple(column[:stop] for column in trades)
+            self.add_klines(symbol, _minute_bars(old))
+            with self._lock:
+                merged = self._merged[symbol]
+                self._merged[symbol] = tuple(column[stop:] for column in merged)
+
+    def klines(self, symbol: str, start_ms: int, end_ms: int, limit: int) -> np.ndarray:
+        """Minute bars with open in [start_ms, end_ms]: stored ones, then from trades."""
+        stored = self._klines.get(symbol)
+        parts = []
+        if stored is not None and len(stored):
+            opens = stored[:, 0]
+            parts.append(stored[(opens >= start_ms) & (opens <= end_ms)])
+        trades = self.trades(symbol)
+        if trades is not None and len(trades[2]):
+            ts = trades[2]
+            lo = int(np.searchsorted(ts, start_ms - start_ms % MINUTE_MS, side="left"))
+            hi = int(np.searchsorted(ts, end_ms - end_ms % MINUTE_MS + MINUTE_MS, side="left"))
+            if hi > lo:
+                parts.append(_minute_bars(tuple(column[lo:hi] for column in trades)))
+        if not parts:
+            return np.empty((0, 9))
+        rows = np.vstack(parts)
+        rows = rows[np.argsort(rows[:, 0], kind="stable")]
+        return rows[:limit]
+
+
+def _minute_bars(trades: tuple[np.ndarray, ...]) -> np.ndarray:
+    """(n, 9) minute bars (open time, o, h, l, c, volume, taker-buy volume, trades,
+    quote volume) of time-ordered trade columns."""
+    _agg, _tid, ts, price, qty, maker = trades
+    if not len(ts):
+        return np.empty((0, 9))
+    minute = ts - ts % MINUTE_MS
+    starts = np.flatnonzero(np.r_[True, minute[1:] != minute[:-1]])
+    ends = np.r_[starts[1:], len(ts)] - 1
+    return np.column_stack([
+        minute[starts], price[starts], np.maximum.reduceat(price, starts),
+        np.minimum.reduceat(price, starts), price[ends], np.add.reduceat(qty, starts),
+        np.add.reduceat(np.where(maker, 0.0, qty), starts), (ends - starts + 1).astype(float),
+        np.add.reduceat(price * qty, starts)])
+
+
+class _RestSide:
+    """Answers the REST paths of a :class:`MarketServer` (runs on the server's loop).
+
+    Paths: ``/fapi/v1/`` and ``/api/v3/`` + ``aggTrades``, ``klines`` (interval ``1m``),
+    ``time``, ``exchangeInfo``, ``ping``. Parameters, limits, errors and row layouts are
+    Binance's (``binance_rest``'s docstring lists them); weights are counted per wall-clock
+    minute and reported in ``X-MBX-USED-WEIGHT-1M``. With ``weight_limit`` set, a request
+    over it gets 429 with ``Retry-After`` (seconds to the next minute), and more than
+    ``BAN_AFTER_429S`` such requests in one minute a 418 ban of ``BAN_S`` seconds, as
+    Binance does to clients that ignore 429s.
+    """
+
+    def __init__(self, server: MarketServer, weight_limit: int | None) -> None:
+        self.server = server
+        self.weight_limit = weight_limit
+        self.requests = 0
+        self.throttled = 0
+        self.banned = 0
+        self._minute = -1
+        self._used = 0
+        self._over = 0
+        self._banned_until = 0.0
+
+    def answer(self, path: str) -> tuple[int, bytes, dict[str, str]]:
+        """(HTTP status, JSON body, extra headers) for one GET request target."""
+        self.requests += 1
+        parts = urlsplit(path)
+        kind = endpoint = None
+        for prefix, prefix_kind in REST_PATHS.items():
+            if parts.path.startswith(prefix):
+                kind, endpoint = prefix_kind, parts.path[len(prefix):]
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        now = time.time()
+        if now < self._banned_until:
+            self.banned += 1
+            return 418, _error(-1003, "Way too many requests; IP banned."), {
+                "Retry-After": str(max(1, math.ceil(self._banned_until - now)))}
+        try:
+            limit = int(query.get("limit", 500 if endpoint == "aggTrades" else 500))
+        except ValueError:
+            return 400, _error(-1100, "Illegal characters found in parameter 'limit'."), {}
+        weight = _rest_weight(kind or "futures", endpoint or "", limit)
+        minute = int(now // 60)
+        if minute != self._minute:
+            self._minute, self._used, self._over = minute, 0, 0
+        self._used += weight
+        headers = {"X-MBX-USED-WEIGHT-1M": str(self._used)}
+        if self.weight_limit is not None and self._used > self.weight_limit:
+            self._over += 1
+            self.throttled += 1
+            if self._over > BAN_AFTER_429S:
+                self._banned_until = now + BAN_S
+                return 418, _error(-1003, "Way too many requests; IP banned."), {
+                    **headers, "Retry-After": str(BAN_S)}
+            retry = max(1, math.ceil((minute + 1) * 60 - now))
+            return 429, _error(-1003, "Too many requests."), {**headers,
+                                                              "Retry-After": str(retry)}
+        handler = {"aggTrades": self._agg_trades, "klines": self._klines, "time": self._time,
+                   "exchangeInfo": self._exchange_info, "ping": lambda q, k: (200, b"{}")
+                   }.get(endpoint)
+        if handler is None:
+            return 404, _error(-1000, f"Unknown path {parts.path}"), headers
+        try:
+            status, body = handler(query, kind)
+        except _BadRequest as exc:
+            status, body = 400, _error(exc.code, exc.message)
+        return status, body, headers
+
+    def _symbol(self, query: dict) -> str:
+        symbol = query.get("symbol", "")
+        known = symbol in self.server.source.symbols or self.server.past.has(symbol)
+        if not SYMBOL_PATTERN.match(symbol) or not known:
+            raise _BadRequest(-1121, "Invalid symbol.")
+        return symbol
+
+    def _time(self, query: dict, kind: str) -> tuple[int, bytes]:
+        return 200, orjson.dumps({"serverTime": self.server.clock_ms()})
+
+    def _exchange_info(self, query: dict, kind: str) -> tuple[int, bytes]:
+        limit = self.weight_limit or BINANCE_WEIGHT_LIMITS[kind]
+        return 200, orjson.dumps({
+            "timezone": "UTC", "serverTime": self.server.clock_ms(),
+            "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE",
+                            "intervalNum": 1, "limit": limit}],
+            "symbols": [{"symbol": s, "status": "TRADING"} for s in self.server.source.symbols],
+        })
+
+    def _agg_trades(self, query: dict, kind: str) -> tuple[int, bytes]:
+        symbol = self._symbol(query)
+        limit = min(max(_int_param(query, "limit", 500), 1), 1000)
+        from_id = _int_param(query, "fromId", None)
+        start = _int_param(query, "startTime", None)
+        end = _int_param(query, "endTime", None)
+        if start is not None and end is not None and end - start >= 3_600_000:
+            raise _BadRequest(-1127, "More than 1 hours between startTime and endTime.")
+        trades = self.server.past.trades(symbol)
+        if trades is None or not len(trades[0]):
+            return 200, b"[]"
+        agg, tid, ts, price, qty, maker = trades
+        if from_id is not None:
+            lo = int(np.searchsorted(agg, from_id, side="left"))
+            hi = lo + limit
+        elif start is not None or end is not None:
+            lo = 0 if start is None else int(np.searchsorted(ts, start, side="left"))
+            hi = len(ts) if end is None else int(np.searchsorted(ts, end, side="right"))
+            if start is None:
+                lo = max(lo, hi - limit)
+            hi = min(hi, lo + limit)
+        else:
+            hi = len(ts)
+            lo = max(0, hi - limit)
+        price_format, qty_format = self.server._number_formats_of(symbol, kind)
+        spot = kind == "spot"
+        rows = []
+        for a, t, when, p, q, m in zip(agg[lo:hi].tolist(), tid[lo:hi].tolist(),
+                                       ts[lo:hi].tolist(), price[lo:hi].tolist(),
+                                       qty[lo:hi].tolist(), maker[lo:hi].tolist()):
+            row = {"a": a, "p": price_format % p, "q": qty_format % q, "f": t, "l": t,
+                   "T": when, "m": m}
+            if spot:
+                row["M"] = True
+            rows.append(row)
+        return 200, orjson.dumps(rows)
+
+    def _klines(self, query: dict, kind: str) -> tuple[int, bytes]:
+        symbol = self._symbol(query)
+        if query.get("interval") != "1m":
+            raise _BadRequest(-1120, "Invalid interval.")
+        limit = min(max(_int_param(query, "limit", 500), 1), 1500 if kind == "futures" else 1000)
+        start = _int_param(query, "startTime", None)
+        end = _int_param(query, "endTime", None)
+        now = self.server.clock_ms()
+        end = now if end is None else end
+        if start is None:
+            start = end - end % MINUTE_MS - (limit - 1) * MINUTE_MS
+        rows = self.server.past.klines(symbol, start, end, limit)
+        price_format, qty_format = self.server._number_formats_of(symbol, kind)
+        out = []
+        for o_ts, o, h, low, c, v, buy, n, quote in rows.tolist():
+            open_ms = int(o_ts)
+            out.append([open_ms, price_format % o, price_format % h, price_format % low,
+                        price_format % c, qty_format % v, open_ms + MINUTE_MS - 1,
+                        "%.8f" % quote, int(n), qty_format % buy, "%.8f" % (buy * c), "0"])
+        return 200, orjson.dumps(out)
+
+
+class _BadRequest(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _error(code: int, message: str) -> bytes:
+    return orjson.dumps({"code": code, "msg": message})
+
+
+def _int_param(query: dict, name: str, default):
+    value = query.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise _BadRequest(-1100, f"Illegal characters found in parameter '{name}'.") from None
+
 
 
 # ---------------------------------------------------------------------------------------

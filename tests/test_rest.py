@@ -283,3 +283,99 @@ def test_backfiller_reports_unreachable_rest_and_keeps_gaps(tmp_path):
     assert "REST" in gaps["reason"].iloc[0]
     assert backfiller.progress["BTCUSDT"].state == "failed"
     conn.close()
+
+
+# --------------------------------------------------------------------------------------
+# The built-in market's REST side
+# --------------------------------------------------------------------------------------
+
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+
+import market  # noqa: E402
+
+
+def _get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, dict(response.headers), orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), orjson.loads(exc.read())
+
+
+@pytest.fixture(scope="module")
+def past_market():
+    server = market.MarketServer(market.SimulatedMarket(seed=11), history_s=600,
+                                 kline_history_s=3 * 3600)
+    server.start()
+    yield server, server.url.replace("ws://", "http://")
+    server.stop()
+
+
+def test_market_klines_cover_the_simulated_past_minute_by_minute(past_market):
+    server, base = past_market
+    _, headers, answer = _get(f"{base}/fapi/v1/time")
+    now = answer["serverTime"]
+    _, headers, rows = _get(f"{base}/fapi/v1/klines?symbol=ETHUSDT&interval=1m"
+                            f"&startTime={now - 4 * 3600_000}&endTime={now}&limit=1500")
+    opens = [row[0] for row in rows]
+    assert all(b - a == 60_000 for a, b in zip(opens, opens[1:]))
+    # 3 h of simulated klines before the 10 min (whole minutes) of trades, to the live one.
+    history_start = (now - 600_000) // 60_000 * 60_000
+    assert opens[0] == history_start - 3 * 3600_000 and opens[-1] == now - now % 60_000
+    for row in rows:
+        low, high = float(row[3]), float(row[2])
+        assert low <= float(row[1]) <= high and low <= float(row[4]) <= high
+    assert headers["X-MBX-USED-WEIGHT-1M"] == str(1 + 10)  # time 1, klines(1500) 10
+
+
+def test_market_kline_of_a_traded_minute_matches_its_aggregate_trades(past_market):
+    server, base = past_market
+    _, _, answer = _get(f"{base}/fapi/v1/time")
+    minute = answer["serverTime"] // 60_000 * 60_000 - 5 * 60_000  # inside the trade history
+    _, _, trades = _get(f"{base}/fapi/v1/aggTrades?symbol=BTCUSDT&startTime={minute}"
+                        f"&endTime={minute + 59_999}&limit=1000")
+    while trades[-1]["T"] < minute + 60_000:  # ~40 trades/s: walk on by id
+        _, _, page = _get(f"{base}/fapi/v1/aggTrades?symbol=BTCUSDT"
+                          f"&fromId={trades[-1]['a'] + 1}&limit=1000")
+        trades += page
+    trades = [t for t in trades if t["T"] < minute + 60_000]
+    _, _, klines = _get(f"{base}/fapi/v1/klines?symbol=BTCUSDT&interval=1m&startTime={minute}"
+                        f"&endTime={minute}")
+    assert len(trades) > 1000
+    prices = [float(t["p"]) for t in trades]
+    kline = klines[0]
+    assert kline[0] == minute and kline[8] == len(trades)
+    assert (float(kline[1]), float(kline[4])) == (prices[0], prices[-1])
+    assert (float(kline[2]), float(kline[3])) == (max(prices), min(prices))
+    assert float(kline[5]) == pytest.approx(sum(float(t["q"]) for t in trades))
+    ids = [t["a"] for t in trades]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))  # consecutive aggregate ids
+
+
+def test_market_rest_errors_like_binance(past_market):
+    _, base = past_market
+    assert _get(f"{base}/fapi/v1/aggTrades?symbol=NOPEUSDT")[2]["code"] == -1121
+    assert _get(f"{base}/fapi/v1/aggTrades?symbol=BTCUSDT&startTime=0&endTime=3600000"
+                )[2]["code"] == -1127
+    assert _get(f"{base}/fapi/v1/klines?symbol=BTCUSDT&interval=5m")[2]["code"] == -1120
+    status, _, rows = _get(f"{base}/api/v3/aggTrades?symbol=BTCUSDT&limit=3")
+    assert status == 200 and len(rows) == 3 and all(row["M"] is True for row in rows)
+
+
+def test_market_simulates_429_then_418_for_a_client_that_ignores_it():
+    server = market.MarketServer(market.SimulatedMarket(seed=2), history_s=60,
+                                 rest_weight_limit=50)
+    base = server.start().replace("ws://", "http://")
+    try:
+        statuses = []
+        for _ in range(10):
+            status, headers, _ = _get(f"{base}/fapi/v1/aggTrades?symbol=BTCUSDT&limit=5")
+            statuses.append((status, headers.get("Retry-After")))
+    finally:
+        server.stop()
+    codes = [status for status, _ in statuses]
+    # 20 + 20 fit in 50; the third is over: 429 with Retry-After; five 429s later a 418.
+    if codes[:2] == [200, 200]:  # (unless the minute turned over between requests)
+        assert codes[2] == 429 and int(statuses[2][1]) >= 1
+        assert 418 in codes and all(c == 418 for c in codes[codes.index(418):])
