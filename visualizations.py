@@ -677,7 +677,8 @@ def _level(y: float, *, color: str, dash: str, label: str | None) -> tuple[dict,
                  line=dict(color=color, dash=dash, width=1), layer="below")
     if label is None:
         return shape, None
-    annotation = dict(xref="x domain", x=1.0, xanchor="right", yref="y", y=y, yanchor="bottom",
+    # at the left edge: the right one is under Plotly's toolbar, which hid "+2 entry"
+    annotation = dict(xref="x domain", x=0.0, xanchor="left", yref="y", y=y, yanchor="bottom",
                       text=label, showarrow=False, font=dict(size=10, color=color))
     return shape, annotation
 
@@ -1213,3 +1214,114 @@ def equity_figure(equity: pd.Series, drawdown: pd.Series | None = None, *, tz: s
                     tickformat=_percent_format(dd), anchor="x"),
         hoversubplots="axis",
     )
+
+
+# --------------------------------------------------------------------------------------
+# linked time axes, markers, crosshair
+# --------------------------------------------------------------------------------------
+
+MARKER_STYLES = {  # kind -> (Plotly marker symbol, colour, legend name)
+    "long entry": ("triangle-up", UP_COLOR, "long entry"),
+    "short entry": ("triangle-down", DOWN_COLOR, "short entry"),
+    "exit": ("x-thin-open", "#9aa0a6", "exit"),
+    "alert": ("diamond", ENTRY_COLOR, "alert fired"),
+}
+
+
+def time_range_ms(x_range) -> tuple[float, float]:
+    """An x range as Plotly reports it (date strings such as ``"2025-12-15 08:44:00.5"``,
+    or numbers) -> (low, high) in the figures' display milliseconds."""
+    def to_ms(value) -> float:
+        if isinstance(value, str):
+            return pd.Timestamp(value).value / 1e6  # naive = the display clock, as drawn
+        return float(value)
+
+    low, high = sorted(to_ms(v) for v in x_range)
+    return low, high
+
+
+def show_time_range(fig: go.Figure, x_range, *, padding: float = 0.05) -> go.Figure:
+    """Show ``x_range`` on every x-axis of ``fig`` and fit each y-axis to the data inside it.
+
+    What a trader expects from zooming into a time window: the y-axis rescales to the
+    visible values (Plotly's autorange would keep the whole series' range). Each y-axis
+    gets [min, max] of its traces' values whose x lies in the window (candles: low and
+    high), widened by ``padding`` of the span on each side; an axis with no visible
+    finite value keeps its autorange. Returns ``fig``, changed in place.
+    """
+    low, high = time_range_ms(x_range)
+    bounds: dict[str, list[float]] = {}
+    for trace in fig.data:
+        if trace.x is None:
+            continue
+        x = np.asarray(trace.x, dtype=np.float64)
+        inside = (x >= low) & (x <= high)
+        if trace.type == "candlestick":
+            columns = (trace.low, trace.high)
+        else:
+            columns = (trace.y,)
+        values = np.concatenate([np.asarray(c, dtype=np.float64)[inside] for c in columns
+                                 if c is not None] or [np.array([])])
+        values = values[np.isfinite(values)]
+        if len(values):
+            axis = "yaxis" + (trace.yaxis or "y")[1:]
+            seen = bounds.setdefault(axis, [math.inf, -math.inf])
+            seen[0], seen[1] = min(seen[0], values.min()), max(seen[1], values.max())
+    x_axes = [name for name in fig.layout.to_plotly_json() if name.startswith("xaxis")]
+    layout = {axis: {"range": list(x_range), "autorange": False} for axis in x_axes or ["xaxis"]}
+    for axis, (lo, hi) in bounds.items():
+        pad = (hi - lo) * padding if hi > lo else (abs(hi) * 1e-4 or 1.0)  # one value
+        layout[axis] = {"range": [lo - pad, hi + pad], "autorange": False}
+    fig.update_layout(layout)
+    return fig
+
+
+def add_crosshair(fig: go.Figure) -> go.Figure:
+    """A vertical crosshair line through every subplot at the hovered time (with the
+    figure's unified hover). Returns ``fig``, changed in place."""
+    fig.update_xaxes(showspikes=True, spikemode="across", spikesnap="cursor", spikethickness=1,
+                     spikedash="dot", spikecolor=BAND_COLOR)
+    return fig
+
+
+def add_markers(fig: go.Figure, ts_ms, on: pd.Series, kind: str, *, hover: Sequence[str] = (),
+                tz: str = "UTC", yaxis: str = "y") -> go.Figure:
+    """Mark events (backtest entries and exits, alert firings) on a time chart.
+
+    Parameters
+    ----------
+    ts_ms : array-like of int
+        Event times, epoch ms.
+    on : pandas.Series
+        The series drawn on the chart (indexed by epoch ms): each marker sits on its value
+        at the event time (the last value at or before it), so a marker lies on the line.
+        Events before the series' first value are not drawn.
+    kind : {"long entry", "short entry", "exit", "alert"}
+        The marker's shape, colour and legend name (``MARKER_STYLES``).
+    hover : sequence of str
+        One hover text per event (e.g. "long entry, z 2.13"); optional.
+    tz, yaxis
+        The display zone and the y-axis the series uses.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        ``fig`` with one markers-only trace added (nothing added without events).
+    """
+    if kind not in MARKER_STYLES:
+        raise ValueError(f"kind ({kind!r}) must be one of {', '.join(MARKER_STYLES)}")
+    _check_ms_index(on.index, "on")
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    values = on.sort_index().reindex(ts, method="ffill").to_numpy(dtype=np.float64) \
+        if len(on) else np.full(len(ts), np.nan)
+    keep = np.isfinite(values)
+    if not keep.any():
+        return fig
+    symbol, color, name = MARKER_STYLES[kind]
+    text = list(np.asarray(hover, dtype=object)[keep]) if len(hover) else None
+    fig.add_trace(go.Scatter(
+        x=to_display_ms(ts[keep], tz), y=values[keep], mode="markers", name=name, text=text,
+        hovertemplate="%{text}<extra></extra>" if text else None, yaxis=yaxis,
+        marker=dict(symbol=symbol, color=color, size=11,
+                    line=dict(width=2 if kind == "exit" else 1, color=color))))
+    return fig

@@ -801,3 +801,68 @@ def test_100k_point_inputs_serialise_compactly():
         assert not ISO_DATE.search(payload)
         assert len(payload) < 400_000  # 2 k points/trace as typed arrays, not 100 k ISO strings
     print("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------
+# linked time axes, markers, crosshair (issue 15)
+# --------------------------------------------------------------------------------------
+
+
+def test_level_labels_sit_left_clear_of_the_plotly_toolbar():
+    fig = viz.zscore_figure(make_series(100), 2.0, 0.5)
+    assert all(a.x == 0.0 and a.xanchor == "left" for a in fig.layout.annotations)
+
+
+def test_a_time_range_fits_every_y_axis_to_what_is_visible():
+    bars = make_bars(600)
+    fig = viz.candlestick_figure(bars, "BTCUSDT")
+    lo_ms, hi_ms = START_MS + 100_000, START_MS + 199_000  # bars 100..199
+    window = [pd.Timestamp(lo_ms, unit="ms").strftime("%Y-%m-%d %H:%M:%S"),
+              pd.Timestamp(hi_ms, unit="ms").strftime("%Y-%m-%d %H:%M:%S")]
+    viz.show_time_range(fig, window, padding=0.0)
+
+    visible = bars.loc[lo_ms:hi_ms]
+    assert list(fig.layout.xaxis.range) == window and fig.layout.xaxis.autorange is False
+    assert list(fig.layout.yaxis.range) == pytest.approx([visible["low"].min(),
+                                                          visible["high"].max()])
+    assert list(fig.layout.yaxis2.range) == pytest.approx([0.0, visible["volume"].max()])
+    # the whole series' range is wider: the fit is not autorange
+    assert bars["high"].max() > visible["high"].max() or bars["low"].min() < visible["low"].min()
+
+
+def test_a_time_range_pads_and_leaves_empty_axes_alone():
+    z = make_series(300)
+    fig = viz.zscore_figure(z, 2.0, 0.0)
+    viz.show_time_range(fig, [START_MS + 10_000.0, START_MS + 20_000.0])
+    visible = z.loc[START_MS + 10_000:START_MS + 20_000]
+    span = visible.max() - visible.min()
+    assert list(fig.layout.yaxis.range) == pytest.approx([visible.min() - 0.05 * span,
+                                                          visible.max() + 0.05 * span])
+    far = viz.zscore_figure(z, 2.0, 0.0)
+    viz.show_time_range(far, [0.0, 1000.0])  # nothing visible: y keeps its autorange
+    assert far.layout.yaxis.range is None
+
+
+def test_markers_sit_on_the_series_at_the_event_time():
+    z = make_series(100)
+    fig = viz.zscore_figure(z, 2.0, 0.0, tz="Asia/Kolkata")
+    events = [START_MS - 5_000, START_MS + 10_500, START_MS + 42_000]  # before the data: dropped
+    viz.add_markers(fig, events, z, "long entry", hover=["a", "b", "c"], tz="Asia/Kolkata")
+
+    marks = fig.data[-1]
+    assert marks.mode == "markers" and marks.name == "long entry"
+    assert marks.marker.symbol == "triangle-up"
+    assert list(marks.y) == [z.loc[START_MS + 10_000], z.loc[START_MS + 42_000]]
+    assert list(marks.x) == list(viz.to_display_ms(np.array(events[1:]), "Asia/Kolkata"))
+    assert list(marks.text) == ["b", "c"]
+    before = len(fig.data)
+    viz.add_markers(fig, [], z, "exit")
+    assert len(fig.data) == before
+    with pytest.raises(ValueError, match="kind"):
+        viz.add_markers(fig, events, z, "entry")
+
+
+def test_crosshair_spans_every_subplot():
+    fig = viz.add_crosshair(viz.candlestick_figure(make_bars(50), "BTCUSDT"))
+    assert fig.layout.xaxis.showspikes and fig.layout.xaxis.spikemode == "across"
+    assert fig.layout.hovermode == "x unified"
