@@ -398,7 +398,7 @@ def _set_cache_size(conn: sqlite3.Connection) -> None:
 def _create_schema(conn: sqlite3.Connection, path: str) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in _SCHEMA:
+        for statement in _SCHEMA + KLINE_SCHEMA:
             conn.execute(statement)
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                      (str(SCHEMA_VERSION),))
@@ -976,7 +976,9 @@ def read_bars(conn: sqlite3.Connection, symbol: str, start_ms: int | None = None
     A bucket = all 1 s bars with ``ts - ts % size`` equal; open = open of its first 1 s
     bar, close = close of its last, high = max, low = min, volume, buy_volume, trades and
     notional = sums, vwap = notional / volume (NaN when volume is 0). Built from
-    ``bars_1s`` only, never from raw ticks. The newest bar may still grow.
+    ``bars_1s`` only, never from raw ticks. The newest bar may still grow. At 1 min and
+    coarser, minutes with REST klines (``klines_1m``) are joined in: see
+    ``_read_bars_with_klines`` (a tick minute wins only when complete).
     """
     size = _check_timeframe(timeframe)
     start = _MIN_TS if start_ms is None else _ceil_to(int(start_ms), size)
@@ -984,6 +986,8 @@ def read_bars(conn: sqlite3.Connection, symbol: str, start_ms: int | None = None
     if start_ms is not None and end_ms is not None and start_ms > end_ms:
         raise ValueError(f"start_ms ({start_ms}) must not be after end_ms ({end_ms})")
     params = {"symbol": symbol.upper(), "start": start, "end": end, "size": size}
+    if size >= 60_000 and _has_klines(conn, symbol, start, end):  # REST history: join
+        return _read_bars_with_klines(conn, symbol, start, end, size)
     sql = _READ_1S if size == 1000 else _READ_BUCKETS
     return _bars_frame(conn.execute(sql, params).fetchall())
 
@@ -1699,3 +1703,242 @@ def release_alert_evaluator(conn: sqlite3.Connection, owner: str) -> None:
     """Give the lease up (only when ``owner`` holds it)."""
     conn.execute("DELETE FROM meta WHERE key = ? AND json_extract(value, '$.owner') = ?",
                  (_EVALUATOR_LEASE_KEY, owner))
+
+
+# --------------------------------------------------------------------------------------
+# REST backfill: kline-derived 1m bars, gap notes, the ledger the Backfiller writes through
+# --------------------------------------------------------------------------------------
+#
+# ``klines_1m`` holds Binance's 1-minute klines fetched over REST, apart from the tick-derived
+# ``bars_1s``. Reads at 1m and coarser join the two per minute (``read_bars``): a minute built
+# from ticks wins over its kline only when it is complete - its traded volume reaches the
+# kline's - so a partly recorded minute (the first minute of a recording, a minute with a
+# gap) shows the exchange's bar, and the live minute (no closed kline yet) shows the ticks.
+# ``gap_notes`` keeps why a gap is still open (or that REST repaired it) for the Health tab.
+# ``meta.history_version`` grows whenever REST stores the past, so caches that top up from
+# the newest bar know to read their whole window again.
+
+KLINE_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS klines_1m (
+        symbol TEXT NOT NULL,
+        ts INTEGER NOT NULL,              -- kline open, epoch ms, multiple of 60000
+        open REAL NOT NULL,
+        high REAL NOT NULL,
+        low REAL NOT NULL,
+        close REAL NOT NULL,
+        volume REAL NOT NULL,             -- base asset volume
+        buy_volume REAL NOT NULL,         -- taker-buy base volume
+        trades INTEGER NOT NULL,          -- Binance's count of (raw) trades
+        notional REAL NOT NULL,           -- quote asset volume
+        PRIMARY KEY (symbol, ts)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS gap_notes (
+        symbol TEXT NOT NULL,
+        from_id INTEGER NOT NULL,
+        to_id INTEGER NOT NULL,
+        repaired INTEGER NOT NULL,        -- 1: REST filled the gap; 0: why it stays open
+        reason TEXT NOT NULL,
+        noted_ms INTEGER NOT NULL,        -- local epoch ms
+        PRIMARY KEY (symbol, from_id, to_id)
+    ) WITHOUT ROWID""",
+)
+
+# A tick minute is complete when its volume reaches the kline's (relative tolerance: sums of
+# decimal quantities in floating point differ in the last bits).
+KLINE_VOLUME_TOLERANCE = 1e-9
+_HISTORY_VERSION_KEY = "history_version"
+
+
+def save_klines(conn: sqlite3.Connection, symbol: str, rows: Iterable[Sequence]) -> int:
+    """Store closed 1-minute klines (replacing the same minutes); returns rows written.
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+        A writable connection.
+    symbol : str
+        Any case.
+    rows : iterable of sequences
+        ``(open_ts, open, high, low, close, volume, close_ts, quote_volume, trades,
+        taker_buy_base_volume)`` as ``binance_rest.parse_klines`` returns them.
+    """
+    values = [(symbol.upper(), int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]),
+               float(r[5]), float(r[9]), int(r[8]), float(r[7])) for r in rows]
+    if not values:
+        return 0
+    with _Transaction(conn):
+        conn.executemany(
+            "INSERT OR REPLACE INTO klines_1m (symbol, ts, open, high, low, close, volume, "
+            "buy_volume, trades, notional) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+        _bump_history_version(conn)
+    return len(values)
+
+
+def _bump_history_version(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO UPDATE "
+                 "SET value = CAST(value AS INTEGER) + 1", (_HISTORY_VERSION_KEY,))
+
+
+def history_version(conn: sqlite3.Connection) -> int:
+    """A number that grows whenever REST stores past klines or trades (0: never)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_HISTORY_VERSION_KEY,)
+                       ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (name,)).fetchone() is not None
+
+
+def read_klines(conn: sqlite3.Connection, symbol: str, start_ms: int | None = None,
+                end_ms: int | None = None) -> pd.DataFrame:
+    """Stored klines of one symbol with open in ``[start_ms, end_ms)``, in the bar layout."""
+    if not _table_exists(conn, "klines_1m"):
+        return _bars_frame([])
+    rows = conn.execute(
+        "SELECT ts, open, high, low, close, volume, buy_volume, trades, notional FROM klines_1m "
+        "WHERE symbol = ? AND ts >= ? AND ts < ? ORDER BY ts",
+        (symbol.upper(), _MIN_TS if start_ms is None else int(start_ms),
+         _MAX_TS if end_ms is None else int(end_ms))).fetchall()
+    return _bars_frame(rows)
+
+
+def _has_klines(conn: sqlite3.Connection, symbol: str, start: int, end: int) -> bool:
+    if not _table_exists(conn, "klines_1m"):  # a file written before this table existed
+        return False
+    return conn.execute("SELECT 1 FROM klines_1m WHERE symbol = ? AND ts >= ? AND ts < ? "
+                        "LIMIT 1", (symbol.upper(), start, end)).fetchone() is not None
+
+
+def _read_bars_with_klines(conn: sqlite3.Connection, symbol: str, start: int, end: int,
+                           size: int) -> pd.DataFrame:
+    """``read_bars`` at ``size`` >= 1 min from tick minutes joined with kline minutes.
+
+    Per minute: the tick-derived bar when it is complete (volume >= the kline's, within
+    ``KLINE_VOLUME_TOLERANCE``) or when there is no kline, else the kline. Coarser buckets
+    are then built from those minutes exactly as from 1 s bars (open of the first, close of
+    the last, max, min, sums).
+    """
+    params = {"symbol": symbol.upper(), "start": start, "end": end, "size": 60_000}
+    ticks = _bars_frame(conn.execute(_READ_BUCKETS, params).fetchall())
+    klines = read_klines(conn, symbol, start, end)
+    kline_volume = klines["volume"].reindex(ticks.index)
+    complete = ~(ticks["volume"] < kline_volume * (1 - KLINE_VOLUME_TOLERANCE))
+    minutes = pd.concat([ticks[complete], klines.drop(ticks.index[complete], errors="ignore")])
+    minutes = minutes.sort_index()
+    if size == 60_000 or minutes.empty:
+        return minutes
+    bucket = minutes.index - minutes.index % size
+    grouped = minutes.groupby(bucket)
+    bars = pd.DataFrame({
+        "open": grouped["open"].first(), "high": grouped["high"].max(),
+        "low": grouped["low"].min(), "close": grouped["close"].last(),
+        "volume": grouped["volume"].sum(), "buy_volume": grouped["buy_volume"].sum(),
+        "trades": grouped["trades"].sum().astype(np.int64),
+        "notional": grouped["notional"].sum(),
+    })
+    bars.index = pd.Index(bars.index.astype(np.int64), name="ts")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bars["vwap"] = np.where(bars["volume"] > 0, bars["notional"] / bars["volume"], np.nan)
+    return bars
+
+
+def last_stored_trade(conn: sqlite3.Connection, symbol: str) -> tuple[int, int] | None:
+    """(highest stored trade id, its exchange time) of ``symbol``, or None; one index seek."""
+    row = conn.execute("SELECT trade_id, ts FROM ticks WHERE symbol = ? ORDER BY trade_id DESC "
+                       "LIMIT 1", (symbol.upper(),)).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def open_gaps(conn: sqlite3.Connection, symbols: Iterable[str]
+              ) -> list[tuple[str, int, int, int | None, int | None]]:
+    """Open gaps of ``symbols`` as ``(symbol, from_id, to_id, from_ts, to_ts)``, newest first."""
+    names = [s.upper() for s in symbols]
+    if not names:
+        return []
+    rows = conn.execute(
+        "SELECT symbol, from_id, to_id, from_ts, to_ts FROM gaps WHERE symbol IN "
+        "(SELECT value FROM json_each(?)) ORDER BY from_id DESC", (json.dumps(names),)
+    ).fetchall()
+    return [tuple(row) for row in rows]
+
+
+def note_gap(conn: sqlite3.Connection, symbol: str, from_id: int, to_id: int, reason: str,
+             *, repaired: bool = False) -> None:
+    """Record why a gap stays open, or that REST repaired it (shown in the Health tab)."""
+    conn.execute(
+        "INSERT OR REPLACE INTO gap_notes (symbol, from_id, to_id, repaired, reason, noted_ms) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (symbol.upper(), int(from_id), int(to_id), int(repaired), reason, _now_ms()))
+
+
+def read_gaps_with_reasons(conn: sqlite3.Connection) -> pd.DataFrame:
+    """``read_gaps`` plus ``reason``: the latest note overlapping each open gap ('' if none)."""
+    gaps = read_gaps(conn)
+    if not _table_exists(conn, "gap_notes") or gaps.empty:
+        return gaps.assign(reason=pd.Series([""] * len(gaps), dtype=object))
+    notes = conn.execute("SELECT symbol, from_id, to_id, reason FROM gap_notes "
+                         "WHERE repaired = 0 ORDER BY noted_ms").fetchall()
+    reasons = []
+    for symbol, from_id, to_id in zip(gaps["symbol"], gaps["from_id"], gaps["to_id"]):
+        found = ""
+        for n_symbol, n_from, n_to, reason in notes:
+            if n_symbol == symbol and n_from <= to_id and n_to >= from_id:
+                found = reason
+        reasons.append(found)
+    return gaps.assign(reason=pd.Series(reasons, dtype=object))
+
+
+def read_repaired_gaps(conn: sqlite3.Connection) -> pd.DataFrame:
+    """Gaps REST filled: ``symbol, from_id, to_id, missing, noted_ms, reason``, newest first."""
+    names = ("symbol", "from_id", "to_id", "missing", "noted_ms", "reason")
+    if not _table_exists(conn, "gap_notes"):
+        return pd.DataFrame({name: [] for name in names})
+    rows = conn.execute("SELECT symbol, from_id, to_id, to_id - from_id + 1, noted_ms, reason "
+                        "FROM gap_notes WHERE repaired = 1 ORDER BY noted_ms DESC").fetchall()
+    return pd.DataFrame.from_records(rows, columns=list(names))
+
+
+class BackfillLedger:
+    """The database side of ``binance_rest.Backfiller``: reads and writes on its own
+    connection, opened lazily in the thread that uses it.
+
+    Trades go through ``TickWriter`` like streamed ones (same dedup by (symbol, trade_id),
+    same 1 s bars, late ids carve the recorded gaps), in their own transactions.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.path)
+        return self._conn
+
+    def last_trade(self, symbol: str) -> tuple[int, int] | None:
+        return last_stored_trade(self.conn, symbol)
+
+    def open_gaps(self, symbols) -> list[tuple]:
+        return open_gaps(self.conn, symbols)
+
+    def store_trades(self, rows: list[tuple]) -> tuple[int, int, int]:
+        """(inserted, duplicates, gaps filled) of one batch through ``TickWriter``."""
+        stats = TickWriter(self.conn).write(rows)
+        if stats.inserted:
+            _bump_history_version(self.conn)
+        return stats.inserted, stats.duplicates, stats.gaps_filled
+
+    def store_klines(self, symbol: str, rows: list[tuple]) -> int:
+        return save_klines(self.conn, symbol, rows)
+
+    def note_gap(self, symbol: str, from_id: int, to_id: int, reason: str,
+                 repaired: bool = False) -> None:
+        note_gap(self.conn, symbol, from_id, to_id, reason, repaired=repaired)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
