@@ -778,13 +778,18 @@ def test_adf_refuses_short_and_constant_input():
     assert math.isnan(constant.pvalue) and constant.verdict.startswith("constant series")
 
 
-def test_adf_drops_nan_and_bounds_the_window():
+def test_adf_never_differences_across_a_gap_and_bounds_the_window():
     series = make_ou(1_000, half_life=10, seed=4)
     gappy = series.copy()
     gappy.iloc[[5, 500, 900]] = np.nan
     result = analytics.adf_test(gappy, maxlag=3)
-    expected = adfuller(gappy.dropna().to_numpy(), maxlag=3, autolag="AIC", result_object=True)
+    # Only the run after the last gap is tested: values 899 and 901 are not consecutive.
+    expected = adfuller(gappy.to_numpy()[901:], maxlag=3, autolag="AIC", result_object=True)
+    assert result.nobs == 99
     assert result.statistic == pytest.approx(expected.statistic, rel=1e-12)
+    leading = series.copy()
+    leading.iloc[:50] = np.nan  # a warm-up costs nothing
+    assert analytics.adf_test(leading, maxlag=3).nobs == 950
     bounded = analytics.adf_test(series, maxlag=3, max_points=400)
     tail = adfuller(series.to_numpy()[-400:], maxlag=3, autolag="AIC", result_object=True)
     assert bounded.nobs == 400 and bounded.statistic == pytest.approx(tail.statistic, rel=1e-12)
@@ -838,10 +843,10 @@ def test_engle_granger_drops_nan_jointly_instead_of_reporting_perfect_cointegrat
     assert raw.coint_t == -np.inf and raw.pvalue == 0.0
     walk_x.iloc[[700]] = np.nan
     result = analytics.engle_granger(walk_y, walk_x, maxlag=5)
-    complete = walk_y.notna() & walk_x.notna()
-    expected = coint(walk_y[complete].to_numpy(), walk_x[complete].to_numpy(), maxlag=5,
+    # The most recent run without a gap in either leg (bars 701..999) is tested.
+    expected = coint(walk_y.to_numpy()[701:], walk_x.to_numpy()[701:], maxlag=5,
                      autolag="aic")
-    assert result.nobs == 997 and result.statistic == pytest.approx(expected.coint_t)
+    assert result.nobs == 299 and result.statistic == pytest.approx(expected.coint_t)
     assert math.isfinite(result.statistic) and result.pvalue > 0.0
 
 
@@ -903,6 +908,21 @@ def test_hurst_on_known_series():
     assert analytics.hurst(trend) > 0.8
     assert math.isnan(analytics.hurst(walk[:399]))  # needs 4 * max_lag = 400
     assert math.isnan(analytics.hurst(np.ones(1_000)))
+
+
+def test_hurst_never_differences_across_a_gap():
+    spread = np.asarray(make_ou(4_000, half_life=5, seed=44), dtype=float)
+    gappy = spread.copy()
+    gappy[3_000:] += 50 * spread.std()  # the level moved while nothing was recorded
+    gappy[1_000:3_000] = np.nan
+    lags = np.arange(2, 101)
+    by_position = [np.nanstd(gappy[lag:] - gappy[:-lag]) for lag in lags]
+    expected = np.polyfit(np.log(lags), np.log(by_position), 1)[0]
+    assert analytics.hurst(gappy) == pytest.approx(expected, rel=1e-9)
+    assert analytics.hurst(gappy) < 0.25  # still the mean-reverting series it is
+    # Dropping the NaN would put the two sides next to each other: the level change becomes
+    # a one-bar jump inside every lag's differences and the series looks like a walk.
+    assert analytics.hurst(gappy[np.isfinite(gappy)]) > 0.4
 
 
 def test_mean_crossings_hand_counted():
