@@ -30,11 +30,13 @@ import streamlit as st
 
 import alerts
 import analytics
+import api
 import backtest
 import collector
 import dashboard_data as dd
 import database
 import page_state
+import services
 import uploads
 import visualizations as viz
 from config import ConfigError, Settings, parse_symbols
@@ -48,7 +50,12 @@ ZONES = ("UTC", "Europe/London", "Europe/Berlin", "America/New_York", "America/C
 # Row labels such as "max_drawdown_duration_seconds" must not be cut off
 LABEL_COLUMN = {"_index": st.column_config.Column(width=240)}
 
-st.set_page_config(page_title="Pairs analytics", page_icon="📈", layout="wide")
+# `streamlit run app.py` first imports this file as the module "app" to find the server
+# `app` (bottom of the file), then runs it as "__main__" in every browser session: only a
+# session draws the page.
+IN_SESSION = __name__ == "__main__"
+if IN_SESSION:
+    st.set_page_config(page_title="Pairs analytics", page_icon="📈", layout="wide")
 
 
 # --------------------------------------------------------------------------------------
@@ -58,10 +65,11 @@ st.set_page_config(page_title="Pairs analytics", page_icon="📈", layout="wide"
 
 @st.cache_resource(show_spinner=False)
 def start_services(settings: Settings) -> collector.Collector:
-    """The process's collector (and alert evaluator); both are idempotent per process."""
-    feed = collector.start(settings)
-    alerts.start_evaluator(lambda: (collector.running_collector() or feed).db_path)
-    return feed
+    """The process's collector, alert evaluator and paper monitor (``services.start``).
+
+    The server's lifespan (``api.lifespan``) has started them already; this covers
+    AppTest, which runs the page without a server. Idempotent per process."""
+    return services.start(settings)
 
 
 @st.cache_resource(show_spinner=False)
@@ -75,15 +83,17 @@ def subscribed_since() -> dict[str, int]:
     return {}
 
 
-try:
-    settings = Settings.from_env()
-except ConfigError as exc:
-    st.error(f"Configuration error: {exc}")
-    st.stop()
-feed = start_services(settings)
-if not feed.running:  # stopped elsewhere (tests, a CLI in the same process): start anew
-    start_services.clear()
+if IN_SESSION:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        st.error(f"Configuration error: {exc}")
+        st.stop()
     feed = start_services(settings)
+    if not feed.running and not services.collection_paused():
+        # stopped elsewhere (tests, a CLI in the same process): start anew
+        start_services.clear()
+        feed = start_services(settings)
 
 
 # --------------------------------------------------------------------------------------
@@ -975,31 +985,34 @@ def tab_health(c: dd.Controls) -> None:
 # Page
 # --------------------------------------------------------------------------------------
 
-with st.sidebar:
-    st.header("Pairs analytics")
-    st.fragment(run_every=None if st.session_state.get("paused") else 1.0)(sidebar_status)()
-    controls = sidebar_controls()
-if controls is None:
-    st.stop()
-if controls.y == controls.x:
-    st.warning("choose two different symbols for y and x")
-    st.stop()
+if IN_SESSION:
+    with st.sidebar:
+        st.header("Pairs analytics")
+        st.fragment(run_every=None if st.session_state.get("paused") else 1.0)(sidebar_status)()
+        controls = sidebar_controls()
+    if controls is None:
+        st.stop()
+    if controls.y == controls.x:
+        st.warning("choose two different symbols for y and x")
+        st.stop()
 
-st.fragment(run_every=controls.fast_every)(live_strip)(controls)
+    st.fragment(run_every=controls.fast_every)(live_strip)(controls)
 
-TIMED_TABS = {"Prices": tab_prices, "Spread & z-score": tab_spread}
-PLAIN_TABS = {"Statistics": tab_statistics, "Correlation": tab_correlation,
-              "Backtest": tab_backtest, "Alerts": tab_alerts, "Data": tab_data}
-tabs = st.tabs(TAB_NAMES, key="tab", on_change="rerun")
-write_view_to_url(controls)
-for name, tab in zip(TAB_NAMES, tabs):
-    if not tab.open:
-        continue
-    with tab:
-        if name in TIMED_TABS:
-            st.fragment(run_every=controls.chart_every)(TIMED_TABS[name])(controls)
-        elif name == "Health":
-            st.fragment(run_every=None if controls.paused else controls.refresh_s)(
-                tab_health)(controls)
-        else:
-            PLAIN_TABS[name](controls)
+    TIMED_TABS = {"Prices": tab_prices, "Spread & z-score": tab_spread}
+    PLAIN_TABS = {"Statistics": tab_statistics, "Correlation": tab_correlation,
+                  "Backtest": tab_backtest, "Alerts": tab_alerts, "Data": tab_data}
+    tabs = st.tabs(TAB_NAMES, key="tab", on_change="rerun")
+    write_view_to_url(controls)
+    for name, tab in zip(TAB_NAMES, tabs):
+        if not tab.open:
+            continue
+        with tab:
+            if name in TIMED_TABS:
+                st.fragment(run_every=controls.chart_every)(TIMED_TABS[name])(controls)
+            elif name == "Health":
+                st.fragment(run_every=None if controls.paused else controls.refresh_s)(
+                    tab_health)(controls)
+            else:
+                PLAIN_TABS[name](controls)
+else:  # imported by `streamlit run app.py`: the server, with the REST API (api.py)
+    app = st.App(__file__, routes=api.routes(), lifespan=api.lifespan)

@@ -373,7 +373,7 @@ class PairView:
 
 def build_pair_view(bars_y: pd.DataFrame, bars_x: pd.DataFrame, y_symbol: str, x_symbol: str,
                     timeframe: str | None, method: str, window: int,
-                    log_prices: bool) -> PairView:
+                    log_prices: bool, z_window: int | None = None) -> PairView:
     """Align two legs and compute the trailing hedge, spread, z, β paths and correlation.
 
     Parameters
@@ -387,10 +387,12 @@ def build_pair_view(bars_y: pd.DataFrame, bars_x: pd.DataFrame, y_symbol: str, x
     window : int
         Bars in the trailing hedge, z and correlation windows.
     log_prices : bool
+    z_window : int or None
+        Bars in the z-score window of the chosen method; None means ``window``.
     """
     aligned = analytics.align(bars_y, bars_x, timeframe=timeframe)
     signals = analytics.pair_signals(aligned.y, aligned.x, method=method, window=window,
-                                     log_prices=log_prices)
+                                     z_window=z_window, log_prices=log_prices)
     if method == "kalman":
         kalman = signals
         rolling = analytics.pair_signals(aligned.y, aligned.x, method="ols", window=window,
@@ -833,3 +835,47 @@ def save_uploaded(upload_db_path: str, name: str, bars: pd.DataFrame) -> int:
     """Store bars under ``name`` in the upload database (own writable connection)."""
     with writing(upload_db_path) as conn:
         return database.save_uploaded_bars(conn, name, bars)
+
+
+# --------------------------------------------------------------------------------------
+# One pair's latest analytics, for the REST API and paper trading
+# --------------------------------------------------------------------------------------
+
+
+def pair_view(db_path: str, y: str, x: str, *, timeframe: str, window: int,
+              z_window: int | None, method: str, log_prices: bool, lookback_ms: int,
+              end_ms: int | None = None) -> PairView:
+    """``build_pair_view`` of live bars over ``[anchor - lookback, anchor]``.
+
+    ``anchor`` is ``end_ms`` (bars opening before it), or the newest stored bar of the
+    pair. The page builds the same view from the same functions (``load_bars``).
+    """
+    source = DataSource("live", db_path)
+    anchor = end_ms if end_ms is not None else max(
+        (t for t in latest_bar_times(source, (y, x)) if t is not None), default=None)
+    bars_y = load_bars(source, y, timeframe, lookback_ms, anchor)
+    bars_x = load_bars(source, x, timeframe, lookback_ms, anchor)
+    if end_ms is not None:
+        bars_y, bars_x = bars_y[bars_y.index < end_ms], bars_x[bars_x.index < end_ms]
+    return build_pair_view(bars_y, bars_x, y, x, timeframe, method, window, log_prices,
+                           z_window=z_window)
+
+
+def pair_summary(view: PairView) -> dict:
+    """The live strip's numbers plus alpha and the half-life (NaN where not ready).
+
+    Keys: ``ts`` (newest aligned bar), ``last_y, last_x, beta, alpha, spread, z,
+    correlation, half_life_bars, half_life_s, nobs, needed, enough_data``.
+    """
+    live = live_values(view)
+    frame = view.signals.frame
+    hedged = frame[frame["beta"].notna()]
+    life = analytics.half_life(frame["spread"])
+    return {"ts": live.last_ts, "last_y": live.last_y, "last_x": live.last_x,
+            "beta": live.beta, "alpha": float(hedged["alpha"].iloc[-1]) if len(hedged)
+            else math.nan, "spread": live.spread, "z": live.z,
+            "correlation": live.correlation, "half_life_bars": life.bars,
+            "half_life_s": life.seconds(view.bar_seconds) if math.isfinite(life.bars)
+            else math.nan,
+            "nobs": view.signals.nobs, "needed": view.signals.needed,
+            "enough_data": view.signals.enough_data}

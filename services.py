@@ -1,0 +1,106 @@
+"""The process's background services: collector, alert evaluator, paper-trading monitor.
+
+One place starts them, so the server (``api.lifespan``, when ``streamlit run app.py``
+starts) and the page (``app.start_services``, a fallback for AppTest, which has no server)
+start the same things the same way. Every start is idempotent per process.
+
+Collection can be paused from the page or the API (``pause_collection`` /
+``resume_collection``): the collector is stopped (its queue is written and committed) and
+is not restarted by a page rerun until it is resumed; the evaluator and the paper monitor
+keep running on the stored data. The pause flag lives in ``sys`` like the collector's own
+registry, because Streamlit re-imports changed modules.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import alerts
+import collector
+import paper
+from config import Settings
+
+_PROCESS = sys.__dict__.setdefault("_pairs_dashboard_services", {
+    "lock": threading.RLock(), "paused": False, "settings": None, "last_feed": None})
+
+
+def _db_path() -> str | None:
+    feed = collector.running_collector() or _PROCESS["last_feed"]
+    return feed.db_path if feed is not None else None
+
+
+def start(settings: Settings) -> collector.Collector:
+    """Start the collector (unless paused), the alert evaluator and the paper monitor.
+
+    Returns the running collector, or, while collection is paused, the stopped one (its
+    ``health()`` and ``db_path`` still answer). Idempotent: a running service is kept as it
+    is, even when ``settings`` differ.
+    """
+    with _PROCESS["lock"]:
+        if _PROCESS["settings"] is None:
+            _PROCESS["settings"] = settings
+        feed = collector.running_collector()
+        if feed is None and _PROCESS["paused"] and _PROCESS["last_feed"] is not None:
+            feed = _PROCESS["last_feed"]
+        elif feed is None:
+            feed = collector.start(settings)
+        _PROCESS["last_feed"] = feed
+        alerts.start_evaluator(_db_path)
+        paper.start_monitor(_db_path)
+        return feed
+
+
+def current_feed() -> collector.Collector | None:
+    """The running collector, or the paused one, or None before ``start``."""
+    return collector.running_collector() or _PROCESS["last_feed"]
+
+
+def db_path() -> str | None:
+    """The collector's database (also while paused); None before ``start``."""
+    return _db_path()
+
+
+def collection_paused() -> bool:
+    return bool(_PROCESS["paused"])
+
+
+def pause_collection() -> dict:
+    """Stop recording trades (the page and the API keep serving stored data).
+
+    The collector writes what it has queued and stops; returns its final health.
+    """
+    with _PROCESS["lock"]:
+        _PROCESS["paused"] = True
+        feed = collector.running_collector()
+        if feed is None:
+            last = _PROCESS["last_feed"]
+            return last.health() if last is not None else {}
+        _PROCESS["last_feed"] = feed
+        return feed.stop()
+
+
+def resume_collection() -> collector.Collector:
+    """Record again: a new collector with the paused one's settings (symbols included)."""
+    with _PROCESS["lock"]:
+        _PROCESS["paused"] = False
+        running = collector.running_collector()
+        if running is not None:
+            return running
+        last = _PROCESS["last_feed"]
+        settings = last.settings if last is not None else (_PROCESS["settings"]
+                                                           or Settings.from_env())
+        feed = collector.start(settings)
+        _PROCESS["last_feed"] = feed
+        return feed
+
+
+def stop_all(timeout: float = 5.0) -> None:
+    """Stop every service (server shutdown, tests)."""
+    with _PROCESS["lock"]:
+        paper.stop_monitor(timeout)
+        alerts.stop_evaluator(timeout)
+        collector.stop(timeout)
+        _PROCESS["paused"] = False
+        _PROCESS["last_feed"] = None
+        _PROCESS["settings"] = None
