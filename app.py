@@ -420,31 +420,101 @@ def warming(c: dd.Controls, view: dd.PairView, needed: int, nobs: int) -> str:
     return dd.warming_message(needed, nobs, c.tf_label, view.bar_seconds)
 
 
-def chart(fig, key: str) -> None:
-    """Draw a figure whose zoom survives refreshes.
+def chart(fig, key: str, link: str | None = None) -> None:
+    """Draw a figure whose zoom survives refreshes; time charts zoom together.
 
     Streamlit 1.67 remounts a chart whose data changed (its element id hashes the figure),
     so Plotly's ``uirevision`` alone cannot keep a zoom across refreshes. Dragging draws a
-    box (``dragmode="select"``); its axis ranges are kept in session state under the
-    chart's ``uirevision`` and written into every later figure until "reset zoom". The
-    selection is read before the figure is built, so the zoom applies in the same rerun.
+    box (``dragmode="select"``); its axis ranges are kept in session state and written
+    into every later figure until "reset zoom".
+
+    ``link`` (``Controls.chart_key("time")``): the time charts of one view share one time
+    window. A box on any of them sets the window of all (prices, spread, z, β, correlation,
+    equity, the live strip), each y-axis fitted to the values inside it
+    (``viz.show_time_range``), and the page reruns once so every chart shows it at once.
+    Linked charts get a crosshair with the unified hover. A figure is drawn in the
+    page's theme (light or dark).
     """
-    zoom_key = f"zoom|{key}|{fig.layout.uirevision}"
+    zoom_key = f"zoom|{link}" if link else f"zoom|{key}|{fig.layout.uirevision}"
     seen_key = f"zoom_seen|{key}"
     box = dd.zoom_from_selection(st.session_state.get(key))
     if box is not None and box != st.session_state.get(seen_key):
         st.session_state[seen_key] = box  # a box is applied once; "reset" must stick
-        st.session_state[zoom_key] = box
+        if link:
+            x_axis = next((axis for axis in box if axis.startswith("xaxis")), None)
+            if x_axis is not None:
+                st.session_state[zoom_key] = {"time": box[x_axis]}
+                st.rerun()  # every linked chart (other fragments too) shows the window now
+        else:
+            st.session_state[zoom_key] = box
     zoom = st.session_state.get(zoom_key)
     if zoom and fig.data:
-        fig.update_layout({axis: {"range": bounds, "autorange": False}
-                           for axis, bounds in zoom.items()})
+        if link:
+            viz.show_time_range(fig, zoom["time"])
+        else:
+            fig.update_layout({axis: {"range": bounds, "autorange": False}
+                               for axis, bounds in zoom.items()})
+    if link:
+        viz.add_crosshair(fig)
+    if page_theme() == "light":
+        viz.apply_colors(fig, "light")
     fig.update_layout(dragmode="select")
     st.plotly_chart(fig, theme=None, key=key, on_select="rerun", selection_mode="box",
                     config={"displaylogo": False})
     if zoom:
         st.button("reset zoom", key=f"{key}_reset", on_click=st.session_state.pop,
                   args=(zoom_key, None), type="tertiary")
+
+
+def page_theme() -> str:
+    """"light" or "dark": the theme the browser shows (Settings ▸ Theme, or the system's);
+    the figures are drawn to match. Dark (the configured base) until the browser says."""
+    theme = getattr(getattr(st.context, "theme", None), "type", None)
+    return "light" if theme == "light" else "dark"
+
+
+def signal_events(c: dd.Controls, key: tuple | None) -> list[tuple[str, list, list]]:
+    """(kind, times, hover texts) to mark on the z and price charts: the backtest's
+    entries and exits with the Backtest tab's settings (its defaults before it was
+    opened) and the firings of alert rules on this pair or its legs."""
+    events: list[tuple[str, list, list]] = []
+    state = st.session_state
+    if key is not None:
+        params = (state.get("bt_entry", c.entry), state.get("bt_exit", c.exit),
+                  state.get("bt_stop", 0.0), state.get("bt_fee", 5.0),
+                  state.get("bt_slip", 1.0), state.get("bt_size", 10_000.0))
+        try:
+            trades = cached_backtest(key, params).trades
+        except ValueError:  # too few bars, or exit not below entry: nothing to mark
+            trades = pd.DataFrame(columns=["entry_ts", "exit_ts", "side"])
+        for side in ("long", "short"):
+            mine = trades[trades["side"] == side]
+            events.append((f"{side} entry", mine["entry_ts"].tolist(),
+                           [f"{side} entry (backtest)"] * len(mine)))
+        closed = trades[trades["exit_ts"].notna()]
+        events.append(("exit", closed["exit_ts"].astype("int64").tolist(),
+                       [f"exit of {side} (backtest)" for side in closed["side"]]))
+    if alerts_ready():
+        with dd.reading(feed.db_path) as conn:
+            fired = database.list_alert_events(conn, limit=500)
+        fired = fired[fired["subject"].isin([f"{c.y}/{c.x}", c.y, c.x])]
+        times = fired["as_of_ts"].where(fired["as_of_ts"].notna(), fired["ts"])
+        events.append(("alert", times.astype("int64").tolist(),
+                       [f"alert: {m}" for m in fired["message"]]))
+    return events
+
+
+def mark_signals(fig, c: dd.Controls, events: list, on: pd.Series) -> None:
+    for kind, times, hover in events:
+        if times and fig.data:
+            viz.add_markers(fig, times, on, kind, hover=hover, tz=c.tz)
+
+
+def signals_caption(c: dd.Controls) -> None:
+    state = st.session_state
+    st.caption(f"markers: ▲ long entry, ▼ short entry, ✕ exit of the backtest (entry "
+               f"{state.get('bt_entry', c.entry):g}, exit {state.get('bt_exit', c.exit):g}: "
+               "the Backtest tab's settings); ◆ alert fired on this pair or a leg")
 
 
 def alerts_ready() -> bool:
@@ -507,7 +577,7 @@ def live_strip(c: dd.Controls) -> None:
         fig = viz.empty_figure("the z-score is drawn here once it has its bars",
                                uirevision=c.chart_key("live_z"))
     fig.update_layout(height=220)
-    chart(fig, "live_z")
+    chart(fig, "live_z", link=c.chart_key("time"))
     show_toasts()
 
 
@@ -520,13 +590,19 @@ def tab_prices(c: dd.Controls) -> None:
     view = tab_view(c)
     if view is None:
         return
+    events = signal_events(c, view_key(c, closed_only=True)
+                           if view.signals.enough_data else None)
+    signals_caption(c)
     for leg, symbol, bars in (("y", c.y, view.bars_y), ("x", c.x, view.bars_x)):
-        chart(viz.candlestick_figure(bars, symbol, tz=c.tz,
+        fig = viz.candlestick_figure(bars, symbol, tz=c.tz,
                                      uirevision=c.chart_key(f"candles_{leg}"),
-                                     empty_message=f"{symbol}: no bars yet"),
-              f"candles_{leg}")
+                                     empty_message=f"{symbol}: no bars yet")
+        if leg == "y":
+            mark_signals(fig, c, events, bars["close"])
+        chart(fig, f"candles_{leg}", link=c.chart_key("time"))
     chart(viz.normalised_overlay_figure(view.bars_y, view.bars_x, c.y, c.x, tz=c.tz,
-                                        uirevision=c.chart_key("overlay")), "overlay")
+                                        uirevision=c.chart_key("overlay")), "overlay",
+          link=c.chart_key("time"))
 
 
 def tab_spread(c: dd.Controls) -> None:
@@ -542,6 +618,8 @@ def tab_spread(c: dd.Controls) -> None:
                                        uirevision=c.chart_key("spread"))
         z_fig = viz.zscore_figure(signals.frame["z"], c.entry, c.exit, tz=c.tz,
                                   uirevision=c.chart_key("zscore"))
+        mark_signals(z_fig, c, signal_events(c, view_key(c, closed_only=True)),
+                     signals.frame["z"])
     else:
         message = warming(c, view, signals.needed, signals.nobs)
         st.info(f"spread and z-score: {message}")
@@ -549,13 +627,16 @@ def tab_spread(c: dd.Controls) -> None:
         z_fig = viz.empty_figure(f"z-score: {message}", uirevision=c.chart_key("zscore"))
     st.caption(f"{spread_name} = y − β·x − α with β, α from the trailing {c.window} bars "
                f"({c.method_label}); bands at ±{c.entry:g}σ")
-    chart(spread_fig, "spread")
-    chart(z_fig, "zscore")
+    chart(spread_fig, "spread", link=c.chart_key("time"))
+    if signals.enough_data:
+        signals_caption(c)
+    chart(z_fig, "zscore", link=c.chart_key("time"))
     st.caption("β over time: the chosen method's trailing β and the Kalman prior β(t|t−1)")
     chart(viz.beta_figure(view.rolling_beta, view.kalman_beta, tz=c.tz,
                           uirevision=c.chart_key("beta"),
                           empty_message="β: " + warming(c, view, c.window + 1,
-                                                        signals.nobs)), "beta")
+                                                        signals.nobs)), "beta",
+          link=c.chart_key("time"))
 
 
 def statistics_live(c: dd.Controls) -> None:
@@ -649,7 +730,7 @@ def correlation_live(c: dd.Controls, symbols: tuple, min_tpm: float, max_empty: 
         message = "correlation: " + warming(c, view, c.window + 1, co_traded)
         st.info(message + " (co-traded bars)")
         fig = viz.empty_figure(message, uirevision=c.chart_key("correlation"))
-    chart(fig, "correlation")
+    chart(fig, "correlation", link=c.chart_key("time"))
 
     bars = cached_bars_by_symbol(c.source, symbols, c.timeframe, c.lookback_ms,
                                  latest_key(c, symbols))
@@ -739,7 +820,7 @@ def tab_backtest(c: dd.Controls) -> None:
     if result.ratios_note:
         metrics.update(sharpe=math.nan, sortino=math.nan)
     chart(viz.equity_figure(result.equity, tz=c.tz, uirevision=c.chart_key("equity")),
-          "equity")
+          "equity", link=c.chart_key("time"))
     st.dataframe(pd.Series(metrics, name="value").to_frame(), width="stretch",
                  column_config=LABEL_COLUMN)
     trades = result.trades

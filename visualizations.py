@@ -1325,3 +1325,14 @@ def add_markers(fig: go.Figure, ts_ms, on: pd.Series, kind: str, *, hover: Seque
         marker=dict(symbol=symbol, color=color, size=11,
                     line=dict(width=2 if kind == "exit" else 1, color=color))))
     return fig
+
+
+def apply_colors(fig: go.Figure, theme: str) -> go.Figure:
+    """Recolour a built figure for ``theme`` ("dark" or "light": background, font,
+    colorway, grid lines) and leave the rest of its layout (margins, axes, legend) alone.
+    For a page that switches theme after the figure was built. Returns ``fig``."""
+    fig.update_layout(template=_theme_layout(theme, "recolour")["template"])
+    style = _axis_style(theme)
+    fig.update_xaxes(**style)
+    fig.update_yaxes(**style)
+    return fig

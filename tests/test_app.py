@@ -686,25 +686,78 @@ def test_zoom_from_selection_reads_the_newest_box():
     assert dd.zoom_from_selection(None) is None
 
 
-def test_a_dragged_box_zooms_until_reset(recorded_db):
+def test_a_dragged_box_zooms_every_time_chart_until_reset(recorded_db):
+    # Linked charts (issue 15): a box on one time chart sets the time window of all of them
+    # (the other charts of the tab, the live strip, the other tabs), each y-axis fitted to
+    # the values inside the window.
     x_range = ["2025-12-15 08:44:00", "2025-12-15 08:44:30"]
+    lo, hi = (pd.Timestamp(t, tz="UTC").value // 1_000_000 for t in x_range)
     at = run(new_app(lookback="15 min"))
     assert "range" not in chart_layout(at, "candles_y")["xaxis"]
     assert chart_layout(at, "candles_y")["dragmode"] == "select"
 
-    at.session_state["candles_y"] = box_selection(x_range, [89_700, 89_800])
+    at.session_state["candles_y"] = box_selection(x_range, [1, 2])
     at = run(at)
-    assert chart_layout(at, "candles_y")["xaxis"]["range"] == x_range
-    assert chart_layout(at, "candles_y")["yaxis"]["range"] == [89_700, 89_800]
-    assert "range" not in chart_layout(at, "candles_x")["xaxis"]  # only that chart
-    at = run(at)  # a refresh keeps it
-    assert chart_layout(at, "candles_y")["xaxis"]["range"] == x_range
+    for key in ("candles_y", "candles_x", "overlay", "live_z"):
+        assert chart_layout(at, key)["xaxis"]["range"] == x_range, key
+    for key, symbol in (("candles_y", "ETHUSDT"), ("candles_x", "BTCUSDT")):
+        bars = stored_bars(recorded_db["db"], symbol).loc[lo:hi]
+        y_lo, y_hi = chart_layout(at, key)["yaxis"]["range"]
+        assert y_lo <= bars["low"].min() < bars["high"].max() <= y_hi
+        assert y_hi - y_lo < 1.2 * (bars["high"].max() - bars["low"].min())  # fitted, not auto
+    at = open_tab(at, "Spread & z-score")  # another tab keeps the window
+    for key in ("spread", "zscore", "beta"):
+        assert chart_layout(at, key)["xaxis"]["range"] == x_range, key
+        assert chart_layout(at, key)["xaxis"]["showspikes"] is True  # crosshair
 
-    at.button(key="candles_y_reset").click()
+    at.button(key="zscore_reset").click()
     at = run(at)
-    assert "range" not in chart_layout(at, "candles_y")["xaxis"]  # and the old box is not reapplied
-    at = run(at)
+    for key in ("spread", "zscore", "beta", "live_z"):
+        assert "range" not in chart_layout(at, key)["xaxis"], key
+    at = open_tab(at, "Prices")  # the old box on candles_y is not re-applied
     assert "range" not in chart_layout(at, "candles_y")["xaxis"]
+
+
+def marker_traces(at: AppTest, key: str) -> dict[str, dict]:
+    charts = [c for c in at.get("plotly_chart") if c.proto.id.endswith(key)]
+    assert charts, f"no chart {key!r}"
+    return {t["name"]: t for t in json.loads(charts[0].proto.spec)["data"]
+            if t.get("mode") == "markers"}
+
+
+def decoded(values) -> np.ndarray:
+    if isinstance(values, dict):
+        import base64
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=np.dtype(values["dtype"]))
+    return np.asarray(values, dtype=np.float64)
+
+
+def test_backtest_trades_and_alert_firings_are_marked_on_z_and_price(recorded_db):
+    at = run(new_app(lookback="15 min", entry_z=1.0, window=30))
+    at = open_tab(at, "Backtest")
+    trades = next(f.value for f in at.dataframe if "entry_ts" in f.value.columns)
+    assert len(trades) >= 2
+    fired_at = int(trades["entry_ts"].iloc[0])
+    conn = database.connect(recorded_db["db"])
+    try:
+        database.insert_alert_event(conn, ts=fired_at + 400, as_of_ts=fired_at,
+                                    message="z beyond 1", rule_id=1, value=1.3, threshold=1.0,
+                                    rule_name="z", metric="zscore",
+                                    subject="ETHUSDT/BTCUSDT", comparison="abs>")
+    finally:
+        conn.close()
+
+    for tab, key in (("Spread & z-score", "zscore"), ("Prices", "candles_y")):
+        at = open_tab(at, tab)
+        marks = marker_traces(at, key)
+        longs = trades[trades["side"] == "long"]
+        shorts = trades[trades["side"] == "short"]
+        shown = {name: len(decoded(t["x"])) for name, t in marks.items()}
+        assert shown.get("long entry", 0) == len(longs), (key, shown)
+        assert shown.get("short entry", 0) == len(shorts), (key, shown)
+        assert shown.get("exit", 0) == trades["exit_ts"].notna().sum(), (key, shown)
+        assert decoded(marks["alert fired"]["x"]).tolist() == [float(fired_at)], key
+        assert any("long entry" in c.value and "alert" in c.value for c in at.caption), key
 
 
 def test_naive_upload_times_follow_the_chosen_zone(app_env, media):

@@ -152,6 +152,7 @@ def test_a_pasted_link_restores_the_view(recorded_db):
 def test_the_url_follows_the_view(recorded_db):
     at = run(new_app())
     at.selectbox(key="timeframe").set_value("5s")
+    at = run(at)
     at.number_input(key="window").set_value(40)
     at = run(at)
     at = open_tab(at, "Backtest")
@@ -184,7 +185,8 @@ def test_invalid_url_params_are_ignored_with_a_message(recorded_db):
                             "entry": "99", "prices": "log"})
     at = run(at)
 
-    assert at.session_state["timeframe"] == "1s" and at.session_state["window"] == 60
+    default_window = run(new_app()).session_state["window"]
+    assert at.session_state["timeframe"] == "1s" and at.session_state["window"] == default_window
     assert at.session_state["y_symbol"] == "ETHUSDT"
     warning = next(w.value for w in at.warning if "URL" in w.value)
     for bad in ("tf=7s", "window=abc", "y=DOGEUSDT", "tab=Nope", "entry=99"):
