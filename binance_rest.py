@@ -552,12 +552,14 @@ class Backfiller:
         self.state = "new"  # new | klines | trades | repairing | banned | failed | stopped
         self.detail = ""
         self.backfilled = 0  # rows stored from REST (new rows only)
+        self.duplicates = 0  # rows REST delivered that were stored already (the overlap)
         self.gaps_repaired = 0  # gap rows closed completely by REST trades
         self.gaps_unrepairable: dict[tuple[str, int, int], str] = {}
         self._retry_at: dict[tuple[str, int, int], tuple[float, float]] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.started_s = 0.0
+        self.trades_from_ms: int | None = None  # exchange time the trade backfill starts at
         self.initial_done_s: float | None = None  # seconds from start to the end of backfill
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -687,7 +689,7 @@ class Backfiller:
         stored before (a restart: what lies between is a gap the tracker records and the
         walk fills from the top), or at the first id REST does not have.
         """
-        start_ms = now_ms - self.trade_history_ms
+        start_ms = self.trades_from_ms = now_ms - self.trade_history_ms
         walks = {}
         for symbol in self.symbols:
             last = self.ledger.last_trade(symbol)
@@ -749,8 +751,9 @@ class Backfiller:
         return reached_window or reached_floor
 
     def _store(self, rows: list[tuple]) -> None:
-        inserted, _duplicates, gaps_filled = self.ledger.store_trades(rows)
+        inserted, duplicates, gaps_filled = self.ledger.store_trades(rows)
         self.backfilled += inserted
+        self.duplicates += duplicates
         self.gaps_repaired += gaps_filled
 
     # -- gap repair -------------------------------------------------------------------------
@@ -771,7 +774,7 @@ class Backfiller:
                                    f"{MAX_REPAIR_IDS:,})")
                 continue
             try:
-                self._repair_one(symbol, from_id, to_id)
+                fetched = self._repair_one(symbol, from_id, to_id)
             except (RestBanned, RestStopped):
                 raise
             except RestError as exc:
@@ -782,21 +785,28 @@ class Backfiller:
                 continue
             remaining = [g for g in self.ledger.open_gaps([symbol])
                          if g[1] <= to_id and g[2] >= from_id]
+            if not remaining:
+                self.ledger.note_gap(symbol, from_id, to_id,
+                                     f"repaired over REST ({fetched:,} trades)", repaired=True)
             for gap in remaining:  # REST has no trades with these ids: they never existed
                 self._give_up(gap[:3], "REST has no trades with these ids")
 
-    def _repair_one(self, symbol: str, from_id: int, to_id: int) -> None:
+    def _repair_one(self, symbol: str, from_id: int, to_id: int) -> int:
+        """Fetch ids ``from_id..to_id`` by id and store them; returns trades fetched."""
+        fetched = 0
         cursor = from_id
         while cursor <= to_id and not self.client.stop.is_set():
             rows = self.client.agg_trades(symbol, from_id=cursor,
                                           limit=min(AGG_TRADES_LIMIT, to_id - cursor + 1))
             if not rows:
-                return
+                return fetched
             wanted = [r for r in rows if r[1] <= to_id]
             if wanted:
                 self._store(wanted)
                 self.progress[symbol].trades += len(wanted)
+                fetched += len(wanted)
             cursor = rows[-1][1] + 1
+        return fetched
 
     def _give_up(self, key: tuple[str, int, int], reason: str) -> None:
         self.gaps_unrepairable[key] = reason

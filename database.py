@@ -1918,11 +1918,15 @@ class BackfillLedger:
             self._conn = connect(self.path)
         return self._conn
 
+    def _exists(self) -> bool:
+        """Reads and notes never create the file (a feed that never connected leaves none)."""
+        return self._conn is not None or os.path.exists(self.path)
+
     def last_trade(self, symbol: str) -> tuple[int, int] | None:
-        return last_stored_trade(self.conn, symbol)
+        return last_stored_trade(self.conn, symbol) if self._exists() else None
 
     def open_gaps(self, symbols) -> list[tuple]:
-        return open_gaps(self.conn, symbols)
+        return open_gaps(self.conn, symbols) if self._exists() else []
 
     def store_trades(self, rows: list[tuple]) -> tuple[int, int, int]:
         """(inserted, duplicates, gaps filled) of one batch through ``TickWriter``."""
@@ -1936,7 +1940,8 @@ class BackfillLedger:
 
     def note_gap(self, symbol: str, from_id: int, to_id: int, reason: str,
                  repaired: bool = False) -> None:
-        note_gap(self.conn, symbol, from_id, to_id, reason, repaired=repaired)
+        if self._exists():
+            note_gap(self.conn, symbol, from_id, to_id, reason, repaired=repaired)
 
     def close(self) -> None:
         if self._conn is not None:
