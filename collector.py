@@ -14,8 +14,19 @@ so each can be read (and tested) on its own:
 
 The receive thread never waits on SQLite: it only parses and appends to a ``deque``. The
 queue is bounded (``queue_max``); when it is full, new trades are dropped and counted in
-``dropped`` (their ids then show up as gaps), so memory stays bounded whatever the database
-does.
+``dropped`` (their ids then show up as gaps, and the start and end of the overflow are logged),
+so memory stays bounded whatever the database does.
+
+When the database cannot take a batch (disk full, locked beyond the busy timeout, I/O error)
+the writer appends it to the spill journal (``spill.py``: ``<db>.spill`` next to the database
+or in ``spill_dir``) and keeps draining the queue into it; once the database accepts writes
+again the journal is replayed in order through the same ``TickWriter`` path. Only a batch the
+journal cannot take either is dropped (logged at ERROR once a second). Accounting identity,
+true at every exit::
+
+    received == stored + duplicates + rejected + filtered + spilled + dropped
+
+where ``spilled`` counts this run's trades still waiting in the journal.
 
 One collector per process: ``start(settings)`` returns the running collector if there is one,
 even after Streamlit re-imports this module (the registry lives on the ``sys`` module, which
@@ -27,7 +38,10 @@ are evaluated alongside unless ``--no-alerts``)::
     python collector.py --feed demo --symbols btcusdt,ethusdt --duration 60
 
 The last stdout line is a JSON summary with ``received, stored, duplicates, rejected,
-filtered, reconnects`` and more.
+filtered, spilled, dropped, reconnects`` and more. Exit codes: 0 = every received trade is in
+the database (or was a duplicate, rejected or filtered); 2 = could not start (bad setting, the
+database is written by another process); 3 = trades were dropped or are still in the spill
+journal (a restart with the same ``--db`` and ``--spill-dir`` replays them).
 """
 
 from __future__ import annotations
@@ -52,6 +66,7 @@ import websocket
 
 import database
 import market
+import spill
 from config import DEFAULT_FUTURES_URL, DEFAULT_SPOT_URL, ConfigError, Settings, default_db_path
 
 log = logging.getLogger("collector")
@@ -64,6 +79,15 @@ BACKOFF_CAP_S = 60.0
 RECV_POLL_S = 0.5  # socket timeout: how often the reader checks silence and stop requests
 WRITER_POLL_S = 0.02
 PRUNE_EVERY_S = 60.0
+SPILL_RETRY_S = 1.0  # while the database refuses writes, try it again this often
+RETRY_BUSY_TIMEOUT_MS = 200  # ... waiting this long for a lock (5 s when it works)
+REPLAY_SLICE_S = 0.5  # replay the journal at most this long per turn, then take new trades
+ALARM_LOG_EVERY_S = 1.0  # drops are logged at most once a second, with the running count
+QUEUE_WARN_FRACTION = 0.5  # a queue fuller than this is "growing" (WARNING, amber sidebar)
+QUEUE_CALM_FRACTION = 0.1  # ... until it is back below this
+EXIT_OK, EXIT_CANNOT_START, EXIT_NOT_ALL_STORED = 0, 2, 3
+ATTEMPT_WINDOW_S = 300.0  # Binance spot: 300 connection attempts per 5 minutes per IP ...
+MAX_ATTEMPTS_PER_WINDOW = 150  # ... of which this collector uses at most half
 
 
 def now_ms() -> int:
@@ -310,16 +334,37 @@ class Collector:
         self.endpoint: Endpoint | None = None
         self.fallback_reason = ""
         # Counters: each written by exactly one thread, read by anyone without locks.
-        self.received = 0  # data frames (trades and filtered prints) received
+        # received = trades + filtered prints + rejected frames; see the accounting identity.
+        self.received = 0
         self.rejected = 0
         self.filtered = 0
         self.ignored = 0
-        self.dropped = 0
+        self.dropped_queue_full = 0  # receive thread: the queue was full
+        self.dropped_spill_failed = 0  # writer: neither the database nor the journal took them
+        self.dropped_at_stop = 0  # stop(): the writer did not finish in time
         self.stored = 0
         self.duplicates = 0
-        self.gaps = 0
+        self.spilled = 0  # this run's trades waiting in the spill journal
+        self.recovered = 0  # trades of an earlier run's journal stored by this run
+        self.recovered_duplicates = 0
+        self.gaps_open = 0  # gap rows in the table (refreshed after writes that change them)
+        self.gaps_opened = 0  # gaps this run detected
+        self.gaps_filled = 0  # gaps late trades (or journal replays) closed completely
         self.batches = 0
         self.write_errors = 0
+        self.last_write_error = ""
+        self.db_failing_since_ms = 0  # the database refuses writes since then (0 = it takes them)
+        self.last_drop_ms = 0
+        self.queue_growing = False
+        self.spill_path = ""
+        self.journal_pending = 0  # trades in the journal, this run's and earlier runs'
+        self._journal: spill.SpillJournal | None = None
+        self._overflow_started = 0.0
+        self._overflow_first_drop = 0
+        self._last_drop_log = 0.0
+        self._writer_deadline = math.inf
+        self._gaps_counted_at = 0.0
+        self._attempts: collections.deque = collections.deque()  # monotonic connect times
         self.reconnects = 0
         self.connections = 0
         self.queue_high_water = 0
@@ -343,6 +388,7 @@ class Collector:
                 return self
             self.started_ms = now_ms()
             self.endpoint = self._initial_endpoint()
+            self.spill_path = spill.journal_path(self.db_path, self.settings.spill_dir)
             self.symbols = {s.upper(): SymbolActivity() for s in self.settings.symbols}
             self.state = State.CONNECTING
             self._writer_thread = threading.Thread(target=self._writer_loop,
@@ -363,13 +409,19 @@ class Collector:
             if self.state in (State.NEW, State.STOPPED):
                 self.state = State.STOPPED
                 return self.health()
+            self._writer_deadline = deadline  # replaying past it is left to the next start
             self._stop_requested.set()
             ws = self._ws
             if ws is not None:
                 ws.abort()  # wakes the reader out of recv() at once
-            for thread in (self._receive_thread, self._writer_thread):
-                if thread is not None:
-                    thread.join(max(0.1, deadline - time.monotonic()))
+            if self._receive_thread is not None:
+                self._receive_thread.join(max(0.1, deadline - time.monotonic()))
+            if self._writer_thread is not None:
+                # Room for one last write that waits out the busy timeout, then spills.
+                self._writer_thread.join(max(0.1, deadline - time.monotonic())
+                                         + database.BUSY_TIMEOUT_MS / 1000 + 1.0)
+                if self._writer_thread.is_alive():
+                    self._account_lost_in_flight()
             if self._market is not None:
                 self._market.stop()
                 self._market = None
@@ -380,6 +432,25 @@ class Collector:
     @property
     def running(self) -> bool:
         return self.state not in (State.NEW, State.STOPPED)
+
+    def _account_lost_in_flight(self) -> None:
+        """The writer is stuck (a hung disk): what it still holds is counted as dropped."""
+        accounted = (self.stored + self.duplicates + self.rejected + self.filtered
+                     + self.spilled + self.dropped)
+        self.dropped_at_stop = max(0, self.received - accounted)
+        log.error("writer did not finish within the stop timeout: %d trades in flight are "
+                  "lost (neither stored nor spilled)", self.dropped_at_stop)
+
+    @property
+    def dropped(self) -> int:
+        """Trades received but neither stored nor spilled: queue full, journal unwritable,
+        or still in flight when a stop timed out. Their ids show up as gaps."""
+        return self.dropped_queue_full + self.dropped_spill_failed + self.dropped_at_stop
+
+    @property
+    def gaps(self) -> int:
+        """Open gaps: the rows of the ``gaps`` table (what the Health tab lists)."""
+        return self.gaps_open
 
     @property
     def db_path(self) -> str:
@@ -411,6 +482,8 @@ class Collector:
         ws = self._ws
         if ws is not None:
             ws.abort()
+
+    #
 
     # -- endpoint selection -------------------------------------------------------------
 
@@ -483,14 +556,31 @@ class Collector:
         delay = backoff_delay(self.failures, self._rng, self.backoff_base, self.backoff_cap)
         if self._auto_pending():  # never sleep past the moment 'auto' gives up on Binance
             delay = min(delay, max(0.0, self._fallback_at_ms() - now_ms()) / 1000)
+        delay = max(delay, self._attempt_budget_wait())
         self.failures += 1
         self.retry_delays = (self.retry_delays + [delay])[-100:]
         self._stop_requested.wait(delay)
 
+    def _attempt_budget_wait(self) -> float:
+        """Seconds until another connection attempt fits the budget (0 if it does now).
+
+        Backoff resets after every connection that delivered data, so a link that flaps
+        forever would reconnect about once a second; Binance bans an IP above 300 attempts in
+        5 minutes. At most MAX_ATTEMPTS_PER_WINDOW attempts per ATTEMPT_WINDOW_S keep us
+        well below that whatever the pattern.
+        """
+        attempts = self._attempts
+        cutoff = time.monotonic() - ATTEMPT_WINDOW_S
+        while attempts and attempts[0] < cutoff:
+            attempts.popleft()
+        if len(attempts) < MAX_ATTEMPTS_PER_WINDOW:
+            return 0.0
+        return attempts[0] - cutoff
+
     def _auto_pending(self) -> bool:
         """Feed 'auto', still on Binance, and nothing received from it yet."""
         return (self.settings.feed == "auto" and not self.endpoint.builtin_market
-                and self.received == 0)
+                and self.received == self.rejected)
 
     def _fallback_at_ms(self) -> float:
         return self.started_ms + self.settings.auto_fallback * 1000
@@ -511,6 +601,7 @@ class Collector:
     def _run_connection(self) -> None:
         """One connection's life: connect, read until it ends, record why it ended."""
         self.state = State.CONNECTING if self.connections == 0 else State.RECONNECTING
+        self._attempts.append(time.monotonic())
         try:
             ws = websocket.create_connection(self.endpoint.url, timeout=self._connect_timeout(),
                                              skip_utf8_validation=True,
@@ -526,6 +617,7 @@ class Collector:
         self.connected_since_ms = now_ms()
         self.state = State.CONNECTED
         log.info("connected to %s", self.endpoint.url)
+        data_before = self.received - self.rejected
         try:
             self.last_close_reason = self._read_until_closed(ws)
         except Exception as exc:
@@ -534,6 +626,11 @@ class Collector:
             self._ws = None
             ws.shutdown()
             self.connected_since_ms = 0
+        if self.received - self.rejected > data_before:
+            # The link works and the server serves: a drop now is routine (Binance cuts
+            # connections; flapping links), so the next attempt comes within BACKOFF_BASE_S.
+            # Only connections that fail to open or die before delivering anything escalate.
+            self.failures = 0
         if self._stop_requested.is_set():
             self.last_close_reason = "stopped"
         log.info("connection closed: %s", self.last_close_reason)
@@ -576,8 +673,10 @@ class Collector:
                     last_data_ms = received_ms
                     self.received += 1
                     if len(queue) >= queue_max:
-                        self.dropped += 1
+                        self._drop_queue_full(received_ms)
                     else:
+                        if self._overflow_started and len(queue) < queue_max // 2:
+                            self._overflow_ended()  # only once the queue really drained
                         queue.append(payload)
                         depth = len(queue)
                         if depth > self.queue_high_water:
@@ -603,7 +702,7 @@ class Collector:
                 return f"server closed: {_close_reason(message)}"
             else:
                 self._reject(f"binary or unexpected frame (opcode {opcode})")
-            if received_ms > fallback_at_ms and self.received == 0:
+            if received_ms > fallback_at_ms and self.received == self.rejected:
                 return f"connected but no data within {settings.auto_fallback:g} s"
             if received_ms - last_data_ms > silence_ms:
                 return f"no data for {settings.silence_timeout:g} s (silence watchdog)"
@@ -615,62 +714,217 @@ class Collector:
         return "stopped"
 
     def _reject(self, reason: str) -> None:
+        self.received += 1  # a frame that may have been a trade: in the identity as rejected
         self.rejected += 1
         now = time.monotonic()
         if now - self._last_reject_log >= 1.0:  # at most one line a second
             self._last_reject_log = now
             log.warning("rejected frame (%d so far): %s", self.rejected, reason)
 
+    def _drop_queue_full(self, received_ms: int) -> None:
+        """The queue is full: drop this trade, count it, say so when an overflow starts."""
+        self.dropped_queue_full += 1
+        self.last_drop_ms = received_ms
+        if not self._overflow_started:
+            self._overflow_started = time.monotonic()
+            self._overflow_first_drop = self.dropped_queue_full
+            log.error("queue full (%d trades waiting for the database): dropping new trades "
+                      "(%d dropped so far; their ids will show as gaps)",
+                      len(self._queue), self.dropped_queue_full)
+
+    def _overflow_ended(self) -> None:
+        lost = self.dropped_queue_full - self._overflow_first_drop + 1
+        log.warning("queue has room again: %d trades dropped in %.1f s of overflow (%d in all)",
+                    lost, time.monotonic() - self._overflow_started, self.dropped_queue_full)
+        self._overflow_started = 0.0
+
     # -- writer thread ------------------------------------------------------------------
 
     def _writer_loop(self) -> None:
-        writer = None
-        conn = None
+        """Drain the queue into the database; spill to the journal while it refuses writes.
+
+        Order is kept: while the journal holds anything, new batches go behind it and the
+        journal is replayed first (at most ``REPLAY_SLICE_S`` per turn, so the queue keeps
+        moving). The database is retried every ``SPILL_RETRY_S`` while it fails.
+        """
+        store: database.TickWriter | None = None
         batch: list = []
+        seen: list = []
+        retry_at = 0.0
         last_prune = time.monotonic()
         try:
+            if not self._auto_pending_db():
+                self._open_journal()  # replays what an earlier run left, before new trades
             while True:
                 stopping = self._stop_requested.is_set()
-                if (conn is not None and self.settings.retention_days > 0 and not stopping
-                        and time.monotonic() - last_prune > PRUNE_EVERY_S):
+                failing = self.db_failing_since_ms != 0
+                if (store is not None and not failing and self.settings.retention_days > 0
+                        and not stopping and time.monotonic() - last_prune > PRUNE_EVERY_S):
                     last_prune = time.monotonic()
-                    self._prune_step(conn)
+                    self._prune_step(store.conn)
+                self._watch_queue()
                 if not batch:
-                    batch = self._take_batch(force=stopping)
-                if not batch and not self._seen_ids:
+                    batch = self._take_batch(force=stopping or failing)
+                if self._seen_ids:
+                    seen.extend(self._seen_ids.popleft() for _ in range(len(self._seen_ids)))
+                journal = self._journal
+                backlog = journal is not None and not journal.empty
+                may_try = time.monotonic() >= retry_at and not (stopping and failing)
+                if not batch and not seen and not (backlog and may_try):
                     # A reader stuck in a slow connect must not keep the writer from closing.
                     if stopping and not self._queue and (self._reader_done.is_set()
                                                          or self._ws is None):
                         break
                     time.sleep(WRITER_POLL_S)
                     continue
-                if writer is None:
-                    conn = database.connect(self.db_path)
-                    writer = database.TickWriter(conn)
-                seen = [self._seen_ids.popleft() for _ in range(len(self._seen_ids))]
-                try:
-                    result = writer.write(batch, seen_ids=seen)
-                except sqlite3.OperationalError as exc:  # locked or busy beyond the timeout
-                    self.write_errors += 1
-                    self._seen_ids.extendleft(reversed(seen))
-                    log.warning("write failed, will retry the same batch: %s", exc)
-                    time.sleep(0.2)
-                    continue
-                committed_ms = now_ms()
-                self.stored += result.inserted
-                self.duplicates += result.duplicates
-                self.gaps += result.gaps_opened
-                self.batches += 1
-                self.last_commit_ms = committed_ms
-                if batch:
-                    self.commit_latencies_ms.append(committed_ms - batch[0][6])
-                batch = []
+                if (batch or seen) and journal is None:
+                    journal = self._open_journal()
+                    backlog = journal is not None and not journal.empty
+                if may_try:
+                    try:
+                        if store is None:
+                            store = database.TickWriter(database.connect(self.db_path))
+                            self._refresh_gap_count(store.conn)
+                        if backlog:
+                            self._replay_journal(store, journal)
+                        if (journal is None or journal.empty) and (batch or seen):
+                            self._count_write(store.write(batch, seen_ids=seen), batch,
+                                              store.conn)
+                            batch, seen = [], []
+                        if failing:
+                            self._database_recovered(store.conn)
+                    except (sqlite3.Error, OSError) as exc:  # full, locked, I/O error
+                        retry_at = time.monotonic() + SPILL_RETRY_S
+                        self._database_failed(exc, store)
+                if batch or seen:
+                    self._spill(batch, seen)
+                    batch, seen = [], []
+                if stopping and time.monotonic() > self._writer_deadline:
+                    break  # out of time: what is left stays safe in the journal
         except Exception:
             log.exception("writer thread crashed")
             self.last_close_reason = "writer crashed (see log)"
         finally:
-            if conn is not None:
-                conn.close()
+            _close_store(store)
+            if self._journal is not None:
+                self.journal_pending = self._journal.pending_trades
+                self._journal.close()
+
+    def _auto_pending_db(self) -> bool:
+        """'auto' has not settled on a database yet (it may still fall back to the demo)."""
+        return self.endpoint is not None and self._auto_pending()
+
+    def _open_journal(self) -> spill.SpillJournal | None:
+        """The spill journal of the current database, opened once; None if it cannot be."""
+        path = spill.journal_path(self.db_path, self.settings.spill_dir)
+        self.spill_path = path
+        try:
+            self._journal = spill.SpillJournal.open(path, self.db_path)
+        except OSError as exc:
+            log.error("spill journal %s cannot be opened (%s): trades the database refuses "
+                      "will be dropped", path, exc)
+            return None
+        self.journal_pending = self._journal.pending_trades
+        if self._journal.inherited_trades:
+            log.warning("spill journal %s holds %d trades of an earlier run: replaying them "
+                        "into %s", path, self._journal.inherited_trades, self.db_path)
+        return self._journal
+
+    def _replay_journal(self, store: database.TickWriter, journal: spill.SpillJournal) -> None:
+        """Write journal rows into the database, oldest first, for up to REPLAY_SLICE_S."""
+        until = time.monotonic() + REPLAY_SLICE_S
+        while not journal.empty and time.monotonic() < until:
+            trades, seen, inherited, end = journal.read(self.settings.batch_size)
+            result = store.write(trades, seen_ids=seen)
+            journal.consumed(end, len(trades), inherited)
+            if inherited:
+                self.recovered += result.inserted
+                self.recovered_duplicates += result.duplicates
+                self._count_gaps(result, store.conn)
+            else:
+                self.spilled -= len(trades)
+                self._count_write(result, trades, store.conn)
+            self.journal_pending = journal.pending_trades
+            if journal.empty:
+                log.warning("spill journal %s replayed into %s: empty again", journal.path,
+                            self.db_path)
+
+    def _count_write(self, result: database.WriteStats, trades: list,
+                     conn: sqlite3.Connection) -> None:
+        committed_ms = now_ms()
+        self.stored += result.inserted
+        self.duplicates += result.duplicates
+        self.batches += 1
+        self.last_commit_ms = committed_ms
+        if trades:
+            self.commit_latencies_ms.append(committed_ms - trades[0][6])
+        self._count_gaps(result, conn)
+
+    def _count_gaps(self, result: database.WriteStats, conn: sqlite3.Connection) -> None:
+        """Keep ``gaps_open`` equal to the table: recount when a gap opened or closed, and
+        at least once a second (late trades can also split a gap in two)."""
+        self.gaps_opened += result.gaps_opened
+        self.gaps_filled += result.gaps_filled
+        if (result.gaps_opened or result.gaps_filled
+                or time.monotonic() - self._gaps_counted_at > 1.0):
+            self._refresh_gap_count(conn)
+
+    def _refresh_gap_count(self, conn: sqlite3.Connection) -> None:
+        """gaps_open := the rows of the gaps table."""
+        self.gaps_open = database.count_open_gaps(conn)
+        self._gaps_counted_at = time.monotonic()
+
+    def _spill(self, batch: list, seen: list) -> None:
+        """Append to the journal; drop (counted, logged, later a gap) only if that fails."""
+        journal = self._journal or self._open_journal()
+        try:
+            if journal is None:
+                raise OSError(f"spill journal {self.spill_path} is not open")
+            journal.append(batch, seen)
+        except OSError as exc:
+            self.dropped_spill_failed += len(batch)
+            self.last_drop_ms = now_ms()
+            now = time.monotonic()
+            if now - self._last_drop_log >= ALARM_LOG_EVERY_S:
+                self._last_drop_log = now
+                log.error("spill journal %s cannot be written (%s): %d trades dropped so far "
+                          "(recorded as gaps once the database takes writes)",
+                          self.spill_path, exc, self.dropped_spill_failed)
+            return
+        self.spilled += len(batch)
+        self.journal_pending = journal.pending_trades
+
+    def _database_failed(self, exc: Exception, store: database.TickWriter | None) -> None:
+        """Note the failure; while it lasts, retries wait only briefly for a lock, so a
+        database locked for minutes costs one busy timeout, not one per retry."""
+        self.write_errors += 1
+        self.last_write_error = f"{type(exc).__name__}: {exc}"
+        if store is not None:
+            _set_busy_timeout(store.conn, RETRY_BUSY_TIMEOUT_MS)
+        if not self.db_failing_since_ms:
+            self.db_failing_since_ms = now_ms()
+            log.warning("database %s refuses writes (%s): spilling trades to %s until it "
+                        "takes them again", self.db_path, self.last_write_error, self.spill_path)
+
+    def _database_recovered(self, conn: sqlite3.Connection) -> None:
+        _set_busy_timeout(conn, database.BUSY_TIMEOUT_MS)
+        log.warning("database %s takes writes again after %.1f s (%d write errors); %d "
+                    "trades left in the spill journal %s", self.db_path,
+                    (now_ms() - self.db_failing_since_ms) / 1000, self.write_errors,
+                    self.journal_pending, self.spill_path)
+        self.db_failing_since_ms = 0
+
+    def _watch_queue(self) -> None:
+        """Log when the queue starts growing (the writer falls behind) and when it calms."""
+        depth = len(self._queue)
+        limit = self.settings.queue_max
+        if not self.queue_growing and depth > limit * QUEUE_WARN_FRACTION:
+            self.queue_growing = True
+            log.warning("queue growing: %d of %d trades waiting for the database", depth,
+                        limit)
+        elif self.queue_growing and depth < limit * QUEUE_CALM_FRACTION:
+            self.queue_growing = False
+            log.warning("queue back to %d trades waiting", depth)
 
     def _take_batch(self, force: bool) -> list:
         """Pop up to ``batch_size`` trades once the batch is full or old enough."""
@@ -738,7 +992,18 @@ class Collector:
             "filtered": self.filtered,
             "ignored": self.ignored,
             "dropped": self.dropped,
+            "spilled": self.spilled,
+            "recovered": self.recovered,
+            "journal_pending": self.journal_pending,
+            "spill_path": self.spill_path,
+            "db_failing_since_ms": self.db_failing_since_ms or None,
+            "last_write_error": self.last_write_error,
+            "last_drop_ms": self.last_drop_ms or None,
+            "queue_growing": self.queue_growing,
             "gaps": self.gaps,
+            "gaps_open": self.gaps_open,
+            "gaps_opened": self.gaps_opened,
+            "gaps_filled": self.gaps_filled,
             "reconnects": self.reconnects,
             "connections": self.connections,
             "last_close_reason": self.last_close_reason,
@@ -751,6 +1016,23 @@ class Collector:
             "connected_since_ms": self.connected_since_ms or None,
             "started_ms": self.started_ms,
         }
+
+
+def _set_busy_timeout(conn: sqlite3.Connection, milliseconds: int) -> None:
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(milliseconds)}")
+    except sqlite3.Error as exc:  # the next write will tell whether the connection is usable
+        log.warning("could not set the busy timeout: %s", exc)
+
+
+def _close_store(store: database.TickWriter | None) -> None:
+    """Close a writer's connection, ignoring the errors of a database that is failing."""
+    if store is not None:
+        try:
+            store.conn.close()
+        except sqlite3.Error as exc:
+            log.warning("closing the database connection failed: %s", exc)
+    return None
 
 
 def _close_reason(message: bytes) -> str:
@@ -810,7 +1092,8 @@ def _forget(collector: Collector) -> None:
 # --------------------------------------------------------------------------------------
 
 SUMMARY_KEYS = ("received", "stored", "duplicates", "rejected", "filtered", "ignored",
-                "dropped", "gaps", "reconnects", "batches", "write_errors")
+                "spilled", "dropped", "recovered", "journal_pending", "gaps", "gaps_open",
+                "gaps_opened", "gaps_filled", "reconnects", "batches", "write_errors")
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -832,6 +1115,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flush-interval", dest="flush_interval", type=float)
     parser.add_argument("--retention-days", dest="retention_days", type=float)
     parser.add_argument("--seed", dest="demo_seed", type=int, help="seed of the built-in market")
+    parser.add_argument("--spill-dir", dest="spill_dir",
+                        help="where the spill journal goes while the database refuses writes "
+                             "(default: next to the database)")
     parser.add_argument("--no-alerts", dest="alerts", action="store_false",
                         help="do not evaluate the alert rules stored in the database")
     parser.add_argument("--log-level", default="INFO")
@@ -853,7 +1139,8 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop_event.set())
     collector = Collector(settings).start()
-    log.info("recording %s into %s", collector.endpoint.url, collector.db_path)
+    log.info("recording %s into %s (spill journal, used only while the database refuses "
+             "writes: %s)", collector.endpoint.url, collector.db_path, collector.spill_path)
     evaluator = None
     if args.alerts:
         # Imported here: the alert engine sits above the collector (alerts -> analytics,
@@ -870,9 +1157,23 @@ def main(argv: list[str] | None = None) -> int:
     if evaluator is not None:
         evaluator.stop()
     summary = {key: int(final[key]) for key in SUMMARY_KEYS}
-    summary.update(feed=final["feed"], db_path=final["db_path"])
+    summary.update(feed=final["feed"], db_path=final["db_path"],
+                   spill_path=final["spill_path"])
     print(orjson.dumps(summary).decode(), flush=True)
-    return 0
+    return _exit_code(summary)
+
+
+def _exit_code(summary: dict) -> int:
+    """0 when every received trade ended in the database (or was a duplicate, rejected or
+    filtered); EXIT_NOT_ALL_STORED when some were dropped or wait in the spill journal."""
+    if summary["dropped"] or summary["spilled"] or summary["journal_pending"]:
+        log.error("stopped with %d trades dropped and %d waiting in the spill journal %s "
+                  "(%d of them from earlier runs): a restart with the same --db and "
+                  "--spill-dir replays the journal", summary["dropped"],
+                  summary["journal_pending"], summary["spill_path"],
+                  summary["journal_pending"] - summary["spilled"])
+        return EXIT_NOT_ALL_STORED
+    return EXIT_OK
 
 
 def _replay_complete(collector: Collector) -> bool:
@@ -881,8 +1182,8 @@ def _replay_complete(collector: Collector) -> bool:
     return (server is not None and server.source_done
             and collector.received > 0
             and not collector._queue
-            and collector.stored + collector.duplicates >= collector.received - collector.filtered
-            - collector.dropped)
+            and collector.stored + collector.duplicates + collector.rejected
+            + collector.filtered + collector.dropped >= collector.received)
 
 
 if __name__ == "__main__":

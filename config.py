@@ -46,6 +46,7 @@ ENV_VARS = {
     "CRYPTO_DEMO_SEED": "demo_seed",
     "CRYPTO_UPLOAD_DB": "upload_db_path",
     "CRYPTO_DISPLAY_TZ": "display_tz",
+    "CRYPTO_SPILL_DIR": "spill_dir",
 }
 
 
@@ -104,6 +105,7 @@ class Settings:
     demo_seed: int | None = None  # seed of the built-in market; None = a new one each start
     upload_db_path: str = os.path.join(DATA_DIR, "uploads.db")  # uploads live apart from feeds
     display_tz: str = "UTC"  # the page's default display zone (IANA name)
+    spill_dir: str | None = None  # spill journal directory; None = next to the database
     explicit_db_path: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -1136,6 +1136,13 @@ def read_gaps(conn: sqlite3.Connection, symbol: str | None = None) -> pd.DataFra
     })
 
 
+def count_open_gaps(conn: sqlite3.Connection) -> int:
+    """Gap rows in the table: the open gaps (filled ones are deleted, shrunk or split ones
+    count as what is left). The collector's ``gaps``/``gaps_open`` and the Health tab's
+    gap list both mean exactly this."""
+    return conn.execute("SELECT count(*) FROM gaps").fetchone()[0]
+
+
 # --------------------------------------------------------------------------------------
 # Uploaded bars
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,443 @@
+"""The collector under faults: a database that refuses writes (injected, and a really full
+file system), a journal that cannot be written, queue overflow, flapping links, gaps that
+fill again. Every test checks the accounting identity
+
+    received == stored + duplicates + rejected + filtered + spilled + dropped
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import collector
+import database
+import spill
+from config import Settings
+from helpers import wait_until
+from loopback import ScriptedServer, drop_tcp, hold_open, trade_frame
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T0 = 1_765_800_000_000
+
+
+def count_rows(db_path: str, table: str = "ticks") -> int:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def distinct_ids(db_path: str) -> int:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        return conn.execute("SELECT count(DISTINCT trade_id) FROM ticks").fetchone()[0]
+
+
+def identity_holds(numbers) -> bool:
+    return numbers["received"] == (numbers["stored"] + numbers["duplicates"]
+                                   + numbers["rejected"] + numbers["filtered"]
+                                   + numbers["spilled"] + numbers["dropped"])
+
+
+def settings_for(url: str, db_path, **changes) -> Settings:
+    values = dict(feed="binance-futures", ws_url=url, db_path=str(db_path), stream="trade",
+                  flush_interval=0.05, symbols=("btcusdt",))
+    values.update(changes)
+    return Settings(**values)
+
+
+def frames(first: int, last: int, symbol: str = "BTCUSDT") -> list[str]:
+    return [trade_frame(symbol, i, T0 + i, 87000.0 + i % 50) for i in range(first, last + 1)]
+
+
+def serve_batches(*batches, gate: threading.Event | None = None, rate: float = 10_000):
+    """Connection 0 sends ``batches[0]``, then (once ``gate`` is set) the rest, at ``rate``
+    frames a second (a busy market's burst); later connections send nothing, stay open."""
+
+    async def script(connection, index):
+        if index == 0:
+            for number, batch in enumerate(batches):
+                if number and gate is not None:
+                    while not gate.is_set():
+                        await asyncio.sleep(0.02)
+                started = time.monotonic()
+                for sent, frame in enumerate(batch, 1):
+                    await connection.send(frame)
+                    if sent % 100 == 0:
+                        await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
+        await hold_open(connection, 60)
+
+    return script
+
+
+@pytest.fixture
+def make_collector():
+    made = []
+
+    def make(settings, **kwargs):
+        kwargs.setdefault("backoff_base", 0.05)
+        kwargs.setdefault("backoff_cap", 0.5)
+        kwargs.setdefault("seed", 7)
+        c = collector.Collector(settings, **kwargs)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.stop()
+
+
+class FaultyWrites:
+    """A fault-injecting wrapper around ``database.TickWriter.write``.
+
+    While ``failing`` is set every write raises the error SQLite gives on a full disk (after
+    doing nothing, as a rolled-back transaction does); while ``blocking`` is set a write
+    waits, like one stuck behind a lock. Otherwise the real writer runs.
+    """
+
+    def __init__(self, monkeypatch):
+        self.failing = threading.Event()
+        self.blocking = threading.Event()
+        self.refused = 0
+        original = database.TickWriter.write
+
+        def write(writer, trades, seen_ids=()):
+            while self.blocking.is_set():
+                time.sleep(0.01)
+            if self.failing.is_set():
+                self.refused += 1
+                raise sqlite3.OperationalError("database or disk is full")
+            return original(writer, trades, seen_ids)
+
+        monkeypatch.setattr(database.TickWriter, "write", write)
+
+
+@pytest.fixture
+def faults(monkeypatch):
+    return FaultyWrites(monkeypatch)
+
+
+# -- spill journal ------------------------------------------------------------------------
+
+
+def test_a_refusing_database_spills_instead_of_dropping_and_replays_everything(
+        tmp_path, make_collector, faults):
+    db = tmp_path / "t.db"
+    total = 5000
+    gate = threading.Event()
+    with ScriptedServer(serve_batches(frames(1, 1), frames(2, total), gate=gate)) as server:
+        # The queue holds 2,000 of the 5,000 trades: without the journal most would be lost.
+        c = make_collector(settings_for(server.url, db, queue_max=2000,
+                                        spill_dir=str(tmp_path / "spill"))).start()
+        assert wait_until(lambda: c.stored == 1, 10)
+        faults.failing.set()
+        gate.set()
+        assert wait_until(lambda: c.received == total and not c._queue, 15), c.health()
+        assert wait_until(lambda: c.spilled == total - 1, 5), c.health()
+        health = c.health()
+        assert health["dropped"] == 0 and health["stored"] == 1 and identity_holds(health)
+        assert health["db_failing_since_ms"] and "disk is full" in health["last_write_error"]
+        journal = tmp_path / "spill" / "t.db.spill"
+        assert health["spill_path"] == str(journal) and journal.stat().st_size > 0
+        faults.failing.clear()
+        assert wait_until(lambda: c.stored == total, 15), c.health()
+    final = c.stop()
+    assert final["spilled"] == 0 and final["dropped"] == 0 and identity_holds(final)
+    assert final["db_failing_since_ms"] is None
+    assert count_rows(str(db)) == total and distinct_ids(str(db)) == total
+    assert count_rows(str(db), "gaps") == 0 and final["gaps"] == 0
+    assert not journal.exists()  # emptied and removed
+
+
+def test_stop_while_refusing_keeps_the_trades_and_a_restart_replays_them_once(
+        tmp_path, make_collector, faults):
+    db = tmp_path / "t.db"
+    spill_dir = tmp_path / "spill"
+    first = frames(1, 3000)
+    with ScriptedServer(serve_batches(first[:100])) as server:
+        c = make_collector(settings_for(server.url, db, spill_dir=str(spill_dir))).start()
+        assert wait_until(lambda: c.stored == 100, 10)
+        faults.failing.set()
+        c.stop()
+    with ScriptedServer(serve_batches(first[100:])) as server:
+        c = make_collector(settings_for(server.url, db, spill_dir=str(spill_dir))).start()
+        assert wait_until(lambda: c.received == 2900, 10)
+        final = c.stop()
+    assert final["stored"] == 0 and final["spilled"] == 2900 and final["dropped"] == 0
+    assert identity_holds(final) and final["journal_pending"] == 2900
+    assert (spill_dir / "t.db.spill").stat().st_size > 0
+    assert count_rows(str(db)) == 100
+
+    faults.failing.clear()  # space is back; a restart that receives nothing new
+    with ScriptedServer(serve_batches([])) as server:
+        c = make_collector(settings_for(server.url, db, spill_dir=str(spill_dir))).start()
+        assert wait_until(lambda: c.recovered == 2900, 10), c.health()
+        final = c.stop()
+    assert final["received"] == 0 and final["journal_pending"] == 0 and identity_holds(final)
+    assert count_rows(str(db)) == 3000 and distinct_ids(str(db)) == 3000
+    assert count_rows(str(db), "gaps") == 0  # the replay kept the id sequence whole
+    assert not (spill_dir / "t.db.spill").exists()
+
+    with ScriptedServer(serve_batches([])) as server:  # exactly once: nothing left to replay
+        c = make_collector(settings_for(server.url, db, spill_dir=str(spill_dir))).start()
+        time.sleep(0.5)
+        final = c.stop()
+    assert final["recovered"] == 0 and count_rows(str(db)) == 3000
+
+
+def test_a_journal_that_cannot_be_written_drops_counts_logs_and_leaves_gaps(
+        tmp_path, make_collector, faults, caplog):
+    db = tmp_path / "t.db"
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the spill directory should be")
+    gate = threading.Event()
+    batches = (frames(1, 1), frames(2, 1001), frames(1002, 1002))
+    caplog.set_level(logging.WARNING, logger="collector")
+    with ScriptedServer(serve_batches(*batches[:2], gate=gate)) as server:
+        c = make_collector(settings_for(server.url, db, spill_dir=str(blocker / "spill")))
+        c.start()
+        assert wait_until(lambda: c.stored == 1, 10)
+        faults.failing.set()
+        gate.set()
+        assert wait_until(lambda: c.received == 1001 and c.dropped == 1000, 10), c.health()
+        health = c.health()
+        assert identity_holds(health) and health["spilled"] == 0
+        assert health["last_drop_ms"] is not None
+        c.stop()
+    errors = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.ERROR and "cannot be written" in r.getMessage()]
+    assert errors and "trades dropped so far" in errors[-1]
+    assert str(blocker / "spill") in errors[0]
+    faults.failing.clear()
+    with ScriptedServer(serve_batches(batches[2])) as server:
+        c = make_collector(settings_for(server.url, db)).start()
+        assert wait_until(lambda: c.stored == 1, 10)
+        final = c.stop()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        gaps = conn.execute("SELECT from_id, to_id FROM gaps").fetchall()
+    assert gaps == [(2, 1001)]  # every dropped trade is a recorded gap
+    assert final["gaps"] == final["gaps_open"] == 1
+
+
+def test_spill_journal_appends_whole_batches_and_discards_a_torn_line(tmp_path):
+    path = str(tmp_path / "x.db.spill")
+    journal = spill.SpillJournal.open(path, "x.db")
+    trades = [("BTCUSDT", i, T0 + i, 1.5, 0.25, i % 2, T0 + i + 3) for i in range(1, 6)]
+    journal.append(trades[:3], [("BTCUSDT", 100)])
+    journal.append(trades[3:])
+    with open(path, "ab") as torn:  # a crash in the middle of a line
+        torn.write(b'["BTCUSDT", 6, 17658')
+    journal.close()
+    again = spill.SpillJournal.open(path, "x.db")
+    assert again.pending_trades == again.inherited_trades == 5
+    rows, seen, inherited, end = again.read(100)
+    assert rows == trades and seen == [("BTCUSDT", 100)] and inherited
+    again.consumed(end, len(rows), inherited)
+    assert again.empty and os.path.getsize(path) == 0
+    again.close()
+    assert not os.path.exists(path)
+
+
+# -- a really full file system --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_tmpfs(directory, size="2m"):
+    """Mount a tmpfs of ``size`` on ``directory``; skip (saying why) where mounting is
+    impossible (not root, no CAP_SYS_ADMIN in a container)."""
+    os.makedirs(directory, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                             str(directory)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'mount failed'}); "
+                    "the fault-injecting tests cover the same paths")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def fill_up(directory) -> str:
+    """Write a file until the file system is full; return its path."""
+    path = os.path.join(directory, "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (65536, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    return path
+
+
+def test_full_file_system_keeps_running_and_ends_with_every_trade(tmp_path, make_collector):
+    with small_tmpfs(tmp_path / "small") as small:
+        db = small / "t.db"
+        total = 4000
+        gate = threading.Event()
+        with ScriptedServer(serve_batches(frames(1, 200), frames(201, total),
+                                          gate=gate)) as server:
+            c = make_collector(settings_for(server.url, db, queue_max=2000,
+                                            spill_dir=str(tmp_path / "spill"))).start()
+            assert wait_until(lambda: c.stored == 200, 10)
+            filler = fill_up(small)
+            gate.set()
+            assert wait_until(lambda: c.received == total, 15), c.health()
+            # Settled: nothing queued or in the writer's hands, everything in a counter.
+            assert wait_until(lambda: c.spilled > 0 and identity_holds(c.health()), 15)
+            assert c.dropped == 0 and c.running
+            assert "full" in c.health()["last_write_error"]
+            os.remove(filler)
+            assert wait_until(lambda: c.stored == total, 20), c.health()
+        final = c.stop()
+        assert final["dropped"] == 0 and final["spilled"] == 0 and identity_holds(final)
+        assert count_rows(str(db)) == total and distinct_ids(str(db)) == total
+
+
+def run_cli(args, **kwargs):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "collector.py"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_cli_stopped_on_a_full_disk_exits_non_zero_and_a_restart_stores_every_trade(tmp_path):
+    with small_tmpfs(tmp_path / "small") as small:
+        db = small / "t.db"
+        spill_dir = tmp_path / "spill"
+        total = 3000
+        gate = threading.Event()
+        common = ["--feed", "binance-futures", "--symbols", "btcusdt", "--stream", "trade",
+                  "--db", str(db), "--spill-dir", str(spill_dir), "--no-alerts"]
+        with ScriptedServer(serve_batches(frames(1, 200), frames(201, total),
+                                          gate=gate)) as server:
+            process = run_cli([*common, "--ws-url", server.url], cwd=tmp_path)
+            assert wait_until(lambda: db.exists() and count_rows(str(db)) == 200, 15)
+            filler = fill_up(small)
+            gate.set()
+            time.sleep(3)
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        assert process.returncode == collector.EXIT_NOT_ALL_STORED, err
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["received"] == total and identity_holds(summary)
+        assert summary["spilled"] > 0 and summary["dropped"] == 0
+        journal = str(spill_dir / "t.db.spill")
+        assert summary["spill_path"] == journal and journal in err
+        os.remove(filler)  # space is back
+        with ScriptedServer(serve_batches([])) as server:
+            process = run_cli([*common, "--ws-url", server.url, "--duration", "3"],
+                              cwd=tmp_path)
+            out, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        again = json.loads(out.strip().splitlines()[-1])
+        assert again["recovered"] == summary["spilled"] and again["journal_pending"] == 0
+        assert count_rows(str(db)) == total and distinct_ids(str(db)) == total
+
+
+# -- queue overflow is loud -------------------------------------------------------------------
+
+
+def test_queue_overflow_is_logged_when_it_starts_and_ends(tmp_path, make_collector, faults,
+                                                          caplog):
+    caplog.set_level(logging.WARNING, logger="collector")
+    burst, last = threading.Event(), threading.Event()
+
+    async def script(connection, index):
+        await connection.send(frames(1, 1)[0])
+        for gate, batch in ((burst, frames(2, 2000)), (last, frames(2001, 2001))):
+            while not gate.is_set():
+                await asyncio.sleep(0.02)
+            for frame in batch:
+                await connection.send(frame)
+        await hold_open(connection, 60)
+
+    with ScriptedServer(script) as server:
+        c = make_collector(settings_for(server.url, tmp_path / "t.db", queue_max=300,
+                                        batch_size=100)).start()
+        assert wait_until(lambda: c.stored == 1, 10)
+        faults.blocking.set()  # the writer hangs in a write, like one behind a long lock
+        burst.set()
+        assert wait_until(lambda: c.received == 2000, 10)
+        assert c.health()["queue_growing"]
+        faults.blocking.clear()
+        assert wait_until(lambda: not c._queue, 10)
+        last.set()  # the last trade arrives with room in the queue again
+        assert wait_until(lambda: c.received == 2001, 10)
+        final = c.stop()
+    assert final["dropped"] > 0 and identity_holds(final)
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    started = [m for level, m in messages if level == logging.ERROR and "queue full" in m]
+    ended = [m for level, m in messages if "queue has room again" in m]
+    assert len(started) == 1 and len(ended) == 1
+    assert f"{final['dropped']} trades dropped" in ended[0]
+    assert any("queue growing" in m for _, m in messages)
+
+
+# -- backoff that rewards a working connection -----------------------------------------------
+
+
+def test_flapping_link_reconnects_within_three_seconds_after_each_delivering_connection(
+        tmp_path, make_collector):
+    """The server cuts every connection after 200 frames; production backoff settings."""
+    closed_at: list[float] = []
+
+    async def script(connection, index):
+        for i in range(200):
+            trade_id = index * 200 + i + 1
+            await connection.send(trade_frame("BTCUSDT", trade_id, T0 + trade_id, 1.0))
+        await asyncio.sleep(0.05)
+        closed_at.append(time.monotonic())
+        drop_tcp(connection)
+
+    with ScriptedServer(script) as server:
+        c = make_collector(settings_for(server.url, tmp_path / "t.db"), backoff_base=1.0,
+                           backoff_cap=60.0, seed=3).start()
+        assert wait_until(lambda: server.connections >= 9, 40), c.retry_delays
+        c.stop()
+        reopen = [server.attempts[i + 1] - closed_at[i] for i in range(8)]
+    assert max(reopen) < 3.0, reopen
+    assert all(delay <= 1.0 for delay in c.retry_delays[:8])
+
+
+def test_connections_that_deliver_nothing_still_back_off(tmp_path, make_collector):
+    async def script(connection, index):
+        drop_tcp(connection)  # accepts, then dies before any data
+
+    with ScriptedServer(script) as server:
+        c = make_collector(settings_for(server.url, tmp_path / "t.db"), backoff_base=0.02,
+                           backoff_cap=0.4, seed=5).start()
+        assert wait_until(lambda: len(c.retry_delays) >= 8, 15)
+        c.stop()
+    ceilings = [min(0.4, 0.02 * 2 ** n) for n in range(8)]
+    assert all(d <= ceiling for d, ceiling in zip(c.retry_delays, ceilings))
+    assert c.failures >= 8  # never reset: nothing was delivered
+
+
+# -- honest gap counts -----------------------------------------------------------------------
+
+
+def test_gaps_count_only_the_open_gaps_of_the_table(tmp_path, make_collector):
+    gate = threading.Event()
+    first = [trade_frame("BTCUSDT", i, T0 + i, 1.0) for i in (1, 10, 20, 30)]
+    late_ids = [*range(2, 10), 15, *range(21, 30)]
+    late = [trade_frame("BTCUSDT", i, T0 + i, 1.0) for i in late_ids]
+    db = tmp_path / "t.db"
+    with ScriptedServer(serve_batches(first, late, gate=gate)) as server:
+        c = make_collector(settings_for(server.url, db)).start()
+        assert wait_until(lambda: c.stored == 4, 10)
+        assert c.health()["gaps"] == 3 == count_rows(str(db), "gaps")
+        gate.set()  # 2..9 and 21..29 fill two gaps; 15 splits the third in two
+        assert wait_until(lambda: c.stored == 4 + len(late_ids), 10)
+        final = c.stop()
+    assert count_rows(str(db), "gaps") == 2  # (11..14) and (16..19)
+    assert final["gaps"] == final["gaps_open"] == 2
+    assert final["gaps_opened"] == 3 and final["gaps_filled"] == 2
