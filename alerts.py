@@ -97,7 +97,8 @@ METRICS: dict[str, MetricInfo] = {
         "z-score", "pair", "std devs",
         "z-score of the pair's spread at the last complete bar: (spread - mean) / std over "
         "the last z_window spreads, the spread using a hedge ratio fitted on the `window` "
-        "bars before (analytics.pair_signals; no look-ahead). Needs window + z_window bars."),
+        "bars before (analytics.pair_signals, the page's function; windows in bars of clock "
+        "time; no look-ahead). Needs window + z_window bars."),
     "spread": MetricInfo(
         "spread", "pair", "log price (price when log_prices is off)",
         "The pair's spread y - beta*x - alpha at the last complete bar, beta and alpha "
@@ -140,9 +141,9 @@ MIN_PAIR_WINDOW = 10  # analytics.pair_signals needs a hedge window of at least 
 # 1000/1000 15-27 ms; Huber 16-26 ms; Theil-Sen 18 ms at 120, 38 ms at 250, 360 ms at 1000.
 MAX_WINDOW = 5_000
 MAX_THEIL_SEN_WINDOW = 250
-# Kalman is left out: its value depends on the whole history the filter has seen, so a bounded
-# read cannot reproduce the page's number.
-ALERT_METHODS = ("ols", "tls", "huber", "theil-sen")
+# Every method: the Kalman filter restarts at absolute bar numbers (analytics.pair_signals),
+# so a read from its anchor (analytics.kalman_history_start) reproduces the page's number.
+ALERT_METHODS = ("ols", "tls", "huber", "theil-sen", "kalman")
 HEDGE_METRICS = ("zscore", "spread", "beta_change")  # the metrics that use `method`
 MAX_NAME_LENGTH = 120
 DEFAULT_COOLDOWN_S = 60.0
@@ -236,10 +237,9 @@ class AlertRule:
         price-change span, the spike baseline (>= 1). At most ``MAX_WINDOW``.
     z_window : int or None, default None
         Bars in the z-score window (zscore only matters); None means ``window``.
-    method : {"ols", "tls", "huber", "theil-sen"}, default "ols"
-        Hedge method of ``HEDGE_METRICS`` (zscore, spread, beta_change). Not "kalman" (its
-        value depends on the whole history the filter saw); Theil-Sen windows at most
-        ``MAX_THEIL_SEN_WINDOW`` (250) bars. Other metrics ignore it (any
+    method : {"ols", "tls", "huber", "theil-sen", "kalman"}, default "ols"
+        Hedge method of ``HEDGE_METRICS`` (zscore, spread, beta_change), as on the page;
+        Theil-Sen windows at most ``MAX_THEIL_SEN_WINDOW`` (250) bars. Other metrics ignore it (any
         ``analytics.PAIR_METHODS`` value is accepted and stored).
     log_prices : bool, default True
         Pair model in log prices.
@@ -313,11 +313,6 @@ class AlertRule:
             raise ValueError(f"method ({self.method!r}) must be one of "
                              f"{', '.join(ALERT_METHODS)}")
         uses_hedge = self.metric in HEDGE_METRICS
-        if uses_hedge and self.method not in ALERT_METHODS:
-            raise ValueError(f"method ({self.method!r}) is not available for alerts: the "
-                             "filter's value depends on all the history it has seen, so the "
-                             "evaluator could not reproduce the page's number; use one of "
-                             f"{', '.join(ALERT_METHODS)}")
         if (uses_hedge and self.method == "theil-sen"
                 and max(self.window, self.z_window) > MAX_THEIL_SEN_WINDOW):
             raise ValueError(f"window ({self.window}) and z_window ({self.z_window}) must be at "
@@ -510,13 +505,12 @@ def default_rules(y: str, x: str, *, timeframe: str = "1s", window: int = 60,
 
     Notes
     -----
-    A method alerts cannot use with these windows ("kalman"; "theil-sen" beyond
+    A method alerts cannot use with these windows ("theil-sen" beyond
     ``MAX_THEIL_SEN_WINDOW``) is replaced by "ols", so a page can pass its settings as they
     are; the rules' settings and messages show the method used.
     """
     windows = [w for w in (window, z_window) if isinstance(w, int)]
-    if method == "kalman" or (method == "theil-sen"
-                              and max(windows, default=0) > MAX_THEIL_SEN_WINDOW):
+    if method == "theil-sen" and max(windows, default=0) > MAX_THEIL_SEN_WINDOW:
         method = "ols"
     common = dict(metric="zscore", comparison="abs>", y_symbol=y, x_symbol=x,
                   timeframe=timeframe, window=window, z_window=z_window, method=method,
@@ -721,6 +715,22 @@ def _pair_needed(rule: AlertRule) -> int:
     return rule.window + 1  # spread; correlation: window returns need window + 1 bars
 
 
+def _history_span(rule: AlertRule, as_of: int) -> int:
+    """Bars to read up to ``as_of`` so that the pair metric at ``as_of`` is the value the
+    page shows at that bar: the history ``analytics.pair_signals`` needs for the rule's
+    method (windows in clock time; Kalman: from its filter's anchor), for beta_change at
+    ``as_of - window`` too, plus a margin of 5 bars."""
+    size = analytics.TIMEFRAME_MS[rule.timeframe]
+    if rule.metric == "correlation":
+        return math.ceil(_pair_needed(rule) * 1.5) + 5  # co-traded bars, not clock time
+    # Every hedge metric reads the same span (beta_change's, which also needs the bar
+    # `window` bars back), so zscore, spread and beta_change of one pair and settings
+    # share one read and one computation in a tick.
+    first = as_of - rule.window * size
+    start = analytics.history_start(first, size, rule.method, rule.window, rule.z_window)
+    return (as_of - start) // size + 5
+
+
 def _aligned(conn, rule: AlertRule, as_of: int, span_bars: int, cache: dict):
     size = analytics.TIMEFRAME_MS[rule.timeframe]
     key = ("aligned", rule.y_symbol, rule.x_symbol, rule.timeframe, span_bars, as_of)
@@ -741,12 +751,7 @@ def _aligned(conn, rule: AlertRule, as_of: int, span_bars: int, cache: dict):
 def _pair_metric(conn, rule: AlertRule, as_of: int, cache: dict) -> MetricValue:
     size = analytics.TIMEFRAME_MS[rule.timeframe]
     needed = _pair_needed(rule)
-    # One read for every hedge metric of the same settings (zscore, spread and beta_change
-    # then share bars and signals in a tick), with a margin: an interval in which neither leg
-    # traded is absent.
-    most = needed if rule.metric == "correlation" else max(rule.window + rule.z_window,
-                                                             2 * rule.window + 1)
-    span = math.ceil(most * 1.5) + 5
+    span = _history_span(rule, as_of)
     aligned = _aligned(conn, rule, as_of, span, cache)
     if isinstance(aligned, str):
         return _waiting(f"needs {needed} bars, has 0 ({aligned})", as_of)
@@ -773,19 +778,30 @@ def _pair_metric(conn, rule: AlertRule, as_of: int, cache: dict) -> MetricValue:
     key = ("signals", rule.y_symbol, rule.x_symbol, rule.timeframe, span, as_of, rule.method,
            rule.window, rule.z_window, rule.log_prices)
     if key not in cache:
+        # The page's function on the page's terms: windows in bars of clock time.
         cache[key] = analytics.pair_signals(aligned.y, aligned.x, method=rule.method,
                                             window=rule.window, z_window=rule.z_window,
-                                            log_prices=rule.log_prices)
+                                            log_prices=rule.log_prices,
+                                            bar_ms=int(aligned.bar_ms))
     signals = cache[key]
-    if signals.nobs < needed:
-        return _waiting(f"needs {needed} bars, has {signals.nobs}", as_of)
     if quiet:
         return _waiting(f"{' and '.join(quiet)} without a trade for more than {STALE_BARS} "
                         "bars", as_of)
-    row = signals.frame.iloc[-1]
+    frame = signals.frame
+    row = frame.iloc[-1]
+    note = str(row["beta_note"])
+    if not np.isfinite(row["beta"]):
+        covered = (last_ts - int(frame.index[0])) // size + 1
+        if note in ("", analytics.BETA_NOTES[1], analytics.KALMAN_WARMUP_NOTE) and \
+                covered < signals.needed:
+            return _waiting(f"needs {needed} bars, has {covered}", as_of)
+        return _waiting(f"no hedge ratio at the last bar ({note or 'not enough data'})",
+                        as_of)
     if rule.metric == "beta_change":
-        earlier = len(signals.frame) - 1 - rule.window
-        beta_then = float(signals.frame["beta"].iloc[earlier]) if earlier >= 0 else math.nan
+        # beta `window` bars of clock time ago: the newest bar at or before that time.
+        earlier = int(np.searchsorted(frame.index.to_numpy(), last_ts - rule.window * size,
+                                      side="right")) - 1
+        beta_then = float(frame["beta"].iloc[earlier]) if earlier >= 0 else math.nan
         beta_now = float(row["beta"])
         if not (np.isfinite(beta_now) and np.isfinite(beta_then)):
             return _waiting(f"needs {needed} bars with a hedge ratio", as_of)
@@ -796,7 +812,10 @@ def _pair_metric(conn, rule: AlertRule, as_of: int, cache: dict) -> MetricValue:
     column = "z" if rule.metric == "zscore" else "spread"
     value = float(row[column])
     if not np.isfinite(value):
-        why = "the spread window is flat" if column == "z" else "no hedge ratio"
+        if column == "z" and not signals.enough_data:
+            covered = (last_ts - int(frame.index[0])) // size + 1
+            return _waiting(f"needs {needed} bars, has {covered}", as_of)
+        why = "the spread window is flat or too sparse" if column == "z" else "no hedge ratio"
         return _waiting(f"{rule.metric} undefined at the last bar ({why})", as_of)
     return MetricValue(value, True, f"{rule.metric} {value:.4g} (beta {row['beta']:.4f})",
                        as_of)
@@ -856,13 +875,16 @@ def compute_metric(conn, rule: AlertRule, now_ms: int, *,
 
     Notes
     -----
-    Reads only what the rule needs: pair metrics read ``1.5 * needed + 5`` bars of each leg
-    at the rule's timeframe (``database.read_bars``), ``align`` them and call
-    ``analytics.pair_signals`` (zscore, spread, beta_change) or
-    ``analytics.rolling_correlation`` on co-traded log returns (correlation). With OLS and
-    TLS the result equals what the page computes on a longer history (trailing windows);
-    Huber/Theil-Sen refit every ``ceil(bars read / 50)`` bars (``pair_signals``), so the
-    fit held at the last bar can differ slightly from the page's.
+    Reads only what the rule needs: pair metrics read the history ``analytics.pair_signals``
+    needs for the rule's method (``analytics.history_start``: window + z_window (+ the
+    refit step of Huber/Theil-Sen) bars of clock time; Kalman: from its filter's anchor,
+    up to two segments) of each leg at the rule's timeframe (``database.read_bars``),
+    ``align`` them and call ``analytics.pair_signals`` with ``bar_ms`` (zscore, spread,
+    beta_change), or ``analytics.rolling_correlation`` on co-traded log returns
+    (correlation). So the value equals what the page shows at the same bar, for every
+    method: windows count clock time on both sides, robust refits and Kalman restarts are
+    anchored to absolute bar numbers. A bar whose β the guard refused reports waiting with
+    the reason (e.g. "x did not move enough in this window").
     A pair with no trade in either leg for more than ``STALE_BARS`` bars reports waiting.
     ``price`` and ``price_change_pct`` use the newest trades before a time (one index seek
     each); spikes read ``window + 1`` bars; ``last_trade_age`` one trade.

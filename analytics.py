@@ -114,8 +114,13 @@ KALMAN_SEGMENT_BARS = 3_600
 # (an elasticity; raw-price betas are compared as beta * mean(x) / mean(y)) ...
 BETA_CAP = 10.0
 # ... and x must have moved: its standard deviation over the window at least this many
-# times its price step (the smallest non-zero change between observations in the window).
+# times its price step (the smallest non-zero change between observations in the window),
+# and enough against the spread's noise that the slope is identified: the OLS standard
+# error of beta at most this (elasticity units). On the spot 1 s recording a 60-bar window
+# in which BTC printed 6-7 prices over 0.8 bp while ETH moved 2.5 bp gave beta 5-10 with a
+# standard error of ~2; at the default windows no window of the recordings is refused.
 BETA_MIN_X_STD_TICKS = 2.0
+BETA_MAX_STD_ERROR = 0.5
 BETA_NOTES = ("", "not enough bars with both prices in this window",
               "x did not move enough in this window", "beta beyond the cap of ±10 (log prices)")
 
@@ -2465,21 +2470,37 @@ def _previous_step(x_values: np.ndarray, complete: np.ndarray) -> np.ndarray:
     return steps
 
 
+def _ols_std_error(count, var_x, var_y, cov_xy) -> np.ndarray:
+    """Standard error of the OLS slope from window moments (ddof=1):
+    ``s^2 = (S_yy - beta S_xy) / (n - 2)``, ``se = sqrt(s^2 / S_xx)``."""
+    count, var_x, var_y, cov_xy = (np.asarray(v, dtype=float)
+                                   for v in (count, var_x, var_y, cov_xy))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = cov_xy / var_x
+        resid = np.maximum((var_y - slope * cov_xy) * (count - 1), 0.0) / (count - 2)
+        return np.sqrt(resid / ((count - 1) * var_x))
+
+
 def _guard_notes(count, std_x, tick, beta, mean_x, mean_y, min_obs: int,
-                 log_prices: bool) -> np.ndarray:
+                 log_prices: bool, std_error=None) -> np.ndarray:
     """Codes into ``BETA_NOTES`` for trailing fits (0 = the β may be used).
 
-    1: fewer than ``min_obs`` observations; 2: x's standard deviation below
-    ``BETA_MIN_X_STD_TICKS`` of its price step (a window in which x printed two or three
-    distinct prices gives a slope of noise over nothing); 3: ``|beta|`` beyond ``BETA_CAP``
-    (raw prices: ``|beta| * mean(x) / mean(y)``, the same elasticity).
+    1: fewer than ``min_obs`` observations; 2: x did not move enough — its standard
+    deviation below ``BETA_MIN_X_STD_TICKS`` of its price step (two or three distinct
+    prices), or the OLS standard error of beta above ``BETA_MAX_STD_ERROR`` (x's movement
+    too small against the spread's noise to identify a slope); 3: ``|beta|`` beyond
+    ``BETA_CAP``. Raw prices are compared as elasticities (``* mean(x) / mean(y)``).
     """
     count, std_x, tick, beta = (np.asarray(v, dtype=float) for v in (count, std_x, tick, beta))
     notes = np.zeros(count.size, dtype=np.int8)
     with np.errstate(invalid="ignore", divide="ignore"):
-        elasticity = np.abs(beta) if log_prices else np.abs(
-            beta * np.asarray(mean_x, dtype=float) / np.asarray(mean_y, dtype=float))
+        to_elasticity = 1.0 if log_prices else (
+            np.asarray(mean_x, dtype=float) / np.asarray(mean_y, dtype=float))
+        elasticity = np.abs(beta * to_elasticity)
         moved = std_x >= BETA_MIN_X_STD_TICKS * tick  # False when x never changed (NaN)
+        if std_error is not None:
+            moved &= ~(np.abs(np.asarray(std_error, dtype=float) * to_elasticity)
+                       > BETA_MAX_STD_ERROR)
         notes[~(elasticity <= BETA_CAP)] = 3
         notes[~moved] = 2
         notes[~(count >= min_obs)] = 1
@@ -2526,7 +2547,8 @@ def _rolling_fit(y: pd.Series, x: pd.Series, numbers: np.ndarray, window: int, m
                             (syy - sxx + root) / (2.0 * sxy))
         alpha = (mean_y + offset_y) - beta * (mean_x + offset_x)
     notes = _guard_notes(count, np.sqrt(sxx), tick, beta, mean_x + offset_x,
-                         mean_y + offset_y, window_min_obs(window), log_prices)
+                         mean_y + offset_y, window_min_obs(window), log_prices,
+                         _ols_std_error(count, sxx, syy, sxy))
     notes[(notes == 0) & ~np.isfinite(beta)] = 2  # a zero variance slipped through
     usable = notes == 0
     return np.where(usable, beta, np.nan), np.where(usable, alpha, np.nan), notes
@@ -2566,8 +2588,12 @@ def _scheduled_robust_fit(y: pd.Series, x: pd.Series, numbers: np.ndarray, windo
             moved = np.isfinite(window_steps)
             tick = float(window_steps[moved].min()) if moved.any() else math.nan
             std_x = float(np.std(xs, ddof=1))
+            xc, yc = xs - xs.mean(), ys - ys.mean()
+            std_error = _ols_std_error(xs.size, std_x ** 2, np.dot(yc, yc) / (ys.size - 1),
+                                       np.dot(xc, yc) / (xs.size - 1))
             code = 2  # no fit when x did not move; otherwise fit, then check the cap
-            if std_x >= BETA_MIN_X_STD_TICKS * tick:
+            if _guard_notes([xs.size], [std_x], [tick], [0.0], [xs.mean()], [ys.mean()],
+                            0, log_prices, std_error)[0] == 0:
                 if ys.size > limit:
                     keep_points = _evenly_spaced(ys.size, limit)
                     ys, xs = ys[keep_points], xs[keep_points]
@@ -2692,8 +2718,9 @@ def pair_signals(y, x, *, method: str = "ols", window: int = 60, z_window: int |
     too few observations, when x did not move enough (standard deviation below
     ``BETA_MIN_X_STD_TICKS`` = 2 of its own price step, the smallest non-zero change
     between observations in the window: a window in which x printed two or three distinct
-    prices), or when ``|β|`` exceeds ``BETA_CAP`` = 10 in log prices (raw prices: the
-    equivalent elasticity). Without β there is no spread and no z, so neither the page,
+    prices; or an OLS standard error of β above ``BETA_MAX_STD_ERROR`` = 0.5: x's
+    movement too small against the spread's noise to identify a slope), or when ``|β|``
+    exceeds ``BETA_CAP`` = 10 in log prices (raw prices: the equivalent elasticity). Without β there is no spread and no z, so neither the page,
     the alerts nor the backtest act on it.
 
     **Methods.**

@@ -100,7 +100,7 @@ def reference_signals(conn, end_ms, *, window, z_window, method="ols", timeframe
     bars_x = database.read_bars(conn, "BTCUSDT", None, end_ms, timeframe)
     aligned = analytics.align(bars_y, bars_x, timeframe=timeframe)
     signals = analytics.pair_signals(aligned.y, aligned.x, method=method, window=window,
-                                     z_window=z_window)
+                                     z_window=z_window, bar_ms=aligned.bar_ms)
     return aligned, signals
 
 
@@ -236,7 +236,6 @@ def test_describe_state_in_words():
     ({"window": 60.5}, r"window \(60.5\) must be a whole number"),
     ({"z_window": 1}, r"z_window \(1\) must be between 2"),
     ({"method": "lasso"}, r"method \('lasso'\) must be one of ols"),
-    ({"method": "kalman"}, r"method \('kalman'\) is not available for alerts"),
     ({"method": "theil-sen", "window": 300}, r"at most 250 with method 'theil-sen'"),
     ({"log_prices": "yes"}, r"log_prices \('yes'\) must be True or False"),
     ({"enabled": 2}, r"enabled \(2\) must be True or False"),
@@ -339,7 +338,7 @@ def test_method_matters_only_for_hedge_metrics():
                                  method="kalman", window=1000)  # the page's settings as they are
     assert price.method == "kalman"
     defaults = alerts.default_rules("ETHUSDT", "BTCUSDT", method="kalman")
-    assert {rule.method for rule in defaults} == {"ols"}
+    assert {rule.method for rule in defaults} == {"kalman"}  # the page's method as it is
     assert {r.method for r in alerts.default_rules("ETHUSDT", "BTCUSDT", method="tls")} == {
         "tls"}
     assert {r.method for r in alerts.default_rules("ETHUSDT", "BTCUSDT", method="theil-sen",

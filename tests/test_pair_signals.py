@@ -152,16 +152,26 @@ def test_guard_refuses_a_window_in_which_x_printed_two_prices():
 
 
 @pytest.mark.parametrize("method", analytics.PAIR_METHODS)
-def test_no_finite_beta_beyond_the_cap(method):
-    # x barely moves (1e-6 per bar, a few ticks) while y's own noise is 100x larger:
-    # slopes of noise over almost nothing.
+def test_a_window_where_x_barely_moved_against_the_noise_gives_no_beta(method):
+    # x moves 1e-6 per bar (a few ticks a minute) while y's own noise is 100x larger:
+    # any slope is noise over almost nothing (standard error >> 0.5).
     y, x = make_pair(n=2_000, beta=1.2, seed=12, step=1e-6, noise=1e-4, phi=0.5)
     frame = analytics.pair_signals(y, x, method=method, window=60, bar_ms=1000).frame
     assert not (frame.beta.abs() > analytics.BETA_CAP).any()
-    if method != "kalman":  # rolling slopes of noise over nothing: many beyond the cap
-        assert (frame.beta_note == analytics.BETA_NOTES[3]).sum() > 300
+    if method != "kalman":
+        assert (frame.beta_note == "x did not move enough in this window").sum() > 1_500
     assert frame.z[frame.beta.isna()].isna().all()  # no beta, no z
     assert frame.spread[frame.beta.isna()].isna().all()
+
+
+@pytest.mark.parametrize("method", analytics.PAIR_METHODS)
+def test_no_finite_beta_beyond_the_cap(method):
+    y, x = make_pair(n=1_500, beta=12.0, seed=17, step=2e-4)  # a precise but absurd hedge
+    frame = analytics.pair_signals(y, x, method=method, window=120, bar_ms=1000).frame
+    assert not (frame.beta.abs() > analytics.BETA_CAP).any()
+    capped = frame.beta_note == "beta beyond the cap of ±10 (log prices)"
+    assert capped.sum() > 1_000
+    assert frame.beta[capped].isna().all() and frame.z[capped].isna().all()
 
 
 def test_raw_price_cap_is_the_same_elasticity():
