@@ -450,7 +450,7 @@ def chart(fig, key: str, link: str | None = None) -> None:
     zoom = st.session_state.get(zoom_key)
     if zoom and fig.data:
         if link:
-            viz.show_time_range(fig, zoom["time"])
+            fig = unchanged_window(fig, key, zoom["time"])
         else:
             fig.update_layout({axis: {"range": bounds, "autorange": False}
                                for axis, bounds in zoom.items()})
@@ -464,6 +464,29 @@ def chart(fig, key: str, link: str | None = None) -> None:
     if zoom:
         st.button("reset zoom", key=f"{key}_reset", on_click=st.session_state.pop,
                   args=(zoom_key, None), type="tertiary")
+
+
+def unchanged_window(fig, key: str, window: list):
+    """``fig`` zoomed to ``window``, or the figure drawn last time when what it shows has
+    not changed: the window lies in the past (that figure already had data after it).
+
+    Streamlit remounts a chart whose figure changed, and a remount in the middle of a drag
+    cancels it (Plotly then throws ``_hoverlayer`` errors): re-sending the same figure
+    keeps a chart zoomed into history still while the user drags a finer box. New bars
+    appear again after "reset zoom" or once the window reaches the newest bar.
+    """
+    state_key = f"drawn|{key}"
+    # everything else that changes what a chart shows: the view's settings and the theme
+    settings = [st.session_state.get(k) for k in (*page_state.URL_KEYS.values(), "tz",
+                                                  "bt_entry", "bt_exit", "bt_stop")]
+    meaning = (list(window), page_theme(), repr(settings))
+    drawn = st.session_state.get(state_key)
+    if drawn is not None and drawn[0] == meaning and \
+            viz.newest_x(drawn[1]) > viz.time_range_ms(window)[1]:
+        return drawn[1]
+    viz.show_time_range(fig, window)
+    st.session_state[state_key] = (meaning, fig)
+    return fig
 
 
 def page_theme() -> str:

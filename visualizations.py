@@ -1336,3 +1336,57 @@ def apply_colors(fig: go.Figure, theme: str) -> go.Figure:
     fig.update_xaxes(**style)
     fig.update_yaxes(**style)
     return fig
+
+
+def newest_x(fig: go.Figure) -> float:
+    """The largest x drawn in ``fig`` (display ms for time charts); -inf without data."""
+    newest = -math.inf
+    for trace in fig.data:
+        if trace.x is not None and len(trace.x):
+            x = np.asarray(trace.x, dtype=np.float64)
+            if np.isfinite(x).any():
+                newest = max(newest, float(np.nanmax(x)))
+    return newest
+
+
+# --------------------------------------------------------------------------------------
+# Sparklines (issue 16: the Pairs tab's tables)
+# --------------------------------------------------------------------------------------
+
+SPARKLINE_POINTS = 60  # a table cell is ~120 px wide: 2 px per point
+
+
+def sparkline_points(series, points: int = SPARKLINE_POINTS) -> list[float]:
+    """A series as a short list of numbers for ``st.column_config.LineChartColumn``.
+
+    Parameters
+    ----------
+    series : pandas.Series or array_like
+        Values in time order (e.g. a pair's trailing z); NaN values are skipped.
+    points : int, default 60
+        Largest number of values returned (>= ``MIN_MAX_POINTS``).
+
+    Returns
+    -------
+    list of float
+        The finite values, thinned with ``downsample_line`` (LTTB after a min/max
+        preselection, so spikes such as a z beyond entry survive) when there are more than
+        ``points``; an empty list when none is finite.
+    """
+    _check_max_points(points)
+    values = np.asarray(series, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size <= points:
+        return values.tolist()
+    keep = downsample_line(np.arange(values.size, dtype=float), values, points)
+    return values[keep].tolist()
+
+
+def highlight_beyond(values, threshold: float, color: str = ENTRY_COLOR) -> list[str]:
+    """CSS per cell for a pandas Styler: colour ``|value| >= threshold`` (e.g. |z| beyond
+    entry); NaN and smaller values get no style."""
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold ({threshold!r}) must be a positive number")
+    numbers = np.asarray(values, dtype=float)
+    return [f"background-color: {color}; color: black" if math.isfinite(v) and abs(v) >= threshold
+            else "" for v in numbers]

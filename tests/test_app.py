@@ -692,7 +692,7 @@ def test_a_dragged_box_zooms_every_time_chart_until_reset(recorded_db):
     # the values inside the window.
     x_range = ["2025-12-15 08:44:00", "2025-12-15 08:44:30"]
     lo, hi = (pd.Timestamp(t, tz="UTC").value // 1_000_000 for t in x_range)
-    at = run(new_app(lookback="15 min"))
+    at = run(new_app(lookback="15 min", window=60))
     assert "range" not in chart_layout(at, "candles_y")["xaxis"]
     assert chart_layout(at, "candles_y")["dragmode"] == "select"
 
@@ -839,3 +839,34 @@ def test_silent_symbols_are_named_after_ten_seconds():
     since = {"SOLUSDT": now - 3_000}  # subscribed 3 s ago: not yet suspicious
 
     assert dd.silent_symbols(health, since, now) == [("ETHUSDT", 12.0), ("XYZUSDT", 60.0)]
+
+
+def test_a_chart_zoomed_into_the_past_is_not_redrawn_by_new_bars(app_env):
+    # A chart whose figure changes is remounted by Streamlit, which cancels a drag in
+    # progress (Plotly's "_hoverlayer" errors): while the window lies in the past, new
+    # bars do not change what is shown, so the same figure is sent again.
+    parsed = uploads.parse_tick_file(TRADES_FILE, filename=TRADES_FILE.name)
+    records = sorted(uploads.to_trade_tuples(parsed.trades, received_ms=1), key=lambda r: r[2])
+    conn = database.connect(app_env["db"])
+    try:
+        database.import_ticks(conn, records[:3000])
+        at = run(new_app(lookback="15 min", window=60))
+        at.session_state["candles_y"] = box_selection(
+            ["2025-12-15 08:44:00", "2025-12-15 08:44:20"], [1, 2])
+        at = run(at)
+        zoomed = {key: chart_spec_id(at, key) for key in ("candles_y", "overlay")}
+        database.import_ticks(conn, records[3000:])
+    finally:
+        conn.close()
+    at = run(at)  # a refresh with new bars after the window
+    assert {key: chart_spec_id(at, key) for key in zoomed} == zoomed
+    at.button(key="candles_y_reset").click()
+    at = run(at)
+    assert chart_spec_id(at, "candles_y") != zoomed["candles_y"]  # live again
+    assert "range" not in chart_layout(at, "candles_y")["xaxis"]
+
+
+def chart_spec_id(at: AppTest, key: str) -> str:
+    """The element id Streamlit derives from the figure: it changes when the chart must be
+    remounted."""
+    return next(c.proto.id for c in at.get("plotly_chart") if c.proto.id.endswith(key))
