@@ -278,6 +278,7 @@ class State(enum.Enum):
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
     STOPPED = "stopped"
+    READ_ONLY = "read-only"  # another process writes the database: nothing to collect here
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,8 @@ class Collector:
         self._reconnect_requested = threading.Event()
         self.endpoint: Endpoint | None = None
         self.fallback_reason = ""
+        self.read_only_reason = ""  # why the state is READ_ONLY (names file and process)
+        self._writer_lock: database.WriterLock | None = None
         # Counters: each written by exactly one thread, read by anyone without locks.
         # received = trades + filtered prints + rejected frames; see the accounting identity.
         self.received = 0
@@ -389,6 +392,8 @@ class Collector:
             self.started_ms = now_ms()
             self.endpoint = self._initial_endpoint()
             self.spill_path = spill.journal_path(self.db_path, self.settings.spill_dir)
+            if not self._take_writer_lock(self.db_path):
+                return self
             self.symbols = {s.upper(): SymbolActivity() for s in self.settings.symbols}
             self.state = State.CONNECTING
             self._writer_thread = threading.Thread(target=self._writer_loop,
@@ -425,6 +430,7 @@ class Collector:
             if self._market is not None:
                 self._market.stop()
                 self._market = None
+            self._release_writer_lock()
             self.state = State.STOPPED
         _forget(self)
         return self.health()
@@ -432,6 +438,35 @@ class Collector:
     @property
     def running(self) -> bool:
         return self.state not in (State.NEW, State.STOPPED)
+
+    def _take_writer_lock(self, db_path: str) -> bool:
+        """Hold ``db_path``'s writer lock (releasing any other); False = read-only now.
+
+        Refused when another process writes that file: the collector then stops collecting
+        (state READ_ONLY, ``read_only_reason`` names the file and the process) and the page
+        keeps showing the file through its read-only connections.
+        """
+        if self._writer_lock is not None and self._writer_lock.db_path == db_path:
+            return True
+        self._release_writer_lock()
+        try:
+            self._writer_lock = database.WriterLock.acquire(db_path)
+        except database.WriterLockError as exc:
+            self.read_only_reason = str(exc)
+            log.error("%s", exc)
+            self.endpoint = dataclasses.replace(self.endpoint, db_path=db_path)
+            self.state = State.READ_ONLY
+            self._stop_requested.set()
+            if self._market is not None:
+                self._market.stop()
+                self._market = None
+            return False
+        return True
+
+    def _release_writer_lock(self) -> None:
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+            self._writer_lock = None
 
     def _account_lost_in_flight(self) -> None:
         """The writer is stuck (a hung disk): what it still holds is counted as dropped."""
@@ -522,7 +557,10 @@ class Collector:
         if self.settings.explicit_db_path:  # never mix simulated ticks into a real file
             stem, ext = os.path.splitext(self.settings.db_path)
             db_path = f"{stem}-demo{ext or '.db'}"
+        if not self._take_writer_lock(db_path or default_db_path("demo")):
+            return  # another process records the demo already: show its file read-only
         self.endpoint = self._builtin_endpoint("demo", db_path)
+        self.spill_path = spill.journal_path(self.db_path, self.settings.spill_dir)
         self.failures = 0
 
     # -- receive thread -----------------------------------------------------------------
@@ -538,6 +576,8 @@ class Collector:
                         break
                     if self._check_auto_fallback():
                         self._reconnect_requested.clear()  # connecting right now anyway
+                    if self._stop_requested.is_set():  # e.g. the fallback found demo locked
+                        break
                     self.reconnects += 1
                 first_attempt = False
                 self._run_connection()
@@ -978,6 +1018,7 @@ class Collector:
             "feed": endpoint.feed if endpoint else self.settings.feed,
             "builtin_market": bool(endpoint and endpoint.builtin_market),
             "fallback_reason": self.fallback_reason,
+            "read_only_reason": self.read_only_reason,
             "url": endpoint.url if endpoint else "",
             "db_path": self.db_path,
             "stream": self.settings.stream,
@@ -1139,6 +1180,9 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop_event.set())
     collector = Collector(settings).start()
+    if collector.state is State.READ_ONLY:  # another process writes this database
+        print(f"error: {collector.read_only_reason}", file=sys.stderr)
+        return EXIT_CANNOT_START
     log.info("recording %s into %s (spill journal, used only while the database refuses "
              "writes: %s)", collector.endpoint.url, collector.db_path, collector.spill_path)
     evaluator = None

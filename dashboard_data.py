@@ -596,10 +596,64 @@ class FeedStatus:
     detail: str = ""
 
 
-def feed_status(health: Mapping) -> FeedStatus:
-    """Feed label from ``Collector.health()``: live, reconnecting, or the built-in market."""
+STORAGE_ALARM_S = 60  # a trade dropped within this many seconds keeps the status red
+_LEVELS = ("success", "info", "warning", "error")
+
+
+def feed_status(health: Mapping, at_ms: int | None = None) -> FeedStatus:
+    """Feed label from ``Collector.health()``: live, reconnecting, the built-in market or
+    read-only, raised to amber or red with the reason when trades are not getting stored.
+
+    Red: trades were dropped in the last ``STORAGE_ALARM_S`` seconds (queue full, or the
+    spill journal could not be written). Amber: the database refuses writes (trades go to
+    the spill journal), the journal is being replayed, or the queue is growing. The reason
+    leads the detail line and a short form is added to the label.
+    """
+    status = _connection_status(health)
+    trouble = storage_trouble(health, now_ms() if at_ms is None else at_ms)
+    if trouble is None:
+        return status
+    level, short, reason = trouble
+    if _LEVELS.index(level) < _LEVELS.index(status.level):
+        level = status.level
+    detail = f"{reason} {status.detail}".strip()
+    return dataclasses.replace(status, label=f"{status.label} · {short}", level=level,
+                               detail=detail)
+
+
+def storage_trouble(health: Mapping, at_ms: int) -> tuple[str, str, str] | None:
+    """(level, short label, reason) when received trades are not reaching the database."""
+    last_drop = health.get("last_drop_ms")
+    if last_drop and at_ms - last_drop < STORAGE_ALARM_S * 1000:
+        return ("error", "dropping trades",
+                f"{health.get('dropped', 0):,} trades dropped (queue full or spill journal "
+                "not writable); their trade ids are recorded as gaps.")
+    failing_since = health.get("db_failing_since_ms")
+    if failing_since:
+        return ("warning", "database refuses writes",
+                f"The database has refused writes for {(at_ms - failing_since) / 1000:,.0f} s "
+                f"({health.get('last_write_error') or 'write error'}): "
+                f"{health.get('journal_pending', 0):,} trades are kept in the spill journal "
+                f"{health.get('spill_path', '')} and are stored once it takes writes again.")
+    if health.get("journal_pending"):
+        return ("warning", "replaying spilled trades",
+                f"Storing {health['journal_pending']:,} trades from the spill journal "
+                f"{health.get('spill_path', '')}.")
+    if health.get("queue_growing"):
+        return ("warning", "writer falling behind",
+                f"{health.get('queue_depth', 0):,} of {health.get('queue_max', 0):,} trades "
+                "are waiting for the database; beyond the limit new trades are dropped.")
+    return None
+
+
+def _connection_status(health: Mapping) -> FeedStatus:
     state = health.get("state", "")
     reason = health.get("last_close_reason") or "no reason given"
+    if state == "read-only":
+        return FeedStatus(f"read-only — {health.get('db_path', 'database')}", "warning",
+                          False, f"{health.get('read_only_reason', '')} This page shows "
+                          "that file read-only: charts and statistics work, nothing is "
+                          "collected here.".strip())
     if health.get("builtin_market"):
         label = BUILTIN_MARKET_LABEL if health.get("feed") == "demo" else REPLAY_LABEL
         details = []

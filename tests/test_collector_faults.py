@@ -22,6 +22,7 @@ import time
 import pytest
 
 import collector
+import dashboard_data as dd
 import database
 import spill
 from config import Settings
@@ -35,6 +36,14 @@ T0 = 1_765_800_000_000
 def count_rows(db_path: str, table: str = "ticks") -> int:
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def stored_so_far(db) -> int:
+    """Rows in ``ticks``, 0 while the file or its schema does not exist yet."""
+    try:
+        return count_rows(str(db)) if os.path.exists(db) else 0
+    except sqlite3.OperationalError:
+        return 0
 
 
 def distinct_ids(db_path: str) -> int:
@@ -146,6 +155,9 @@ def test_a_refusing_database_spills_instead_of_dropping_and_replays_everything(
         health = c.health()
         assert health["dropped"] == 0 and health["stored"] == 1 and identity_holds(health)
         assert health["db_failing_since_ms"] and "disk is full" in health["last_write_error"]
+        status = dd.feed_status(health)  # what the sidebar shows
+        assert status.level == "warning" and "database refuses writes" in status.label
+        assert "spill journal" in status.detail and "disk is full" in status.detail
         journal = tmp_path / "spill" / "t.db.spill"
         assert health["spill_path"] == str(journal) and journal.stat().st_size > 0
         faults.failing.clear()
@@ -212,6 +224,9 @@ def test_a_journal_that_cannot_be_written_drops_counts_logs_and_leaves_gaps(
         health = c.health()
         assert identity_holds(health) and health["spilled"] == 0
         assert health["last_drop_ms"] is not None
+        status = dd.feed_status(health)
+        assert status.level == "error" and "dropping trades" in status.label
+        assert "1,000 trades dropped" in status.detail
         c.stop()
     errors = [r.getMessage() for r in caplog.records
               if r.levelno == logging.ERROR and "cannot be written" in r.getMessage()]
@@ -320,7 +335,7 @@ def test_cli_stopped_on_a_full_disk_exits_non_zero_and_a_restart_stores_every_tr
         with ScriptedServer(serve_batches(frames(1, 200), frames(201, total),
                                           gate=gate)) as server:
             process = run_cli([*common, "--ws-url", server.url], cwd=tmp_path)
-            assert wait_until(lambda: db.exists() and count_rows(str(db)) == 200, 15)
+            assert wait_until(lambda: stored_so_far(db) == 200, 15)
             filler = fill_up(small)
             gate.set()
             time.sleep(3)
@@ -441,3 +456,117 @@ def test_gaps_count_only_the_open_gaps_of_the_table(tmp_path, make_collector):
     assert count_rows(str(db), "gaps") == 2  # (11..14) and (16..19)
     assert final["gaps"] == final["gaps_open"] == 2
     assert final["gaps_opened"] == 3 and final["gaps_filled"] == 2
+
+
+# -- one writer per SQLite file ---------------------------------------------------------------
+
+
+def test_a_second_collector_process_on_the_same_file_exits_2_naming_the_file_and_holder(
+        tmp_path):
+    db = tmp_path / "shared.db"
+    args = ["--feed", "demo", "--db", str(db), "--seed", "3", "--no-alerts"]
+    first = run_cli(args, cwd=tmp_path)
+    try:
+        assert wait_until(lambda: stored_so_far(db) > 0, 20)
+        started = time.monotonic()
+        second = subprocess.run([sys.executable, os.path.join(ROOT, "collector.py"), *args,
+                                 "--duration", "30"], capture_output=True, text=True,
+                                timeout=30, cwd=tmp_path)
+        assert time.monotonic() - started < 10
+        assert second.returncode == 2, second.stderr
+        assert str(db) in second.stderr and "locked" in second.stderr
+        assert f"pid {first.pid}" in second.stderr and "collector.py" in second.stderr
+        before = count_rows(str(db))
+        assert wait_until(lambda: count_rows(str(db)) > before, 10)  # the first goes on
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=30)
+    assert first.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stored"] > 0 and identity_holds(summary)
+
+
+def test_the_writer_lock_vanishes_with_a_killed_process(tmp_path):
+    db = tmp_path / "killed.db"
+    args = ["--feed", "demo", "--db", str(db), "--seed", "4", "--no-alerts"]
+    first = run_cli(args, cwd=tmp_path)
+    assert wait_until(lambda: stored_so_far(db) > 0, 20)
+    first.kill()
+    first.communicate(timeout=10)
+    lock = database.WriterLock.acquire(str(db))  # free again, no stale lock
+    lock.release()
+
+
+def test_an_in_process_collector_on_a_locked_file_is_read_only(tmp_path, make_collector):
+    db = str(tmp_path / "held.db")
+    lock = database.WriterLock.acquire(db)  # stands for another writer
+    try:
+        c = make_collector(Settings(feed="demo", db_path=db, demo_seed=2)).start()
+        health = c.health()
+        assert health["state"] == "read-only" and c.running
+        assert db in c.read_only_reason and f"pid {os.getpid()}" in c.read_only_reason
+        time.sleep(0.3)
+        assert c.received == 0 and not os.path.exists(db)  # wrote nothing
+    finally:
+        lock.release()
+
+
+# -- what the page says -----------------------------------------------------------------------
+
+
+def test_feed_status_turns_amber_or_red_with_the_reason():
+    live = {"state": "connected", "feed": "binance-futures", "queue_depth": 10,
+            "queue_max": 100_000, "dropped": 0}
+    assert dd.feed_status(live, at_ms=T0).level == "success"
+    growing = dict(live, queue_growing=True, queue_depth=60_000)
+    status = dd.feed_status(growing, at_ms=T0)
+    assert status.level == "warning" and "writer falling behind" in status.label
+    assert "60,000 of 100,000" in status.detail
+    replaying = dict(live, journal_pending=1234, spill_path="/d/x.db.spill")
+    status = dd.feed_status(replaying, at_ms=T0)
+    assert status.level == "warning" and "1,234" in status.detail
+    dropping = dict(live, last_drop_ms=T0 - 5_000, dropped=77)
+    status = dd.feed_status(dropping, at_ms=T0)
+    assert status.level == "error" and "77 trades dropped" in status.detail
+    assert dd.feed_status(dropping, at_ms=T0 + 120_000).level == "success"  # a minute later
+    builtin = dict(dropping, builtin_market=True, feed="demo")
+    assert dd.feed_status(builtin, at_ms=T0).level == "error"  # red beats the demo's amber
+
+
+def test_page_on_a_file_another_process_writes_says_so_and_shows_it_read_only(
+        tmp_path, monkeypatch):
+    import alerts
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    db = str(tmp_path / "live.db")
+    conn = database.connect(db)
+    database.import_ticks(conn, [(symbol, i, T0 + i * 500, price * (1 + i * 1e-5), 0.5, 0, T0)
+                                 for symbol, price in (("BTCUSDT", 87000.0), ("ETHUSDT", 2900.0))
+                                 for i in range(1, 400)])
+    conn.close()
+    for name in ("CRYPTO_DEMO_SEED", "CRYPTO_REPLAY_FILE", "CRYPTO_STREAM"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CRYPTO_FEED", "demo")
+    monkeypatch.setenv("CRYPTO_DB_PATH", db)
+    monkeypatch.setenv("CRYPTO_UPLOAD_DB", str(tmp_path / "uploads.db"))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    lock = database.WriterLock.acquire(db)  # another writer holds the file
+    try:
+        at = AppTest.from_file(os.path.join(ROOT, "app.py"), default_timeout=60)
+        at.run()
+        assert not at.exception, [e.message for e in at.exception]
+        warnings = [str(w.value) for w in at.sidebar.warning]
+        assert any(w.startswith(f"read-only — {db}") for w in warnings), warnings
+        captions = " ".join(str(c.value) for c in at.sidebar.caption)
+        assert "locked" in captions and f"pid {os.getpid()}" in captions
+        assert collector.running_collector().received == 0
+        assert count_rows(db) == 798  # nothing written, the recorded trades still shown
+    finally:
+        lock.release()
+        collector.stop()
+        alerts.stop_evaluator()
+        st.cache_data.clear()
+        st.cache_resource.clear()
