@@ -59,11 +59,13 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 
 import orjson
 import websocket
 
+import binance_rest
 import database
 import market
 import spill
@@ -336,6 +338,8 @@ class Collector:
         self.fallback_reason = ""
         self.read_only_reason = ""  # why the state is READ_ONLY (names file and process)
         self._writer_lock: database.WriterLock | None = None
+        self._backfiller: binance_rest.Backfiller | None = None
+        self._backfill_final: dict | None = None
         # Counters: each written by exactly one thread, read by anyone without locks.
         # received = trades + filtered prints + rejected frames; see the accounting identity.
         self.received = 0
@@ -395,6 +399,7 @@ class Collector:
             if not self._take_writer_lock(self.db_path):
                 return self
             self.symbols = {s.upper(): SymbolActivity() for s in self.settings.symbols}
+            self._start_backfill()
             self.state = State.CONNECTING
             self._writer_thread = threading.Thread(target=self._writer_loop,
                                                    name="collector-writer", daemon=True)
@@ -427,6 +432,7 @@ class Collector:
                                          + database.BUSY_TIMEOUT_MS / 1000 + 1.0)
                 if self._writer_thread.is_alive():
                     self._account_lost_in_flight()
+            self._stop_backfill()
             if self._market is not None:
                 self._market.stop()
                 self._market = None
@@ -507,6 +513,7 @@ class Collector:
             self.symbols.setdefault(symbol.upper(), SymbolActivity())
         if self.endpoint is not None:
             self.endpoint = dataclasses.replace(self.endpoint, symbols=settings.symbols)
+            self._restart_backfill()
         self.request_reconnect("symbols changed")
         return settings.symbols
 
@@ -518,7 +525,105 @@ class Collector:
         if ws is not None:
             ws.abort()
 
+    # -- REST backfill and gap repair (issue 11; binance_rest.Backfiller) -----------------
     #
+    # At start the Backfiller fetches the last ``settings.backfill`` of aggregate trades and
+    # ``settings.backfill_klines`` of 1-minute klines on its own thread, writing through
+    # ``database.BackfillLedger`` (the same TickWriter path: dedup by (symbol, trade_id)).
+    # Afterwards it watches the gaps table: every reconnect (``_after_connect``) and every
+    # id jump the writer records is repaired by id when REST still has those trades.
+
+    def rest_base(self) -> str | None:
+        """The REST base the backfill uses: the setting, else the built-in market's own
+        base, else Binance's default for the feed. None with a WebSocket override but no
+        REST URL: Binance's REST would not serve that server's trades (ids would not meet)."""
+        s = self.settings
+        if s.rest_url:
+            return s.rest_url.rstrip("/")
+        endpoint = self.endpoint
+        if endpoint is not None and endpoint.builtin_market:
+            parts = urllib.parse.urlsplit(endpoint.base)
+            return f"http://{parts.netloc}"
+        if s.ws_url:
+            return None
+        kind = endpoint.market_kind if endpoint is not None else s.market_kind
+        return (binance_rest.DEFAULT_SPOT_REST_URL if kind == "spot"
+                else binance_rest.DEFAULT_FUTURES_REST_URL)
+
+    def _market_past(self, feed: str, db_path: str) -> dict:
+        """How much past the built-in market simulates for REST: the backfill windows, but
+        never overlapping simulated trades an earlier demo run left in ``db_path``."""
+        s = self.settings
+        if feed != "demo":  # a replay serves what it has streamed (its own past)
+            return {"rest_weight_limit": market.DEMO_REST_WEIGHT_LIMIT}
+        trades_s, klines_s = s.backfill, s.backfill_klines
+        if os.path.exists(db_path):
+            try:
+                conn = database.connect(db_path, readonly=True)
+                try:
+                    newest = max((database.latest_bar_ts(conn, sym) or 0) for sym in s.symbols)
+                finally:
+                    conn.close()
+            except (sqlite3.DatabaseError, FileNotFoundError):
+                newest = 0
+            if newest:
+                since_s = max(0.0, (now_ms() - newest) / 1000 - 1)
+                trades_s, klines_s = min(trades_s, since_s), min(klines_s, since_s)
+        return {"history_s": trades_s, "kline_history_s": max(0.0, klines_s - trades_s),
+                "rest_weight_limit": market.DEMO_REST_WEIGHT_LIMIT}
+
+    def _start_backfill(self) -> None:
+        s = self.settings
+        base = self.rest_base()
+        if base is None:
+            self._backfill_final = {"state": "off", "symbols": {}, "backfilled": 0,
+                                    "gaps_repaired": 0, "detail": "no REST URL for the "
+                                    "WebSocket override (set BINANCE_REST_URL / --rest-url)"}
+            log.info("no REST backfill or gap repair: %s", self._backfill_final["detail"])
+            return
+        client = binance_rest.RestClient(base, self.endpoint.market_kind)
+        self._backfiller = binance_rest.Backfiller(
+            client, self.endpoint.symbols, database.BackfillLedger(self.db_path),
+            trade_history_s=s.backfill, kline_history_s=s.backfill_klines,
+            trades_by_id=s.stream == "aggTrade").start()
+        log.info("REST backfill from %s: %g s of trades, %g s of 1m klines%s", client.base_url,
+                 s.backfill, s.backfill_klines,
+                 "" if s.stream == "aggTrade" else " (raw @trade ids: no trade backfill or "
+                 "gap repair, klines only)")
+
+    def _stop_backfill(self) -> None:
+        backfiller, self._backfiller = self._backfiller, None
+        if backfiller is None:
+            return
+        backfiller.stop()
+        self._backfill_final = backfiller.health()
+        try:  # REST may have filled gaps since the writer last counted them
+            if os.path.exists(self.db_path):
+                conn = database.connect(self.db_path, readonly=True)
+                try:
+                    self.gaps_open = database.count_open_gaps(conn)
+                finally:
+                    conn.close()
+        except sqlite3.DatabaseError as exc:
+            log.warning("could not recount the open gaps: %s", exc)
+
+    def _restart_backfill(self) -> None:
+        """New endpoint or symbols: a new Backfiller for them (the old one stops)."""
+        if self.state is not State.NEW and not self._stop_requested.is_set():
+            self._stop_backfill()
+            self._start_backfill()
+
+    def _after_connect(self) -> None:
+        """A reconnect: let the gap repair look at the gap the new connection reveals."""
+        if self._backfiller is not None and self.connections > 1:
+            self._backfiller.wake()
+
+    def _backfill_health(self) -> dict:
+        backfiller = self._backfiller
+        if backfiller is not None:
+            return backfiller.health()
+        return self._backfill_final or {"state": "off", "symbols": {}, "backfilled": 0,
+                                        "gaps_repaired": 0}
 
     # -- endpoint selection -------------------------------------------------------------
 
@@ -537,12 +642,12 @@ class Collector:
             source = market.ReplaySource(s.replay_file, speed=s.replay_speed)
         else:
             source = market.SimulatedMarket([sym.upper() for sym in s.symbols], seed=s.demo_seed)
-        self._market = market.MarketServer(source, kind="futures")
+        db_path = db_path or default_db_path(feed, s.replay_file)
+        self._market = market.MarketServer(source, kind="futures",
+                                           **self._market_past(feed, db_path))
         base = self._market.start()
         return Endpoint(feed=feed, base=base, market_kind="futures", stream=s.stream,
-                        symbols=s.symbols,
-                        db_path=db_path or default_db_path(feed, s.replay_file),
-                        builtin_market=True)
+                        symbols=s.symbols, db_path=db_path, builtin_market=True)
 
     def _fall_back_to_demo(self, reason: str) -> None:
         """Feed 'auto' heard nothing from Binance: switch to the simulated market.
@@ -562,6 +667,7 @@ class Collector:
         self.endpoint = self._builtin_endpoint("demo", db_path)
         self.spill_path = spill.journal_path(self.db_path, self.settings.spill_dir)
         self.failures = 0
+        self._restart_backfill()
 
     # -- receive thread -----------------------------------------------------------------
 
@@ -654,6 +760,7 @@ class Collector:
         if self._stop_requested.is_set():  # stop() ran while we were connecting
             ws.abort()
         self.connections += 1
+        self._after_connect()
         self.connected_since_ms = now_ms()
         self.state = State.CONNECTED
         log.info("connected to %s", self.endpoint.url)
@@ -1043,6 +1150,9 @@ class Collector:
             "queue_growing": self.queue_growing,
             "gaps": self.gaps,
             "gaps_open": self.gaps_open,
+            "backfill": (backfill := self._backfill_health()),
+            "backfilled": backfill["backfilled"],
+            "gaps_repaired": backfill["gaps_repaired"],
             "gaps_opened": self.gaps_opened,
             "gaps_filled": self.gaps_filled,
             "reconnects": self.reconnects,
@@ -1134,7 +1244,8 @@ def _forget(collector: Collector) -> None:
 
 SUMMARY_KEYS = ("received", "stored", "duplicates", "rejected", "filtered", "ignored",
                 "spilled", "dropped", "recovered", "journal_pending", "gaps", "gaps_open",
-                "gaps_opened", "gaps_filled", "reconnects", "batches", "write_errors")
+                "gaps_opened", "gaps_filled", "reconnects", "batches", "write_errors",
+                "backfilled", "gaps_repaired")
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -1159,6 +1270,17 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spill-dir", dest="spill_dir",
                         help="where the spill journal goes while the database refuses writes "
                              "(default: next to the database)")
+    parser.add_argument("--rest-url", dest="rest_url",
+                        help="REST base for backfill and gap repair, scheme://host:port "
+                             "(default: Binance's, or the --ws-url host, or the built-in "
+                             "market's)")
+    parser.add_argument("--backfill", dest="backfill",
+                        help="aggregate trades of the last DURATION fetched over REST at "
+                             "start, e.g. 90s, 30m, 6h; 0 = off (default 60m); gaps are "
+                             "repaired after every reconnect either way")
+    parser.add_argument("--backfill-klines", dest="backfill_klines",
+                        help="1-minute klines of the last DURATION fetched at start "
+                             "(default 24h; 0 = off)")
     parser.add_argument("--no-alerts", dest="alerts", action="store_false",
                         help="do not evaluate the alert rules stored in the database")
     parser.add_argument("--log-level", default="INFO")

@@ -19,6 +19,8 @@ import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from binance_rest import parse_duration
+
 FEEDS = ("auto", "binance-futures", "binance-spot", "demo", "replay")
 STREAMS = ("aggTrade", "trade")
 SYMBOL_PATTERN = re.compile(r"^[a-z0-9]{2,20}$")
@@ -46,6 +48,9 @@ ENV_VARS = {
     "CRYPTO_DEMO_SEED": "demo_seed",
     "CRYPTO_UPLOAD_DB": "upload_db_path",
     "CRYPTO_DISPLAY_TZ": "display_tz",
+    "BINANCE_REST_URL": "rest_url",
+    "CRYPTO_BACKFILL": "backfill",
+    "CRYPTO_BACKFILL_KLINES": "backfill_klines",
     "CRYPTO_SPILL_DIR": "spill_dir",
 }
 
@@ -105,6 +110,12 @@ class Settings:
     demo_seed: int | None = None  # seed of the built-in market; None = a new one each start
     upload_db_path: str = os.path.join(DATA_DIR, "uploads.db")  # uploads live apart from feeds
     display_tz: str = "UTC"  # the page's default display zone (IANA name)
+    # REST backfill (binance_rest.py): Binance's REST base (None: the feed's default, the
+    # WebSocket override's host, or the built-in market's own), seconds of aggregate trades
+    # and of 1-minute klines fetched at start ("30m", "6h" or seconds; 0 = none).
+    rest_url: str | None = None
+    backfill: float | str = 3600.0
+    backfill_klines: float | str = 86400.0
     spill_dir: str | None = None  # spill journal directory; None = next to the database
     explicit_db_path: bool = field(default=False, repr=False)
 
@@ -136,6 +147,15 @@ class Settings:
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"CRYPTO_DISPLAY_TZ={self.display_tz!r} is not an IANA time zone "
                               "such as UTC or Europe/London") from None
+        if self.rest_url is not None and not re.match(r"^https?://[^\s/]+/?$", self.rest_url):
+            raise ConfigError(f"BINANCE_REST_URL={self.rest_url!r} must be http(s)://host[:port]")
+        for var, name in (("CRYPTO_BACKFILL", "backfill"),
+                          ("CRYPTO_BACKFILL_KLINES", "backfill_klines")):
+            try:
+                object.__setattr__(self, name, parse_duration(getattr(self, name)))
+            except ValueError as exc:
+                raise ConfigError(f"{var}: {exc}") from None
+            _check_range(var, getattr(self, name), 0, 30 * 86400)
         object.__setattr__(self, "explicit_db_path", self.db_path is not None)
         if self.db_path is None:
             object.__setattr__(self, "db_path", default_db_path(self.feed, self.replay_file))
@@ -196,7 +216,7 @@ def _check_range(var: str, value: float, low: float, high: float) -> None:
 
 
 def _convert(var: str, name: str, raw: str, type_name: str) -> object:
-    if name == "symbols":
+    if name in ("symbols", "backfill", "backfill_klines"):  # parsed in Settings
         return raw
     try:
         if "float" in type_name:

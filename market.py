@@ -92,6 +92,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 logger = logging.getLogger(__name__)
+_QUIET_WS_LOGGER = logging.getLogger(__name__ + ".websockets")
+_QUIET_WS_LOGGER.setLevel(logging.WARNING)
 
 KINDS = ("futures", "spot")
 STREAM_TYPES = ("trade", "aggTrade")
@@ -1403,6 +1405,7 @@ class MarketServer:
             max_size=2**16,
             write_limit=(_PACE_HIGH, _PACE_LOW),
             create_connection=_Connection,
+            logger=_QUIET_WS_LOGGER,  # REST answers are HTTP responses: not worth a log line
         )
         self._ready.set()
         pump = asyncio.create_task(self._pump(), name="market-pump")
@@ -2088,6 +2091,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--replay", default=None, help=".ndjson or .csv recording to replay")
     parser.add_argument("--loop", action="store_true", help="replay forever")
     parser.add_argument("--strict-routing", action="store_true")
+    parser.add_argument("--history", type=float, default=3600.0,
+                        help="seconds of trades before the start served over REST "
+                        "(aggTrades, klines), default 3600; 0 = only what was streamed")
+    parser.add_argument("--kline-history", type=float, default=86400.0,
+                        help="seconds of simulated 1-minute klines before those trades "
+                        "(default 86400)")
+    parser.add_argument("--rest-weight-limit", type=int, default=None,
+                        help="request weight per minute announced and enforced with 429/418 "
+                        "(default: announce Binance's, enforce none)")
     return parser
 
 
@@ -2111,7 +2123,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     server = MarketServer(
         source, host=args.host, port=args.port, kind=args.kind, max_trades=args.max_trades,
-        strict_routing=args.strict_routing,
+        strict_routing=args.strict_routing, history_s=args.history,
+        kline_history_s=0.0 if args.replay else args.kline_history,
+        rest_weight_limit=args.rest_weight_limit,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -7,6 +7,8 @@ the backfilled history.
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import pytest
 
@@ -69,3 +71,202 @@ def test_bars_without_klines_read_as_before(tmp_path):
     pd.testing.assert_frame_equal(database.read_bars(conn, "BTCUSDT", timeframe="1min"), bars)
     assert database.history_version(conn) == 1
     conn.close()
+
+
+# --------------------------------------------------------------------------------------
+# The collector against the built-in market serving WebSocket and REST on one base
+# --------------------------------------------------------------------------------------
+
+import sqlite3  # noqa: E402
+
+import binance_rest  # noqa: E402
+import collector  # noqa: E402
+import market  # noqa: E402
+from config import Settings  # noqa: E402
+from tests.helpers import wait_until  # noqa: E402
+
+
+@pytest.fixture
+def live_market():
+    """A simulated futures market with 5 minutes of past, streaming in real time."""
+    server = market.MarketServer(market.SimulatedMarket(seed=21), history_s=300,
+                                 kline_history_s=0)
+    server.start()
+    yield server
+    server.stop()
+
+
+def make_collector(tmp_path, server, **changes):
+    values = dict(feed="binance-futures", ws_url=server.url, stream="aggTrade",
+                  rest_url=server.url.replace("ws://", "http://"),
+                  db_path=str(tmp_path / "rec.db"), backfill="2m", backfill_klines="0",
+                  flush_interval=0.05)
+    values.update(changes)
+    # Seeded backoff of 0.1-0.4 s: each reconnect misses a few dozen streamed trades.
+    return collector.Collector(Settings(**values), backoff_base=1.0, backoff_cap=2.0, seed=4)
+
+
+def stored(db_path, symbol):
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute("SELECT trade_id, ts, price, qty, is_buyer_maker FROM ticks "
+                            "WHERE symbol = ? ORDER BY trade_id", (symbol,)).fetchall()
+
+
+def server_rows(server, symbol, first_id, last_id):
+    agg, _tid, ts, price, qty, maker = server.past.trades(symbol)
+    keep = (agg >= first_id) & (agg <= last_id)
+    return list(zip(agg[keep].tolist(), ts[keep].tolist(), price[keep].tolist(),
+                    qty[keep].tolist(), maker[keep].astype(int).tolist()))
+
+
+def wait_for_repair(c, timeout=20):
+    """Until the initial backfill is over and no gap of the pair is open."""
+    def settled():
+        if c.health()["backfill"]["state"] != "repairing":
+            return False
+        conn = database.connect(c.db_path, readonly=True)
+        try:
+            return not database.open_gaps(conn, ["BTCUSDT", "ETHUSDT"])
+        finally:
+            conn.close()
+    return wait_until(settled, timeout, interval=0.2)
+
+
+def test_backfill_of_n_minutes_is_exactly_the_servers_trades_in_that_window(tmp_path,
+                                                                            live_market):
+    c = make_collector(tmp_path, live_market).start()
+    try:
+        assert wait_until(lambda: c.stored > 100, 10)
+        assert wait_for_repair(c)
+        from_ms = c._backfiller.trades_from_ms
+    finally:
+        final = c.stop()
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        rows = stored(c.db_path, symbol)
+        agg, _tid, ts, *_ = live_market.past.trades(symbol)
+        first = int(agg[ts >= from_ms][0])  # the server's first trade of the window
+        assert rows[0][0] == first and rows[0][1] >= from_ms
+        # Every stored row is the server's row (REST and stream rows alike), no hole.
+        assert rows == server_rows(live_market, symbol, first, rows[-1][0])
+    assert final["backfilled"] > 0 and final["gaps_open"] == 0
+    assert final["backfill"]["state"] in ("stopped", "repairing")
+
+
+def test_rest_and_stream_overlap_without_duplicates(tmp_path, live_market):
+    """REST pages over trades the stream stored already: each trade stays one row."""
+    c = make_collector(tmp_path, live_market, backfill="0").start()
+    try:
+        assert wait_until(lambda: c.stored > 150, 10)  # the stream alone, for a while
+        rest = binance_rest.RestClient(live_market.url.replace("ws://", "http://"))
+        late = binance_rest.Backfiller(rest, ["BTCUSDT", "ETHUSDT"],
+                                       database.BackfillLedger(c.db_path),
+                                       trade_history_s=30, kline_history_s=0, repair=False)
+        late.start()
+        assert wait_until(lambda: late.state == "done", 15), late.health()
+        assert wait_for_repair(c)
+    finally:
+        final = c.stop()
+    assert late.duplicates > 0  # the newest REST pages met the streamed rows
+    with sqlite3.connect(c.db_path) as conn:
+        total, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT symbol || ':' || trade_id) FROM ticks").fetchone()
+    assert total == distinct == final["stored"] + final["backfilled"] + late.backfilled
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        rows = stored(c.db_path, symbol)
+        assert rows == server_rows(live_market, symbol, rows[0][0], rows[-1][0])
+
+
+def test_three_disconnects_are_repaired_to_the_servers_full_sequence(tmp_path, live_market):
+    c = make_collector(tmp_path, live_market, backfill="30s").start()
+    try:
+        assert wait_for_repair(c)
+        for _ in range(3):
+            connections = c.connections
+            assert wait_until(lambda: c.stored > 0 and c.state.value == "connected", 10)
+            live_market.drop_connections()
+            # Trades go on while the collector waits to reconnect (backoff >= 0 s).
+            assert wait_until(lambda: c.connections > connections, 10)
+            time.sleep(0.5)
+        assert c.reconnects >= 3
+        assert wait_for_repair(c)
+    finally:
+        final = c.stop()
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        rows = stored(c.db_path, symbol)
+        assert rows == server_rows(live_market, symbol, rows[0][0], rows[-1][0])
+    assert final["gaps_opened"] >= 3 and final["gaps_repaired"] >= 3
+    assert final["gaps_open"] == 0
+    with sqlite3.connect(c.db_path) as conn:
+        notes = conn.execute("SELECT count(*) FROM gap_notes WHERE repaired = 1").fetchone()[0]
+    assert notes >= 3
+
+
+# --------------------------------------------------------------------------------------
+# The page on the demo feed: a day at 1m and the 1 s analytics right after the start
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def demo_app_env(tmp_path, monkeypatch):
+    import alerts
+    import streamlit as st
+    for name in ("CRYPTO_REPLAY_FILE", "CRYPTO_STREAM", "BINANCE_WS_URL", "BINANCE_REST_URL",
+                 "CRYPTO_BACKFILL", "CRYPTO_BACKFILL_KLINES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CRYPTO_FEED", "demo")
+    monkeypatch.setenv("CRYPTO_DEMO_SEED", "7")
+    monkeypatch.setenv("CRYPTO_SYMBOLS", "btcusdt,ethusdt")
+    monkeypatch.setenv("CRYPTO_DB_PATH", str(tmp_path / "demo.db"))
+    monkeypatch.setenv("CRYPTO_UPLOAD_DB", str(tmp_path / "uploads.db"))
+    monkeypatch.setenv("CRYPTO_DISPLAY_TZ", "UTC")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    collector.stop()
+    alerts.stop_evaluator()
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def _metric(at, label):
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def _bars_in_caption(at):
+    import re
+    for caption in at.caption:
+        match = re.search(r"(\d+) bars", str(caption.value))
+        if match:
+            return int(match.group(1))
+    return 0
+
+
+def test_app_on_the_demo_feed_shows_a_day_at_1m_and_a_1s_zscore_soon(demo_app_env):
+    from streamlit.testing.v1 import AppTest
+    app = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "app.py")
+    at = AppTest.from_file(app, default_timeout=60)
+    at.session_state["timeframe"] = "1m"
+    at.session_state["lookback"] = "24 h"
+    started = time.monotonic()
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    feed = collector.running_collector()
+    # The page drew without waiting; the backfill runs on its own thread meanwhile.
+    assert wait_until(lambda: feed.health()["backfill"]["state"] == "repairing", 30), \
+        feed.health()["backfill"]
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert _bars_in_caption(at) >= 1400  # a full day of 1-minute bars
+    assert _metric(at, "z-score") != "—"
+    at.session_state["timeframe"] = "1s"
+    at.session_state["lookback"] = "15 min"
+    for _ in range(6):  # the live strip's latest bar may lack one leg for a second
+        at.run()
+        assert not at.exception, [e.message for e in at.exception]
+        if _metric(at, "z-score") != "—":
+            break
+        time.sleep(0.5)
+    assert _metric(at, "z-score") != "—", ([str(c.value)[:300] for c in at.caption],
+                                           [str(c.value)[:300] for c in at.info])
+    assert _bars_in_caption(at) >= 800  # 15 minutes of 1 s bars from the backfill
+    assert time.monotonic() - started < 45
