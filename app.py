@@ -178,6 +178,7 @@ def sidebar_status() -> None:
         st.caption(status.detail)
     st.caption(f"reconnects: {health['reconnects']} · stored: {health['stored']:,} · "
                f"lag: {health['lag_ms']} ms")
+    backfill_progress(health)
     activity = dd.symbol_activity_markdown(health)
     if activity:
         st.markdown(activity)
@@ -185,6 +186,12 @@ def sidebar_status() -> None:
     for symbol, quiet_s in dd.silent_symbols(health, subscribed_since(), dd.now_ms()):
         st.warning(f"no trades for {symbol} in {quiet_s:.0f} s — check that it is listed on "
                    "this feed")
+
+
+def backfill_progress(health: dict) -> None:
+    """A progress bar per symbol while REST fetches the past; the page never waits for it."""
+    for _symbol, fraction, label in dd.backfill_rows(health):
+        st.progress(min(1.0, max(0.0, fraction)), text=label)
 
 
 def add_symbol() -> None:
@@ -379,6 +386,8 @@ def view_key(c: dd.Controls, closed_only: bool = False) -> tuple | None:
         closed_before = dd.closed_bars_before(c.tf_label, latest)
         latest = (closed_before - 1,)  # the lookback ends at the last closed bar
         version = ("closed before", closed_before)
+    if c.source.kind == "live":  # the REST backfill adds closed bars of the past too
+        version = (version, dd.history_version(c.source.db_path))
     return (c.source, c.y, c.x, c.timeframe, c.lookback_ms, c.method, c.window,
             c.log_prices, latest, version, closed_before)
 
@@ -1077,12 +1086,38 @@ def tab_health(c: dd.Controls) -> None:
                         for label, path in sizes.items()))
     if dd.database_ready(health["db_path"]):
         with dd.reading(health["db_path"]) as conn:
-            gaps = database.read_gaps(conn)
-        st.markdown(f"**Trade-id gaps** ({len(gaps)})")
+            gaps = database.read_gaps_with_reasons(conn)
+            repaired = database.read_repaired_gaps(conn)
+        st.markdown(f"**Trade-id gaps** ({len(gaps)} open; the reason says why REST could "
+                    "not fill one)")
         st.dataframe(dd.with_time_column(gaps, c.tz, ts_column="detected_at",
                                          name="detected"), width="stretch", hide_index=True)
+        backfill_health(health, repaired, c.tz)
     else:
         st.info(dd.WAITING_MESSAGE)
+
+
+def backfill_health(health: dict, repaired: pd.DataFrame, tz: str) -> None:
+    """REST backfill and gap repair: counters, rate use, repaired gaps (Health tab)."""
+    backfill = health.get("backfill") or {}
+    st.markdown(f"**History over REST** · {backfill.get('rest_url', '—')} · state "
+                f"{backfill.get('state', 'off')}" + (f" · {backfill['detail']}"
+                                                     if backfill.get("detail") else ""))
+    if health.get("stream") == "trade":
+        st.caption("Raw @trade ids are not aggregate-trade ids: REST cannot repair their "
+                   "gaps (they stay recorded above); 1-minute klines are still fetched.")
+    cols = st.columns(6)
+    for i, (label, value) in enumerate((
+            ("rows backfilled", backfill.get("backfilled", 0)),
+            ("gaps repaired", backfill.get("gaps_repaired", 0)),
+            ("REST requests", backfill.get("requests", 0)),
+            ("weight / min", int(backfill.get("weight_per_minute", 0))),
+            ("weight limit", backfill.get("weight_limit", 0)),
+            ("429 answers", backfill.get("throttled", 0)))):
+        cols[i].metric(label, f"{value:,}")
+    st.markdown(f"**Gaps repaired over REST** ({len(repaired)})")
+    st.dataframe(dd.with_time_column(repaired, tz, ts_column="noted_ms", name="repaired"),
+                 width="stretch", hide_index=True)
 
 
 # --------------------------------------------------------------------------------------

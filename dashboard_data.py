@@ -264,6 +264,7 @@ def _window_start(anchor_ms: int | None, lookback_ms: int | None) -> int | None:
 class _Window:
     start_ms: int | None
     bars: pd.DataFrame
+    history: int = 0  # database.history_version when read: REST history since -> read again
 
 
 class BarStore:
@@ -288,6 +289,7 @@ class BarStore:
             window = self._windows.get(key)
             # A held window can be topped up when it reaches back at least as far as asked.
             reusable = window is not None and len(window.bars) > 0 and (
+                window.history == history_version(db_path)) and (
                 (start is None and window.start_ms is None)
                 or (start is not None and window.start_ms is not None
                     and window.start_ms <= start))
@@ -304,11 +306,33 @@ class BarStore:
                 size = analytics.TIMEFRAME_MS[timeframe]
                 first_full_bucket = -(-start // size) * size  # read_bars' rule
                 merged = merged[merged.index >= first_full_bucket]
-            self._windows[key] = _Window(start, merged)
+            self._windows[key] = _Window(start, merged, history_version(db_path))
             self._windows.move_to_end(key)
             while len(self._windows) > self.max_windows:
                 self._windows.popitem(last=False)
             return merged
+
+
+def history_version(db_path: str) -> int:
+    """``database.history_version``: grows while the REST backfill stores the past, which a
+    top-up from the newest bar would never see (0 without a database)."""
+    if not database_ready(db_path):
+        return 0
+    with reading(db_path) as conn:
+        return database.history_version(conn)
+
+
+def backfill_rows(health: Mapping) -> list[tuple[str, float, str]]:
+    """(symbol, fraction done, label) per symbol while the REST backfill runs, else []."""
+    backfill = health.get("backfill") or {}
+    if backfill.get("state") not in ("new", "klines", "trades"):
+        return []
+    rows = []
+    for symbol, progress in backfill.get("symbols", {}).items():
+        label = (f"{symbol} history: {progress['klines']:,} 1m bars, "
+                 f"{progress['trades']:,} trades")
+        rows.append((symbol, float(progress["fraction"]), label))
+    return rows
 
 
 def load_bars(source: DataSource, symbol: str, timeframe: str, lookback_ms: int | None,
