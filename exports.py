@@ -12,8 +12,9 @@ What every export guarantees
     * Size: each format has a row cap (``MAX_ROWS``); a larger table raises
       ``ExportTooLarge`` with a message saying how many rows there are and what to do, so
       the page shows a message instead of freezing on a 300 MB build.
-    * The forming bar: ``bars_for_export`` leaves out the newest bar while it may still
-      grow, unless asked; then the bar is kept and flagged ``forming = True``.
+    * The forming bar: ``closed_only`` / ``bars_for_export`` leave out a bar while it may
+      still grow (its interval has not ended 0.5 s ago), unless asked; then the bar is kept
+      and flagged ``forming = True``.
     * CSV and Excel text cells that a spreadsheet would run as a formula are neutralised
       by the page's CSV writer (``dashboard_data.to_csv_bytes``), reused here.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +32,7 @@ import pandas as pd
 import analytics
 import dashboard_data as dd
 import database
+from alerts import BAR_SETTLE_MS
 
 FORMATS = ("csv", "json", "parquet", "xlsx")
 FORMAT_LABELS = {"csv": "CSV", "json": "JSON", "parquet": "Parquet", "xlsx": "Excel"}
@@ -110,12 +113,9 @@ def json_records(frame: pd.DataFrame) -> list[dict]:
 
 
 def _check_size(frame: pd.DataFrame, fmt: str) -> None:
-    cap = MAX_ROWS[fmt]
-    if len(frame) > cap:
-        raise ExportTooLarge(
-            f"{len(frame):,} rows is more than the {FORMAT_LABELS[fmt]} cap of {cap:,} rows; "
-            "choose a shorter range or a coarser timeframe"
-            + ("" if fmt == "parquet" else ", or use Parquet"))
+    message = cap_message(len(frame), fmt)
+    if message:
+        raise ExportTooLarge(message)
 
 
 def export(frame: pd.DataFrame, fmt: str, *, tz: str = "UTC",
@@ -194,39 +194,50 @@ def _neutralise_cell(text: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def forming_bar_open(conn, symbol: str, timeframe: str) -> int | None:
-    """Open time of ``symbol``'s bar that may still grow (the one holding its newest
-    trade), or None when nothing is stored. A bar counts as closed once a later trade of
-    the symbol lands in a later bar (``dashboard_data.closed_bars_before``'s rule)."""
-    newest = database.latest_bar_ts(conn, symbol)
-    if newest is None:
-        return None
-    size = analytics.TIMEFRAME_MS[timeframe]
-    return newest // size * size
+def forming_since(timeframe: str, now_ms: int) -> int:
+    """Bars opening at or after this time (epoch ms) may still grow at ``now_ms``.
 
-
-def bars_for_export(conn, symbol: str, timeframe: str, start_ms: int | None = None,
-                    end_ms: int | None = None, *, include_forming: bool = False
-                    ) -> pd.DataFrame:
-    """``database.read_bars`` without the forming bar, or with it flagged.
-
-    With ``include_forming`` the frame gets a boolean ``forming`` column (True on the
-    newest bar while it may still grow).
+    A bar is closed once its interval ended ``alerts.BAR_SETTLE_MS`` (0.5 s) ago: the
+    collector writes every 0.25 s, so its last trades are in (the alert evaluator's rule).
+    A replay's recorded times lie in the past: all its bars count as closed.
     """
-    bars = database.read_bars(conn, symbol, start_ms, end_ms, timeframe)
-    forming = forming_bar_open(conn, symbol, timeframe)
-    is_forming = (bars.index >= forming) if forming is not None else np.zeros(len(bars), bool)
-    if include_forming:
-        return bars.assign(forming=is_forming)
-    return bars[~is_forming]
+    return int(now_ms) - BAR_SETTLE_MS - analytics.TIMEFRAME_MS[timeframe] + 1
 
 
-def closed_only(frame: pd.DataFrame, forming_open: int | None, include_forming: bool
+def closed_only(frame: pd.DataFrame, timeframe: str, now_ms: int, include_forming: bool
                 ) -> pd.DataFrame:
-    """Rows of a ``ts``-indexed table without the forming bar (or flagged, if asked)."""
-    if forming_open is None:
-        return frame.assign(forming=False) if include_forming else frame
-    is_forming = frame.index >= forming_open
+    """A ``ts``-indexed table of bars without the forming bar, or with a ``forming``
+    column (True on a bar that may still grow) when ``include_forming``."""
+    is_forming = frame.index >= forming_since(timeframe, now_ms)
     if include_forming:
         return frame.assign(forming=is_forming)
     return frame[~is_forming]
+
+
+def bars_for_export(conn, symbol: str, timeframe: str, start_ms: int | None = None,
+                    end_ms: int | None = None, *, include_forming: bool = False,
+                    now_ms: int | None = None) -> pd.DataFrame:
+    """``database.read_bars`` without the forming bar, or with it flagged (``closed_only``)."""
+    bars = database.read_bars(conn, symbol, start_ms, end_ms, timeframe)
+    return closed_only(bars, timeframe, dd.now_ms() if now_ms is None else now_ms,
+                       include_forming)
+
+
+def by_symbol(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Tables of several symbols as one, with a ``symbol`` column first (index kept)."""
+    frames = [table.assign(symbol=symbol) for symbol, table in tables.items() if len(table)]
+    if not frames:
+        first = next(iter(tables.values()))
+        frames = [first.assign(symbol=pd.Series(dtype=object))]
+    joined = pd.concat(frames)
+    return joined[["symbol", *[c for c in joined.columns if c != "symbol"]]]
+
+
+def cap_message(rows: int, fmt: str) -> str | None:
+    """What to tell the user instead of a download above the format's cap, or None."""
+    cap = MAX_ROWS[fmt]
+    if rows <= cap:
+        return None
+    return (f"{rows:,} rows is more than the {FORMAT_LABELS[fmt]} cap of {cap:,} rows; "
+            "choose a shorter lookback or a coarser timeframe"
+            + ("" if fmt == "parquet" else ", or Parquet"))

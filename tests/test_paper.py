@@ -1,18 +1,24 @@
 """Paper trading (paper.py) on a scripted feed: trades written into a real SQLite file with
 ``database.import_ticks`` (as the collector writes them), fills and P&L checked against a
-hand computation written out here, not against ``backtest.position_pnl``."""
+hand computation written out here, not against ``backtest.position_pnl``. The page's Paper
+tab and the start/stop collection buttons are driven with AppTest at the end."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import analytics
 import dashboard_data as dd
 import database
 import paper
+import services
+from page_helpers import closed_feed_env, download, media, metric, page, run, \
+    stop_page_services  # noqa: F401  (media is a fixture)
 
 Y, X = "ETHUSDT", "BTCUSDT"
 T0 = 1_765_000_000_000  # epoch ms, a whole second
@@ -33,8 +39,8 @@ class Feed:
         with dd.writing(self.path) as conn:
             database.import_ticks(conn, [(symbol, trade_id, ts, price, qty, 0, ts)])
 
-    def history(self) -> None:
-        """One trade per second and leg; y follows x with elasticity ~0.8 plus noise."""
+    def history(self, t0: int = T0) -> None:
+        """One trade per second and leg from ``t0``; y follows x with elasticity ~0.8."""
         rng = np.random.default_rng(7)
         log_x = np.log(87_000.0) + np.cumsum(rng.normal(0, 1e-4, HISTORY_S))
         log_y = np.log(3_000.0) + 0.8 * (log_x - np.log(87_000.0)) + rng.normal(0, 5e-5,
@@ -42,7 +48,7 @@ class Feed:
         rows = []
         for k in range(HISTORY_S):
             for symbol, value, offset in ((X, log_x[k], 100), (Y, log_y[k], 200)):
-                rows.append((symbol, self.next_id[symbol], T0 + k * 1000 + offset,
+                rows.append((symbol, self.next_id[symbol], t0 + k * 1000 + offset,
                              round(float(np.exp(value)), 2), 0.01, 0, 0))
                 self.next_id[symbol] += 1
         with dd.writing(self.path) as conn:
@@ -250,3 +256,74 @@ def test_no_position_before_the_hedge_exists(tmp_path):
         feed.trade(Y, T0 + k * 1000 + 1, 3_000.0 + k)
     with pytest.raises(ValueError, match="beta"):
         paper.open_position(feed.path, order(), at_ms=T0 + 6_000)
+
+
+# --------------------------------------------------------------------------------------
+# The page's Paper tab (AppTest) and start/stop collection
+# --------------------------------------------------------------------------------------
+
+
+
+@pytest.fixture
+def page_env(tmp_path, monkeypatch):
+    """A page whose collector cannot connect (a closed 127.0.0.1 port): only the scripted
+    trades are stored. History ends a second ago, so the wall clock is the feed's clock."""
+    feed = Feed(closed_feed_env(tmp_path, monkeypatch))
+    feed.history(t0=paper.now_ms() // 1000 * 1000 - HISTORY_S * 1000)
+    yield feed
+    stop_page_services()
+
+
+def test_page_opens_and_closes_a_paper_position(page_env, media):
+    feed = page_env
+    at = page(window=20, tab="Paper", paper_size=10_000.0, paper_fee=5.0, paper_slip=2.0)
+    before = paper.now_ms()
+    next(b for b in at.button if b.label.startswith("Open long spread")).click()
+    at = run(at)
+    assert any(s.value.startswith("position 1: long ETHUSDT/BTCUSDT placed")
+               for s in at.success), [e.value for e in at.error]
+    row = position(feed.path, 1)
+    assert row["status"] == "opening" and row["requested_ms"] >= before
+
+    click = int(row["requested_ms"])
+    feed.trade(Y, click + 100, 3_010.0)
+    feed.trade(X, click + 200, 87_100.0)
+    paper.process(feed.path)  # what the monitor thread does twice a second
+    feed.trade(Y, click + 300, 3_020.0)
+    feed.trade(X, click + 400, 87_000.0)
+    at = run(at)
+    row = position(feed.path, 1)
+    hand = hand_round_trip("long", row["beta"], 10_000.0, 3_010.0, 87_100.0, 3_020.0,
+                           87_000.0, 5.0, 2.0)
+    assert metric(at, "unrealised P&L") == f"{hand['net']:,.2f}"
+    assert metric(at, "y legs") == f"{hand['leg_y']:,.2f}"
+
+    at.selectbox(key="paper_close_choice").set_value(1)
+    at.button(key="paper_close").click()
+    at = run(at)
+    assert position(feed.path, 1)["status"] == "closing"
+    close_click = int(position(feed.path, 1)["close_requested_ms"])
+    feed.trade(Y, close_click + 100, 3_020.0)
+    feed.trade(X, close_click + 200, 87_000.0)
+    paper.process(feed.path)
+    at = run(at)
+    assert metric(at, "realised P&L") == f"{hand['net']:,.2f}"
+    assert metric(at, "fees paid") == f"{hand['fees']:,.2f}"
+    history = pd.read_csv(io.BytesIO(download(at, media, "download_paper")))
+    assert history["pnl"].iloc[0] == pytest.approx(hand["net"], rel=1e-12)
+    assert history["close_reason"].iloc[0] == "manual"
+
+
+def test_stop_and_start_collection_from_the_page(page_env):
+    at = page(tab="Health")
+    assert not services.collection_paused()
+    at.button(key="stop_collection").click()
+    at = run(at)
+    assert services.collection_paused()
+    assert any(w.value.startswith("Collection stopped") for w in at.warning)
+    assert any(m.value.startswith("**collection:** stopped") for m in at.markdown)
+    assert services.current_feed() is not None and not services.current_feed().running
+    at.button(key="start_collection").click()
+    at = run(at)
+    assert not services.collection_paused() and services.current_feed().running
+    assert any(m.value.startswith("**collection:** running") for m in at.markdown)
