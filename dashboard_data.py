@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 import analytics
+import backtest
 import database
 
 BUILTIN_MARKET_LABEL = "Built-in simulated market — not real prices"
@@ -55,6 +56,15 @@ LOOKBACKS_MS: dict[str, int | None] = {
     "5 min": 5 * 60_000, "15 min": 15 * 60_000, "1 h": 3_600_000, "4 h": 4 * 3_600_000,
     "24 h": 24 * 3_600_000, "all": None,
 }
+# Default hedge window per timeframe, in bars of clock time (analytics.pair_signals). A β is
+# only as good as x's movement over the window against the spread's own noise: x's range
+# grows like sqrt(time), so a 1 s window needs minutes. Measured (bench/check_signals.py,
+# README): at 1 s, 60 bars let β swing over 0.2..2.5 (max |β| 9.9 on the spot recording)
+# while 300 bars keep it within 0.5..1.9 on the real recordings and 0.6..1.9 on the
+# built-in market (true 1.2); coarser bars reach the same span of time with fewer bars, and
+# every default keeps at least 48 observations.
+DEFAULT_WINDOWS: dict[str, int] = {"1s": 300, "5s": 120, "10s": 90, "30s": 60, "1m": 60,
+                                   "5m": 48}
 METHODS = {"OLS": "ols", "TLS": "tls", "Huber": "huber", "Theil–Sen": "theil-sen",
            "Kalman": "kalman"}
 LIVE_STRIP_EVERY_S = 0.5  # the live strip's fragment period
@@ -73,6 +83,12 @@ def timeframe_of(label: str) -> str:
 
 def bar_ms_of(label: str) -> int:
     return analytics.TIMEFRAME_MS[timeframe_of(label)]
+
+
+def default_window(label: str) -> int:
+    """The page's default hedge window for a timeframe label (``DEFAULT_WINDOWS``)."""
+    return DEFAULT_WINDOWS.get(label, DEFAULT_WINDOWS.get(
+        {v: k for k, v in analytics.TIMEFRAME_ALIASES.items()}.get(label, label), 60))
 
 
 # --------------------------------------------------------------------------------------
@@ -372,10 +388,12 @@ def read_ticks(db_path: str, symbol: str, start_ms: int | None) -> pd.DataFrame:
 class PairView:
     """Everything the page draws for one pair, built by ``build_pair_view``.
 
-    ``signals`` uses the chosen method; ``rolling_beta`` is that method's trailing β (the
-    rolling OLS β when the method is Kalman) and ``kalman_beta`` the Kalman prior
-    β(t|t-1) after the filter's warm-up (NaN before), drawn side by side. ``correlation`` is the trailing correlation of
-    co-traded log returns over ``window`` observations.
+    ``signals`` uses the chosen method (``analytics.pair_signals``, the one function every
+    consumer calls); ``rolling_beta`` is that method's trailing β (the rolling OLS β when
+    the method is Kalman) and ``kalman_beta`` the Kalman prior β(t|t-1) after the filter's
+    warm-up (NaN before), drawn side by side; both are NaN where the β guard refused a β.
+    ``correlation`` is the trailing correlation of co-traded log returns over ``window``
+    co-traded bars.
     """
 
     y_symbol: str
@@ -397,7 +415,8 @@ class PairView:
 
 def build_pair_view(bars_y: pd.DataFrame, bars_x: pd.DataFrame, y_symbol: str, x_symbol: str,
                     timeframe: str | None, method: str, window: int,
-                    log_prices: bool, z_window: int | None = None) -> PairView:
+                    log_prices: bool, z_window: int | None = None,
+                    display_from_ms: int | None = None) -> PairView:
     """Align two legs and compute the trailing hedge, spread, z, β paths and correlation.
 
     Parameters
@@ -413,27 +432,108 @@ def build_pair_view(bars_y: pd.DataFrame, bars_x: pd.DataFrame, y_symbol: str, x
     log_prices : bool
     z_window : int or None
         Bars in the z-score window of the chosen method; None means ``window``.
+    display_from_ms : int or None
+        Compute on all the bars given (history the windows and the Kalman anchor need,
+        see ``pair_history_start``) but keep only bars opening at or after this in the view.
+
+    Notes
+    -----
+    Legs are aligned with ``analytics.align`` (levels carried at most
+    ``analytics.DEFAULT_FFILL_LIMIT`` bars); windows count bars of clock time
+    (``bar_ms`` passed to ``pair_signals``).
     """
     aligned = analytics.align(bars_y, bars_x, timeframe=timeframe)
-    signals = analytics.pair_signals(aligned.y, aligned.x, method=method, window=window,
-                                     z_window=z_window, log_prices=log_prices)
+    bar_ms = int(aligned.bar_ms)
+    signals = pair_history(aligned, method, window, z_window, log_prices)
     if method == "kalman":
         kalman = signals
-        rolling = analytics.pair_signals(aligned.y, aligned.x, method="ols", window=window,
-                                         log_prices=log_prices)
+        rolling = pair_history(aligned, "ols", window, None, log_prices)
     else:
         rolling = signals
-        kalman = analytics.pair_signals(aligned.y, aligned.x, method="kalman", window=window,
-                                        log_prices=log_prices)
+        kalman = pair_history(aligned, "kalman", window, None, log_prices)
     correlation = analytics.rolling_correlation(aligned.y, aligned.x, window,
                                                 co_traded=aligned.both_traded)
-    # The filter starts from beta = 0 and spends its warm-up learning the level: not shown.
+    # The filter spends its warm-up fitting its start: no β is drawn before it ends.
     kalman_beta = kalman.frame["beta"].where(~kalman.frame["warmup"].astype(bool))
-    return PairView(y_symbol=y_symbol.upper(), x_symbol=x_symbol.upper(),
-                    timeframe=timeframe or "", bar_ms=int(aligned.bar_ms), bars_y=bars_y,
+    view = PairView(y_symbol=y_symbol.upper(), x_symbol=x_symbol.upper(),
+                    timeframe=timeframe or "", bar_ms=bar_ms, bars_y=bars_y,
                     bars_x=bars_x, aligned=aligned, signals=signals,
                     rolling_beta=rolling.frame["beta"], kalman_beta=kalman_beta,
                     correlation=correlation)
+    return view if display_from_ms is None else _view_from(view, int(display_from_ms))
+
+
+# Huber / Theil-Sen fits by their exact inputs: a refresh that adds one bar refits one
+# window instead of all of them. Cleared when it grows past this many fits (single dict
+# reads and writes are atomic, so the page's threads can share it).
+_ROBUST_FIT_CACHE: dict = {}
+_ROBUST_FIT_CACHE_MAX = 20_000
+
+
+def pair_history(aligned: analytics.AlignResult, method: str, window: int,
+                 z_window: int | None, log_prices: bool) -> analytics.PairSignals:
+    """``analytics.pair_signals`` of aligned legs with windows in clock time: the pair's
+    history as the page, the alert evaluator and the backtest all compute it."""
+    if len(_ROBUST_FIT_CACHE) > _ROBUST_FIT_CACHE_MAX:
+        _ROBUST_FIT_CACHE.clear()
+    return analytics.pair_signals(aligned.y, aligned.x, method=method, window=window,
+                                  z_window=z_window, log_prices=log_prices,
+                                  bar_ms=int(aligned.bar_ms), fit_cache=_ROBUST_FIT_CACHE)
+
+
+def pair_history_start(first_ms: int, bar_ms: int, method: str, window: int,
+                       z_window: int | None = None) -> int:
+    """Epoch ms from which to load bars so that every value the view shows from
+    ``first_ms`` on is final: the chosen method's history and the Kalman β drawn beside
+    it (``analytics.history_start``; the Kalman anchor is usually the earlier)."""
+    starts = [analytics.history_start(first_ms, bar_ms, method, window, z_window),
+              analytics.history_start(first_ms, bar_ms, "kalman", window),
+              analytics.history_start(first_ms, bar_ms, "ols", window)]
+    return min(starts)
+
+
+def _view_from(view: PairView, start_ms: int) -> PairView:
+    """The view restricted to bars opening at or after ``start_ms`` (values unchanged)."""
+    def keep(obj):
+        return obj[obj.index >= start_ms]
+
+    aligned = analytics.AlignResult(frame=keep(view.aligned.frame), bar_ms=view.aligned.bar_ms,
+                                    ffill_limit=view.aligned.ffill_limit)
+    signals = dataclasses.replace(view.signals, frame=keep(view.signals.frame))
+    return dataclasses.replace(view, bars_y=keep(view.bars_y), bars_x=keep(view.bars_x),
+                               aligned=aligned, signals=signals,
+                               rolling_beta=keep(view.rolling_beta),
+                               kalman_beta=keep(view.kalman_beta),
+                               correlation=keep(view.correlation))
+
+
+def load_pair_view(source: DataSource, y: str, x: str, timeframe: str,
+                   lookback_ms: int | None, anchor_ms: int | None, method: str, window: int,
+                   log_prices: bool, *, z_window: int | None = None,
+                   store: BarStore | None = None, closed_before: int | None = None) -> PairView:
+    """The pair view over ``[anchor - lookback, ...)``, computed on enough history.
+
+    Bars are loaded from ``pair_history_start`` of the lookback's first bar, so the values
+    shown do not depend on when the page was opened or how much it loaded: the alert
+    evaluator and the backtest get the same numbers at the same bar. ``closed_before``
+    drops bars opening at or after it (the forming bar of 1m/5m charts).
+    """
+    bar_ms = bar_ms_of(timeframe)
+    start = _window_start(anchor_ms, lookback_ms)
+    history = lookback_ms
+    if source.kind != "live":
+        history = None  # an uploaded file is read whole anyway: compute on all of it
+    elif start is not None:
+        history_from = pair_history_start(start, bar_ms, method, window, z_window)
+        history = int(anchor_ms) - history_from
+    bars_y = load_bars(source, y, timeframe, history, anchor_ms, store)
+    bars_x = load_bars(source, x, timeframe, history, anchor_ms, store)
+    if closed_before is not None:
+        bars_y = bars_y[bars_y.index < closed_before]
+        bars_x = bars_x[bars_x.index < closed_before]
+    return build_pair_view(bars_y, bars_x, y, x,
+                           timeframe if source.kind == "live" else None, method, window,
+                           log_prices, z_window=z_window, display_from_ms=start)
 
 
 def view_to_parts(view: PairView) -> dict:
@@ -452,7 +552,7 @@ def view_to_parts(view: PairView) -> dict:
         "signals_meta": {"method": signals.method, "window": signals.window,
                          "z_window": signals.z_window, "log_prices": signals.log_prices,
                          "nobs": signals.nobs, "needed": signals.needed,
-                         "refit_every": signals.refit_every},
+                         "refit_every": signals.refit_every, "bar_ms": signals.bar_ms},
         "rolling_beta": view.rolling_beta, "kalman_beta": view.kalman_beta,
         "correlation": view.correlation,
     }
@@ -481,6 +581,7 @@ class LiveValues:
     beta: float
     correlation: float
     last_ts: int | None
+    beta_note: str = ""  # why the newest bar has no β (analytics.BETA_NOTES), "" if it has
 
 
 def live_values(view: PairView) -> LiveValues:
@@ -496,6 +597,7 @@ def live_values(view: PairView) -> LiveValues:
         usable &= ~frame["warmup"].astype(bool)
     hedged = frame[usable]
     latest = hedged.iloc[-1] if len(hedged) else view.signals.latest
+    note = str(frame["beta_note"].iloc[-1]) if len(frame) and "beta_note" in frame else ""
     corr = view.correlation.dropna()
     return LiveValues(
         last_y=float(view.bars_y["close"].iloc[-1]) if len(view.bars_y) else math.nan,
@@ -504,6 +606,7 @@ def live_values(view: PairView) -> LiveValues:
         beta=float(latest["beta"]),
         correlation=float(corr.iloc[-1]) if len(corr) else math.nan,
         last_ts=int(view.aligned.frame.index[-1]) if len(view.aligned.frame) else None,
+        beta_note=note,
     )
 
 
@@ -536,6 +639,31 @@ def model_levels(view: PairView) -> tuple[pd.Series, pd.Series]:
     return view.aligned.y, view.aligned.x
 
 
+# The backtest form's defaults: Binance USD-M taker fee at the base tier (spot is ~10 bps),
+# one basis point of slippage, $10k of y per trade. A zero fee flatters every result.
+BACKTEST_FEE_BPS = 5.0
+BACKTEST_SLIPPAGE_BPS = 1.0
+BACKTEST_NOTIONAL = 10_000.0
+
+
+def pair_backtest(view: PairView, entry: float, exit: float, *, stop: float | None = None,
+                  fee_bps: float = BACKTEST_FEE_BPS,
+                  slippage_bps: float = BACKTEST_SLIPPAGE_BPS,
+                  notional: float = BACKTEST_NOTIONAL,
+                  max_hedge_multiple: float = backtest.DEFAULT_MAX_HEDGE_MULTIPLE
+                  ) -> backtest.BacktestResult:
+    """``backtest.backtest`` of the view's own signal: the z and β the page draws, sized
+    on the view's scale (log or raw prices, as the spread was built), each leg filling
+    only on a bar in which it traded (``y_traded``/``x_traded``), hedge leg capped."""
+    frame = view.aligned.frame
+    return backtest.backtest(frame["y"], frame["x"], view.signals.frame["z"], entry, exit,
+                             beta=view.signals.frame["beta"], stop=stop, fee_bps=fee_bps,
+                             slippage_bps=slippage_bps, notional=notional,
+                             bar_seconds=view.bar_seconds, log_prices=view.signals.log_prices,
+                             y_traded=frame["y_traded"], x_traded=frame["x_traded"],
+                             max_hedge_multiple=max_hedge_multiple)
+
+
 @dataclass(frozen=True)
 class PairTests:
     """ADF on the spread and Engle–Granger on the pair, as run by ``run_pair_tests``."""
@@ -547,6 +675,9 @@ class PairTests:
 
 
 def run_pair_tests(view: PairView) -> PairTests:
+    """ADF on the view's trailing spread (out of sample: a full-sample fit's residuals
+    would look stationary by construction) and Engle–Granger on the legs' levels; both
+    use only the most recent run without a gap (``analytics.adf_test``)."""
     y_model, x_model = model_levels(view)
     adf = analytics.adf_test(view.signals.frame["spread"])
     eg = analytics.engle_granger(y_model, x_model, log_prices=view.signals.log_prices)

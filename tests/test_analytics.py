@@ -746,6 +746,17 @@ def test_kalman_warmup_flag_and_argument_errors():
 # --------------------------------------------------------------------------------------
 
 
+def test_adf_lag_search_is_capped_at_ten():
+    # Schwert's rule gives 29 lags at 3,000 points and 38 at 10,000: AIC over that many
+    # costs seconds at 50-100k points; the cap keeps the search at 0..10.
+    assert analytics.default_maxlag(3_000) == 10 and analytics.default_maxlag(100) == 10
+    assert analytics.default_maxlag(20) == 9  # ceil(12 * 0.2^0.25): below the cap
+    result = analytics.adf_test(make_ou(10_000, half_life=10, seed=40))
+    assert result.maxlag == 10 and 0 <= result.lags_used <= 10
+    assert analytics.engle_granger(*make_cointegrated_pair(3_000, beta=0.8, half_life=10,
+                                                           seed=41)).maxlag == 10
+
+
 @pytest.mark.parametrize("maxlag, regression", [(None, "c"), (4, "c"), (6, "ct")])
 def test_adf_matches_statsmodels_adfuller(maxlag, regression):
     series = make_ou(3_000, half_life=30, seed=2)
@@ -1012,6 +1023,14 @@ def test_cointegration_matrix_raw_and_bh_corrected():
     assert result.reject_bh.loc["Y", "X"] and result.reject_bh.loc["X", "Y"]
     assert not result.reject_bh.loc["W"].any() and not result.reject_bh["W"].any()
     assert np.isnan(np.diag(result.pvalues.to_numpy())).all()
+    # Colouring follows the corrected p-values: at a level between a pair's raw and its
+    # BH-adjusted p-value, the raw test rejects and the matrix must not.
+    raw, adjusted = result.pvalues.to_numpy()[off_diagonal], expected
+    borderline = np.flatnonzero(adjusted > raw * 1.2)[np.argmin(raw[adjusted > raw * 1.2])]
+    level = (raw[borderline] + adjusted[borderline]) / 2
+    strict = analytics.cointegration_matrix(prices, alpha=level)
+    np.testing.assert_array_equal(strict.reject_bh.to_numpy()[off_diagonal], adjusted < level)
+    assert raw[borderline] < level and not strict.reject_bh.to_numpy()[off_diagonal][borderline]
 
 
 # --------------------------------------------------------------------------------------

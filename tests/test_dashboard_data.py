@@ -1,0 +1,301 @@
+"""What the page feeds into the analytics: dashboard_data's pair view, live values, pair
+tests and backtest, checked directly, on excerpts of real recordings.
+
+Data (tests/data, copied from the recordings in the shared data folder):
+- ``pair_spot_bars_1s_IST_naive_first5000.csv``: the first 5,000 1 s rows of
+  ``ohlc/spot_bars_1s_1m_5m_IST_naive.csv`` (naive times in UTC+05:30; 56 minutes in which
+  BTC trades in ~80 % of the seconds and ETH in ~70 %; the 60-bar windows where the old
+  rolling β reached 5-10).
+- ``pair_futures_2025-12-16T0941Z_btc_eth_1s_bars.csv``: 1 s bars (``analytics.resample``)
+  of all of ``ticks/futures_2025-12-16T0941Z_btc_eth.csv`` (9 min 16 s).
+- ``app_futures_2025-12-15T0843Z_btc_eth_first5000.ndjson``: the first 5,000 trades of
+  ``ticks/futures_2025-12-15T0843Z_btc_eth.ndjson``, imported into a real SQLite database
+  for the page-versus-alert checks.
+
+Each test names the page-level mistake it catches.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import alerts
+import analytics
+import backtest
+import dashboard_data as dd
+import database
+import uploads
+
+DATA = Path(__file__).resolve().parent / "data"
+SPOT = DATA / "pair_spot_bars_1s_IST_naive_first5000.csv"
+FUTURES = DATA / "pair_futures_2025-12-16T0941Z_btc_eth_1s_bars.csv"
+TRADES = DATA / "app_futures_2025-12-15T0843Z_btc_eth_first5000.ndjson"
+
+
+def spot_bars() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(ETH, BTC) 1 s bars of the spot excerpt, times converted from UTC+05:30 to epoch ms."""
+    frame = pd.read_csv(SPOT)
+    ts = (pd.to_datetime(frame["ts"]).dt.tz_localize("Asia/Kolkata").dt.tz_convert("UTC")
+          .dt.as_unit("ms").astype("int64"))
+    legs = {}
+    for symbol, group in frame.groupby("symbol"):
+        legs[symbol] = pd.DataFrame(
+            {"close": group["price"].to_numpy(), "volume": group["volume"].to_numpy()},
+            index=pd.Index(ts[group.index].to_numpy(), name="ts")).sort_index()
+    return legs["ethusdt"], legs["btcusdt"]
+
+
+def futures_bars() -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = pd.read_csv(FUTURES)
+    legs = {symbol: group.drop(columns="symbol").set_index("ts")
+            for symbol, group in frame.groupby("symbol")}
+    return legs["ETHUSDT"], legs["BTCUSDT"]
+
+
+def view_of(bars, method="ols", window=60, log_prices=True):
+    bars_y, bars_x = bars
+    return dd.build_pair_view(bars_y, bars_x, "ETHUSDT", "BTCUSDT", "1s", method, window,
+                              log_prices)
+
+
+# --------------------------------------------------------------------------------------
+# Pair view
+# --------------------------------------------------------------------------------------
+
+
+def test_view_carries_a_silent_leg_at_most_five_bars():
+    # Mistake caught: unlimited forward fill (a leg that stopped trading keeps a price and
+    # the spread, z and backtest run on a stale level).
+    bars_y, bars_x = futures_bars()
+    silent = (bars_x.index >= bars_x.index[200]) & (bars_x.index < bars_x.index[200] + 30_000)
+    view = view_of((bars_y, bars_x[~silent]))
+    frame = view.aligned.frame
+    stale = frame["x_age_bars"] > analytics.DEFAULT_FFILL_LIMIT
+    assert stale.sum() >= 20  # 30 s without BTC, ETH trading on
+    assert frame.loc[stale, "x"].isna().all()
+    assert frame.loc[frame["x_age_bars"].between(1, 5), "x"].notna().all()
+    assert view.signals.frame.loc[stale, "z"].isna().all()
+    assert view.signals.frame.loc[stale, "spread"].isna().all()
+
+
+def test_view_correlation_uses_only_bars_where_both_legs_traded():
+    # Mistake caught: correlation of forward-filled returns (invented zero returns).
+    view = view_of(spot_bars(), window=60)
+    frame = view.aligned.frame
+    assert frame["both_traded"].mean() < 0.7  # the spot excerpt is sparse
+    co = frame[frame["both_traded"]]
+    t = co.index[-1]
+    returns = np.log(co[["y", "x"]]).diff().iloc[-60:]
+    expected = returns["y"].corr(returns["x"])
+    assert view.correlation.loc[t] == pytest.approx(expected, rel=1e-9)
+    without_mask = analytics.rolling_correlation(view.aligned.y, view.aligned.x, 60)
+    difference = (view.correlation - without_mask).abs()
+    assert difference.max() > 0.2 and difference.mean() > 0.03
+
+
+def test_view_uses_windows_of_clock_time_and_the_guarded_beta():
+    view = view_of(spot_bars(), window=60)
+    signals = view.signals
+    assert signals.bar_ms == 1000
+    assert not (signals.frame["beta"].abs() > analytics.BETA_CAP).any()
+    # The excerpt's 60 s windows in which BTC printed 6-7 prices while ETH moved: refused.
+    refused = signals.frame["beta_note"] == "x did not move enough in this window"
+    assert refused.sum() > 20
+    unguarded = analytics.rolling_hedge_ratio(np.log(view.aligned.y), np.log(view.aligned.x),
+                                              60)["beta"]
+    assert unguarded.abs().max() > 5 and signals.frame["beta"].abs().max() < 5
+    assert view.rolling_beta.equals(signals.frame["beta"])
+
+
+def test_kalman_beta_is_not_drawn_during_the_warm_up():
+    # Mistake caught: the Kalman β path drawn from the first bar (the warm-up's fit).
+    view = view_of(futures_bars(), method="ols", window=60)
+    complete = view.aligned.frame[["y", "x"]].notna().all(axis=1)
+    warm = complete.cumsum() <= analytics.KALMAN_DEFAULT_WARMUP
+    assert view.kalman_beta[warm].isna().all()
+    assert view.kalman_beta[~warm].notna().mean() > 0.95
+    kalman_view = view_of(futures_bars(), method="kalman", window=60)
+    assert kalman_view.signals.frame["beta"][warm].isna().all()
+    early = dd.live_values(view_of(tuple(b.iloc[:50] for b in futures_bars()),
+                                   method="kalman"))
+    assert math.isnan(early.beta) and math.isnan(early.z)
+    assert early.beta_note == analytics.KALMAN_WARMUP_NOTE
+
+
+@pytest.mark.parametrize("bars", [futures_bars, spot_bars], ids=["futures", "spot"])
+def test_kalman_z_has_about_unit_variance_on_real_recordings(bars):
+    view = view_of(bars(), method="kalman", window=dd.default_window("1s"))
+    z = view.signals.frame["z"].dropna()
+    assert len(z) > 400
+    assert 0.6 < z.std() < 1.6
+    assert (z.abs() > 2).mean() > 0.01  # an entry at |z| = 2 happens
+
+
+def test_page_defaults_give_a_stable_beta_on_the_recordings():
+    window = dd.default_window("1s")
+    assert window == 300 and dd.default_window("1m") == 60 and dd.default_window("5m") == 48
+    for bars in (futures_bars(), spot_bars()):
+        beta = view_of(bars, window=window).signals.frame["beta"].dropna()
+        assert len(beta) > 100
+        assert beta.between(0.1, 2.0).all()
+
+
+def test_history_loaded_earlier_changes_no_value_shown(tmp_path):
+    db = live_database(tmp_path)
+    source = dd.DataSource("live", db)
+    with dd.reading(db) as conn:
+        newest = database.latest_bar_ts(conn, "ETHUSDT")
+    for method in analytics.PAIR_METHODS:
+        short = dd.load_pair_view(source, "ETHUSDT", "BTCUSDT", "1s", 40_000, newest, method,
+                                  30, True)
+        long = dd.load_pair_view(source, "ETHUSDT", "BTCUSDT", "1s", 900_000, newest, method,
+                                 30, True)
+        assert short.aligned.frame.index[0] >= newest - 40_000
+        shown = short.signals.frame
+        assert shown["z"].notna().sum() > 15, method
+        pd.testing.assert_frame_equal(shown, long.signals.frame.loc[shown.index],
+                                      check_exact=False, rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# Live values
+# --------------------------------------------------------------------------------------
+
+
+def test_live_values_are_the_newest_z_beta_and_spread_of_the_view():
+    view = view_of(futures_bars(), window=60)
+    values = dd.live_values(view)
+    frame = view.signals.frame
+    ready = frame[frame["z"].notna()]
+    assert values.z == ready["z"].iloc[-1]
+    assert values.beta == frame["beta"].dropna().iloc[-1]
+    assert values.spread == frame.loc[frame["beta"].notna(), "spread"].iloc[-1]
+    assert values.last_y == view.bars_y["close"].iloc[-1]
+    assert values.correlation == view.correlation.dropna().iloc[-1]
+    assert values.last_ts == int(view.aligned.frame.index[-1])
+
+
+def test_live_values_say_why_there_is_no_beta():
+    bars_y, bars_x = futures_bars()
+    quiet = bars_x.copy()
+    quiet.iloc[-90:, quiet.columns.get_loc("close")] = quiet["close"].iloc[-91]
+    view = view_of((bars_y, quiet), window=60)
+    values = dd.live_values(view)
+    assert values.beta_note == "x did not move enough in this window"
+    # The strip keeps the last β that existed, never one from the refused window.
+    assert values.beta == view.signals.frame["beta"].dropna().iloc[-1]
+
+
+# --------------------------------------------------------------------------------------
+# Pair tests
+# --------------------------------------------------------------------------------------
+
+
+def test_pair_tests_run_adf_on_the_trailing_spread_not_full_sample_residuals():
+    # Mistake caught: ADF on the residuals of one full-sample fit (stationary by
+    # construction, and it uses the future).
+    view = view_of(futures_bars(), window=60)
+    tests = dd.run_pair_tests(view)
+    spread = view.signals.frame["spread"]
+    expected = analytics.adf_test(spread)
+    assert tests.adf.statistic == expected.statistic and tests.adf.nobs == expected.nobs
+    y_model, x_model = dd.model_levels(view)
+    fit = analytics.hedge_ratio(y_model, x_model)
+    residuals = y_model - fit.beta * x_model - fit.alpha
+    assert abs(analytics.adf_test(residuals).statistic - tests.adf.statistic) > 0.1
+    eg = analytics.engle_granger(y_model, x_model)
+    assert tests.eg.statistic == eg.statistic
+    assert tests.bars == len(view.aligned.frame)
+
+
+def test_pair_tests_never_difference_across_a_gap():
+    bars_y, bars_x = futures_bars()
+    gap = (bars_x.index >= bars_x.index[300]) & (bars_x.index < bars_x.index[300] + 20_000)
+    view = view_of((bars_y, bars_x[~gap]), window=60)
+    tests = dd.run_pair_tests(view)
+    spread = view.signals.frame["spread"].to_numpy()
+    last_gap = np.flatnonzero(np.isnan(spread))[-1]
+    assert tests.adf.nobs == len(spread) - last_gap - 1
+
+
+# --------------------------------------------------------------------------------------
+# Backtest from the page
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("log_prices", [True, False])
+def test_backtest_is_sized_on_the_views_scale(log_prices):
+    # Mistake caught: the backtest always sized as log prices (a raw-price β is units of
+    # x per unit of y, not an elasticity).
+    view = view_of(futures_bars(), window=60, log_prices=log_prices)
+    result = dd.pair_backtest(view, 1.0, 0.0)
+    frame = view.aligned.frame
+    common = dict(beta=view.signals.frame["beta"], bar_seconds=1.0,
+                  y_traded=frame["y_traded"], x_traded=frame["x_traded"])
+    same = backtest.backtest(frame["y"], frame["x"], view.signals.frame["z"], 1.0, 0.0,
+                             log_prices=log_prices, **common)
+    other = backtest.backtest(frame["y"], frame["x"], view.signals.frame["z"], 1.0, 0.0,
+                              log_prices=not log_prices, **common)
+    assert result.n_trades > 0
+    pd.testing.assert_frame_equal(result.trades, same.trades)
+    assert not result.trades.equals(other.trades)
+
+
+def test_backtest_defaults_pay_a_fee_and_fill_on_traded_bars():
+    # Mistake caught: a default fee of 0.
+    assert dd.BACKTEST_FEE_BPS >= 1.0
+    view = view_of(spot_bars(), window=60)
+    result = dd.pair_backtest(view, 1.0, 0.0)
+    assert result.n_trades > 0 and result.fees_paid > 0
+    frame = view.aligned.frame
+    for leg in ("y", "x"):
+        for when in ("entry", "exit"):
+            ts = result.trades[f"{when}_ts_{leg}"].dropna().astype("int64")
+            assert frame.loc[ts, f"{leg}_traded"].all()  # never a carried price
+
+
+# --------------------------------------------------------------------------------------
+# The alert evaluator computes what the page shows
+# --------------------------------------------------------------------------------------
+
+
+def live_database(tmp_path) -> str:
+    parsed = uploads.parse_tick_file(TRADES.read_bytes(), filename=TRADES.name)
+    assert parsed.ok, parsed.error
+    path = str(tmp_path / "live.db")
+    conn = database.connect(path)
+    try:
+        database.import_ticks(conn, uploads.to_trade_tuples(parsed.trades, received_ms=1))
+    finally:
+        conn.close()
+    return path
+
+
+@pytest.mark.parametrize("method", analytics.PAIR_METHODS)
+def test_alert_z_equals_the_page_z_at_the_same_bar(tmp_path, method):
+    db = live_database(tmp_path)
+    source = dd.DataSource("live", db)
+    with dd.reading(db) as conn:
+        newest = database.latest_bar_ts(conn, "ETHUSDT")
+    page = dd.load_pair_view(source, "ETHUSDT", "BTCUSDT", "1s", 300_000, newest, method, 30,
+                             True).signals.frame
+    rule = alerts.validate_rule(metric="zscore", y_symbol="ETHUSDT", x_symbol="BTCUSDT",
+                                window=30, method=method, comparison="abs>", threshold=1.0)
+    # The recording's first two minutes: BTC barely moved, so the guard refuses most
+    # 30 s windows; the last bars have a z under every method.
+    picks = page.index[page["z"].notna()][-20:][::5]
+    assert len(picks) >= 3
+    checked = 0
+    with dd.reading(db) as conn:
+        for as_of in picks:
+            now = int(as_of) + 1000 + alerts.BAR_SETTLE_MS + 100
+            value = alerts.compute_metric(conn, rule, now)
+            assert value.ready, value.detail
+            assert value.value == pytest.approx(page.loc[as_of, "z"], rel=1e-9, abs=1e-12)
+            checked += 1
+    assert checked == len(picks)
