@@ -35,14 +35,16 @@ import backtest
 import collector
 import dashboard_data as dd
 import database
+import exports
 import page_state
+import paper
 import services
 import uploads
 import visualizations as viz
 from config import ConfigError, Settings, parse_symbols
 
-TAB_NAMES = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Backtest", "Alerts",
-             "Data", "Health")
+TAB_NAMES = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Backtest", "Paper",
+             "Alerts", "Data", "Health")
 REFRESH_CHOICES = (1, 2, 5, 10, 30)
 ZONES = ("UTC", "Europe/London", "Europe/Berlin", "America/New_York", "America/Chicago",
          "Asia/Kolkata", "Asia/Singapore", "Asia/Hong_Kong", "Asia/Tokyo", "Australia/Sydney")
@@ -163,6 +165,9 @@ def parse_ticks(data: bytes, name: str, naive_tz: str) -> uploads.TickUpload:
 
 
 def sidebar_status() -> None:
+    if services.collection_paused():
+        st.warning("Collection stopped: no new trades are recorded (start it again under "
+                   "Symbols)")
     health = feed.health()
     status = dd.feed_status(health)
     show = {"success": st.success, "info": st.info, "warning": st.warning,
@@ -288,6 +293,15 @@ def sidebar_controls() -> dd.Controls | None:
         subscribed = [s.upper() for s in feed.settings.symbols]
         st.selectbox("remove symbol", subscribed, key="remove_choice")
         st.button("Remove", key="remove_symbol", on_click=remove_symbol)
+        if services.collection_paused():
+            st.button("▶ Start collection", key="start_collection",
+                      on_click=services.resume_collection,
+                      help="record trades again (same feed and symbols)")
+        else:
+            st.button("⏹ Stop collection", key="stop_collection",
+                      on_click=services.pause_collection,
+                      help="stop recording trades; the page, alerts, paper positions and "
+                           "the API keep working on the stored data")
         message = st.session_state.pop("symbol_message", None)
         if message:
             (st.error if message[0] == "error" else st.success)(message[1])
@@ -740,9 +754,9 @@ def tab_statistics(c: dd.Controls) -> None:
         st.info(f"z and β per minute: needs {2 * minutes} minutes, has {len(table)}")
     st.dataframe(dd.with_time_column(table, c.tz), width="stretch", height=280,
                  hide_index=True)
-    st.download_button("Download per-minute CSV", dd.to_csv_bytes(table, c.tz),
-                       file_name=f"minute_stats_{c.y}_{c.x}.csv", mime="text/csv",
-                       key="download_minute_stats", on_click="ignore")
+    closed = export_closed(table, "1min", c)
+    download_formats("Per-minute table", lambda: closed, f"minute_stats_{c.y}_{c.x}",
+                     "download_minute_stats", c, rows=len(closed))
 
 
 def correlation_live(c: dd.Controls, symbols: tuple, min_tpm: float, max_empty: float,
@@ -858,9 +872,8 @@ def tab_backtest(c: dd.Controls) -> None:
     trades = result.trades
     st.dataframe(dd.with_time_column(trades, c.tz, ts_column="entry_ts", name="entry time"),
                  width="stretch", hide_index=True)
-    st.download_button("Download trades CSV", dd.to_csv_bytes(trades, c.tz, "entry_ts"),
-                       file_name=f"backtest_trades_{c.y}_{c.x}.csv", mime="text/csv",
-                       key="download_trades", on_click="ignore")
+    download_formats("Trades", lambda: trades, f"backtest_trades_{c.y}_{c.x}",
+                     "download_trades", c, rows=len(trades), ts_column="entry_ts")
 
 
 def create_alert(fields: dict) -> None:
@@ -963,8 +976,38 @@ def alert_history(c: dd.Controls) -> None:
                  hide_index=True)
 
 
+def export_closed(frame: pd.DataFrame, timeframe: str, c: dd.Controls) -> pd.DataFrame:
+    """Live bars without the one still forming, unless the Data tab's toggle asks for it
+    (then flagged ``forming``); uploaded files have no forming bar."""
+    if not c.live:
+        return frame
+    return exports.closed_only(frame, timeframe, dd.now_ms(),
+                               bool(st.session_state.get("export_forming", False)))
+
+
+def download_formats(label: str, build, stem: str, key: str, c: dd.Controls, *, rows: int,
+                     ts_column: str | None = None, excel: bool = True, where=None) -> None:
+    """A format choice (CSV, JSON, Parquet, Excel) and one download button.
+
+    The file is built when clicked (``build`` returns the table); above the format's row
+    cap (``exports.MAX_ROWS``) a message replaces the button, so the page never freezes.
+    """
+    where = where or st
+    formats = [f for f in exports.FORMATS if excel or f != "xlsx"]
+    fmt = where.radio(f"{label} format", formats, format_func=exports.FORMAT_LABELS.get,
+                      key=f"{key}_format", horizontal=True)
+    message = exports.cap_message(rows, fmt)
+    if message:
+        where.warning(f"{label}: {message}")
+        return
+    where.download_button(
+        f"{label} {exports.FORMAT_LABELS[fmt]}",
+        lambda: exports.export(build(), fmt, tz=c.tz, ts_column=ts_column).data,
+        file_name=f"{stem}.{fmt}", mime=exports.MIME[fmt], key=key, on_click="ignore")
+
+
 def export_buttons(c: dd.Controls) -> None:
-    """CSV exports of the chosen range; the files are built when clicked."""
+    """Exports of the chosen range in every format; the files are built when clicked."""
     st.markdown("**Export the chosen range**")
     key = view_key(c)
     if key is None:
@@ -973,24 +1016,30 @@ def export_buttons(c: dd.Controls) -> None:
     view = dd.view_from_parts(cached_pair_view(*key))
     start = int(view.aligned.frame.index[0]) if len(view.aligned.frame) else None
     st.caption(f"range: {len(view.aligned.frame)} {c.tf_label} bars of {c.y} and {c.x} "
-               f"({c.lookback_label} lookback, {c.source.label})")
-    cols = st.columns(3)
-    cols[0].download_button(
-        "Bars CSV", lambda: dd.bars_csv({c.y: view.bars_y, c.x: view.bars_x}, c.tz),
-        file_name=f"bars_{c.y}_{c.x}_{c.tf_label}.csv", mime="text/csv",
-        key="download_bars", on_click="ignore")
+               f"({c.lookback_label} lookback, {c.source.label}); times in epoch ms (ts) "
+               "and, in CSV and Excel, as text in the chosen zone")
     if c.live:
-        cols[1].download_button(
-            "Ticks CSV", lambda: dd.ticks_csv(
-                {s: dd.read_ticks(c.source.db_path, s, start) for s in (c.y, c.x)}, c.tz),
-            file_name=f"ticks_{c.y}_{c.x}.csv", mime="text/csv", key="download_ticks",
-            on_click="ignore")
+        st.toggle("include the bar still forming (flagged forming = true)",
+                  key="export_forming")
+    bars = exports.by_symbol({c.y: export_closed(view.bars_y, c.timeframe, c),
+                              c.x: export_closed(view.bars_x, c.timeframe, c)})
+    analytics_table = export_closed(dd.analytics_frame(view), c.timeframe, c)
+    cols = st.columns(3)
+    download_formats("Bars", lambda: bars, f"bars_{c.y}_{c.x}_{c.tf_label}",
+                     "download_bars", c, rows=len(bars), where=cols[0])
+    if c.live:
+        tick_rows = int(view.bars_y["trades"].sum() + view.bars_x["trades"].sum()) \
+            if "trades" in view.bars_y else 0
+        download_formats(
+            "Ticks", lambda: exports.by_symbol(
+                {s: dd.read_ticks(c.source.db_path, s, start) for s in (c.y, c.x)}),
+            f"ticks_{c.y}_{c.x}", "download_ticks", c, rows=tick_rows, ts_column="ts",
+            excel=False, where=cols[1])
     else:
         cols[1].caption("ticks: uploads are stored as bars")
-    cols[2].download_button(
-        "Analytics CSV", lambda: dd.to_csv_bytes(dd.analytics_frame(view), c.tz),
-        file_name=f"analytics_{c.y}_{c.x}_{c.tf_label}.csv", mime="text/csv",
-        key="download_analytics", on_click="ignore")
+    download_formats("Analytics", lambda: analytics_table,
+                     f"analytics_{c.y}_{c.x}_{c.tf_label}", "download_analytics", c,
+                     rows=len(analytics_table), where=cols[2])
 
 
 def store_upload(name: str, bars: pd.DataFrame) -> None:
@@ -1071,6 +1120,9 @@ def tab_data(c: dd.Controls) -> None:
 
 def tab_health(c: dd.Controls) -> None:
     health = feed.health()
+    collection = "stopped (from the page or the API)" if services.collection_paused()         else "running"
+    monitor = "running" if paper.monitor_status().get("running") else "stopped"
+    st.markdown(f"**collection:** {collection} · paper monitor: {monitor}")
     st.markdown(f"**{dd.feed_status(health).label}** · {health['url']} · state "
                 f"{health['state']} · last close: {health['last_close_reason'] or '—'}")
     counters = ("received", "stored", "duplicates", "rejected", "filtered", "dropped",
@@ -1121,6 +1173,123 @@ def backfill_health(health: dict, repaired: pd.DataFrame, tz: str) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Paper trading
+# --------------------------------------------------------------------------------------
+
+
+def open_paper_position(c: dd.Controls, side: str) -> None:
+    """Form callback: place the entry orders with the form's settings and the sidebar's
+    hedge settings; fills come from the monitor thread at the next trade of each leg."""
+    state = st.session_state
+    optional = {name: state.get(key) for name, key in (("exit_z", "paper_exit_z"),
+                                                       ("stop_z", "paper_stop_z"))}
+    max_minutes = state.get("paper_max_minutes")
+    try:
+        order = paper.PaperOrder(
+            y=c.y, x=c.x, side=side, notional=float(state["paper_size"]),
+            timeframe=c.timeframe, window=c.window, method=c.method,
+            log_prices=c.log_prices, fee_bps=float(state["paper_fee"]),
+            slippage_bps=float(state["paper_slip"]),
+            max_holding_s=None if max_minutes is None else float(max_minutes) * 60,
+            **{k: None if v is None else float(v) for k, v in optional.items()})
+        position_id = paper.open_position(feed.db_path, order)
+    except ValueError as exc:
+        state["paper_message"] = ("error", str(exc))
+        return
+    state["paper_message"] = ("success", f"position {position_id}: {side} {c.y}/{c.x} "
+                              "placed; it fills at the next trade of each leg")
+
+
+def close_paper_position() -> None:
+    position_id = st.session_state.get("paper_close_choice")
+    if position_id is None:
+        return
+    try:
+        status = paper.request_close(feed.db_path, int(position_id))
+    except (LookupError, ValueError) as exc:
+        st.session_state["paper_message"] = ("error", str(exc))
+        return
+    st.session_state["paper_message"] = ("success", f"position {position_id}: {status}")
+
+
+def paper_open_positions(c: dd.Controls) -> None:
+    """Open positions with live P&L (a timed fragment: refreshes with the charts)."""
+    table = paper.positions_table(feed.db_path, status="open")
+    st.markdown(f"**Open positions** ({len(table)})")
+    if table.empty:
+        st.caption("none: open one above")
+        return
+    filled = table[table["status"] != "opening"]
+    cols = st.columns(3)
+    cols[0].metric("unrealised P&L", dd.format_number(float(filled["upnl"].sum()), ",.2f")
+                   if len(filled) else "—")
+    cols[1].metric("y legs", dd.format_number(float(filled["upnl_y"].sum()), ",.2f")
+                   if len(filled) else "—")
+    cols[2].metric("x legs", dd.format_number(float(filled["upnl_x"].sum()), ",.2f")
+                   if len(filled) else "—")
+    st.dataframe(dd.with_time_column(table, c.tz, ts_column="requested_ms", name="opened"),
+                 width="stretch", hide_index=True)
+    st.caption("upnl: P&L if both legs closed at their last trade, after the four fees "
+               "and slippage; fees_so_far: the entry fee; holding_s: seconds since the click")
+    ids = [int(i) for i in table.loc[table["status"] != "closing", "id"]]
+    if ids:
+        cols = st.columns([2, 1])
+        cols[0].selectbox("position", ids, key="paper_close_choice")
+        cols[1].button("Close position", key="paper_close", on_click=close_paper_position)
+
+
+def tab_paper(c: dd.Controls) -> None:
+    """Paper trading on the chosen pair: open, watch live P&L, close, history, export."""
+    if not c.live:
+        st.info("paper trading fills at live trades: choose the live source")
+        return
+    if not dd.database_ready(feed.db_path):
+        waiting(c)
+        return
+    state = st.session_state
+    st.caption(f"{c.y} on {c.x}: size in {c.y} notional, β = the {c.method_label} "
+               f"{c.window}-bar trailing hedge ({c.tf_label}, "
+               f"{'log' if c.log_prices else 'raw'} prices) at the click; each leg fills "
+               "at its next trade after the click, costs as in the backtest")
+    with st.form("paper_form"):
+        cols = st.columns(3)
+        cols[0].number_input("size (y notional)", 10.0, 1e9,
+                             float(state.get("bt_size", 10_000.0)), 1000.0, key="paper_size")
+        cols[1].number_input("fee (bps per fill)", 0.0, 100.0, float(state.get("bt_fee", 5.0)),
+                             0.5, key="paper_fee")
+        cols[2].number_input("slippage (bps)", 0.0, 100.0, float(state.get("bt_slip", 1.0)),
+                             0.5, key="paper_slip")
+        cols = st.columns(3)
+        cols[0].number_input("auto close at |z| ≤ (empty: never)", 0.0, 10.0, None, 0.1,
+                             key="paper_exit_z")
+        cols[1].number_input("stop at |z| ≥ (empty: never)", 0.0, 20.0, None, 0.5,
+                             key="paper_stop_z")
+        cols[2].number_input("max holding, minutes (empty: none)", 0.0, 1e6, None, 1.0,
+                             key="paper_max_minutes")
+        cols = st.columns(2)
+        cols[0].form_submit_button("Open long spread (buy y, sell β·x)",
+                                   on_click=open_paper_position, args=(c, "long"))
+        cols[1].form_submit_button("Open short spread (sell y, buy β·x)",
+                                   on_click=open_paper_position, args=(c, "short"))
+    message = state.pop("paper_message", None)
+    if message:
+        (st.error if message[0] == "error" else st.success)(message[1])
+    st.fragment(run_every=c.chart_every)(paper_open_positions)(c)
+    history = paper.positions_table(feed.db_path, status="closed", with_z=False)
+    st.markdown(f"**History** ({len(history)} closed or cancelled)")
+    if len(history):
+        done = history[history["status"] == "closed"]
+        cols = st.columns(3)
+        cols[0].metric("realised P&L", f"{done['pnl'].sum():,.2f}")
+        cols[1].metric("fees paid", f"{done['fees'].sum():,.2f}")
+        cols[2].metric("positions", len(done))
+        st.dataframe(dd.with_time_column(history, c.tz, ts_column="requested_ms",
+                                         name="opened"), width="stretch", hide_index=True)
+        download_formats("Paper history", lambda: history, "paper_history",
+                         "download_paper", c, rows=len(history), ts_column="requested_ms")
+
+
+# --------------------------------------------------------------------------------------
 # Page
 # --------------------------------------------------------------------------------------
 
@@ -1139,7 +1308,8 @@ if IN_SESSION:
 
     TIMED_TABS = {"Prices": tab_prices, "Spread & z-score": tab_spread}
     PLAIN_TABS = {"Statistics": tab_statistics, "Correlation": tab_correlation,
-                  "Backtest": tab_backtest, "Alerts": tab_alerts, "Data": tab_data}
+                  "Backtest": tab_backtest, "Paper": tab_paper, "Alerts": tab_alerts,
+                  "Data": tab_data}
     tabs = st.tabs(TAB_NAMES, key="tab", on_change="rerun")
     write_view_to_url(controls)
     for name, tab in zip(TAB_NAMES, tabs):
