@@ -101,10 +101,14 @@ KALMAN_DEFAULT_STATE_VAR = 1.0
 # The default (adaptive) filter: OLS on the first 60 observed bars sets the start, then
 # discount factors set the state noise and the observation variance is learned online
 # (see ``kalman_hedge``). Chosen on the real 1 s recordings and the built-in market, where
-# the z-score's standard deviation after the warm-up is 0.85-1.15 (bench/check_signals.py).
+# the z-score's standard deviation after the warm-up is 0.87-1.17 (bench/check_signals.py).
 KALMAN_DEFAULT_WARMUP = 60
 KALMAN_BETA_DISCOUNT = 0.9995  # beta keeps ~1/(1-d) = 2,000 bars of memory
-KALMAN_ALPHA_DISCOUNT = 0.98  # the level of the spread ~50 bars
+# The spread's level ~1,000 bars: slow enough that the spread's own excursions show in the
+# forecast error (z is a standardised spread, not a one-bar innovation) and that beta is
+# identified by x's moves over many bars; with 0.98 (~50 bars) alpha absorbed x's drift and
+# beta drifted to 0 on one built-in-market hour in three.
+KALMAN_ALPHA_DISCOUNT = 0.999
 KALMAN_VARIANCE_DISCOUNT = 0.99  # the observation variance ~100 bars
 # pair_signals restarts the filter at absolute bar numbers that are multiples of this and
 # reads each bar from the filter started one or two segments before it (see pair_signals).
@@ -1316,12 +1320,13 @@ def kalman_hedge(y, x, delta: float | None = None, obs_var: float | None = None,
     * **State noise** by discount factors (West & Harrison 1997, ch. 6): ``R = P / d`` per
       component, i.e. a state noise of ``(1/d - 1) P`` that scales with the data by itself.
       ``d_beta = 0.9995`` (beta remembers ~2,000 bars: an elasticity moves slowly),
-      ``d_alpha = 0.98`` (the spread's level ~50 bars).
+      ``d_alpha = 0.999`` (the spread's level ~1,000 bars, so the spread's excursions
+      show in the forecast error instead of being absorbed by alpha).
     * **Observation variance** learned online from the standardised forecast errors
       (conjugate inverse-gamma update, variance discount 0.99, ~100 bars):
       ``S_t = S_{t-1} + S_{t-1} / n_t (e_t^2 / Q_t - 1)``, ``n_t = 0.99 n_{t-1} + 1``, and
       ``P`` rescaled by ``S_t / S_{t-1}``. So ``Q_t`` is calibrated to the errors the filter
-      actually makes and ``z`` has about unit variance after the warm-up (0.85-1.15 on the
+      actually makes and ``z`` has about unit variance after the warm-up (0.87-1.17 on the
       real 1 s recordings and the built-in market, bench/check_signals.py).
 
     This is a moment-based choice (the warm-up's OLS fixes the start and the first
@@ -2800,3 +2805,476 @@ def pair_signals(y, x, *, method: str = "ols", window: int = 60, z_window: int |
     return PairSignals(frame=frame[list(PAIR_SIGNAL_COLUMNS)], method=method, window=window,
                        z_window=z_window, log_prices=bool(log_prices), nobs=nobs,
                        needed=needed, refit_every=refit_every, bar_ms=bar_ms)
+
+
+# --------------------------------------------------------------------------------------
+# Pair screen (issue 16): every pair of a universe, tested once, false discoveries controlled
+# --------------------------------------------------------------------------------------
+
+SCREEN_COLUMNS: tuple[str, ...] = (
+    "y", "x", "beta", "alpha", "eg_statistic", "eg_pvalue", "eg_qvalue", "half_life",
+    "hurst", "crossings", "correlation", "z", "nobs", "liquidity", "cluster", "passed",
+    "reason",
+)
+SCREEN_CANDIDATES: tuple[str, ...] = ("all", "clusters")
+SCREEN_DEPENDENT_RULES: tuple[str, ...] = ("alphabetical", "min_pvalue")
+SCREEN_MAX_SYMBOLS = 60  # 1,770 pairs: about 35 s of Engle–Granger at 1,440 bars (all pairs)
+SCREEN_MIN_BARS = 200
+SCREEN_MIN_RETURNS = 30  # co-traded returns needed for a correlation
+SCREEN_PCA_COMPONENTS = 5  # Sarmento & Horta (2020) keep the first five components
+SCREEN_OPTICS_MIN_SAMPLES = 2  # a pair is the smallest useful cluster
+
+
+def _screen_levels(prices_by_symbol, max_symbols: int, liquidity) -> tuple[pd.DataFrame, str]:
+    """Validated float log-price table, cut to ``max_symbols`` (most liquid first)."""
+    if not isinstance(prices_by_symbol, pd.DataFrame):
+        raise ValueError("prices_by_symbol must be a DataFrame of log prices, one column per "
+                         "symbol, one row per bar")
+    if prices_by_symbol.columns.has_duplicates:
+        duplicated = sorted(set(prices_by_symbol.columns[prices_by_symbol.columns.duplicated()]))
+        raise ValueError(f"prices_by_symbol has duplicate columns: {duplicated}")
+    if not prices_by_symbol.index.is_monotonic_increasing:
+        raise ValueError("prices_by_symbol must be sorted by bar time (index ascending)")
+    try:
+        levels = prices_by_symbol.astype(float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"prices_by_symbol must be numeric log prices: {exc}") from None
+    _check_log_scale(True, prices_by_symbol=levels.to_numpy())
+    levels = levels.replace([np.inf, -np.inf], np.nan)
+    levels.columns = [str(c) for c in levels.columns]
+    note = ""
+    if levels.shape[1] > max_symbols:
+        if liquidity is None:
+            n = levels.shape[1]
+            raise ValueError(
+                f"{n} symbols exceed max_symbols ({max_symbols}): the screen runs n(n-1)/2 "
+                f"Engle–Granger tests ({n * (n - 1) // 2:,} here); pass liquidity= to keep "
+                "the most liquid, or raise max_symbols")
+        ranked = pd.Series(liquidity, dtype=float).reindex(levels.columns).fillna(-np.inf)
+        order = sorted(levels.columns, key=lambda s: (-ranked[s], s))
+        levels = levels[sorted(order[:max_symbols])]
+        note = f"kept the {max_symbols} most liquid of {len(order)} symbols"
+    return levels, note
+
+
+def screen_clusters(log_returns: pd.DataFrame, n_components: int = SCREEN_PCA_COMPONENTS,
+                    min_samples: int = SCREEN_OPTICS_MIN_SAMPLES) -> pd.Series:
+    """Cluster symbols by how their returns load on the main factors (PCA + OPTICS).
+
+    Parameters
+    ----------
+    log_returns : pandas.DataFrame
+        One column of log returns per symbol, NaN where a return does not exist (a symbol
+        did not trade in the bar or the one before: never a return across a gap).
+    n_components : int, default 5
+        Principal components kept (at most ``n_symbols - 1``).
+    min_samples : int, default 2
+        OPTICS ``min_samples``: the smallest group it calls a cluster.
+
+    Returns
+    -------
+    pandas.Series
+        Cluster label per symbol (int; -1 = in no cluster), indexed by symbol.
+
+    Notes
+    -----
+    Sarmento & Horta (2020): standardise each symbol's returns (mean 0, std 1 over its own
+    returns; a missing return counts as the mean, 0), run PCA over symbols, and describe
+    each symbol by its loadings on the first ``n_components`` components (the columns of
+    ``components_``). Symbols driven by the same factors sit close together; OPTICS
+    (density-based, no preset number of clusters, leaves outliers unclustered) groups them.
+    Deterministic: full SVD, and OPTICS has no random start. A symbol whose returns are
+    constant or absent gets -1. scikit-learn is imported here, not at module import
+    (~2.5 s), so the page starts fast.
+    """
+    n_components = _check_int("n_components", n_components, 1)
+    min_samples = _check_int("min_samples", min_samples, 2)
+    returns = log_returns.astype(float)
+    std = returns.std(ddof=1)
+    usable = [s for s in returns.columns
+              if returns[s].notna().sum() >= SCREEN_MIN_RETURNS and std[s] > 0]
+    labels = pd.Series(-1, index=list(returns.columns), dtype=int)
+    if len(usable) < max(min_samples, 2):
+        return labels
+    standard = ((returns[usable] - returns[usable].mean()) / std[usable]).fillna(0.0)
+    from sklearn.cluster import OPTICS
+    from sklearn.decomposition import PCA
+
+    components = min(n_components, len(usable) - 1, len(standard))
+    pca = PCA(n_components=components, svd_solver="full").fit(standard.to_numpy())
+    loadings = pca.components_.T  # one row per symbol
+    found = OPTICS(min_samples=min(min_samples, len(usable))).fit(loadings).labels_
+    labels[usable] = found.astype(int)
+    return labels
+
+
+def _pair_returns_correlation(returns_y: pd.Series, returns_x: pd.Series) -> float:
+    both = returns_y.notna() & returns_x.notna()
+    if both.sum() < SCREEN_MIN_RETURNS:
+        return math.nan
+    a, b = returns_y[both].to_numpy(), returns_x[both].to_numpy()
+    if a.std() == 0 or b.std() == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def screen_pairs(prices_by_symbol: pd.DataFrame, *, candidates: str = "all",
+                 min_bars: int = SCREEN_MIN_BARS, min_half_life: float = 1.0,
+                 max_half_life: float | None = None, max_hurst: float = 0.5,
+                 q_threshold: float = 0.05, min_crossings: int = 12,
+                 max_symbols: int = SCREEN_MAX_SYMBOLS, liquidity=None,
+                 min_liquidity: float | None = None, leg_adf_pvalue: float | None = 0.01,
+                 dependent: str = "alphabetical",
+                 maxlag: int | None = None, n_components: int = SCREEN_PCA_COMPONENTS,
+                 min_samples: int = SCREEN_OPTICS_MIN_SAMPLES, progress=None) -> pd.DataFrame:
+    """Screen a universe for tradable pairs: cointegration with false-discovery control.
+
+    Parameters
+    ----------
+    prices_by_symbol : pandas.DataFrame
+        Log prices (``to_log_prices(close)``), one column per symbol, one row per bar on a
+        common grid sorted by time; NaN where a symbol has no bar. Not forward-filled: each
+        pair keeps only the bars where both legs have a price.
+    candidates : {"all", "clusters"}, default "all"
+        ``"all"``: every unordered pair. ``"clusters"``: only pairs inside one cluster of
+        ``screen_clusters`` (PCA on standardised returns + OPTICS).
+    min_bars : int, default 200
+        Bars in which both legs have a price, needed to test a pair.
+    min_half_life, max_half_life : float, default 1 and ``nobs / 10``
+        Accepted half-life of the spread, in bars (``None``: a tenth of the pair's bars, so
+        that at least ten half-lives fit in the sample).
+    max_hurst : float, default 0.5
+        The spread's Hurst exponent must be below it (mean reverting).
+    q_threshold : float, default 0.05
+        Benjamini–Hochberg q-value (false-discovery rate) a pair must be below.
+    min_crossings : int, default 12
+        Mean crossings of the spread over the sample (Sarmento & Horta use 12 a year).
+    max_symbols : int, default 60
+        Cost cap. Beyond it, ``liquidity`` decides which symbols are kept; without it a
+        ``ValueError`` says what to do.
+    liquidity : Mapping or pandas.Series of float, optional
+        Per-symbol liquidity (e.g. trades per minute): ranks symbols for ``max_symbols``,
+        fills the ``liquidity`` column (the smaller of the two legs) and, with
+        ``min_liquidity``, fails pairs with an illiquid leg.
+    min_liquidity : float, optional
+        Smallest acceptable liquidity of either leg (needs ``liquidity``).
+    leg_adf_pvalue : float or None, default 0.01
+        Engle–Granger presumes both legs are I(1). A leg whose own levels reject a unit root
+        (``adf_test`` p below this) looks stationary by itself and is "cointegrated" with
+        anything through a β near 0; its pairs fail with that reason. ``None`` skips the
+        check. The default is strict because ADF over-rejects on a random walk plus
+        stationary noise (Schwert 1989) — which is what a good pair leg looks like.
+    dependent : {"alphabetical", "min_pvalue"}, default "alphabetical"
+        Which leg is ``y``. ``"alphabetical"``: the symbol that sorts first (one test per
+        pair). ``"min_pvalue"``: test both directions, keep the one with the smaller p-value
+        and report ``p = min(1, 2 * min(p_yx, p_xy))`` (Bonferroni over the two tries, so
+        the choice does not make the p-value look better than it is; twice the cost).
+    maxlag : int, optional
+        ADF lags searched by AIC in each Engle–Granger test (default ``default_maxlag``).
+    n_components, min_samples : int
+        ``screen_clusters`` settings (``candidates="clusters"`` only).
+    progress : callable, optional
+        ``progress(done, total)`` after each pair (the page draws a progress bar).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per tested unordered pair (``SCREEN_COLUMNS``): ``y, x`` (dependent and
+        independent leg), ``beta, alpha`` (OLS ``y = alpha + beta x``), ``eg_statistic,
+        eg_pvalue`` (Engle–Granger), ``eg_qvalue`` (Benjamini–Hochberg over every pair
+        tested), ``half_life`` (bars), ``hurst``, ``crossings`` (of the spread's mean),
+        ``correlation`` (of log returns on co-traded bars), ``z`` (latest, see Notes),
+        ``nobs`` (bars used), ``liquidity``, ``cluster`` (label shared by both legs, -1 =
+        none, <NA> with ``candidates="all"``), ``passed`` and ``reason`` (why not; empty
+        when passed). Sorted: passed first, then by q-value, then by name. ``attrs``
+        holds ``symbols`` (screened), ``clusters`` (label per symbol or None),
+        ``stationary_legs`` (symbols failing the I(1) check) and ``note``.
+
+    Notes
+    -----
+    Per pair, on the bars where both legs have a price:
+
+    * Engle–Granger (``engle_granger``): OLS ``y_t = alpha + beta x_t + u_t``, then an ADF
+      on ``u`` with MacKinnon's cointegration p-value. H0: no cointegration; small p
+      rejects it.
+    * Spread ``u_t = y_t - beta x_t - alpha`` (in-sample: a description of the pair over
+      the lookback, not a trading signal). ``half_life`` = ``-ln 2 / lam`` from
+      ``Δu_t = lam u_{t-1} + c``; ``hurst`` with lags 2..min(100, nobs/4); ``crossings`` of
+      its mean; ``z = (u_last - mean(u)) / std(u)`` at the last bar.
+    * ``correlation``: Pearson correlation of one-bar log returns where both legs have a
+      return (a return needs a price in the bar and in the one before, so no return spans
+      a missing bar).
+
+    False discoveries: screening k symbols runs k(k-1)/2 tests; at 5 % each about 5 % of
+    unrelated pairs would "pass". The p-values of all tested pairs are corrected together
+    with Benjamini–Hochberg (``multipletests(method="fdr_bh")``); keeping pairs with
+    ``q < q_threshold`` bounds the expected share of false pairs among those kept by
+    ``q_threshold`` (BH holds for independent and positively dependent tests; pairs that
+    share a leg are dependent, so read it as approximate). The later filters (half-life,
+    Hurst, crossings) only remove pairs, which keeps the bound. With
+    ``candidates="clusters"`` the correction covers only the pairs tested, which is the
+    point of clustering: fewer tests, less correction.
+
+    Assumptions: both legs I(1) (checked, see ``leg_adf_pvalue``); log prices; a constant
+    cointegrating vector over the sample; an OU-like spread for the half-life. Minimum
+    data: ``min_bars`` co-priced bars per pair (and the Engle–Granger minimum); pairs with
+    fewer are listed, not tested (NaN statistics, not counted in the correction).
+
+    Cost: "all" runs n(n-1)/2 Engle–Granger tests (``"min_pvalue"`` twice that) plus n
+    ADFs on the legs, each O(bars × lags) (≈ 20 ms at 1,440 bars), hence ``max_symbols``;
+    "clusters" adds a PCA (O(bars × n²)) and runs only the within-cluster pairs.
+    Deterministic: same input, same output.
+
+    References
+    ----------
+    Sarmento, S. M. & Horta, N. (2020). Enhancing a Pairs Trading strategy with the
+    application of Machine Learning. Expert Systems with Applications 158.
+    Benjamini, Y. & Hochberg, Y. (1995). Controlling the false discovery rate. JRSS B 57.
+    """
+    _check_choice("candidates", candidates, SCREEN_CANDIDATES)
+    _check_choice("dependent", dependent, SCREEN_DEPENDENT_RULES)
+    min_bars = _check_int("min_bars", min_bars, 30)
+    min_crossings = _check_int("min_crossings", min_crossings, 0)
+    max_symbols = _check_int("max_symbols", max_symbols, 2)
+    if not (isinstance(q_threshold, (int, float)) and 0 < q_threshold < 1):
+        raise ValueError(f"q_threshold ({q_threshold!r}) must be in (0, 1)")
+    if not (isinstance(max_hurst, (int, float)) and 0 < max_hurst <= 1):
+        raise ValueError(f"max_hurst ({max_hurst!r}) must be in (0, 1]")
+    if not (isinstance(min_half_life, (int, float)) and min_half_life >= 0):
+        raise ValueError(f"min_half_life ({min_half_life!r}) must be >= 0 bars")
+    if max_half_life is not None and not (isinstance(max_half_life, (int, float))
+                                          and max_half_life > min_half_life):
+        raise ValueError(f"max_half_life ({max_half_life!r}) must be above min_half_life "
+                         f"({min_half_life!r})")
+    if leg_adf_pvalue is not None and not (isinstance(leg_adf_pvalue, (int, float))
+                                           and 0 < leg_adf_pvalue < 1):
+        raise ValueError(f"leg_adf_pvalue ({leg_adf_pvalue!r}) must be in (0, 1) or None")
+    if min_liquidity is not None and liquidity is None:
+        raise ValueError("min_liquidity needs liquidity (per-symbol values)")
+    levels, note = _screen_levels(prices_by_symbol, max_symbols, liquidity)
+    liquid = (None if liquidity is None
+              else pd.Series(liquidity, dtype=float).reindex(levels.columns))
+    symbols = sorted(levels.columns)
+    returns = levels.diff()  # NaN next to a missing bar: no return across a gap
+
+    clusters = None
+    if candidates == "clusters":
+        clusters = screen_clusters(returns[symbols], n_components, min_samples)
+        pairs = [(a, b) for i, a in enumerate(symbols) for b in symbols[i + 1:]
+                 if clusters[a] >= 0 and clusters[a] == clusters[b]]
+    else:
+        pairs = [(a, b) for i, a in enumerate(symbols) for b in symbols[i + 1:]]
+
+    stationary_legs = set()
+    if leg_adf_pvalue is not None:
+        for symbol in symbols:
+            leg = adf_test(levels[symbol], maxlag=maxlag)
+            if leg.enough_data and leg.pvalue < leg_adf_pvalue:
+                stationary_legs.add(symbol)
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateInputWarning)
+        for done, (first, second) in enumerate(pairs, start=1):
+            rows.append(_screen_one_pair(levels, returns, first, second, min_bars, dependent,
+                                         maxlag))
+            if progress is not None:
+                progress(done, len(pairs))
+    frame = pd.DataFrame(rows, columns=[c for c in SCREEN_COLUMNS if c not in (
+        "eg_qvalue", "liquidity", "cluster", "passed", "reason")])
+    frame["eg_qvalue"] = _bh_qvalues(frame["eg_pvalue"].to_numpy(dtype=float))
+    frame["liquidity"] = (math.nan if liquid is None else
+                          [min(liquid[a], liquid[b]) for a, b in zip(frame["y"], frame["x"])])
+    frame["cluster"] = pd.array([pd.NA if clusters is None else int(clusters[a])
+                                 for a in frame["y"]], dtype="Int64")
+    reasons = [_screen_reasons(row, min_bars, min_half_life, max_half_life, max_hurst,
+                               q_threshold, min_crossings, min_liquidity, stationary_legs)
+               for row in frame.itertuples(index=False)]
+    frame["reason"] = pd.Series(reasons, dtype=object)
+    frame["passed"] = frame["reason"] == ""
+    frame = frame[list(SCREEN_COLUMNS)]
+    frame = frame.sort_values(["passed", "eg_qvalue", "y", "x"], ascending=[False, True, True,
+                                                                           True],
+                              na_position="last", kind="mergesort").reset_index(drop=True)
+    frame.attrs.update(symbols=symbols, note=note, stationary_legs=sorted(stationary_legs),
+                       clusters=None if clusters is None else clusters.to_dict())
+    return frame
+
+
+def _screen_one_pair(levels: pd.DataFrame, returns: pd.DataFrame, first: str, second: str,
+                     min_bars: int, dependent: str, maxlag: int | None) -> dict:
+    """Statistics of one pair (``first`` < ``second``) for ``screen_pairs``."""
+    both = levels[first].notna() & levels[second].notna()
+    nobs = int(both.sum())
+    row = dict(y=first, x=second, beta=math.nan, alpha=math.nan, eg_statistic=math.nan,
+               eg_pvalue=math.nan, half_life=math.nan, hurst=math.nan, crossings=0,
+               correlation=math.nan, z=math.nan, nobs=nobs)
+    if nobs < min_bars:
+        return row
+    test = engle_granger(levels[first], levels[second], maxlag=maxlag)
+    if dependent == "min_pvalue":
+        reverse = engle_granger(levels[second], levels[first], maxlag=maxlag)
+        if (math.isfinite(reverse.pvalue)
+                and not reverse.pvalue >= test.pvalue):  # NaN forward loses to a number
+            test, row["y"], row["x"] = reverse, second, first
+        pvalues = [p for p in (test.pvalue, reverse.pvalue) if math.isfinite(p)]
+        pvalue = min(1.0, 2.0 * min(pvalues)) if pvalues else math.nan
+    else:
+        pvalue = test.pvalue
+    y_values, x_values = levels[row["y"]], levels[row["x"]]
+    row.update(beta=test.beta, alpha=test.alpha, eg_statistic=test.statistic, eg_pvalue=pvalue,
+               correlation=_pair_returns_correlation(returns[row["y"]], returns[row["x"]]))
+    if not (math.isfinite(test.beta) and math.isfinite(test.alpha)):
+        return row
+    spread_series = (y_values - test.beta * x_values - test.alpha).where(both)
+    values = spread_series.to_numpy()[both.to_numpy()]
+    std = float(np.std(values, ddof=1))
+    row.update(half_life=half_life(spread_series).bars,
+               hurst=hurst(spread_series, max_lag=max(4, min(HURST_DEFAULT_MAX_LAG,
+                                                             nobs // 4))),
+               crossings=mean_crossings(spread_series),
+               z=(values[-1] - values.mean()) / std if std > 0 else math.nan)
+    return row
+
+
+def _bh_qvalues(pvalues: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values over the finite entries (NaN stays NaN)."""
+    qvalues = np.full(pvalues.shape, math.nan)
+    tested = np.isfinite(pvalues)
+    if tested.any():
+        from statsmodels.stats.multitest import multipletests
+
+        qvalues[tested] = multipletests(pvalues[tested], method="fdr_bh")[1]
+    return qvalues
+
+
+def _screen_reasons(row, min_bars: int, min_half_life: float, max_half_life: float | None,
+                    max_hurst: float, q_threshold: float, min_crossings: int,
+                    min_liquidity: float | None, stationary_legs: set) -> str:
+    """Why a screened pair fails ("" when it passes), every failed rule listed."""
+    if row.nobs < min_bars:
+        return f"not tested: {row.nobs} common bars < {min_bars}"
+    if not math.isfinite(row.eg_pvalue):
+        return "not tested: Engle–Granger undefined (constant or collinear legs)"
+    problems = []
+    if not row.eg_qvalue < q_threshold:
+        problems.append(f"q {row.eg_qvalue:.3g} ≥ {q_threshold:g}")
+    upper = row.nobs / 10.0 if max_half_life is None else float(max_half_life)
+    if not math.isfinite(row.half_life):
+        problems.append("no mean reversion")
+    elif not min_half_life <= row.half_life <= upper:
+        problems.append(f"half-life {row.half_life:.1f} bars outside [{min_half_life:g}, "
+                        f"{upper:g}]")
+    if not row.hurst < max_hurst:
+        problems.append(f"Hurst {row.hurst:.2f} ≥ {max_hurst:g}" if math.isfinite(row.hurst)
+                        else "Hurst undefined")
+    if row.crossings < min_crossings:
+        problems.append(f"{row.crossings} crossings < {min_crossings}")
+    if min_liquidity is not None and not row.liquidity >= min_liquidity:
+        problems.append(f"liquidity {row.liquidity:.3g} < {min_liquidity:g}")
+    for leg in (row.y, row.x):
+        if leg in stationary_legs:
+            problems.append(f"{leg} looks stationary on its own (not I(1))")
+    return "; ".join(problems)
+
+
+def screen_grid(closes_by_symbol: pd.DataFrame, timeframe: str) -> pd.DataFrame:
+    """Log closes on the complete bar grid: the input ``screen_pairs`` expects.
+
+    Parameters
+    ----------
+    closes_by_symbol : pandas.DataFrame
+        Close prices (raw, > 0), one column per symbol, indexed by bar-open epoch ms (the
+        union of the symbols' bar times, NaN where a symbol has no bar).
+    timeframe : str
+        Bar size of the closes (one of ``TIMEFRAME_MS``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``ln(close)`` on every bar time from the first to the last (NaN where a symbol did
+        not trade: never forward-filled), so a one-bar difference is always one bar long.
+        Non-positive or non-finite prices become NaN.
+    """
+    size = _timeframe_ms(timeframe)
+    if not isinstance(closes_by_symbol, pd.DataFrame):
+        raise ValueError("closes_by_symbol must be a DataFrame of closes, one column per symbol")
+    if closes_by_symbol.empty:
+        return closes_by_symbol.astype(float)
+    closes = closes_by_symbol.astype(float).sort_index()
+    times = np.asarray(closes.index, dtype=np.int64)
+    if (times % size).any():
+        raise ValueError(f"closes_by_symbol has bar times that are not multiples of "
+                         f"{timeframe} ({size} ms): pass bar-open times")
+    start, end = int(times.min()), int(times.max())
+    grid = pd.Index(np.arange(start, end + 1, size, dtype=np.int64), name="ts")
+    closes = closes.where(closes > 0).reindex(grid)
+    return np.log(closes)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchValues:
+    """Live state of a watched pair (``watch_pair``).
+
+    Attributes
+    ----------
+    z, beta : float
+        Latest trailing z-score and hedge ratio (``pair_signals``, OLS); NaN while warming.
+    half_life : float
+        Half-life in bars of the trailing spread over the loaded bars (NaN: none).
+    bars_since_cross : float
+        Bars since z last changed sign (NaN: no crossing seen).
+    last_ts, last_cross_ts : int or None
+        Bar-open time of the latest z and of the bar where z last changed sign.
+    nobs, needed : int
+        Bars given and bars the z-score needs.
+    """
+
+    z: float
+    beta: float
+    half_life: float
+    bars_since_cross: float
+    last_ts: int | None
+    last_cross_ts: int | None
+    nobs: int
+    needed: int
+
+
+def watch_pair(y, x, window: int) -> WatchValues:
+    """Latest z, β, half-life and last mean crossing of a pinned pair (trailing, OLS).
+
+    Parameters
+    ----------
+    y, x : pandas.Series
+        Log prices of the two legs on one bar index (NaN where a leg did not trade).
+    window : int
+        Hedge window and z window, in bars (``pair_signals(method="ols")``).
+
+    Returns
+    -------
+    WatchValues
+
+    Notes
+    -----
+    Uses only trailing estimates (``pair_signals``): the z at bar t depends on bars <= t.
+    A "cross" is a sign change of z between consecutive finite values (z = 0 does not end a
+    side), i.e. the spread crossing its trailing mean. The half-life is ``half_life`` of
+    the trailing spread (needs ``HALF_LIFE_MIN_OBS`` values).
+    """
+    window = _check_int("window", window, 2)
+    signals = pair_signals(y, x, method="ols", window=window, z_window=window)
+    frame = signals.frame
+    z = frame["z"].dropna()
+    if z.empty:
+        return WatchValues(math.nan, math.nan, math.nan, math.nan, None, None, signals.nobs,
+                           signals.needed)
+    signs = np.sign(z.to_numpy())
+    nonzero = np.flatnonzero(signs != 0)
+    changes = nonzero[1:][signs[nonzero[1:]] != signs[nonzero[:-1]]]
+    last_cross = int(changes[-1]) if changes.size else None
+    return WatchValues(
+        z=float(z.iloc[-1]), beta=float(frame["beta"].loc[z.index[-1]]),
+        half_life=half_life(frame["spread"]).bars,
+        bars_since_cross=(math.nan if last_cross is None else float(len(z) - 1 - last_cross)),
+        last_ts=int(z.index[-1]),
+        last_cross_ts=None if last_cross is None else int(z.index[last_cross]),
+        nobs=signals.nobs, needed=signals.needed)

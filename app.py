@@ -43,8 +43,8 @@ import uploads
 import visualizations as viz
 from config import ConfigError, Settings, parse_symbols
 
-TAB_NAMES = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Backtest", "Paper",
-             "Alerts", "Data", "Health")
+TAB_NAMES = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Pairs", "Backtest",
+             "Paper", "Alerts", "Data", "Health")
 REFRESH_CHOICES = (1, 2, 5, 10, 30)
 ZONES = ("UTC", "Europe/London", "Europe/Berlin", "America/New_York", "America/Chicago",
          "Asia/Kolkata", "Asia/Singapore", "Asia/Hong_Kong", "Asia/Tokyo", "Australia/Sydney")
@@ -1290,6 +1290,313 @@ def tab_paper(c: dd.Controls) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Pairs tab (issue 16): screen every symbol, watch the best pairs, open or alert one
+# --------------------------------------------------------------------------------------
+
+SCREEN_LOOKBACKS = ("1 h", "4 h", "24 h")
+SCREEN_SPARKLINE_ROWS = 40  # rows that get a z sparkline: one trailing pair_signals each
+SCREEN_TABLE = ("y", "x", "passed", "z_spark", "z", "eg_qvalue", "eg_pvalue", "beta",
+                "half_life", "hurst", "crossings", "correlation", "liquidity", "cluster",
+                "reason")
+SCREEN_COLUMN_CONFIG = {
+    "y": st.column_config.TextColumn("dependent (y)"),
+    "x": st.column_config.TextColumn("independent (x)"),
+    "passed": st.column_config.CheckboxColumn("passes", help="q, half-life, Hurst, "
+                                              "crossings and I(1) legs all pass"),
+    "z_spark": st.column_config.LineChartColumn("trailing z", width="medium"),
+    "z": st.column_config.NumberColumn("z now", format="%.2f",
+                                       help="in-sample spread, latest bar, in std units"),
+    "eg_qvalue": st.column_config.NumberColumn("EG q (BH)", format="%.2e",
+                                               help="Benjamini–Hochberg over all pairs tested"),
+    "eg_pvalue": st.column_config.NumberColumn("EG p", format="%.2e"),
+    "beta": st.column_config.NumberColumn("β", format="%.3f"),
+    "half_life": st.column_config.NumberColumn("half-life (bars)", format="%.1f"),
+    "hurst": st.column_config.NumberColumn("Hurst", format="%.2f"),
+    "crossings": st.column_config.NumberColumn("mean crossings", format="%d"),
+    "correlation": st.column_config.NumberColumn("return corr.", format="%.2f"),
+    "liquidity": st.column_config.NumberColumn("trades/min (less liquid leg)", format="%.0f"),
+    "cluster": st.column_config.NumberColumn("cluster", format="%d"),
+    "reason": st.column_config.TextColumn("why not", width="large"),
+}
+WATCH_COLUMN_CONFIG = {
+    "pair": st.column_config.TextColumn("pair (y / x)"),
+    "timeframe": st.column_config.TextColumn("bars"),
+    "z": st.column_config.NumberColumn("z now", format="%.2f"),
+    "beta": st.column_config.NumberColumn("β", format="%.3f"),
+    "half_life": st.column_config.NumberColumn("half-life (bars)", format="%.1f"),
+    "since_cross": st.column_config.TextColumn("since last cross"),
+    "liquidity": st.column_config.NumberColumn("trades/min (less liquid leg)", format="%.0f"),
+    "z_spark": st.column_config.LineChartColumn("trailing z"),
+    "screened_beta": st.column_config.NumberColumn("β when pinned", format="%.3f"),
+    "status": st.column_config.TextColumn("status"),
+}
+TIMEFRAME_LABEL_OF = {dd.timeframe_of(label): label for label in dd.TIMEFRAME_LABELS}
+
+
+def screen_inputs(source: dd.DataSource, symbols: tuple, tf_label: str,
+                  lookback_label: str) -> tuple[pd.DataFrame, pd.Series]:
+    """Log closes of ``symbols`` on the full bar grid, and trades per minute per symbol."""
+    timeframe = dd.timeframe_of(tf_label)
+    bars = cached_bars_by_symbol(source, symbols, timeframe, dd.LOOKBACKS_MS[lookback_label],
+                                 dd.latest_bar_times(source, symbols))
+    bars = {symbol: frame for symbol, frame in bars.items() if len(frame)}
+    if not bars:
+        return pd.DataFrame(), pd.Series(dtype=float)
+    liquidity = analytics.liquidity_metrics(bars, timeframe)["trades_per_minute"]
+    return analytics.screen_grid(dd.closes_table(bars), timeframe), liquidity
+
+
+def trailing_z_points(grid: pd.DataFrame, y: str, x: str, window: int) -> list[float]:
+    signals = analytics.pair_signals(grid[y], grid[x], method="ols", window=window,
+                                     z_window=window)
+    return viz.sparkline_points(signals.frame["z"])
+
+
+def run_pair_screen(c: dd.Controls, symbols: tuple, options: dict) -> None:
+    """Screen ``symbols`` with a progress bar; the result goes to session state."""
+    progress = st.progress(0.0, text=f"loading {len(symbols)} symbols' bars…")
+    grid, liquidity = screen_inputs(c.source, symbols, options["tf_label"],
+                                    options["lookback"])
+    if grid.shape[1] < 2:
+        progress.empty()
+        st.session_state["pair_screen"] = {"error": "the screen needs bars of at least two "
+                                           "symbols in the lookback"}
+        return
+
+    def report(done: int, total: int) -> None:
+        progress.progress(done / total, text=f"Engle–Granger: {done} of {total} pairs")
+
+    started = dd.now_ms()
+    try:
+        result = analytics.screen_pairs(
+            grid, candidates=options["candidates"], min_bars=options["min_bars"],
+            q_threshold=options["q"], max_hurst=options["max_hurst"],
+            min_crossings=options["min_crossings"], liquidity=liquidity, progress=report)
+    except ValueError as exc:
+        progress.empty()
+        st.session_state["pair_screen"] = {"error": str(exc)}
+        return
+    progress.progress(1.0, text="z sparklines of the best pairs…")
+    window = dd.default_window(options["tf_label"])
+    result["z_spark"] = [trailing_z_points(grid, y, x, window) if i < SCREEN_SPARKLINE_ROWS
+                         else [] for i, (y, x) in enumerate(zip(result["y"], result["x"]))]
+    progress.empty()
+    st.session_state["pair_screen"] = {
+        "result": result, "options": options, "bars": len(grid),
+        "symbols": grid.shape[1], "seconds": (dd.now_ms() - started) / 1000.0,
+        "source": c.source.label}
+
+
+def open_pair(y: str, x: str, tf_label: str) -> None:
+    """Button callback: show ``y``/``x`` at ``tf_label`` in the pair tabs."""
+    st.session_state.update(y_symbol=y, x_symbol=x, timeframe=tf_label,
+                            window=dd.default_window(tf_label), tab="Spread & z-score")
+
+
+def pin_pair(y: str, x: str, timeframe: str, beta: float, half_life: float,
+             qvalue: float) -> None:
+    with dd.writing(feed.db_path) as conn:
+        database.pin_pair(conn, y, x, timeframe=timeframe, beta=beta, half_life=half_life,
+                          eg_qvalue=qvalue)
+    st.session_state["pairs_message"] = ("success", f"pinned {y} / {x} to the watchlist")
+
+
+def unpin_pair(y: str, x: str) -> None:
+    with dd.writing(feed.db_path) as conn:
+        removed = database.unpin_pair(conn, y, x)
+    st.session_state["pairs_message"] = (
+        ("success", f"unpinned {y} / {x}") if removed else ("error", f"{y} / {x} is not pinned"))
+
+
+def create_pair_alert(y: str, x: str, timeframe: str, threshold: float) -> None:
+    """Button callback: an enabled |z| > threshold rule for the pair (OLS, log prices)."""
+    window = dd.default_window(TIMEFRAME_LABEL_OF.get(timeframe, timeframe))
+    fields = dict(name=f"|z| > {threshold:g} {y}/{x} (Pairs tab)", metric="zscore",
+                  y_symbol=y, x_symbol=x, timeframe=timeframe, window=window,
+                  z_window=window, method="ols", log_prices=True, comparison="abs>",
+                  threshold=float(threshold), hysteresis=0.5, cooldown_s=60.0, enabled=True)
+    try:
+        with dd.writing(feed.db_path) as conn:
+            existing = alerts.duplicate_rule_id(conn, **fields)
+            if existing is not None:
+                st.session_state["pairs_message"] = (
+                    "info", f"rule {existing} already watches |z| > {threshold:g} for {y}/{x}")
+                return
+            rule_id = alerts.create_rule(conn, **fields)
+    except ValueError as exc:
+        st.session_state["pairs_message"] = ("error", str(exc))
+        return
+    st.session_state["pairs_message"] = (
+        "success", f"alert rule {rule_id} created: |z| of {y}/{x} above {threshold:g} "
+        f"({timeframe} bars, OLS {window}/{window}); see the Alerts tab")
+
+
+def pair_actions(y: str, x: str, timeframe: str, c: dd.Controls, key: str, *,
+                 screened: dict | None = None, pinned: bool = False) -> None:
+    """Open / pin or unpin / alert buttons for one pair."""
+    cols = st.columns(3)
+    label = TIMEFRAME_LABEL_OF.get(timeframe, timeframe)
+    cols[0].button(f"Open {y} / {x} in the other tabs", key=f"{key}_open", on_click=open_pair,
+                   args=(y, x, label))
+    if pinned:
+        cols[1].button("Unpin", key=f"{key}_unpin", on_click=unpin_pair, args=(y, x))
+    else:
+        values = screened or {}
+        cols[1].button("📌 Pin to watchlist", key=f"{key}_pin", on_click=pin_pair,
+                       args=(y, x, timeframe, values.get("beta"), values.get("half_life"),
+                             values.get("eg_qvalue")))
+    cols[2].button(f"🔔 Alert when |z| > {c.entry:g}", key=f"{key}_alert",
+                   on_click=create_pair_alert, args=(y, x, timeframe, c.entry))
+
+
+def screen_results(c: dd.Controls) -> None:
+    screen = st.session_state.get("pair_screen")
+    if screen is None:
+        return
+    if "error" in screen:
+        st.error(screen["error"])
+        return
+    result, options = screen["result"], screen["options"]
+    passed = int(result["passed"].sum())
+    mode = ("within clusters (PCA + OPTICS)" if options["candidates"] == "clusters"
+            else "all pairs")
+    note = f" · {result.attrs['note']}" if result.attrs.get("note") else ""
+    st.caption(f"{screen['source']} · {screen['symbols']} symbols × {screen['bars']} "
+               f"{options['tf_label']} bars ({options['lookback']}) · {len(result)} pairs "
+               f"tested, {mode} · {passed} pass at q < {options['q']:g} · "
+               f"{screen['seconds']:.1f} s{note}")
+    if result.empty:
+        st.info("no pair to test: clusters mode found no cluster with two symbols, or there "
+                "are fewer than two symbols")
+        return
+    shown = result if not options["passed_only"] else result[result["passed"]]
+    event = st.dataframe(shown[list(SCREEN_TABLE)], column_config=SCREEN_COLUMN_CONFIG,
+                         hide_index=True, width="stretch", height=380, key="pairs_table",
+                         on_select="rerun", selection_mode="single-row")
+    choices = [f"{y} / {x}" for y, x in zip(shown["y"], shown["x"])]
+    if not choices:
+        st.info("no pair passes: untick 'passing pairs only' to see why each failed")
+        return
+    rows = list(event.selection.rows) if event is not None else []
+    if rows and st.session_state.get("pairs_table_applied") != rows:  # a newly clicked row
+        st.session_state["pairs_table_applied"] = rows
+        st.session_state["pairs_choice"] = choices[rows[0]]
+    keep_choice("pairs_choice", choices, choices[0])
+    choice = st.selectbox("pair (or click a row)", choices, key="pairs_choice")
+    row = shown.iloc[choices.index(choice)]
+    pair_actions(row["y"], row["x"], dd.timeframe_of(options["tf_label"]), c, "screen",
+                 screened={k: float(row[k]) for k in ("beta", "half_life", "eg_qvalue")})
+
+
+def watch_row(pinned, entry: float) -> dict:
+    """Live values of one pinned pair (its own timeframe, OLS over the default window)."""
+    timeframe = pinned["timeframe"]
+    label = TIMEFRAME_LABEL_OF.get(timeframe, timeframe)
+    window = dd.default_window(label)
+    bar_ms = analytics.TIMEFRAME_MS[timeframe]
+    lookback = max(3_600_000, 4 * window * bar_ms)
+    source = dd.DataSource("live", feed.db_path)
+    legs = (pinned["y_symbol"], pinned["x_symbol"])
+    anchor = max((t for t in dd.latest_bar_times(source, legs) if t is not None), default=None)
+    bars = {s: dd.load_bars(source, s, timeframe, lookback, anchor) for s in legs}
+    row = {"pair": f"{legs[0]} / {legs[1]}", "timeframe": label, "z": math.nan,
+           "beta": math.nan, "half_life": math.nan, "since_cross": "—", "liquidity": math.nan,
+           "z_spark": [], "screened_beta": pinned["beta"], "status": ""}
+    if any(len(b) == 0 for b in bars.values()):
+        row["status"] = "no bars yet"
+        return row
+    grid = analytics.screen_grid(dd.closes_table(bars), timeframe)
+    values = analytics.watch_pair(grid[legs[0]], grid[legs[1]], window)
+    liquidity = analytics.liquidity_metrics(bars, timeframe)["trades_per_minute"]
+    row.update(z=values.z, beta=values.beta, half_life=values.half_life,
+               liquidity=float(liquidity.min()),
+               z_spark=trailing_z_points(grid, legs[0], legs[1], window))
+    if values.last_cross_ts is not None:
+        row["since_cross"] = dd.format_duration(values.bars_since_cross * bar_ms / 1000.0)
+    if not math.isfinite(values.z):
+        row["status"] = f"warming up: needs {values.needed} bars, has {values.nobs}"
+    elif abs(values.z) >= entry:
+        row["status"] = f"|z| beyond entry {entry:g}"
+    return row
+
+
+def watchlist_live(c: dd.Controls) -> None:
+    pinned = pd.DataFrame(columns=database.WATCHLIST_COLUMNS)
+    if dd.database_ready(feed.db_path):
+        with dd.reading(feed.db_path) as conn:
+            pinned = database.list_watchlist(conn)
+    st.markdown(f"**Watchlist** ({len(pinned)} pinned · live from the collected bars · "
+                f"highlighted where |z| ≥ entry {c.entry:g})")
+    if pinned.empty:
+        st.caption("pin pairs from the screen above; the list is stored in the database, "
+                   "shared by every page and kept across restarts")
+        return
+    table = pd.DataFrame([watch_row(p, c.entry) for _, p in pinned.iterrows()])
+    styled = table.style.apply(lambda column: viz.highlight_beyond(column, c.entry),
+                               subset=["z"])
+    st.dataframe(styled, column_config=WATCH_COLUMN_CONFIG, hide_index=True, width="stretch",
+                 key="watchlist_table")
+
+
+def watchlist_actions(c: dd.Controls) -> None:
+    if not dd.database_ready(feed.db_path):
+        return
+    with dd.reading(feed.db_path) as conn:
+        pinned = database.list_watchlist(conn)
+    if pinned.empty:
+        return
+    names = [f"{y} / {x}" for y, x in zip(pinned["y_symbol"], pinned["x_symbol"])]
+    keep_choice("watch_choice", names, names[0])
+    choice = st.selectbox("watched pair", names, key="watch_choice")
+    row = pinned.iloc[names.index(choice)]
+    pair_actions(row["y_symbol"], row["x_symbol"], row["timeframe"], c, "watch", pinned=True)
+
+
+def tab_pairs(c: dd.Controls) -> None:
+    symbols = tuple(dd.pair_symbols(feed.settings.symbols, c.source))
+    st.markdown(f"**Pair screen** over the {len(symbols)} symbols of {c.source.label}: "
+                "Engle–Granger with Benjamini–Hochberg false-discovery control, half-life, "
+                "Hurst and mean crossings (method in README, *Pair screen*)")
+    with st.form("pair_screen_form"):
+        cols = st.columns(4)
+        st.session_state.setdefault("screen_tf", "1m")
+        st.session_state.setdefault("screen_lookback", "24 h")
+        tf_label = cols[0].selectbox("timeframe", dd.TIMEFRAME_LABELS, key="screen_tf")
+        lookback = cols[1].selectbox("lookback", SCREEN_LOOKBACKS, key="screen_lookback")
+        candidates = cols[2].radio("candidates", ("all", "clusters"), key="screen_candidates",
+                                   format_func={"all": "all pairs",
+                                                "clusters": "clusters (PCA + OPTICS)"}.get,
+                                   help="clusters: only pairs whose returns load alike on "
+                                        "the main factors (fewer tests, faster)")
+        passed_only = cols[3].checkbox("passing pairs only", value=False,
+                                       key="screen_passed_only")
+        cols = st.columns(4)
+        q = cols[0].number_input("max q (FDR)", 0.001, 0.5, 0.05, 0.01, format="%.3f",
+                                 key="screen_q")
+        max_hurst = cols[1].number_input("max Hurst", 0.05, 1.0, 0.5, 0.05, key="screen_hurst")
+        min_crossings = int(cols[2].number_input("min mean crossings", 0, 10_000, 12, 1,
+                                                 key="screen_crossings"))
+        min_bars = int(cols[3].number_input("min common bars", 30, 100_000, 100, 10,
+                                            key="screen_min_bars"))
+        submitted = st.form_submit_button("Run the screen", disabled=len(symbols) < 2)
+    n = min(len(symbols), analytics.SCREEN_MAX_SYMBOLS)
+    st.caption(f"all pairs: {n * (n - 1) // 2:,} Engle–Granger tests (~20 ms each at 1,440 "
+               f"bars); at most {analytics.SCREEN_MAX_SYMBOLS} symbols, the most liquid")
+    if submitted:
+        run_pair_screen(c, symbols, dict(tf_label=tf_label, lookback=lookback,
+                                         candidates=candidates, passed_only=passed_only,
+                                         q=float(q), max_hurst=float(max_hurst),
+                                         min_crossings=min_crossings, min_bars=min_bars))
+    message = st.session_state.pop("pairs_message", None)
+    if message:
+        {"success": st.success, "info": st.info, "error": st.error}[message[0]](message[1])
+    screen_results(c)
+    st.divider()
+    st.fragment(run_every=c.chart_every)(watchlist_live)(c)
+    watchlist_actions(c)
+
+
+# --------------------------------------------------------------------------------------
 # Page
 # --------------------------------------------------------------------------------------
 
@@ -1308,8 +1615,8 @@ if IN_SESSION:
 
     TIMED_TABS = {"Prices": tab_prices, "Spread & z-score": tab_spread}
     PLAIN_TABS = {"Statistics": tab_statistics, "Correlation": tab_correlation,
-                  "Backtest": tab_backtest, "Paper": tab_paper, "Alerts": tab_alerts,
-                  "Data": tab_data}
+                  "Pairs": tab_pairs, "Backtest": tab_backtest, "Paper": tab_paper,
+                  "Alerts": tab_alerts, "Data": tab_data}
     tabs = st.tabs(TAB_NAMES, key="tab", on_change="rerun")
     write_view_to_url(controls)
     for name, tab in zip(TAB_NAMES, tabs):

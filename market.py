@@ -106,6 +106,13 @@ MEDIAN_NOTIONAL_USDT = 300.0  # median trade size of the simulation, in quote cu
 SIZE_LOG_SIGMA = 1.2  # dispersion of log trade sizes (lognormal)
 OTHER_VOL_BPS = 2.5  # 1-second volatility of symbols beyond the pair, basis points
 OTHER_CORRELATION = 0.7  # their correlation with the leader's returns
+# Planted universe (``universe_symbols``): symbols named G<group><letter>USDT share their
+# group's factor, each with its own stationary spread, so every pair inside a group is
+# cointegrated; the group factors are correlated with the leader like the other symbols.
+UNIVERSE_MEMBER_PATTERN = re.compile(r"^G([1-9])([A-Z])USDT$")
+UNIVERSE_LOADINGS = (1.0, 0.8, 1.25, 1.1, 0.9, 1.4)  # by letter A, B, C, ... (cycled)
+UNIVERSE_HALF_LIFE_S = 30.0  # spread half-life of group g: (g + 1) times this
+UNIVERSE_SPREAD_STD_BPS = 10.0  # stationary standard deviation of each member's spread
 DEFAULT_RATE = 10.0  # trades per second of a symbol missing from the table
 
 
@@ -444,16 +451,49 @@ def _check_speed(speed: float) -> float:
     return speed
 
 
+def universe_symbols(groups: int = 3, group_size: int = 3, noise: int = 6) -> list[str]:
+    """Symbols of a simulated universe with planted cointegrated groups (lower case).
+
+    Parameters
+    ----------
+    groups : int, default 3
+        Planted groups (1-9): ``g1ausdt, g1busdt, ...`` share group 1's factor.
+    group_size : int, default 3
+        Members per group (2-26).
+    noise : int, default 6
+        Symbols ``n01usdt, ...``: random walks correlated with BTC, cointegrated with
+        nothing.
+
+    Returns
+    -------
+    list of str
+        ``btcusdt, ethusdt`` (the cointegrated default pair) followed by the group members
+        and the noise symbols, e.g. for ``CRYPTO_SYMBOLS`` or ``market.py --symbols``.
+    """
+    if not 1 <= groups <= 9:
+        raise ValueError(f"groups ({groups!r}) must be between 1 and 9")
+    if not 2 <= group_size <= 26:
+        raise ValueError(f"group_size ({group_size!r}) must be between 2 and 26")
+    if not 0 <= noise <= 99:
+        raise ValueError(f"noise ({noise!r}) must be between 0 and 99")
+    members = [f"g{g}{chr(ord('a') + k)}usdt" for g in range(1, groups + 1)
+               for k in range(group_size)]
+    return ["btcusdt", "ethusdt", *members, *(f"n{k:02d}usdt" for k in range(1, noise + 1))]
+
+
 @dataclass
 class _SymbolState:
     instrument: Instrument
-    role: str  # "leader", "follower" or "other"
+    role: str  # "leader", "follower", "member" (of a planted group) or "other"
     rate: float
     rng_trades: np.random.Generator
     rng_path: np.random.Generator | None
     log_price: float
     next_id: int | None = None
     next_agg: int | None = None
+    group: int = 0  # planted group of a "member"
+    loading: float = 1.0  # a member's loading on its group factor
+    spread: float = 0.0  # a member's own OU spread, log units
 
 
 @dataclass
@@ -463,6 +503,7 @@ class _Chunk:
     leader_log: np.ndarray
     spread: np.ndarray
     trades: _Trades
+    group_logs: dict = field(default_factory=dict)  # planted group -> factor path
 
 
 class SimulatedMarket:
@@ -473,8 +514,10 @@ class SimulatedMarket:
     symbols : iterable of str, default ("BTCUSDT", "ETHUSDT")
         ``symbols[0]`` is the leader, a random walk in log price; ``symbols[1]`` (the
         follower) satisfies ``log y = alpha + beta * log x + s``; further symbols are random
-        walks correlated with the leader. More symbols can be added later with
-        :meth:`add_symbol` (the server does so when a client subscribes to one).
+        walks correlated with the leader, except planted group members named
+        ``G<g><letter>USDT`` (see :func:`universe_symbols` and Notes). More symbols can be
+        added later with :meth:`add_symbol` (the server does so when a client subscribes
+        to one).
     seed : int, optional
         Seed of every random stream. ``None`` draws one; it is kept in ``seed``.
     rates : mapping of str to float, optional
@@ -525,6 +568,15 @@ class SimulatedMarket:
     whatever the caller's pacing, and adding a symbol changes nothing for the others.
     Symbols added after the start begin at the moment they are added (that part is not
     reproducible from the seed alone).
+
+    Planted universe: a symbol named ``G<g><letter>USDT`` (g = 1..9) follows
+    ``log p = log level + b * F_g + s``, where ``F_g`` is group g's factor (a random walk
+    correlated ``OTHER_CORRELATION`` with the leader, ``OTHER_VOL_BPS`` per second), ``b``
+    the letter's loading (``UNIVERSE_LOADINGS``: A 1.0, B 0.8, C 1.25, ...) and ``s`` the
+    member's own OU spread (half-life ``(g + 1) * UNIVERSE_HALF_LIFE_S`` seconds, standard
+    deviation ``UNIVERSE_SPREAD_STD_BPS``). Any two members of a group are therefore
+    cointegrated in log prices with ``beta = b_y / b_x``; members of different groups and
+    all other symbols are not.
 
     With the defaults, an OLS of log ETH on log BTC over one hour of 1 s last prices lands
     within about 0.1 of ``beta`` (one standard deviation over seeds); longer windows do
@@ -593,6 +645,8 @@ class SimulatedMarket:
         self._rng_leader = self._rng(0, leader.symbol)
         self._rng_spread = self._rng(1, "spread")
         self._spread = float(self._rng_spread.normal(0.0, self.spread_std))
+        self._group_levels: dict[int, float] = {}  # planted group factor, log units
+        self._group_rngs: dict[int, np.random.Generator] = {}
         self._states: dict[str, _SymbolState] = {}
         for index, name in enumerate(names):
             role = "leader" if index == 0 else "follower" if index == 1 else "other"
@@ -749,16 +803,53 @@ class SimulatedMarket:
 
     def _add_state(self, name: str, role: str) -> _SymbolState:
         info = instrument(name)
+        member = UNIVERSE_MEMBER_PATTERN.match(name) if role == "other" else None
         state = _SymbolState(
             instrument=info,
-            role=role,
+            role="member" if member else role,
             rate=self._rates.get(name, info.rate),
             rng_trades=self._rng(3, name),
             rng_path=self._rng(2, name) if role == "other" else None,
             log_price=math.log(info.level),
         )
+        if member:
+            state.group = int(member.group(1))
+            letter = ord(member.group(2)) - ord("A")
+            state.loading = UNIVERSE_LOADINGS[letter % len(UNIVERSE_LOADINGS)]
+            state.spread = float(state.rng_path.normal(0.0, UNIVERSE_SPREAD_STD_BPS / 1e4))
         self._states[name] = state
         return state
+
+    def _group_factor(self, group: int, chunk: _Chunk) -> np.ndarray:
+        """Group ``group``'s factor over ``chunk`` (log change since the group began)."""
+        if group not in chunk.group_logs:
+            if group not in self._group_rngs:
+                self._group_rngs[group] = self._rng(4, f"group{group}")
+                self._group_levels[group] = 0.0
+            vol = OTHER_VOL_BPS / 1e4
+            own = self._group_rngs[group].standard_normal(len(chunk.leader_steps))
+            steps = OTHER_CORRELATION * (vol / self.leader_vol) * chunk.leader_steps + math.sqrt(
+                1 - OTHER_CORRELATION**2
+            ) * vol * math.sqrt(self.GRID_MS / 1000.0) * own
+            path = self._group_levels[group] + np.cumsum(steps)
+            self._group_levels[group] = float(path[-1])
+            chunk.group_logs[group] = path
+        return chunk.group_logs[group]
+
+    def _member_spread(self, state: _SymbolState, steps: int) -> np.ndarray:
+        """A member's own OU spread over ``steps`` grid steps (exact discretisation)."""
+        dt = self.GRID_MS / 1000.0
+        theta = math.log(2.0) / ((state.group + 1) * UNIVERSE_HALF_LIFE_S)
+        phi = math.exp(-theta * dt)
+        std = UNIVERSE_SPREAD_STD_BPS / 1e4
+        shocks = state.rng_path.standard_normal(steps) * (std * math.sqrt(1 - phi * phi))
+        spread = np.empty(steps)
+        level = state.spread
+        for k, shock in enumerate(shocks.tolist()):
+            level = phi * level + shock
+            spread[k] = level
+        state.spread = level
+        return spread
 
     def _fill(self, until_ms: int, rows: int) -> None:
         buffered = sum(len(c.trades) for c in self._chunks) - self._cursor
@@ -797,6 +888,10 @@ class SimulatedMarket:
             return chunk.leader_log
         if state.role == "follower":
             return self.alpha + self.beta * chunk.leader_log + chunk.spread
+        if state.role == "member":
+            factor = self._group_factor(state.group, chunk)
+            base = math.log(state.instrument.level)
+            return base + state.loading * factor + self._member_spread(state, len(factor))
         vol = OTHER_VOL_BPS / 1e4
         own = state.rng_path.standard_normal(len(chunk.leader_steps))
         steps = OTHER_CORRELATION * (vol / self.leader_vol) * chunk.leader_steps + math.sqrt(
@@ -2082,6 +2177,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kind", choices=KINDS, default="futures")
     parser.add_argument("--symbols", default="btcusdt,ethusdt",
                         help="simulated symbols, the first two form the pair (not with --replay)")
+    parser.add_argument("--universe", action="store_true",
+                        help="add universe_symbols(): 3 planted cointegrated groups of 3 "
+                        "(g1ausdt...) and 6 noise symbols (n01usdt...)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--speed", type=float, default=1.0, help="1 real time, N faster, 0 full")
     parser.add_argument("--start-ms", type=int, default=None, help="simulated start, epoch ms")
@@ -2117,8 +2215,11 @@ def main(argv: list[str] | None = None) -> int:
         na_probability = args.na_probability
         if na_probability is None:
             na_probability = 0.0 if args.kind == "spot" else 0.003
+        symbols = [s for s in args.symbols.split(",") if s.strip()]
+        if args.universe:
+            symbols += [s for s in universe_symbols() if s not in symbols]
         source = SimulatedMarket(
-            [s for s in args.symbols.split(",") if s.strip()], seed=args.seed,
+            symbols, seed=args.seed,
             speed=args.speed, start_ms=args.start_ms, na_probability=na_probability,
         )
     server = MarketServer(
