@@ -56,8 +56,8 @@ APP = str(ROOT / "app.py")
 DATA = Path(__file__).resolve().parent / "data"
 TRADES_FILE = DATA / "app_futures_2025-12-15T0843Z_btc_eth_first5000.ndjson"
 GOOD_OHLC = DATA / "upload_spot_1m_2025-12-15_btc_eth.csv"
-TABS = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Backtest", "Paper",
-        "Alerts", "Data", "Health")
+TABS = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Pairs", "Backtest",
+        "Paper", "Alerts", "Data", "Health")
 TEXT_ELEMENTS = ("markdown", "caption", "info", "warning", "error", "success", "text")
 
 
