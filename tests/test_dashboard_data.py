@@ -29,6 +29,7 @@ import analytics
 import backtest
 import dashboard_data as dd
 import database
+import market
 import uploads
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -134,6 +135,22 @@ def test_kalman_z_has_about_unit_variance_on_real_recordings(bars):
     assert len(z) > 400
     assert 0.6 < z.std() < 1.6
     assert (z.abs() > 2).mean() > 0.01  # an entry at |z| = 2 happens
+
+
+def test_kalman_on_an_hour_of_the_built_in_market_at_page_defaults():
+    # Seed 11: with a fast-moving alpha the filter's beta drifted to 0 on this hour.
+    simulated = market.SimulatedMarket(seed=11, start_ms=1_765_843_200_000)
+    trades = simulated.generate(3_600)
+    legs = {str(symbol): analytics.resample(group[["ts", "trade_id", "price", "qty"]], "1s")
+            for symbol, group in trades.groupby("symbol", observed=True)}
+    view = view_of((legs["ETHUSDT"], legs["BTCUSDT"]), method="kalman",
+                   window=dd.default_window("1s"))
+    frame = view.signals.frame
+    assert 0.6 < frame["z"].dropna().std() < 1.6
+    ols = analytics.hedge_ratio(*dd.model_levels(view)).beta
+    assert frame["beta"].dropna().iloc[-1] == pytest.approx(ols, rel=0.1)
+    assert frame["beta"].dropna().iloc[-600:].median() == pytest.approx(1.2, rel=0.15)
+    assert not (view.rolling_beta.abs() > analytics.BETA_CAP).any()
 
 
 def test_page_defaults_give_a_stable_beta_on_the_recordings():
