@@ -151,12 +151,14 @@ def cached_backtest(view_key: tuple, params: tuple) -> backtest.BacktestResult:
 def parse_ohlc(data: bytes, name: str, naive_tz: str, symbol: str,
                timeframe: str | None) -> uploads.OhlcUpload:
     return uploads.parse_ohlc_csv(data, filename=name, naive_timezone=naive_tz,
-                                  default_symbol=symbol or None, timeframe=timeframe)
+                                  default_symbol=symbol or None, timeframe=timeframe,
+                                  max_bytes=Settings.from_env().upload_max_bytes)
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def parse_ticks(data: bytes, name: str, naive_tz: str) -> uploads.TickUpload:
-    return uploads.parse_tick_file(data, filename=name, naive_timezone=naive_tz)
+    return uploads.parse_tick_file(data, filename=name, naive_timezone=naive_tz,
+                                   max_bytes=Settings.from_env().upload_max_bytes)
 
 
 # --------------------------------------------------------------------------------------

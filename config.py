@@ -47,6 +47,7 @@ ENV_VARS = {
     "CRYPTO_AUTO_FALLBACK": "auto_fallback",
     "CRYPTO_DEMO_SEED": "demo_seed",
     "CRYPTO_UPLOAD_DB": "upload_db_path",
+    "CRYPTO_UPLOAD_MAX_MB": "upload_max_mb",
     "CRYPTO_DISPLAY_TZ": "display_tz",
     "BINANCE_REST_URL": "rest_url",
     "CRYPTO_BACKFILL": "backfill",
@@ -109,6 +110,7 @@ class Settings:
     auto_fallback: float = 10.0  # seconds 'auto' waits for Binance data before the demo
     demo_seed: int | None = None  # seed of the built-in market; None = a new one each start
     upload_db_path: str = os.path.join(DATA_DIR, "uploads.db")  # uploads live apart from feeds
+    upload_max_mb: float = 200.0  # larger uploaded files are refused before parsing (MB = 1e6 B)
     display_tz: str = "UTC"  # the page's default display zone (IANA name)
     # REST backfill (binance_rest.py): Binance's REST base (None: the feed's default, the
     # WebSocket override's host, or the built-in market's own), seconds of aggregate trades
@@ -142,6 +144,7 @@ class Settings:
         _check_range("CRYPTO_RETENTION_DAYS", self.retention_days, 0, 36_500)
         _check_range("CRYPTO_QUEUE_MAX", self.queue_max, 100, 10_000_000)
         _check_range("CRYPTO_AUTO_FALLBACK", self.auto_fallback, 0.1, 600)
+        _check_range("CRYPTO_UPLOAD_MAX_MB", self.upload_max_mb, 0.001, 100_000)
         try:
             zoneinfo.ZoneInfo(self.display_tz)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -181,6 +184,11 @@ class Settings:
     def market_kind(self) -> str:
         """``"spot"`` or ``"futures"``: which frame dialect and URL layout the feed uses."""
         return "spot" if self.feed == "binance-spot" else "futures"
+
+    @property
+    def upload_max_bytes(self) -> int:
+        """``upload_max_mb`` in bytes, as the upload parsers take it (``max_bytes=``)."""
+        return int(self.upload_max_mb * 1_000_000)
 
     @property
     def uses_builtin_market(self) -> bool:

@@ -6,8 +6,8 @@ line 1) and a plain-words reason, and every assumption the parser had to make is
 ``warnings``. Problems that make the whole file untrustworthy (a required column missing,
 epoch units mixed, several timeframes and no choice) give ``ok=False`` and an ``error``.
 
-Pure module: pandas, numpy, orjson and the standard library only; the only I/O is reading the
-bytes, text or path it is given.
+Pure module: pandas, numpy, pyarrow (pandas' text storage), orjson and the standard
+library only; the only I/O is reading the bytes, text or path it is given.
 
 Decisions (each one is tested in tests/test_uploads.py)
 -------------------------------------------------------
@@ -57,6 +57,7 @@ import json
 import os
 import re
 import zoneinfo
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -64,6 +65,9 @@ from itertools import repeat
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pa_compute
+import pyarrow.csv as pa_csv
 
 __all__ = [
     "OhlcUpload",
@@ -344,8 +348,8 @@ def _check_timezone(naive_timezone: str) -> None:
         ) from exc
 
 
-def _read_text(data, max_bytes: int | None = None) -> tuple[str, str]:
-    """Text of ``data`` and the name of the encoding it was read with.
+def _read_bytes(data, max_bytes: int | None = None) -> tuple[bytes, str]:
+    """The content of ``data`` as UTF-8 bytes and the name of the encoding it was in.
 
     ``data`` is bytes, a path (``os.PathLike``, or a one-line str naming an existing file),
     text, or a file-like object such as Streamlit's UploadedFile. A file larger than
@@ -367,10 +371,16 @@ def _read_text(data, max_bytes: int | None = None) -> tuple[str, str]:
         data = data.getvalue() if hasattr(data, "getvalue") else data.read()
     if isinstance(data, (bytes, bytearray, memoryview)):
         _check_size(len(data), max_bytes)
-        return _decode(bytes(data))
+        return _to_utf8(bytes(data))
     if isinstance(data, str):
         _check_size(len(data), max_bytes)
-        return data.removeprefix("\ufeff"), "text"
+        surrogate = _LONE_SURROGATE.search(data)
+        if surrogate is not None:
+            raise _UploadError(
+                f"the text holds a lone UTF-16 surrogate (U+{ord(surrogate.group()):04X}) at "
+                f"character {surrogate.start()}: it is not valid Unicode"
+            )
+        return data.removeprefix("\ufeff").encode("utf-8"), "text"
     raise _BadArgument(
         f"data must be bytes, text, a path or a file-like object, got {type(data).__name__}"
     )
@@ -391,6 +401,35 @@ def _with_encoding_note(result, encoding: str):
         return result
     note = f"file read as {encoding}"
     return dataclasses.replace(result, warnings=(note, *result.warnings))
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_if_hopeless(validate_head: Callable, n_rows: int) -> None:
+    """Refuse a large file none of whose first ``_PROBE_ROWS`` rows is valid.
+
+    Validating a million rows that are all broken costs time and memory for a table of
+    a million reasons nobody reads (a 40 MB file took 48 s and 2 GB). A file whose first
+    10,000 rows all fail is in a format this parser does not read: the error says so with
+    the first reasons. A fatal error of the first rows alone (e.g. a timeframe that only
+    appears later) proves nothing about the file: then the whole file is validated."""
+    try:
+        head = validate_head()
+    except _UploadError:
+        return
+    if head.n_accepted or getattr(head, "n_skipped", 0) or getattr(head, "n_filtered_zero", 0):
+        return
+    column = "row" if "row" in head.rejected.columns else "line"
+    example = "; ".join(
+        f"line {line}: {reason}"
+        for line, reason in zip(head.rejected[column].head(1), head.rejected["reason"].head(1))
+    )
+    raise _UploadError(
+        f"none of the first {_PROBE_ROWS:,} data rows is valid ({example}): the file was not "
+        "read further; fix its format and upload it again",
+        n_rows,
+    )
 
 
 def _check_size(n_bytes: int, max_bytes: int | None) -> None:
@@ -442,13 +481,19 @@ def _sniff_encoding(raw: bytes) -> tuple[str, str]:
     return "utf-8", "UTF-8"
 
 
-def _decode(raw: bytes) -> tuple[str, str]:
-    """Decode an uploaded file; the error names the encoding it looked like and where it
-    broke, so the user knows what to re-save."""
+def _to_utf8(raw: bytes) -> tuple[bytes, str]:
+    """An uploaded file as UTF-8 bytes without byte-order mark; the error names the
+    encoding it looked like and where it broke, so the user knows what to re-save.
+
+    UTF-8 input is only checked (decoded once and dropped), never copied, so a large file
+    costs its own size once here."""
     if raw[:2] == b"\x1f\x8b" or raw[:4] == b"PK\x03\x04":
         raise _UploadError("the file is compressed (gzip/zip): upload the extracted text file")
     codec, name = _sniff_encoding(raw)
     try:
+        if codec.startswith("utf-8"):
+            raw.decode(codec)
+            return (raw[3:] if codec == "utf-8-sig" else raw), name
         text = raw.decode(codec)
     except UnicodeDecodeError as exc:
         if codec == "utf-8":
@@ -460,7 +505,7 @@ def _decode(raw: bytes) -> tuple[str, str]:
             f"the file looks like {name} but is not valid {name.split()[0]} text "
             f"({exc.reason} at byte {exc.start}): save it as UTF-8"
         ) from exc
-    return text.removeprefix("\ufeff"), name
+    return text.removeprefix("\ufeff").encode("utf-8"), name
 
 
 def _as_text(series: pd.Series) -> pd.Series:
@@ -482,9 +527,41 @@ def _to_float(column: pd.Series) -> np.ndarray:
         return np.full(len(column), np.nan)
     if pd.api.types.is_numeric_dtype(column.dtype):
         values = column
+    elif isinstance(column.array, pd.arrays.ArrowStringArray):
+        return _arrow_text_to_float(pa.array(column.array))
     else:
         values = pd.to_numeric(column.where(column != "", None), errors="coerce")
     return np.array(values.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+
+
+# What pyarrow's (and pandas') text -> float conversion accepts: decimals, exponents,
+# inf/infinity/nan in any case. Anything else is "not a number" (NaN).
+_NUMBER_TEXT = (
+    r"^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?"
+    r"|[nN][aA][nN])$"
+)
+
+
+def _arrow_text_to_float(text) -> np.ndarray:
+    """Arrow text -> float64 without turning a million cells into Python objects (which
+    ``pd.to_numeric`` does): cast at once, or, when some cells are not numbers, cast the
+    ones matching ``_NUMBER_TEXT`` and leave the others NaN. Same values as pd.to_numeric."""
+    try:
+        values = pa_compute.cast(text, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        looks_numeric = pa_compute.match_substring_regex(text, _NUMBER_TEXT)
+        positions = np.flatnonzero(np.asarray(looks_numeric.to_numpy(zero_copy_only=False)))
+        out = np.full(len(text), np.nan)
+        if len(positions):  # a column of dates has none: nothing to cast
+            try:
+                picked = pa_compute.cast(text.take(pa.array(positions)), pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a form the regex let in
+                series = pd.Series(text.to_pylist(), dtype=object)
+                numbers = pd.to_numeric(series.where(series != "", None), errors="coerce")
+                return np.array(numbers.to_numpy(dtype=np.float64, na_value=np.nan))
+            out[positions] = picked.to_numpy(zero_copy_only=False)
+        return out
+    return np.array(values.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 class _Reasons:
@@ -508,6 +585,8 @@ class _Reasons:
                 columns.append(repeat(piece, len(positions)))
             elif isinstance(piece, pd.Series):
                 columns.append(piece.iloc[positions].astype(str).tolist())
+            elif callable(piece):  # computed for the flagged rows only
+                columns.append(piece(positions))
             else:
                 columns.append(np.asarray(piece)[positions].astype(str).tolist())
         texts = ["".join(parts) for parts in zip(*columns)]
@@ -568,27 +647,71 @@ def _check_numbers(
 @dataclass
 class _CsvTable:
     header: list[str]  # stripped names as written in the file
-    cells: pd.DataFrame  # object cells, columns 0..len(header)-1
+    cells: pd.DataFrame  # stripped text cells (Arrow-backed "str"), columns 0..len(header)-1
     lines: np.ndarray  # int64 line number of each row of cells
     ragged: list[tuple[int, str, list[str]]]  # (line, reason, fields) of rows of bad width
     n_blank: int
 
+    def head(self, n: int) -> _CsvTable:
+        """The first ``n`` rows (and the ragged rows among their lines)."""
+        last = int(self.lines[n - 1]) if len(self.lines) >= n else np.iinfo(np.int64).max
+        return _CsvTable(
+            self.header, self.cells.iloc[:n].reset_index(drop=True), self.lines[:n],
+            [row for row in self.ragged if row[0] <= last], 0,
+        )
 
-def _read_csv_table(text: str) -> _CsvTable:
-    """Split CSV text into header and string cells, keeping each row's first line number."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    first_line = next((line for line in text.split("\n", 50) if line.strip()), "")
+
+_CSV_CHUNK_ROWS = 50_000
+
+
+def _lines_with_ends(text: str):
+    """The lines of ``text`` with their "\\n", one at a time (csv.reader needs the ends to
+    keep newlines inside quoted cells; a list of all lines would cost ~100 bytes a line)."""
+    position, size = 0, len(text)
+    while position < size:
+        end = text.find("\n", position)
+        end = size if end < 0 else end + 1
+        yield text[position:end]
+        position = end
+
+
+def _read_csv_table(raw: bytes) -> _CsvTable:
+    """Split CSV (UTF-8 bytes) into header and string cells, keeping each row's first line
+    number. The cells are Arrow-backed text columns (about the file's size in memory).
+
+    A file without quotes, where every line is one row, is read by pyarrow's CSV reader
+    and never becomes per-cell Python objects; a file with quotes (cells that may hold
+    the delimiter or a newline) goes through Python's csv module, 50,000 rows at a time."""
+    if b"\r" in raw:
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    first_line = next((line for line in raw[:65_536].split(b"\n") if line.strip()), b"")
     delimiter = ","
-    if "," not in first_line:
-        delimiter = ";" if ";" in first_line else ("\t" if "\t" in first_line else ",")
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    if b"," not in first_line:
+        delimiter = ";" if b";" in first_line else ("\t" if b"\t" in first_line else ",")
+    if b'"' not in raw:
+        table = _read_unquoted_csv(raw, delimiter)
+        if table is not None:
+            return table
+    return _read_quoted_csv(raw.decode("utf-8"), delimiter)
+
+
+def _read_quoted_csv(text: str, delimiter: str) -> _CsvTable:
+    """The exact reader: Python's csv module, chunk by chunk (see ``_read_csv_table``)."""
+    reader = csv.reader(_lines_with_ends(text), delimiter=delimiter)
     header: list[str] | None = None
     width = 0
     rows: list[list[str]] = []
-    lines: list[int] = []
+    column_chunks: list[list[pd.Series]] = []
+    lines = array("q")
     ragged: list[tuple[int, str, list[str]]] = []
     n_blank = 0
     end_of_previous = 0
+
+    def flush() -> None:
+        for position, chunks in enumerate(column_chunks):
+            chunks.append(pd.Series([row[position].strip() for row in rows], dtype="str"))
+        rows.clear()
+
     try:
         for fields in reader:
             start = end_of_previous + 1
@@ -599,6 +722,7 @@ def _read_csv_table(text: str) -> _CsvTable:
             if header is None:
                 header = [f.strip() for f in fields]
                 width = len(header)
+                column_chunks = [[] for _ in range(width)]
                 continue
             if len(fields) != width:
                 if len(fields) > width and all(not f.strip() for f in fields[width:]):
@@ -608,15 +732,139 @@ def _read_csv_table(text: str) -> _CsvTable:
                     continue
             rows.append(fields)
             lines.append(start)
+            if len(rows) >= _CSV_CHUNK_ROWS:
+                flush()
     except csv.Error as exc:
         raise _UploadError(f"line {reader.line_num}: the file is not valid CSV ({exc})") from exc
     if header is None:
         raise _UploadError("the file is empty")
-    if rows:
-        cells = pd.DataFrame(rows, columns=range(width), dtype=object)
-    else:
-        cells = pd.DataFrame({i: pd.Series([], dtype=object) for i in range(width)})
-    return _CsvTable(header, cells, np.asarray(lines, dtype=np.int64), ragged, n_blank)
+    flush()
+    cells = pd.DataFrame(
+        {
+            i: pd.concat(chunks, ignore_index=True) if chunks else pd.Series([], dtype="str")
+            for i, chunks in enumerate(column_chunks)
+        }
+    )
+    return _CsvTable(header, cells, np.frombuffer(lines, dtype=np.int64), ragged, n_blank)
+
+
+_NEWLINE_SCAN_BYTES = 1 << 24  # newline positions are found 16 MB at a time
+
+
+def _line_ends(raw: bytes) -> np.ndarray:
+    """Offsets of every b"\\n" in ``raw`` (int64), scanned in blocks so the temporary
+    boolean mask stays small."""
+    buffer = np.frombuffer(raw, dtype=np.uint8)
+    parts = [
+        np.flatnonzero(buffer[at:at + _NEWLINE_SCAN_BYTES] == 10) + at
+        for at in range(0, len(buffer), _NEWLINE_SCAN_BYTES)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _read_unquoted_csv(raw: bytes, delimiter: str) -> _CsvTable | None:
+    """Fast reader for files without quotes: one line = one row, parsed by pyarrow.
+
+    Reproduces the exact reader's rules (header = first non-blank line; blank lines are
+    empty or hold only spaces and delimiters; rows of another width are "ragged" unless the
+    extra cells are empty). Line numbers come from the newline offsets. Returns None when
+    pyarrow cannot give line numbers, so the caller falls back to the exact reader."""
+    ends = _line_ends(raw)
+    starts = np.concatenate([[0], ends + 1])
+    if len(raw) and raw[-1:] != b"\n":
+        ends = np.concatenate([ends, [len(raw)]])
+    starts = starts[: len(ends)]
+    if len(ends) and int((ends - starts).max()) > csv.field_size_limit():
+        return None  # the exact reader names the line with the oversized cell
+    header_index = None
+    for index in range(len(starts)):  # the first non-blank line: usually the first line
+        line = raw[starts[index]:ends[index]].decode("utf-8")
+        if line.replace(delimiter, "").strip():
+            header_index = index
+            break
+    if header_index is None:
+        raise _UploadError("the file is empty")
+    header = [name.strip() for name in line.split(delimiter)]
+    width = len(header)
+    names = [f"c{i}" for i in range(width)]
+    body_start = int(ends[header_index]) + 1
+    lines_after_header = len(ends) - header_index - 1
+    handled: list[tuple[int, str]] = []  # (line number, text) of rows pyarrow refused
+
+    def refuse(row) -> str:
+        handled.append((row.number, row.text))
+        return "skip"
+
+    columns = {name: pa.array([], pa.large_string()) for name in names}
+    if lines_after_header > 0 and body_start < len(raw):
+        body = pa.py_buffer(raw)[body_start:]
+        arrow = pa_csv.read_csv(
+            pa.BufferReader(body),
+            read_options=pa_csv.ReadOptions(
+                column_names=names, use_threads=False, block_size=1 << 22
+            ),
+            parse_options=pa_csv.ParseOptions(
+                delimiter=delimiter, quote_char=False, ignore_empty_lines=True,
+                invalid_row_handler=refuse,
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.large_string()), null_values=[],
+                strings_can_be_null=False,
+            ),
+        )
+        columns = {name: arrow.column(name) for name in names}
+        del arrow  # the columns are all that is kept
+    if any(number is None for number, _ in handled):
+        return None
+    first_body_line = header_index + 2  # 1-based number of the line after the header
+    body_lengths = ends[header_index + 1:] - starts[header_index + 1:]
+    empty = np.flatnonzero(body_lengths == 0) + first_body_line
+    ragged, extra_rows, blank_lines = [], [], []
+    for number, text in handled:
+        line_number = first_body_line + number - 1
+        fields = text.split(delimiter)
+        if not text.strip() or all(not f.strip() for f in fields):
+            blank_lines.append(line_number)
+        elif len(fields) > width and all(not f.strip() for f in fields[width:]):
+            extra_rows.append((line_number, fields[:width]))  # trailing delimiters
+        else:
+            ragged.append((line_number, f"expected {width} fields, found {len(fields)}", fields))
+    refused = np.asarray([first_body_line + n - 1 for n, _ in handled], dtype=np.int64)
+    all_lines = np.arange(first_body_line, first_body_line + lines_after_header, dtype=np.int64)
+    row_lines = np.setdiff1d(all_lines, np.concatenate([empty, refused]), assume_unique=True)
+    n_arrow_rows = len(columns[names[0]])
+    if len(row_lines) != n_arrow_rows:
+        return None  # pyarrow saw the lines differently: let the exact reader decide
+    if extra_rows:
+        extra_lines = np.asarray([line for line, _ in extra_rows], dtype=np.int64)
+        order = np.argsort(np.concatenate([row_lines, extra_lines]), kind="stable")
+        columns = {
+            name: pa.concat_arrays(
+                [pa.concat_arrays(columns[name].chunks) if isinstance(columns[name],
+                 pa.ChunkedArray) else columns[name],
+                 pa.array([fields[i] for _, fields in extra_rows], pa.large_string())]
+            ).take(pa.array(order))
+            for i, name in enumerate(names)
+        }
+        row_lines = np.concatenate([row_lines, extra_lines])[order]
+    # Cells are stripped once here (the validators read them as stripped text). Rows whose
+    # cells are all blank are blank lines (",,,," or spaces between delimiters).
+    all_blank = np.ones(len(row_lines), dtype=bool)
+    for name in names:
+        padded = pa_compute.match_substring_regex(columns[name], r"^\s|\s$")
+        if pa_compute.any(padded).as_py():
+            columns[name] = pa_compute.utf8_trim_whitespace(columns[name])
+        if all_blank.any():
+            empty_cell = pa_compute.equal(columns[name], "").to_numpy(zero_copy_only=False)
+            all_blank &= np.asarray(empty_cell)
+    n_blank = len(empty) + len(blank_lines) + int(all_blank.sum())
+    cells = pd.DataFrame(
+        {i: pd.Series(pd.array(columns[name], dtype="str")) for i, name in enumerate(names)}
+    )
+    if all_blank.any():
+        cells = cells[~all_blank].reset_index(drop=True)
+        row_lines = row_lines[~all_blank]
+    return _CsvTable(header, cells, row_lines, ragged, n_blank)
 
 
 def _looks_like_data(header: list[str]) -> bool:
@@ -667,16 +915,18 @@ def _parse_times(
 
     if is_string.any():
         string_rows = np.flatnonzero(is_string)
-        iso = text.iloc[string_rows].reset_index(drop=True)
-        utc_word = iso.str.upper().str.endswith(("UTC", "GMT")).to_numpy(dtype=bool)
+        # All rows strings (the usual case): no copy of a million cells.
+        iso = text if len(string_rows) == n else text.iloc[string_rows].reset_index(drop=True)
+        utc_word = iso.str.contains(r"(?i)(?:UTC|GMT)$", regex=True).to_numpy(dtype=bool)
         if utc_word.any():
+            iso = iso.copy()  # never edit the caller's column
             iso[utc_word] = iso[utc_word].str.replace(_UTC_WORD_SUFFIX, "+00:00", regex=True)
         aware = iso.str.contains(_ZONE_SUFFIX, regex=True).to_numpy(dtype=bool)
         parsed_us = np.zeros(len(iso), dtype=np.int64)
         parsed = np.zeros(len(iso), dtype=bool)
         unreadable = np.zeros(len(iso), dtype=bool)
         if aware.any():
-            stamps = pd.to_datetime(iso[aware], utc=True, format="ISO8601", errors="coerce")
+            stamps = _to_datetime_in_chunks(iso[aware], utc=True, format="ISO8601")
             good = stamps.notna().to_numpy()
             rows = np.flatnonzero(aware)
             parsed_us[rows[good]] = stamps[good].dt.as_unit("us").astype("int64").to_numpy()
@@ -686,7 +936,7 @@ def _parse_times(
                 formats.append("ISO-8601 with zone")
         if (~aware).any():
             rows = np.flatnonzero(~aware)
-            wall = pd.to_datetime(iso[~aware], format="ISO8601", errors="coerce")
+            wall = _to_datetime_in_chunks(iso[~aware], format="ISO8601")
             if isinstance(wall.dtype, pd.DatetimeTZDtype):
                 raise _UploadError("could not tell times with a zone from times without one")
             local = wall.dt.tz_localize(naive_timezone, ambiguous="NaT", nonexistent="NaT")
@@ -728,16 +978,19 @@ def _parse_times(
                 f"{lines[np.flatnonzero(is_number)[0]]}) and date strings (first at line "
                 f"{lines[np.flatnonzero(ok)[0]]}): use one form"
             )
-        unit = np.full(n, "", dtype=object)
+        unit_names = list(_EPOCH_UNITS_PER_MS)
+        unit = np.full(n, -1, dtype=np.int8)  # index into unit_names; -1 = in no range
         with np.errstate(invalid="ignore"):
-            for name, per_ms in _EPOCH_UNITS_PER_MS.items():
+            for code, (name, per_ms) in enumerate(_EPOCH_UNITS_PER_MS.items()):
                 low, high = PLAUSIBLE_START_MS * per_ms, PLAUSIBLE_END_MS * per_ms
                 inside = (numbers >= low) & (numbers < high)
-                unit[is_number & inside] = name
-        present = sorted({u for u in unit[is_number] if u})
+                unit[is_number & inside] = code
+        found = np.unique(unit[is_number])
+        present = sorted(unit_names[code] for code in found if code >= 0)
         too_fine = [u for u in present if u in ("us", "ns")]
         if too_fine:
-            first = lines[np.flatnonzero(np.isin(unit, too_fine))[0]]
+            fine_codes = [unit_names.index(u) for u in too_fine]
+            first = lines[np.flatnonzero(np.isin(unit, fine_codes))[0]]
             raise _UploadError(
                 f"epoch times in {_EPOCH_UNIT_NAMES[too_fine[0]]} are not supported (first at "
                 f"line {first}): convert them to milliseconds or seconds"
@@ -745,10 +998,11 @@ def _parse_times(
         if present == ["ms", "s"]:
             raise _UploadError(
                 "the time column mixes epoch seconds (first at line "
-                f"{lines[np.flatnonzero(unit == 's')[0]]}) and epoch milliseconds (first at "
-                f"line {lines[np.flatnonzero(unit == 'ms')[0]]}): use one unit"
+                f"{lines[np.flatnonzero(unit == unit_names.index('s'))[0]]}) and epoch "
+                "milliseconds (first at line "
+                f"{lines[np.flatnonzero(unit == unit_names.index('ms'))[0]]}): use one unit"
             )
-        outside = is_number & (unit == "")
+        outside = is_number & (unit < 0)
         reasons.add(
             outside,
             "time '",
@@ -770,6 +1024,28 @@ def _parse_times(
     ts_ms = np.where(ok, ts_us // 1000, 0).astype(np.int64)
     n_submillisecond = int((ok & (ts_us % 1000 != 0)).sum())
     return _ParsedTimes(ts_ms, ok, " + ".join(formats) or "none", n_naive, n_submillisecond)
+
+
+_DATETIME_CHUNK_ROWS = 100_000
+
+
+def _to_datetime_in_chunks(text: pd.Series, **options) -> pd.Series:
+    """``pd.to_datetime(errors="coerce")`` on at most 100,000 cells at a time: pandas turns
+    Arrow text into Python strings while parsing, and chunks keep that transient cost
+    small. Same result as one call."""
+    step = _DATETIME_CHUNK_ROWS
+    if len(text) <= step:
+        return pd.to_datetime(text, errors="coerce", **options)
+    parts = [
+        pd.to_datetime(text.iloc[at:at + step], errors="coerce", **options)
+        for at in range(0, len(text), step)
+    ]
+    if len({str(part.dtype) for part in parts}) > 1 and not options.get("utc"):
+        aware = [isinstance(part.dtype, pd.DatetimeTZDtype) for part in parts]
+        if any(aware):
+            return parts[aware.index(True)]  # the caller refuses zone-aware naive times
+        parts = [part.dt.as_unit("us") for part in parts]
+    return pd.concat(parts)
 
 
 def _time_warnings(times: _ParsedTimes, naive_timezone: str) -> list[str]:
@@ -881,14 +1157,20 @@ def parse_ohlc_csv(
         default_symbol = default_symbol.strip().upper()
     wanted_ms = None if timeframe is None else timeframe_to_ms(timeframe)
     try:
-        text, encoding = _read_text(data, max_bytes)
-        if text.lstrip().startswith("{"):
+        raw, encoding = _read_bytes(data, max_bytes)
+        if raw.lstrip().startswith(b"{"):
             raise _UploadError(
                 "the file is NDJSON (one JSON object per line), not CSV: upload it as trades "
                 "(ticks)"
             )
-        table = _read_csv_table(text)
-        del text  # the table holds the cells: free the file's text before validating
+        table = _read_csv_table(raw)
+        del raw  # the table holds the cells: free the file's bytes before validating
+        if len(table.cells) + len(table.ragged) > 2 * _PROBE_ROWS:
+            _refuse_if_hopeless(
+                lambda: _validate_ohlc(table.head(_PROBE_ROWS), filename, naive_timezone,
+                                       default_symbol, timeframe, wanted_ms),
+                len(table.cells) + len(table.ragged),
+            )
         result = _validate_ohlc(table, filename, naive_timezone, default_symbol, timeframe,
                                 wanted_ms)
         return _with_encoding_note(result, encoding)
@@ -1019,7 +1301,7 @@ def _validate_ohlc(
                 f"kept timeframe {timeframe}: {n_skipped:,} rows of other timeframes skipped"
             )
     n = len(cells)
-    text = {name: _as_text(cells[position]) for name, position in columns.items()}
+    text = {name: cells[position] for name, position in columns.items()}  # already stripped
     reasons = _Reasons(n)
 
     times = _parse_times(text["time"], lines, naive_timezone, reasons)
@@ -1044,16 +1326,20 @@ def _validate_ohlc(
     # Duplicates: among all rows with a readable time and symbol, the first row owns the time.
     keyed = times.ok & symbol_ok
     frame = pd.DataFrame(
-        {"symbol": symbol.to_numpy(dtype=object), "ts": times.ts_ms, "line": lines}
+        # Categorical: the grouping below works on small integer codes, not on a million
+        # strings hashed again by every groupby.
+        {"symbol": pd.Categorical(symbol.array), "ts": times.ts_ms, "line": lines}
     )
     duplicate = np.zeros(n, dtype=bool)
     if keyed.any():
         keys = frame[keyed]
         rows = np.flatnonzero(keyed)
         duplicate[rows[keys.duplicated(["symbol", "ts"], keep="first").to_numpy()]] = True
-        first_line = np.zeros(n, dtype=np.int64)
-        first_line[rows] = keys.groupby(["symbol", "ts"], sort=False)["line"].transform("first")
-        reasons.add(duplicate, "duplicate time of line ", first_line)
+        if duplicate.any():  # the owner's line is looked up only when there is a duplicate
+            first_line = np.zeros(n, dtype=np.int64)
+            owner = keys.groupby(["symbol", "ts"], sort=False, observed=True)["line"]
+            first_line[rows] = owner.transform("first")
+            reasons.add(duplicate, "duplicate time of line ", first_line)
 
     valid = ~reasons.flagged() & times.ok & symbol_ok
     late, late_line, descending = _out_of_order(frame, valid)
@@ -1074,16 +1360,20 @@ def _validate_ohlc(
     if table.n_blank:
         warnings.append(f"{table.n_blank:,} blank lines skipped")
 
+    # Accepted rows in (symbol, ts) order, ties in file order; built in that order column by
+    # column instead of sorting a finished frame (which would copy every column at once).
+    picked = np.flatnonzero(accepted)
+    codes = frame["symbol"].cat.codes.to_numpy()  # categories are sorted names
+    order = picked[np.lexsort((times.ts_ms[picked], codes[picked]))]
     bars = pd.DataFrame(
         {
-            "symbol": pd.array(symbol.to_numpy(dtype=object)[accepted], dtype="str"),
-            "ts": times.ts_ms[accepted],
-            **{name: prices[name][accepted] for name in OHLC_COLUMNS},
-            "volume": volume[accepted],
-            "vwap": vwap[accepted],
+            "symbol": pd.array(symbol.array[order], dtype="str"),
+            "ts": times.ts_ms[order],
+            **{name: prices[name][order] for name in OHLC_COLUMNS},
+            "volume": volume[order],
+            "vwap": vwap[order],
         }
     )
-    bars = bars.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
 
     # The grid and spacing describe the file: judged on every readable, non-duplicate row.
     structural = keyed & ~duplicate
@@ -1138,17 +1428,28 @@ def _check_prices(
     o, h, lo, c = (prices[name] for name in OHLC_COLUMNS)
     with np.errstate(invalid="ignore"):
         usable = (o > 0) & (h > 0) & (lo > 0) & (c > 0)
-        # Quote the user's own cells, not re-printed floats.
-        open_text = text["open"].to_numpy(dtype=object)
-        close_text = text["close"].to_numpy(dtype=object)
-        top = np.where(o >= c, open_text, close_text)
-        bottom = np.where(o <= c, open_text, close_text)
+        # Quote the user's own cells, not re-printed floats (looked up for flagged rows only).
+        def top(positions: np.ndarray) -> list[str]:
+            return _pick_cells(o[positions] >= c[positions], positions, text["open"],
+                               text["close"])
+
+        def bottom(positions: np.ndarray) -> list[str]:
+            return _pick_cells(o[positions] <= c[positions], positions, text["open"],
+                               text["close"])
+
         high_low = usable & (h < np.maximum(o, c))
         reasons.add(high_low, "high ", text["high"], " < max(open, close) ", top)
         low_high = usable & (lo > np.minimum(o, c))
         reasons.add(low_high, "low ", text["low"], " > min(open, close) ", bottom)
         reasons.add(usable & (h < lo), "high ", text["high"], " < low ", text["low"])
     return prices
+
+
+def _pick_cells(first: np.ndarray, positions: np.ndarray, a: pd.Series, b: pd.Series
+                ) -> list[str]:
+    """Cell of ``a`` where ``first`` else of ``b``, at ``positions``."""
+    return np.where(first, a.iloc[positions].to_numpy(dtype=object),
+                    b.iloc[positions].to_numpy(dtype=object)).astype(str).tolist()
 
 
 def _usable_vwap(
@@ -1375,6 +1676,19 @@ class _TickColumns:
     ignored: list[str]
     n_blank: int
 
+    def head(self, n: int) -> _TickColumns:
+        """The first ``n`` rows (and the early rejects among their lines)."""
+        last = int(self.lines[n - 1]) if len(self.lines) >= n else np.iinfo(np.int64).max
+
+        def first(column: pd.Series | None) -> pd.Series | None:
+            return None if column is None else column.iloc[:n].reset_index(drop=True)
+
+        return _TickColumns(
+            first(self.symbol), first(self.time), first(self.price), first(self.qty),
+            first(self.side), self.qty_name, self.lines[:n], self.raw_for,
+            [row for row in self.early_rejects if row[0] <= last], self.ignored, 0,
+        )
+
 
 def parse_tick_file(
     data,
@@ -1428,12 +1742,17 @@ def parse_tick_file(
     _check_timezone(naive_timezone)
     fmt = "unknown"
     try:
-        text, encoding = _read_text(data, max_bytes)
-        if not text.strip():
+        raw, encoding = _read_bytes(data, max_bytes)
+        if not raw.strip():
             raise _UploadError("the file is empty")
-        fmt = "ndjson" if text.lstrip().startswith("{") else "csv"
-        columns = _read_ndjson(text) if fmt == "ndjson" else _read_tick_csv(text)
-        del text
+        fmt = "ndjson" if raw.lstrip().startswith(b"{") else "csv"
+        columns = _read_ndjson(raw) if fmt == "ndjson" else _read_tick_csv(raw)
+        del raw
+        if len(columns.lines) + len(columns.early_rejects) > 2 * _PROBE_ROWS:
+            _refuse_if_hopeless(
+                lambda: _validate_ticks(columns.head(_PROBE_ROWS), fmt, filename, naive_timezone),
+                len(columns.lines) + len(columns.early_rejects),
+            )
         return _with_encoding_note(_validate_ticks(columns, fmt, filename, naive_timezone),
                                    encoding)
     except _UploadError as exc:
@@ -1486,12 +1805,12 @@ def _concat_cells(chunks: list[pd.Series]) -> pd.Series:
     return pd.concat(chunks, ignore_index=True)
 
 
-def _iter_lines(text: str):
-    """(line number, start offset, end offset) of each line of ``text``, without holding
+def _iter_lines(raw: bytes):
+    """(line number, start offset, end offset) of each line of ``raw``, without holding
     a list of all lines (a 1 M-line file would cost ~100 bytes per line)."""
-    position, number, size = 0, 0, len(text)
+    position, number, size = 0, 0, len(raw)
     while position < size:
-        end = text.find("\n", position)
+        end = raw.find(b"\n", position)
         if end < 0:
             end = size
         number += 1
@@ -1503,7 +1822,7 @@ _JSON_CHUNK_LINES = 50_000
 _PROBE_ROWS = 10_000  # a file none of whose first rows is usable is refused after them
 
 
-def _read_ndjson(text: str) -> _TickColumns:
+def _read_ndjson(raw: bytes) -> _TickColumns:
     """NDJSON -> tick columns, decoded in chunks of 50,000 lines so that only one chunk's
     Python objects exist at a time; the kept columns are compact (float64 or Arrow text)."""
     alias_of = {key: name for name, keys in _NDJSON_KEYS.items() for key in keys}
@@ -1535,18 +1854,19 @@ def _read_ndjson(text: str) -> _TickColumns:
         records.clear()
         spans.clear()
 
-    for number, start, end in _iter_lines(text):
-        line = text[start:end].strip()
+    for number, start, end in _iter_lines(raw):
+        line = raw[start:end].strip()
         if not line:
             continue
         n_rows += 1
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError:
-            early.append((number, f"invalid JSON ({_json_error(line)})", line[:_RAW_LINE_LIMIT]))
+            text = line.decode("utf-8")
+            early.append((number, f"invalid JSON ({_json_error(text)})", text[:_RAW_LINE_LIMIT]))
             record = None
         if record is not None and not isinstance(record, dict):
-            early.append((number, "not a JSON object", line[:_RAW_LINE_LIMIT]))
+            early.append((number, "not a JSON object", line.decode("utf-8")[:_RAW_LINE_LIMIT]))
         elif record is not None:
             records.append(record)
             spans.append((number, start, end))
@@ -1581,7 +1901,8 @@ def _read_ndjson(text: str) -> _TickColumns:
 
     def raw_for(positions: np.ndarray) -> list[str]:
         return [
-            text[line_start[i]:line_end[i]].strip()[:_RAW_LINE_LIMIT] for i in positions
+            raw[line_start[i]:line_end[i]].decode("utf-8").strip()[:_RAW_LINE_LIMIT]
+            for i in positions
         ]
 
     columns = {name: _concat_cells(chunks[key]) for name, key in picked.items() if key}
@@ -1611,8 +1932,8 @@ def _json_time_text(values: pd.Series) -> pd.Series:
     return _as_text(values)
 
 
-def _read_tick_csv(text: str) -> _TickColumns:
-    table = _read_csv_table(text)
+def _read_tick_csv(raw: bytes) -> _TickColumns:
+    table = _read_csv_table(raw)
     n_rows = len(table.cells) + len(table.ragged)
     lowered = [name.lower() for name in table.header]
     found = ", ".join(table.header)
@@ -1640,11 +1961,11 @@ def _read_tick_csv(text: str) -> _TickColumns:
         return [",".join(map(str, fields))[:_RAW_LINE_LIMIT] for fields in chosen]
 
     return _TickColumns(
-        symbol=_as_text(cells[positions["symbol"]]),
-        time=_as_text(cells[positions["time"]]),
-        price=_as_text(cells[positions["price"]]),
-        qty=_as_text(cells[positions["qty"]]),
-        side=_as_text(cells[positions["side"]]) if positions["side"] is not None else None,
+        symbol=cells[positions["symbol"]],
+        time=cells[positions["time"]],
+        price=cells[positions["price"]],
+        qty=cells[positions["qty"]],
+        side=cells[positions["side"]] if positions["side"] is not None else None,
         qty_name=lowered[positions["qty"]],
         lines=table.lines,
         raw_for=raw_for,
@@ -1702,7 +2023,7 @@ def _validate_ticks(
 
     trades = pd.DataFrame(
         {
-            "symbol": pd.array(symbol.to_numpy(dtype=object)[accepted], dtype="str"),
+            "symbol": pd.array(symbol.array[accepted], dtype="str"),
             "ts": times.ts_ms[accepted],
             "price": price[accepted],
             "qty": qty[accepted],

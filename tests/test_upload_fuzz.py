@@ -135,3 +135,39 @@ def test_malformed_uploads_give_a_result_or_a_message_never_an_exception():
     # unreadable junk would prove nothing about partly valid files).
     assert len(seen_kinds) == 12
     assert outcomes["ok"] > 50 and outcomes["message"] > 50
+
+
+def test_fast_and_exact_csv_readers_agree_on_the_corpus():
+    """Files without quotes take the pyarrow reader; it must split them exactly like the
+    csv-module reader (same header, cells, line numbers, ragged rows and blank count)."""
+    from uploads import _read_quoted_csv, _read_unquoted_csv, _to_utf8
+
+    compared = 0
+    for index, name, data in cases():
+        try:
+            raw, _ = _to_utf8(data)
+        except Exception:  # undecodable: neither reader sees it
+            continue
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b'"' in raw or not raw.strip():
+            continue
+        for delimiter in (",", ";"):
+            try:
+                exact = _read_quoted_csv(raw.decode("utf-8"), delimiter)
+            except Exception as exc:  # e.g. "the file is empty": the fast one must agree
+                try:  # ... by raising the same, or by handing the file to the exact reader
+                    assert _read_unquoted_csv(raw, delimiter) is None, (index, name)
+                except type(exc):
+                    pass
+                continue
+            fast = _read_unquoted_csv(raw, delimiter)
+            assert fast is not None, (index, name)
+            assert fast.header == exact.header, (index, name)
+            assert fast.lines.tolist() == exact.lines.tolist(), (index, name)
+            assert fast.n_blank == exact.n_blank, (index, name)
+            assert [r[:2] for r in fast.ragged] == [r[:2] for r in exact.ragged], (index, name)
+            assert fast.cells.astype(object).values.tolist() == (
+                exact.cells.astype(object).values.tolist()
+            ), (index, name)
+            compared += 1
+    assert compared > 100

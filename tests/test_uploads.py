@@ -1045,3 +1045,79 @@ def test_ndjson_given_to_the_bar_parser_is_named():
     assert result.error == (
         "the file is NDJSON (one JSON object per line), not CSV: upload it as trades (ticks)"
     )
+
+
+# ------------------------------------------------------------- size limit, hopeless files
+
+
+class SizedUpload(io.BytesIO):
+    """Like Streamlit's UploadedFile: knows its size; reading it would be a test failure."""
+
+    def __init__(self, size: int):
+        super().__init__(b"")
+        self.size = size
+
+    def getvalue(self):
+        raise AssertionError("a file over the limit must be refused before it is read")
+
+    read = getvalue
+
+
+@pytest.mark.parametrize("parse", [parse_ohlc_csv, parse_tick_file])
+def test_file_over_the_size_limit_is_refused_up_front(parse, tmp_path):
+    expected = (
+        "the file is 3 MB, over the upload limit of 2 MB (setting CRYPTO_UPLOAD_MAX_MB): "
+        "split it or raise the limit"
+    )
+    result = parse(SizedUpload(3_000_000), max_bytes=2_000_000)
+    assert not result.ok and result.error == expected
+    path = tmp_path / "big.csv"
+    path.write_bytes(b"x" * 3_000_000)
+    assert parse(path, max_bytes=2_000_000).error == expected
+    assert parse(b"x" * 3_000_000, max_bytes=2_000_000).error == expected
+    # A file of exactly the limit is read.
+    exact = ENCODED_TEXT.encode()
+    assert parse_ohlc_csv(exact, max_bytes=len(exact)).ok
+
+
+def test_default_size_limit_is_the_documented_200_mb():
+    from uploads import DEFAULT_MAX_UPLOAD_BYTES
+
+    assert DEFAULT_MAX_UPLOAD_BYTES == 200_000_000
+    assert parse_ohlc_csv(SizedUpload(200_000_001)).error.startswith("the file is 200 MB, over")
+
+
+def test_upload_limit_setting_and_its_environment_variable():
+    from config import ConfigError, Settings
+
+    assert Settings.from_env({}).upload_max_bytes == 200_000_000
+    settings = Settings.from_env({"CRYPTO_UPLOAD_MAX_MB": "2.5"})
+    assert settings.upload_max_mb == 2.5 and settings.upload_max_bytes == 2_500_000
+    with pytest.raises(ConfigError, match="CRYPTO_UPLOAD_MAX_MB"):
+        Settings.from_env({"CRYPTO_UPLOAD_MAX_MB": "0"})
+
+
+def test_large_file_with_no_valid_first_rows_is_refused_after_them():
+    bad = "not a time,btcusdt,abc,102,99,101,5\n"
+    result = parse_ohlc_csv(HEADER + bad * 25_000)
+    assert not result.ok and result.n_rows == 25_000 and result.n_rejected == 0
+    assert result.error == (
+        "none of the first 10,000 data rows is valid (line 2: unparseable time 'not a time'; "
+        "open 'abc' is not a number): the file was not read further; fix its format and "
+        "upload it again"
+    )
+    ticks = parse_tick_file('{"symbol":"BTCUSDT","ts":"x","price":1,"size":1}\n' * 25_000)
+    assert ticks.error.startswith(
+        "none of the first 10,000 data rows is valid (line 1: unparseable time 'x')"
+    )
+
+
+def test_large_file_with_valid_rows_among_the_first_is_validated_in_full():
+    bad = "not a time,btcusdt,abc,102,99,101,5\n"
+    good = [
+        f"{pd.Timestamp('2025-12-15 23:03:00') + pd.Timedelta(minutes=i)},btcusdt,100,102,99,101,5\n"
+        for i in range(3)
+    ]
+    result = parse_ohlc_csv(HEADER + good[0] + bad * 25_000 + good[1] + good[2])
+    assert result.ok and result.n_accepted == 3 and result.n_rejected == 25_000
+    assert result.n_rows == result.n_accepted + result.n_rejected
