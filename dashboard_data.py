@@ -463,22 +463,40 @@ def build_pair_view(bars_y: pd.DataFrame, bars_x: pd.DataFrame, y_symbol: str, x
     return view if display_from_ms is None else _view_from(view, int(display_from_ms))
 
 
-# Huber / Theil-Sen fits by their exact inputs: a refresh that adds one bar refits one
-# window instead of all of them. Cleared when it grows past this many fits (single dict
-# reads and writes are atomic, so the page's threads can share it).
-_ROBUST_FIT_CACHE: dict = {}
-_ROBUST_FIT_CACHE_MAX = 20_000
+class _FitCache(dict):
+    """``pair_signals``' memo (Huber / Theil-Sen fits and Kalman filter runs by a digest of
+    their exact inputs): a refresh that adds one bar refits one window and re-runs the
+    newest filters instead of all of them. Bounded: at most ``max_fits`` entries and the
+    ``max_kalman`` most recent filter runs (each up to 3,600 rows). Single dict reads and
+    writes are atomic, so the page's threads share it; a lost race costs a recomputation.
+    """
+
+    def __init__(self, max_fits: int = 20_000, max_kalman: int = 48) -> None:
+        super().__init__()
+        self.max_fits, self.max_kalman = max_fits, max_kalman
+        self._kalman_keys: list = []
+
+    def __setitem__(self, key, value) -> None:
+        if len(self) >= self.max_fits:
+            self.clear()
+            self._kalman_keys.clear()
+        if key[0] == "kalman":
+            self._kalman_keys.append(key)
+            while len(self._kalman_keys) > self.max_kalman:
+                self.pop(self._kalman_keys.pop(0), None)
+        super().__setitem__(key, value)
+
+
+_FIT_CACHE = _FitCache()
 
 
 def pair_history(aligned: analytics.AlignResult, method: str, window: int,
                  z_window: int | None, log_prices: bool) -> analytics.PairSignals:
     """``analytics.pair_signals`` of aligned legs with windows in clock time: the pair's
     history as the page, the alert evaluator and the backtest all compute it."""
-    if len(_ROBUST_FIT_CACHE) > _ROBUST_FIT_CACHE_MAX:
-        _ROBUST_FIT_CACHE.clear()
     return analytics.pair_signals(aligned.y, aligned.x, method=method, window=window,
                                   z_window=z_window, log_prices=log_prices,
-                                  bar_ms=int(aligned.bar_ms), fit_cache=_ROBUST_FIT_CACHE)
+                                  bar_ms=int(aligned.bar_ms), fit_cache=_FIT_CACHE)
 
 
 def pair_history_start(first_ms: int, bar_ms: int, method: str, window: int,
