@@ -2328,8 +2328,10 @@ def minute_stats(bars_y: pd.DataFrame, bars_x: pd.DataFrame, window: int = 60,
 
     Notes
     -----
-    Row t uses only minutes <= t: β and α from ``rolling_hedge_ratio`` (minutes t-w..t-1),
-    ``spread_t = y_t - β_t x_t - α_t``, z over a trailing window including t, correlation of
+    Row t uses only minutes <= t: β, α, spread and z are ``pair_signals`` (OLS, hedge
+    window ``beta_window``, z window ``window``, windows in minutes of clock time, the β
+    guard) on the minute closes — the same function the page, the alerts and the backtest
+    use, so at 1 min bars with the same windows the numbers are the page's; correlation of
     co-traded log returns over a trailing window. A minute's values are final at its close
     (the last row may be a minute still in progress).
     """
@@ -2339,10 +2341,9 @@ def minute_stats(bars_y: pd.DataFrame, bars_x: pd.DataFrame, window: int = 60,
     y_minutes, x_minutes = resample_bars(bars_y, "1min"), resample_bars(bars_x, "1min")
     aligned = align(y_minutes, x_minutes, ffill_limit=ffill_limit, timeframe="1min").frame
     y_level, x_level = aligned["y"], aligned["x"]
-    y_model = to_log_prices(y_level) if log_prices else y_level
-    x_model = to_log_prices(x_level) if log_prices else x_level
-    hedge = rolling_hedge_ratio(y_model, x_model, beta_window, log_prices=log_prices)
-    spread_values = spread(y_model, x_model, hedge["beta"], hedge["alpha"])
+    signals = pair_signals(y_level, x_level, method="ols", window=beta_window,
+                           z_window=window, log_prices=log_prices,
+                           bar_ms=TIMEFRAME_MS["1min"]).frame
     index = aligned.index
     table = pd.DataFrame(
         {
@@ -2351,10 +2352,10 @@ def minute_stats(bars_y: pd.DataFrame, bars_x: pd.DataFrame, window: int = 60,
             "y_traded": aligned["y_traded"],
             "x_traded": aligned["x_traded"],
             "both_traded": aligned["both_traded"],
-            "beta": hedge["beta"],
-            "alpha": hedge["alpha"],
-            "spread": spread_values,
-            "z": zscore(spread_values, window),
+            "beta": signals["beta"],
+            "alpha": signals["alpha"],
+            "spread": signals["spread"],
+            "z": signals["z"],
             "correlation": rolling_correlation(y_level, x_level, window,
                                                co_traded=aligned["both_traded"]),
             "y_volume": y_minutes["volume"].reindex(index, fill_value=0.0),
