@@ -631,6 +631,15 @@ def live_strip(c: dd.Controls) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def chart_style_controls(leg: str, symbol: str) -> tuple[str, bool]:
+    """Above each price chart: candles, line (close) or area, and a log price axis."""
+    cols = st.columns([3, 1])
+    style = cols[0].radio(f"{symbol} chart", viz.CHART_STYLES, key=f"chart_style_{leg}",
+                          horizontal=True, label_visibility="collapsed")
+    log_y = cols[1].toggle("log price axis", key=f"chart_log_{leg}")
+    return style, log_y
+
+
 def tab_prices(c: dd.Controls) -> None:
     view = tab_view(c)
     if view is None:
@@ -639,9 +648,11 @@ def tab_prices(c: dd.Controls) -> None:
                            if view.signals.enough_data else None)
     signals_caption(c)
     for leg, symbol, bars in (("y", c.y, view.bars_y), ("x", c.x, view.bars_x)):
+        style, log_y = chart_style_controls(leg, symbol)
         fig = viz.candlestick_figure(bars, symbol, tz=c.tz,
-                                     uirevision=c.chart_key(f"candles_{leg}"),
-                                     empty_message=f"{symbol}: no bars yet")
+                                     uirevision=c.chart_key(f"candles_{leg}|{style}|{log_y}"),
+                                     empty_message=f"{symbol}: no bars yet", style=style,
+                                     log_y=log_y)
         if leg == "y":
             mark_signals(fig, c, events, bars["close"])
         chart(fig, f"candles_{leg}", link=c.chart_key("time"))
@@ -1122,7 +1133,8 @@ def tab_data(c: dd.Controls) -> None:
 
 def tab_health(c: dd.Controls) -> None:
     health = feed.health()
-    collection = "stopped (from the page or the API)" if services.collection_paused()         else "running"
+    collection = ("stopped (from the page or the API)" if services.collection_paused()
+                  else "running")
     monitor = "running" if paper.monitor_status().get("running") else "stopped"
     st.markdown(f"**collection:** {collection} · paper monitor: {monitor}")
     st.markdown(f"**{dd.feed_status(health).label}** · {health['url']} · state "

@@ -62,6 +62,12 @@ TIME_HOVER_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 UP_COLOR = "#26a69a"
 DOWN_COLOR = "#ef5350"
+PRICE_LINE_COLOR = "#4c9be8"
+CHART_STYLES = ("candles", "line", "area")
+# Range buttons of the price charts: (label, count, step) as Plotly's rangeselector takes
+# them; "all" shows every bar drawn.
+RANGE_BUTTONS = (("15m", 15, "minute"), ("1h", 1, "hour"), ("6h", 6, "hour"),
+                 ("24h", 24, "hour"))
 BAND_COLOR = "#8c8c8c"
 ENTRY_COLOR = "#ef8a3a"
 EXIT_COLOR = "#7f8c9a"
@@ -741,8 +747,9 @@ def _volume_traces(ts: np.ndarray, x_open: np.ndarray, volume: np.ndarray, up: n
 
 def candlestick_figure(bars: pd.DataFrame, symbol: str, *, tz: str = "UTC", theme: str = "dark",
                        uirevision: str = "candles", max_points: int = DEFAULT_MAX_CANDLES,
-                       empty_message: str | None = None) -> go.Figure:
-    """Candlesticks with a volume panel below, sharing one time axis.
+                       empty_message: str | None = None, style: str = "candles",
+                       log_y: bool = False, range_buttons: bool = True) -> go.Figure:
+    """Candlesticks (or a close line or area) with a volume panel below, one time axis.
 
     Parameters
     ----------
@@ -761,11 +768,20 @@ def candlestick_figure(bars: pd.DataFrame, symbol: str, *, tz: str = "UTC", them
         ``aggregate_ohlc`` and the legend names the candle width ("BTCUSDT (1min candles)").
     empty_message : str, optional
         Message of the placeholder returned when there is no bar to draw.
+    style : {"candles", "line", "area"}, default "candles"
+        Candlesticks, or the closes as a line, or as a filled area (the fill reaches down
+        to the lowest low drawn, not to zero, so the moves stay visible).
+    log_y : bool, default False
+        Logarithmic price axis (equal percentage moves look equal).
+    range_buttons : bool, default True
+        Buttons above the chart that show the last 15m, 1h, 6h, 24h or all of the bars
+        (Plotly's range selector: no rerun of the page).
 
     Returns
     -------
     plotly.graph_objects.Figure
-        Trace 0: ``go.Candlestick`` on y (upper 72 %), its hover text the bar's volume;
+        Trace 0: ``go.Candlestick`` (``go.Scatter`` of the closes for "line" and "area")
+        on y (upper 72 %), its hover text the bar's volume;
         traces 1 and 2 (when a volume column exists): volume columns on y2 as filled step
         lines (``_volume_traces``), green for bars that closed at or above their open, red
         otherwise. One x axis (``type="date"``) for both panels, so zoom and the unified
@@ -778,6 +794,8 @@ def candlestick_figure(bars: pd.DataFrame, symbol: str, *, tz: str = "UTC", them
     _check_bars(bars, "bars")
     _check_max_points(max_points)
     _zone(tz)
+    if style not in CHART_STYLES:
+        raise ValueError(f"style ({style!r}) must be one of {', '.join(CHART_STYLES)}")
     drawable = bars[bars[["open", "high", "low", "close"]].notna().all(axis=1)]
     if len(drawable) == 0:
         return empty_figure(empty_message or f"{symbol}: no bars yet", theme=theme, uirevision=uirevision)
@@ -791,18 +809,41 @@ def candlestick_figure(bars: pd.DataFrame, symbol: str, *, tz: str = "UTC", them
     x = to_display_ms(drawable.index.to_numpy(dtype=np.int64), tz)
     open_ = drawable["open"].to_numpy(dtype=np.float64)
     close = drawable["close"].to_numpy(dtype=np.float64)
-    traces = [go.Candlestick(
-        x=x,
-        open=open_,
-        high=drawable["high"].to_numpy(dtype=np.float64),
-        low=drawable["low"].to_numpy(dtype=np.float64),
-        close=close,
-        name=label,
-        increasing=dict(line=dict(color=UP_COLOR, width=1), fillcolor=UP_COLOR),
-        decreasing=dict(line=dict(color=DOWN_COLOR, width=1), fillcolor=DOWN_COLOR),
-        yhoverformat=_value_format(np.concatenate((open_, close)), significant=7),
-        yaxis="y",
-    )]
+    price_axis = dict(domain=[0.28, 1.0], title=dict(text="price"))
+    if style == "candles":
+        traces = [go.Candlestick(
+            x=x,
+            open=open_,
+            high=drawable["high"].to_numpy(dtype=np.float64),
+            low=drawable["low"].to_numpy(dtype=np.float64),
+            close=close,
+            name=label,
+            increasing=dict(line=dict(color=UP_COLOR, width=1), fillcolor=UP_COLOR),
+            decreasing=dict(line=dict(color=DOWN_COLOR, width=1), fillcolor=DOWN_COLOR),
+            yhoverformat=_value_format(np.concatenate((open_, close)), significant=7),
+            yaxis="y",
+        )]
+    else:
+        traces = [go.Scatter(
+            x=x, y=close, mode="lines", name=label.replace("candles", "bars"),
+            line=dict(color=PRICE_LINE_COLOR, width=1.5),
+            fill="tozeroy" if style == "area" else None,
+            yhoverformat=_value_format(close, significant=7), yaxis="y")]
+        if style == "area":  # the fill's floor: just under the lowest close, not zero
+            low, high = float(np.min(close)), float(np.max(close))
+            pad = (high - low) * 0.05 or abs(high) * 1e-4 or 1.0
+            price_axis["range"] = ([math.log10(max(low - pad, low / 2)),
+                                    math.log10(high + pad)] if log_y else
+                                   [low - pad, high + pad])
+    if log_y:
+        price_axis["type"] = "log"
+    time_axis = dict(_time_xaxis(tz), anchor="y2")
+    if range_buttons:
+        time_axis["rangeselector"] = dict(
+            buttons=[dict(label=label_, count=count, step=step, stepmode="backward")
+                     for label_, count, step in RANGE_BUTTONS] + [dict(label="all",
+                                                                      step="all")],
+            x=0, y=1.0, yanchor="bottom", font=dict(size=11))
     if "volume" in drawable.columns:
         ts = drawable.index.to_numpy(dtype=np.int64)
         volume = drawable["volume"].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -813,8 +854,8 @@ def candlestick_figure(bars: pd.DataFrame, symbol: str, *, tz: str = "UTC", them
                                      bucket_ms or _bar_interval_ms(ts), tz))
     return _figure(
         traces, theme=theme, uirevision=uirevision,
-        xaxis=dict(_time_xaxis(tz), anchor="y2"),
-        yaxis=dict(domain=[0.28, 1.0], title=dict(text="price")),
+        xaxis=time_axis,
+        yaxis=price_axis,
         yaxis2=dict(domain=[0.0, 0.22], title=dict(text="volume"), anchor="x"),
         hoversubplots="axis",
         bargap=0.1,
