@@ -214,6 +214,47 @@ def stream_url(base: str, market_kind: str, stream: str, symbols) -> str:
     return f"{base.rstrip('/')}{path}?streams={names}"
 
 
+# Binance documents 1024 streams per connection for spot and USD-M futures (developers.
+# binance.com, "WebSocket Market Streams"); futures docs said 200 until recently, and the
+# options API still does, so futures connections carry at most 200. URLs stay below 8,000
+# characters: a common server limit (a 95 KB URL got "414 Request-URI Too Long").
+MAX_STREAMS_PER_CONNECTION = {"spot": 1024, "futures": 200}
+MAX_URL_CHARS = 8000
+MAX_CONNECTIONS = 10
+
+
+def plan_connections(base: str, market_kind: str, stream: str, symbols) -> list[tuple]:
+    """Split ``symbols`` into groups, one WebSocket connection each, in order.
+
+    Each group stays within ``MAX_STREAMS_PER_CONNECTION[market_kind]`` streams and its
+    combined-stream URL within ``MAX_URL_CHARS``. Raises ``ConfigError`` when that takes
+    more than ``MAX_CONNECTIONS`` connections.
+
+    >>> [len(g) for g in plan_connections("wss://x", "futures", "aggTrade",
+    ...                                   [f"s{i}usdt" for i in range(450)])]
+    [200, 200, 50]
+    """
+    limit = MAX_STREAMS_PER_CONNECTION[market_kind]
+    prefix = len(stream_url(base, market_kind, stream, []))
+    groups: list[tuple] = []
+    current: list[str] = []
+    length = prefix
+    for symbol in symbols:
+        name_length = len(symbol) + 1 + len(stream) + (1 if current else 0)  # "sym@stream/"
+        if current and (len(current) >= limit or length + name_length > MAX_URL_CHARS):
+            groups.append(tuple(current))
+            current, length = [], prefix
+            name_length -= 1
+        current.append(symbol)
+        length += name_length
+    if current:
+        groups.append(tuple(current))
+    if len(groups) > MAX_CONNECTIONS:
+        raise ConfigError(f"{len(symbols)} symbols need {len(groups)} connections; at most "
+                          f"{MAX_CONNECTIONS} per collector: use several collectors")
+    return groups or [()]
+
+
 def backoff_delay(failures: int, rng: random.Random, base: float = BACKOFF_BASE_S,
                   cap: float = BACKOFF_CAP_S) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**failures)].
@@ -337,6 +378,13 @@ class Collector:
         self.endpoint: Endpoint | None = None
         self.fallback_reason = ""
         self.read_only_reason = ""  # why the state is READ_ONLY (names file and process)
+        # Many symbols: this object's receive thread carries ``_group`` (None = all symbols)
+        # and each further group has a "link", a Collector that runs only a receive thread
+        # into this one's queue (see ``_plan_links``). Counters are summed in ``health()``.
+        self._group: tuple[str, ...] | None = None
+        self._links: list[Collector] = []
+        self._retired_links: list[Collector] = []  # stopped links: their counts still count
+        self._is_link = False
         self._writer_lock: database.WriterLock | None = None
         self._backfiller: binance_rest.Backfiller | None = None
         self._backfill_final: dict | None = None
@@ -405,6 +453,7 @@ class Collector:
                                                    name="collector-writer", daemon=True)
             self._receive_thread = threading.Thread(target=self._receive_loop,
                                                     name="collector-receive", daemon=True)
+            self._replan_links()
             self._writer_thread.start()
             self._receive_thread.start()
             return self
@@ -424,6 +473,7 @@ class Collector:
             ws = self._ws
             if ws is not None:
                 ws.abort()  # wakes the reader out of recv() at once
+            self._stop_links(max(0.1, deadline - time.monotonic()))
             if self._receive_thread is not None:
                 self._receive_thread.join(max(0.1, deadline - time.monotonic()))
             if self._writer_thread is not None:
@@ -444,6 +494,62 @@ class Collector:
     @property
     def running(self) -> bool:
         return self.state not in (State.NEW, State.STOPPED)
+
+    # -- many symbols: one connection per group ---------------------------------------------
+
+    def _url(self) -> str:
+        """The URL of this object's own connection: its group, or every symbol."""
+        endpoint = self.endpoint
+        return stream_url(endpoint.base, endpoint.market_kind, endpoint.stream,
+                          self._group or endpoint.symbols)
+
+    def _replan_links(self) -> None:
+        """Split the endpoint's symbols over connections (``plan_connections``): this
+        object's receive thread takes the first group, a link per further group the rest.
+        Called at start, after a fallback to the built-in market and when symbols change;
+        old links stop first (the caller reconnects this object's own connection)."""
+        self._stop_links(2.0)
+        endpoint = self.endpoint
+        groups = plan_connections(endpoint.base, endpoint.market_kind, endpoint.stream,
+                                  endpoint.symbols)
+        self._group = groups[0] if len(groups) > 1 else None
+        for number, group in enumerate(groups[1:], start=1):
+            link = Collector(self.settings, backoff_base=self.backoff_base,
+                             backoff_cap=self.backoff_cap, healthy_reset=self.healthy_reset,
+                             max_connection_age=self.max_connection_age,
+                             seed=self._rng.randrange(2**32))
+            link._is_link = True
+            link.endpoint, link._group, link.started_ms = endpoint, group, self.started_ms
+            # Shared with this object: the queue and placeholder ids go to its writer, the
+            # per-symbol activity to its health, connection attempts to one budget.
+            link._queue, link._seen_ids = self._queue, self._seen_ids
+            link.symbols, link._attempts = self.symbols, self._attempts
+            link.state = State.CONNECTING
+            link._receive_thread = threading.Thread(target=link._receive_loop,
+                                                    name=f"collector-receive-{number}",
+                                                    daemon=True)
+            self._links.append(link)
+            link._receive_thread.start()
+        if self._links:
+            log.info("%d symbols over %d connections (at most %d streams each)",
+                     len(endpoint.symbols), len(groups),
+                     MAX_STREAMS_PER_CONNECTION[endpoint.market_kind])
+
+    def _stop_links(self, timeout: float) -> None:
+        """Stop every link's receive thread; their counters stay for ``health()``."""
+        links = self._links
+        for link in links:
+            link._stop_requested.set()
+            ws = link._ws
+            if ws is not None:
+                ws.abort()
+        deadline = time.monotonic() + timeout
+        for link in links:
+            if link._receive_thread is not None:
+                link._receive_thread.join(max(0.1, deadline - time.monotonic()))
+            link.state = State.STOPPED
+        self._retired_links.extend(links)
+        self._links = []
 
     def _take_writer_lock(self, db_path: str) -> bool:
         """Hold ``db_path``'s writer lock (releasing any other); False = read-only now.
@@ -476,9 +582,10 @@ class Collector:
 
     def _account_lost_in_flight(self) -> None:
         """The writer is stuck (a hung disk): what it still holds is counted as dropped."""
-        accounted = (self.stored + self.duplicates + self.rejected + self.filtered
-                     + self.spilled + self.dropped)
-        self.dropped_at_stop = max(0, self.received - accounted)
+        counts = self.health()
+        accounted = (counts["stored"] + counts["duplicates"] + counts["rejected"]
+                     + counts["filtered"] + counts["spilled"] + counts["dropped"])
+        self.dropped_at_stop = max(0, counts["received"] - accounted)
         log.error("writer did not finish within the stop timeout: %d trades in flight are "
                   "lost (neither stored nor spilled)", self.dropped_at_stop)
 
@@ -513,6 +620,7 @@ class Collector:
             self.symbols.setdefault(symbol.upper(), SymbolActivity())
         if self.endpoint is not None:
             self.endpoint = dataclasses.replace(self.endpoint, symbols=settings.symbols)
+            self._replan_links()
             self._restart_backfill()
         self.request_reconnect("symbols changed")
         return settings.symbols
@@ -666,6 +774,7 @@ class Collector:
             return  # another process records the demo already: show its file read-only
         self.endpoint = self._builtin_endpoint("demo", db_path)
         self.spill_path = spill.journal_path(self.db_path, self.settings.spill_dir)
+        self._replan_links()
         self.failures = 0
         self._restart_backfill()
 
@@ -726,7 +835,7 @@ class Collector:
     def _auto_pending(self) -> bool:
         """Feed 'auto', still on Binance, and nothing received from it yet."""
         return (self.settings.feed == "auto" and not self.endpoint.builtin_market
-                and self.received == self.rejected)
+                and self.received == self.rejected and not self._is_link)
 
     def _fallback_at_ms(self) -> float:
         return self.started_ms + self.settings.auto_fallback * 1000
@@ -749,12 +858,12 @@ class Collector:
         self.state = State.CONNECTING if self.connections == 0 else State.RECONNECTING
         self._attempts.append(time.monotonic())
         try:
-            ws = websocket.create_connection(self.endpoint.url, timeout=self._connect_timeout(),
+            ws = websocket.create_connection(self._url(), timeout=self._connect_timeout(),
                                              skip_utf8_validation=True,
                                              enable_multithread=True)
         except Exception as exc:  # refused, DNS failure, bad handshake, timeout
             self.last_close_reason = f"connect failed: {type(exc).__name__}: {exc}"
-            log.info("%s (%s)", self.last_close_reason, self.endpoint.url)
+            log.info("%s (%s)", self.last_close_reason, self._url())
             return
         self._ws = ws
         if self._stop_requested.is_set():  # stop() ran while we were connecting
@@ -763,7 +872,7 @@ class Collector:
         self._after_connect()
         self.connected_since_ms = now_ms()
         self.state = State.CONNECTED
-        log.info("connected to %s", self.endpoint.url)
+        log.info("connected to %s", self._url())
         data_before = self.received - self.rejected
         try:
             self.last_close_reason = self._read_until_closed(ws)
@@ -1118,6 +1227,12 @@ class Collector:
                 "received": activity.received,
             }
         latencies = sorted(self.commit_latencies_ms)[-1000:] if self.commit_latencies_ms else []
+        links = self._links + self._retired_links
+
+        def total(name: str) -> int:  # receive-side counters of every connection
+            return getattr(self, name) + sum(getattr(link, name) for link in links)
+
+        last_drop_ms = max([self.last_drop_ms] + [link.last_drop_ms for link in links])
         return {
             "state": self.state.value,
             "connected": self.state is State.CONNECTED,
@@ -1126,27 +1241,30 @@ class Collector:
             "builtin_market": bool(endpoint and endpoint.builtin_market),
             "fallback_reason": self.fallback_reason,
             "read_only_reason": self.read_only_reason,
-            "url": endpoint.url if endpoint else "",
+            "url": self._url() if endpoint else "",
+            "connections_planned": 1 + len(self._links),
+            "links": [{"symbols": len(link._group or ()), "state": link.state.value,
+                       "last_close_reason": link.last_close_reason} for link in self._links],
             "db_path": self.db_path,
             "stream": self.settings.stream,
             "symbols": symbols,
             "queue_depth": len(self._queue),
             "queue_high_water": self.queue_high_water,
             "queue_max": self.settings.queue_max,
-            "received": self.received,
+            "received": total("received"),
             "stored": self.stored,
             "duplicates": self.duplicates,
-            "rejected": self.rejected,
-            "filtered": self.filtered,
-            "ignored": self.ignored,
-            "dropped": self.dropped,
+            "rejected": total("rejected"),
+            "filtered": total("filtered"),
+            "ignored": total("ignored"),
+            "dropped": self.dropped + sum(link.dropped_queue_full for link in links),
             "spilled": self.spilled,
             "recovered": self.recovered,
             "journal_pending": self.journal_pending,
             "spill_path": self.spill_path,
             "db_failing_since_ms": self.db_failing_since_ms or None,
             "last_write_error": self.last_write_error,
-            "last_drop_ms": self.last_drop_ms or None,
+            "last_drop_ms": last_drop_ms or None,
             "queue_growing": self.queue_growing,
             "gaps": self.gaps,
             "gaps_open": self.gaps_open,
@@ -1155,8 +1273,8 @@ class Collector:
             "gaps_repaired": backfill["gaps_repaired"],
             "gaps_opened": self.gaps_opened,
             "gaps_filled": self.gaps_filled,
-            "reconnects": self.reconnects,
-            "connections": self.connections,
+            "reconnects": total("reconnects"),
+            "connections": total("connections"),
             "last_close_reason": self.last_close_reason,
             "last_error_frame": self.last_error_frame,
             "lag_ms": self.last_lag_ms,
@@ -1301,12 +1419,16 @@ def main(argv: list[str] | None = None) -> int:
     stop_event = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop_event.set())
-    collector = Collector(settings).start()
+    try:
+        collector = Collector(settings).start()
+    except ConfigError as exc:  # a symbol list no connection plan can carry
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
     if collector.state is State.READ_ONLY:  # another process writes this database
         print(f"error: {collector.read_only_reason}", file=sys.stderr)
         return EXIT_CANNOT_START
     log.info("recording %s into %s (spill journal, used only while the database refuses "
-             "writes: %s)", collector.endpoint.url, collector.db_path, collector.spill_path)
+             "writes: %s)", collector._url(), collector.db_path, collector.spill_path)
     evaluator = None
     if args.alerts:
         # Imported here: the alert engine sits above the collector (alerts -> analytics,

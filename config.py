@@ -24,6 +24,12 @@ from binance_rest import parse_duration
 FEEDS = ("auto", "binance-futures", "binance-spot", "demo", "replay")
 STREAMS = ("aggTrade", "trade")
 SYMBOL_PATTERN = re.compile(r"^[a-z0-9]{2,20}$")
+# Symbols one collector takes. Binance allows 1024 streams per connection (spot and USD-M
+# futures; the collector uses at most 200 per futures connection, the older documented
+# limit, and keeps URLs under 8,000 characters), so 1000 symbols need at most 5 connections:
+# a few connection attempts per reconnect round, far from the 300 per 5 minutes per IP
+# that gets an address banned. More symbols: several collectors, each with its own --db.
+MAX_SYMBOLS = 1000
 
 DEFAULT_FUTURES_URL = "wss://fstream.binance.com"
 DEFAULT_SPOT_URL = "wss://stream.binance.com:9443"
@@ -125,6 +131,11 @@ class Settings:
         if self.feed not in FEEDS:
             raise ConfigError(f"CRYPTO_FEED={self.feed!r} is not one of {', '.join(FEEDS)}")
         object.__setattr__(self, "symbols", parse_symbols(self.symbols))
+        if len(self.symbols) > MAX_SYMBOLS:
+            raise ConfigError(
+                f"CRYPTO_SYMBOLS has {len(self.symbols)} symbols; one collector takes at most "
+                f"{MAX_SYMBOLS} (Binance limits streams per connection and connection attempts "
+                "per IP): split them over several collectors, each with its own --db")
         stream = self.stream or ("trade" if self.feed == "binance-spot" else "aggTrade")
         if stream not in STREAMS:
             raise ConfigError(f"CRYPTO_STREAM={stream!r} is not one of {', '.join(STREAMS)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -570,3 +571,70 @@ def test_page_on_a_file_another_process_writes_says_so_and_shows_it_read_only(
         alerts.stop_evaluator()
         st.cache_data.clear()
         st.cache_resource.clear()
+
+
+# -- many symbols ----------------------------------------------------------------------------
+
+
+def test_connection_plan_respects_binance_stream_and_url_limits():
+    futures = [f"s{i:03d}usdt" for i in range(450)]
+    groups = collector.plan_connections("wss://fstream.binance.com", "futures", "aggTrade",
+                                        futures)
+    assert [len(g) for g in groups] == [200, 200, 50]
+    assert [s for g in groups for s in g] == futures  # every symbol once, in order
+    spot = [f"{i:014d}usdt" for i in range(1000)]  # 18-character symbols
+    groups = collector.plan_connections("wss://stream.binance.com:9443", "spot", "trade", spot)
+    urls = [collector.stream_url("wss://stream.binance.com:9443", "spot", "trade", g)
+            for g in groups]
+    assert all(len(url) <= collector.MAX_URL_CHARS for url in urls)
+    assert all(len(g) <= 1024 for g in groups) and sum(map(len, groups)) == 1000
+    assert len(groups) == 4  # the URL length binds before spot's 1024 streams
+
+
+def test_cli_refuses_a_symbol_list_that_cannot_work(tmp_path):
+    symbols = ",".join(f"s{i}usdt" for i in range(5000))
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "collector.py"), "--feed",
+                             "demo", "--symbols", symbols, "--db", str(tmp_path / "x.db"),
+                             "--duration", "30"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2 and time.monotonic() - started < 30
+    assert "5000 symbols" in result.stderr and "at most 1000" in result.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_three_hundred_symbols_over_two_connections_of_the_built_in_market(
+        tmp_path, make_collector):
+    symbols = tuple(f"s{i:03d}usdt" for i in range(300))
+    # The live connections are under test, not a REST backfill of simulated history.
+    no_backfill = ({"backfill": 0, "backfill_klines": 0}
+                   if "backfill" in {f.name for f in dataclasses.fields(Settings)} else {})
+    settings = Settings(feed="demo", symbols=symbols, db_path=str(tmp_path / "many.db"),
+                        demo_seed=9, flush_interval=0.1, **no_backfill)
+    c = make_collector(settings).start()
+    assert c.health()["connections_planned"] == 2
+    quiet = lambda: [s for s, info in c.health()["symbols"].items() if not info["received"]]
+    assert wait_until(lambda: not quiet(), 20), f"{len(quiet())} symbols without trades"
+    assert wait_until(lambda: c.health()["connections"] == 2, 5)
+    final = c.stop()
+    assert identity_holds(final) and final["dropped"] == 0 and final["stored"] > 300
+    with contextlib.closing(sqlite3.connect(settings.db_path)) as conn:
+        stored_symbols = conn.execute("SELECT count(DISTINCT symbol) FROM ticks").fetchone()[0]
+    assert stored_symbols == 300
+
+
+def test_adding_symbols_past_one_connection_opens_a_second(tmp_path, make_collector):
+    no_backfill = ({"backfill": 0, "backfill_klines": 0}
+                   if "backfill" in {f.name for f in dataclasses.fields(Settings)} else {})
+    first = tuple(f"a{i:03d}usdt" for i in range(150))
+    settings = Settings(feed="demo", symbols=first, db_path=str(tmp_path / "grow.db"),
+                        demo_seed=8, flush_interval=0.1, **no_backfill)
+    c = make_collector(settings).start()
+    assert c.health()["connections_planned"] == 1
+    more = first + tuple(f"b{i:03d}usdt" for i in range(100))
+    c.set_symbols(more)
+    assert c.health()["connections_planned"] == 2
+    quiet = lambda: [s for s in (x.upper() for x in more)
+                     if not c.health()["symbols"][s]["received"]]
+    assert wait_until(lambda: not quiet(), 20), f"{len(quiet())} symbols without trades"
+    assert identity_holds(c.stop())
