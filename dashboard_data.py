@@ -1011,11 +1011,51 @@ def with_time_column(frame: pd.DataFrame, tz: str, ts_column: str | None = None,
     return out
 
 
+# A spreadsheet runs a text cell starting with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(text: str) -> str:
+    """``text`` with a leading apostrophe when a spreadsheet would run it as a formula.
+
+    Excel, LibreOffice and Google Sheets treat a cell starting with = + - @ tab or CR as a
+    formula (``=cmd|' /C calc'!A0`` starts a program); a leading ``'`` makes it plain text
+    and is not displayed. Numbers written as text (``-0.5``, ``+3``, ``-1e-05``) are data
+    a spreadsheet reads as numbers, so they are left alone.
+    """
+    if not text or text[0] not in FORMULA_STARTS:
+        return text
+    try:
+        float(text)
+    except ValueError:
+        return "'" + text
+    return text
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every formula-like text cell neutralised (``neutralise_cell``);
+    number columns are untouched (a negative number is not a formula). A copy only when
+    a cell changes."""
+    out = frame
+    for column in frame.columns:
+        values = frame[column]
+        if not (values.dtype == object or pd.api.types.is_string_dtype(values.dtype)):
+            continue
+        first = values.map(lambda v: v[:1] if isinstance(v, str) else "")
+        suspect = first.isin(FORMULA_STARTS).to_numpy(dtype=bool)
+        if suspect.any():
+            if out is frame:
+                out = frame.copy()
+            out.loc[suspect, column] = values[suspect].map(neutralise_cell)
+    return out
+
+
 def to_csv_bytes(frame: pd.DataFrame, tz: str, ts_column: str | None = None) -> bytes:
     """CSV with epoch-ms ``ts`` and an ISO ``time`` column in ``tz``; floats written in
-    full (shortest round-trip) precision so that a reader gets back the same numbers."""
+    full (shortest round-trip) precision so that a reader gets back the same numbers.
+    Text cells a spreadsheet would run as a formula are neutralised (``neutralise_cell``)."""
     buffer = io.StringIO()
-    with_time_column(frame, tz, ts_column).to_csv(buffer, index=False)
+    spreadsheet_safe(with_time_column(frame, tz, ts_column)).to_csv(buffer, index=False)
     return buffer.getvalue().encode("utf-8")
 
 

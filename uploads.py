@@ -129,6 +129,10 @@ _TIMEFRAME_UNIT_MS = {
 # A vwap may miss low/high by the float noise of its own division (88080.19999999998).
 _VWAP_RELATIVE_TOLERANCE = 1e-9
 _RAW_LINE_LIMIT = 300
+# Symbols follow the live collector's rule (config.SYMBOL_PATTERN, checked equal by a
+# test): a symbol from a file ends up in URLs, SQL parameters and exported CSV cells.
+SYMBOL_PATTERN = re.compile(r"^[a-z0-9]{2,20}$")
+_SYMBOL_RULE = "' is not valid: use 2-20 letters or digits, e.g. BTCUSDT"
 # Uploads larger than this are refused before reading (Streamlit's own default upload cap
 # is 200 MB too); config.Settings.upload_max_mb overrides it for the page.
 DEFAULT_MAX_UPLOAD_BYTES = 200_000_000
@@ -519,6 +523,12 @@ def _is_empty(column: pd.Series) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(column.dtype):
         return column.isna().to_numpy()
     return (column == "").to_numpy(dtype=bool)
+
+
+def _valid_symbols(symbol: pd.Series) -> np.ndarray:
+    """True where the (upper-case) symbol matches ``SYMBOL_PATTERN`` after lower-casing."""
+    pattern = SYMBOL_PATTERN.pattern.removeprefix("^").removesuffix("$")
+    return symbol.str.lower().str.fullmatch(pattern).fillna(False).to_numpy(dtype=bool)
 
 
 def _to_float(column: pd.Series) -> np.ndarray:
@@ -1155,6 +1165,11 @@ def parse_ohlc_csv(
         if not isinstance(default_symbol, str) or not default_symbol.strip():
             raise ValueError(f"default_symbol ({default_symbol!r}) must be a non-empty string")
         default_symbol = default_symbol.strip().upper()
+        if not SYMBOL_PATTERN.match(default_symbol.lower()):
+            return _failed_ohlc(
+                filename, f"the symbol chosen for the file '{default_symbol}{_SYMBOL_RULE}",
+                0,
+            )
     wanted_ms = None if timeframe is None else timeframe_to_ms(timeframe)
     try:
         raw, encoding = _read_bytes(data, max_bytes)
@@ -1315,6 +1330,10 @@ def _validate_ohlc(
         symbol = pd.Series([default_symbol] * n, dtype="str")
     symbol_ok = (symbol != "").to_numpy(dtype=bool)
     reasons.add(~symbol_ok, "symbol is missing")
+    if "symbol" in columns:
+        invalid = symbol_ok & ~_valid_symbols(symbol)
+        reasons.add(invalid, "symbol '", text["symbol"], _SYMBOL_RULE)
+        symbol_ok = symbol_ok & ~invalid
 
     prices = _check_prices(text, table.header, columns, is_price_file, reasons, warnings)
     volume = np.full(n, np.nan)
@@ -1995,7 +2014,9 @@ def _validate_ticks(
     reasons = _Reasons(n)
     reasons.merge(time_reasons, live)  # a placeholder's time does not matter
     symbol = columns.symbol.str.upper()
-    reasons.add(live & (symbol == "").to_numpy(dtype=bool), "symbol is missing")
+    present = (symbol != "").to_numpy(dtype=bool)
+    reasons.add(live & ~present, "symbol is missing")
+    reasons.add(live & present & ~_valid_symbols(symbol), "symbol '", columns.symbol, _SYMBOL_RULE)
     for column, name in ((columns.price, "price"), (columns.qty, columns.qty_name)):
         _check_numbers(column, name, reasons, required=True, rule="positive", active=live)
     side = pd.array([pd.NA] * n, dtype="Int8")

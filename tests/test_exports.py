@@ -97,11 +97,12 @@ def test_json_records_are_plain_values():
 
 
 def test_excel_cells_that_look_like_formulas_are_neutralised():
+    # Issue 12: cells starting with = + - @ that are not numbers; "+1" is a number and kept.
     frame = pd.DataFrame({"ts": [T0], "name": ["=HYPERLINK(\"http://x\")"],
-                          "note": ["+1"]})
+                          "note": ["+cmd"], "number": ["+1"]})
     sheet = openpyxl.load_workbook(io.BytesIO(exports.export(frame, "xlsx").data)).active
     values = [cell.value for cell in sheet[2]]
-    assert values[2].startswith("'=") and values[3] == "'+1"
+    assert values[2].startswith("'=") and values[3] == "'+cmd" and values[4] == "+1"
 
 
 def test_caps_raise_a_clear_message(monkeypatch):

@@ -1121,3 +1121,82 @@ def test_large_file_with_valid_rows_among_the_first_is_validated_in_full():
     result = parse_ohlc_csv(HEADER + good[0] + bad * 25_000 + good[1] + good[2])
     assert result.ok and result.n_accepted == 3 and result.n_rejected == 25_000
     assert result.n_rows == result.n_accepted + result.n_rejected
+
+
+# ------------------------------------------------- symbols and formula cells (issue 12)
+
+FORMULA = "=cmd|' /C calc'!A0"
+SYMBOL_RULE = "is not valid: use 2-20 letters or digits, e.g. BTCUSDT"
+
+
+def test_upload_symbols_follow_the_live_symbol_rule():
+    import config
+    import uploads
+
+    assert uploads.SYMBOL_PATTERN.pattern == config.SYMBOL_PATTERN.pattern
+    rows = [FORMULA, "btc-usdt", "b", "x" * 21, "BTC USDT", "ethusdt", "SOL1"]
+    text = HEADER + "".join(
+        f"2025-12-15 23:0{i}:00,{symbol},100,102,99,101,5\n" for i, symbol in enumerate(rows)
+    )
+    result = parse_ohlc_csv(text)
+    assert reasons_by_row(result) == {
+        2: f"symbol '{FORMULA}' {SYMBOL_RULE}",
+        3: f"symbol 'btc-usdt' {SYMBOL_RULE}",
+        4: f"symbol 'b' {SYMBOL_RULE}",
+        5: f"symbol '{'x' * 21}' {SYMBOL_RULE}",
+        6: f"symbol 'BTC USDT' {SYMBOL_RULE}",
+    }
+    assert result.symbols == ("ETHUSDT", "SOL1")
+
+
+@pytest.mark.parametrize("kind", ["csv", "ndjson"])
+def test_tick_symbols_follow_the_live_symbol_rule(kind):
+    symbols = [FORMULA, "ETHUSDT", "@SUM(A1)"]
+    if kind == "csv":
+        text = "timestamp,symbol,price,qty\n" + "".join(
+            f"17659124932{i}6,{s},1,1\n" for i, s in enumerate(symbols)
+        )
+        first_line = 2
+    else:
+        text = "\n".join(
+            json.dumps({"symbol": s, "ts": 1765912493266 + i, "price": 1, "size": 1})
+            for i, s in enumerate(symbols)
+        )
+        first_line = 1
+    result = parse_tick_file(text)
+    assert dict(zip(result.rejected["line"], result.rejected["reason"])) == {
+        first_line: f"symbol '{FORMULA}' {SYMBOL_RULE}",
+        first_line + 2: f"symbol '@SUM(A1)' {SYMBOL_RULE}",
+    }
+    assert result.symbols == ("ETHUSDT",)
+
+
+def test_invalid_chosen_symbol_is_a_message():
+    result = parse_ohlc_csv(BAD_ETH, default_symbol="eth/usdt")
+    assert not result.ok
+    assert result.error == f"the symbol chosen for the file 'ETH/USDT' {SYMBOL_RULE}"
+
+
+def test_exported_csv_neutralises_formula_cells_and_keeps_numbers():
+    import dashboard_data as dd
+
+    assert dd.neutralise_cell("\rCR") == "'\rCR" and dd.neutralise_cell("-7") == "-7"
+    ts = pd.Index(1_765_839_780_000 + np.arange(6), name="ts")
+    frame = pd.DataFrame(
+        {
+            "symbol": [FORMULA, "+HYPERLINK(\"x\")", "-2+3", "@SUM(A1)", "\tTAB", "-x"],
+            "note": ["-0.5", "+3", "-1e-05", "BTCUSDT", "", "=1"],
+            "close": [-1.5, 2.0, -3.25, 4.0, 5.0, 6.0],
+        },
+        index=ts,
+    )
+    data = dd.to_csv_bytes(frame, "UTC")
+    back = pd.read_csv(io.BytesIO(data), dtype={"symbol": str, "note": str},
+                       keep_default_na=False)
+    assert back["symbol"].tolist() == ["'" + s for s in frame["symbol"]]
+    assert back["note"].tolist() == ["-0.5", "+3", "-1e-05", "BTCUSDT", "", "'=1"]
+    assert back["close"].tolist() == frame["close"].tolist()  # numbers are not formulas
+    # The bars export of the page goes through the same writer.
+    bars = pd.DataFrame({"close": [1.0]}, index=pd.Index([1_765_839_780_000], name="ts"))
+    written = dd.bars_csv({FORMULA: bars}, "UTC").decode()
+    assert f"'{FORMULA}" in written and f",{FORMULA}," not in written
