@@ -1112,20 +1112,17 @@ def save_uploaded(upload_db_path: str, name: str, bars: pd.DataFrame) -> int:
 def pair_view(db_path: str, y: str, x: str, *, timeframe: str, window: int,
               z_window: int | None, method: str, log_prices: bool, lookback_ms: int,
               end_ms: int | None = None) -> PairView:
-    """``build_pair_view`` of live bars over ``[anchor - lookback, anchor]``.
+    """The page's pair view (``load_pair_view``) of live bars over ``[anchor - lookback,
+    anchor)``, computed on the history its windows need.
 
     ``anchor`` is ``end_ms`` (bars opening before it), or the newest stored bar of the
-    pair. The page builds the same view from the same functions (``load_bars``).
+    pair.
     """
     source = DataSource("live", db_path)
     anchor = end_ms if end_ms is not None else max(
         (t for t in latest_bar_times(source, (y, x)) if t is not None), default=None)
-    bars_y = load_bars(source, y, timeframe, lookback_ms, anchor)
-    bars_x = load_bars(source, x, timeframe, lookback_ms, anchor)
-    if end_ms is not None:
-        bars_y, bars_x = bars_y[bars_y.index < end_ms], bars_x[bars_x.index < end_ms]
-    return build_pair_view(bars_y, bars_x, y, x, timeframe, method, window, log_prices,
-                           z_window=z_window)
+    return load_pair_view(source, y, x, timeframe, lookback_ms, anchor, method, window,
+                          log_prices, z_window=z_window, closed_before=end_ms)
 
 
 def pair_summary(view: PairView) -> dict:
