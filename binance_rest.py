@@ -519,11 +519,12 @@ class Backfiller:
     client : RestClient
     symbols : iterable of str
     ledger
-        The database side; must offer ``last_trade(symbol) -> (id, ts) | None`` (highest
-        stored aggregate id), ``open_gaps(symbols) -> [(symbol, from_id, to_id, from_ts,
+        The database side; must offer ``last_trade(symbol, received_before_ms) -> (id, ts)
+        | None`` (highest aggregate id stored before that local time), ``open_gaps(symbols) -> [(symbol, from_id, to_id, from_ts,
         to_ts)]``, ``store_trades(rows) -> (inserted, duplicates, gaps_filled)``,
-        ``store_klines(symbol, rows) -> int``, ``note_gap(symbol, from_id, to_id, reason)``
-        and ``close()``. It is used only from the Backfiller's thread.
+        ``store_klines(symbol, rows) -> int``, ``note_gap(symbol, from_id, to_id, reason,
+        repaired=False)``, ``mark_history()`` (tell readers that past trades were stored) and
+        ``close()``. It is used only from the Backfiller's thread.
     trade_history_s : float
         Aggregate trades of this many seconds before now are fetched at start (0 = none).
     kline_history_s : float
@@ -535,11 +536,15 @@ class Backfiller:
         trades nor gaps can come from ``aggTrades`` (klines still can).
     poll_s : float, default 1
         How often the gap table is looked at between ``wake()`` calls.
+    started_ms : int, optional
+        Local time the recording started (default: now). Trades received before it are an
+        earlier run's: the newest of them is where the start-up walk stops (the stream may
+        have stored trades of this run before the walk begins).
     """
 
     def __init__(self, client: RestClient, symbols, ledger, *, trade_history_s: float,
                  kline_history_s: float, repair: bool = True, trades_by_id: bool = True,
-                 poll_s: float = 1.0):
+                 poll_s: float = 1.0, started_ms: int | None = None):
         self.client = client
         self.symbols = [check_symbol(s) for s in symbols]
         self.ledger = ledger
@@ -548,6 +553,7 @@ class Backfiller:
         self.repair = repair
         self.trades_by_id = trades_by_id
         self.poll_s = poll_s
+        self.started_ms = _now_ms() if started_ms is None else int(started_ms)
         self.progress = {s: SymbolProgress() for s in self.symbols}
         self.state = "new"  # new | klines | trades | repairing | banned | failed | stopped
         self.detail = ""
@@ -614,10 +620,12 @@ class Backfiller:
     def _run(self) -> None:
         try:
             self._initial()
+            self.ledger.mark_history()
             self.initial_done_s = time.monotonic() - self.started_s
             while self.repair and self.trades_by_id and not self.client.stop.is_set():
                 self.state = "repairing"
                 self._repair_gaps()
+                self.ledger.mark_history()
                 self._wake.wait(self.poll_s)
                 self._wake.clear()
             self.state = "stopped" if self.client.stop.is_set() else "done"
@@ -692,7 +700,7 @@ class Backfiller:
         start_ms = self.trades_from_ms = now_ms - self.trade_history_ms
         walks = {}
         for symbol in self.symbols:
-            last = self.ledger.last_trade(symbol)
+            last = self.ledger.last_trade(symbol, self.started_ms)
             floor_id = last[0] if last is not None and last[1] >= start_ms else None
             walks[symbol] = _Walk(symbol, floor_id, start_ms, now_ms)
             self.progress[symbol].state = "trades"

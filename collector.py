@@ -693,7 +693,7 @@ class Collector:
         self._backfiller = binance_rest.Backfiller(
             client, self.endpoint.symbols, database.BackfillLedger(self.db_path),
             trade_history_s=s.backfill, kline_history_s=s.backfill_klines,
-            trades_by_id=s.stream == "aggTrade").start()
+            trades_by_id=s.stream == "aggTrade", started_ms=self.started_ms).start()
         log.info("REST backfill from %s: %g s of trades, %g s of 1m klines%s", client.base_url,
                  s.backfill, s.backfill_klines,
                  "" if s.stream == "aggTrade" else " (raw @trade ids: no trade backfill or "

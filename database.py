@@ -2052,10 +2052,20 @@ def _read_bars_with_klines(conn: sqlite3.Connection, symbol: str, start: int, en
     return bars
 
 
-def last_stored_trade(conn: sqlite3.Connection, symbol: str) -> tuple[int, int] | None:
-    """(highest stored trade id, its exchange time) of ``symbol``, or None; one index seek."""
-    row = conn.execute("SELECT trade_id, ts FROM ticks WHERE symbol = ? ORDER BY trade_id DESC "
-                       "LIMIT 1", (symbol.upper(),)).fetchone()
+def last_stored_trade(conn: sqlite3.Connection, symbol: str,
+                      received_before_ms: int | None = None) -> tuple[int, int] | None:
+    """(highest stored trade id, its exchange time) of ``symbol``, or None.
+
+    With ``received_before_ms``: among trades received before that local time (an earlier
+    run's), walking down the id index from the newest - a short walk past this run's rows.
+    """
+    if received_before_ms is None:
+        row = conn.execute("SELECT trade_id, ts FROM ticks WHERE symbol = ? "
+                           "ORDER BY trade_id DESC LIMIT 1", (symbol.upper(),)).fetchone()
+    else:
+        row = conn.execute("SELECT trade_id, ts FROM ticks WHERE symbol = ? AND received_ms < ? "
+                           "ORDER BY trade_id DESC LIMIT 1",
+                           (symbol.upper(), int(received_before_ms))).fetchone()
     return None if row is None else (int(row[0]), int(row[1]))
 
 
@@ -2116,9 +2126,15 @@ class BackfillLedger:
     same 1 s bars, late ids carve the recorded gaps), in their own transactions.
     """
 
+    # Readers re-read whole windows when history_version changes: tell them at most this
+    # often while pages stream in, and once more when a phase ends (``mark_history``).
+    HISTORY_BUMP_EVERY_S = 0.5
+
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         self._conn: sqlite3.Connection | None = None
+        self._bumped_at = 0.0
+        self._unannounced = False
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -2130,8 +2146,11 @@ class BackfillLedger:
         """Reads and notes never create the file (a feed that never connected leaves none)."""
         return self._conn is not None or os.path.exists(self.path)
 
-    def last_trade(self, symbol: str) -> tuple[int, int] | None:
-        return last_stored_trade(self.conn, symbol) if self._exists() else None
+    def last_trade(self, symbol: str, received_before_ms: int | None = None
+                   ) -> tuple[int, int] | None:
+        if not self._exists():
+            return None
+        return last_stored_trade(self.conn, symbol, received_before_ms)
 
     def open_gaps(self, symbols) -> list[tuple]:
         return open_gaps(self.conn, symbols) if self._exists() else []
@@ -2140,8 +2159,17 @@ class BackfillLedger:
         """(inserted, duplicates, gaps filled) of one batch through ``TickWriter``."""
         stats = TickWriter(self.conn).write(rows)
         if stats.inserted:
-            _bump_history_version(self.conn)
+            self._unannounced = True
+            if time.monotonic() - self._bumped_at >= self.HISTORY_BUMP_EVERY_S:
+                self.mark_history()
         return stats.inserted, stats.duplicates, stats.gaps_filled
+
+    def mark_history(self) -> None:
+        """Announce stored past trades to readers (``history_version``) if any are new."""
+        if self._unannounced and self._exists():
+            _bump_history_version(self.conn)
+            self._unannounced = False
+            self._bumped_at = time.monotonic()
 
     def store_klines(self, symbol: str, rows: list[tuple]) -> int:
         return save_klines(self.conn, symbol, rows)
@@ -2153,6 +2181,7 @@ class BackfillLedger:
 
     def close(self) -> None:
         if self._conn is not None:
+            self.mark_history()
             self._conn.close()
             self._conn = None
 

@@ -158,9 +158,11 @@ def test_rest_and_stream_overlap_without_duplicates(tmp_path, live_market):
     try:
         assert wait_until(lambda: c.stored > 150, 10)  # the stream alone, for a while
         rest = binance_rest.RestClient(live_market.url.replace("ws://", "http://"))
+        # Started after the stream stored trades, like a backfill behind a fast stream.
         late = binance_rest.Backfiller(rest, ["BTCUSDT", "ETHUSDT"],
                                        database.BackfillLedger(c.db_path),
-                                       trade_history_s=30, kline_history_s=0, repair=False)
+                                       trade_history_s=30, kline_history_s=0, repair=False,
+                                       started_ms=c.started_ms)
         late.start()
         assert wait_until(lambda: late.state == "done", 15), late.health()
         assert wait_for_repair(c)
@@ -173,7 +175,30 @@ def test_rest_and_stream_overlap_without_duplicates(tmp_path, live_market):
     assert total == distinct == final["stored"] + final["backfilled"] + late.backfilled
     for symbol in ("BTCUSDT", "ETHUSDT"):
         rows = stored(c.db_path, symbol)
+        agg, _tid, ts, *_ = live_market.past.trades(symbol)
+        assert rows[0][0] == int(agg[ts >= late.trades_from_ms][0])  # the whole window
         assert rows == server_rows(live_market, symbol, rows[0][0], rows[-1][0])
+
+
+def test_restart_repairs_the_downtime_from_the_last_stored_id(tmp_path, live_market):
+    first = make_collector(tmp_path, live_market, backfill="20s").start()
+    try:
+        assert wait_for_repair(first)
+    finally:
+        first.stop()
+    before = {s: stored(first.db_path, s)[-1][0] for s in ("BTCUSDT", "ETHUSDT")}
+    time.sleep(1.5)  # trades the recorder never saw
+    second = make_collector(tmp_path, live_market, backfill="10m").start()
+    try:
+        assert wait_for_repair(second)
+        assert wait_until(lambda: second.stored > 50, 10)
+    finally:
+        final = second.stop()
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        rows = stored(first.db_path, symbol)
+        assert rows == server_rows(live_market, symbol, rows[0][0], rows[-1][0])
+        assert rows[-1][0] > before[symbol] + 50
+    assert final["gaps_open"] == 0
 
 
 def test_three_disconnects_are_repaired_to_the_servers_full_sequence(tmp_path, live_market):
