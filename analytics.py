@@ -1945,7 +1945,10 @@ class PriceStats:
     change, change_pct : float
         ``last - open`` and ``100 * (last - open) / open`` (percent).
     high, low, vwap : float
-        Window high, low and volume-weighted price (``sum notional / sum volume``).
+        Window high, low and volume-weighted price ``sum notional / sum volume`` over the
+        bars whose notional is known (an uploaded bar without a vwap has none); NaN when
+        no bar has one. Bars of unknown notional are left out of both sums: their volume
+        in the denominator alone would pull the VWAP towards 0.
     volatility_per_bar : float
         Realised volatility per √bar: ``sqrt(Σ r² / intervals)`` with r the log returns
         between consecutive closes and ``intervals = elapsed / bar``.
@@ -2035,6 +2038,9 @@ def price_stats(bars: pd.DataFrame, bar_seconds: float | None = None) -> PriceSt
     buy_values = _bar_column(ordered, "buy_volume")
     volume = float(np.nansum(volume_values))
     notional = float(np.nansum(notional_values))
+    known_price = np.isfinite(notional_values) & np.isfinite(volume_values) & (volume_values > 0)
+    priced_volume = float(volume_values[known_price].sum())
+    priced_notional = float(notional_values[known_price].sum())
     known_side = np.isfinite(buy_values) & np.isfinite(volume_values)
     buy = float(buy_values[known_side].sum()) if known_side.any() else math.nan
     sell = float(volume_values[known_side].sum() - buy) if known_side.any() else math.nan
@@ -2053,7 +2059,8 @@ def price_stats(bars: pd.DataFrame, bar_seconds: float | None = None) -> PriceSt
         change_pct=float(100.0 * (close[-1] - first_open) / first_open),
         high=high,
         low=low,
-        vwap=notional / volume if volume > 0 and notional > 0 else math.nan,
+        vwap=(priced_notional / priced_volume
+              if priced_volume > 0 and priced_notional > 0 else math.nan),
         volatility_per_bar=vol_per_bar,
         volatility_annualised=vol_annualised,
         volume=volume,

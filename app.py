@@ -1139,9 +1139,11 @@ def tab_health(c: dd.Controls) -> None:
     st.markdown(f"**collection:** {collection} · paper monitor: {monitor}")
     st.markdown(f"**{dd.feed_status(health).label}** · {health['url']} · state "
                 f"{health['state']} · last close: {health['last_close_reason'] or '—'}")
-    counters = ("received", "stored", "duplicates", "rejected", "filtered", "dropped",
-                "gaps", "reconnects", "queue_depth", "queue_high_water", "queue_max",
-                "lag_ms", "batches", "write_errors")
+    # received = stored + duplicates + rejected + filtered + spilled + dropped (README);
+    # gaps = the open gaps listed below, gaps_filled = gaps late trades closed this run.
+    counters = ("received", "stored", "duplicates", "rejected", "filtered", "spilled",
+                "dropped", "gaps", "gaps_filled", "reconnects", "queue_depth",
+                "queue_high_water", "queue_max", "lag_ms", "batches", "write_errors")
     cols = st.columns(7)
     for i, name in enumerate(counters):
         cols[i % 7].metric(name.replace("_", " "), f"{health[name]:,}")

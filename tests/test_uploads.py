@@ -1200,3 +1200,56 @@ def test_exported_csv_neutralises_formula_cells_and_keeps_numbers():
     bars = pd.DataFrame({"close": [1.0]}, index=pd.Index([1_765_839_780_000], name="ts"))
     written = dd.bars_csv({FORMULA: bars}, "UTC").decode()
     assert f"'{FORMULA}" in written and f",{FORMULA}," not in written
+
+
+# --------------------------------------------------- VWAP of an upload (issue 15, point 2)
+
+
+@pytest.mark.parametrize("timeframe", ["1min", "5min"])
+def test_page_vwap_of_an_upload_with_mostly_zero_vwap_uses_only_the_known_rows(
+        tmp_path, timeframe):
+    """The real 1-minute file has vwap 0.0 on most rows (read as unknown). The page's VWAP
+    (price_stats on the stored upload) must be the volume-weighted price of the rows that
+    have one, not their notional divided by the volume of every row (BTC 0.0193)."""
+    import analytics
+    import dashboard_data as dd
+
+    parsed = parse_ohlc_csv(SPOT_1M)
+    db = str(tmp_path / "uploads.db")
+    dd.save_uploaded(db, "spot_1m.csv", parsed.bars)
+    source = dd.DataSource("uploaded", db, "spot_1m.csv")
+    frame = pd.read_csv(SPOT_1M)
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        bars = dd.load_bars(source, symbol, timeframe, None, None)
+        stats = analytics.price_stats(bars)
+        mine = parsed.bars[parsed.bars["symbol"] == symbol]
+        if timeframe == "1min":
+            known = mine[mine["vwap"].notna()]
+        else:  # a 5-minute bar has a vwap only when every minute of it had one
+            bucket = mine["ts"] // 300_000
+            complete = mine.groupby(bucket)["vwap"].transform(lambda v: v.notna().all())
+            known = mine[complete]
+        assert len(known) < len(mine) / 2  # most rows carry no vwap
+        if timeframe == "5min" and known.empty:  # no 5-minute bar is fully known
+            assert np.isnan(stats.vwap)
+        else:
+            expected = (known["vwap"] * known["volume"]).sum() / known["volume"].sum()
+            assert stats.vwap == pytest.approx(expected, rel=1e-12)
+            rows = frame[frame["symbol"].str.upper() == symbol]
+            assert rows["low"][rows["low"] > 0].min() <= stats.vwap <= rows["high"].max()
+        assert stats.volume == pytest.approx(mine["volume"].sum())  # volume stays complete
+
+
+def test_price_stats_vwap_known_answer_with_unknown_notional():
+    import analytics
+
+    bars = pd.DataFrame(
+        {"open": [10.0, 11, 12], "high": [10.0, 11, 12], "low": [10.0, 11, 12],
+         "close": [10.0, 11, 12], "volume": [5.0, 2, 3], "notional": [np.nan, 22, 36]},
+        index=pd.Index([0, 60_000, 120_000], name="ts"),
+    )
+    stats = analytics.price_stats(bars)
+    assert stats.vwap == pytest.approx((22 + 36) / (2 + 3))  # 11.6, not 58 / 10 = 5.8
+    assert stats.volume == 10.0
+    unknown = bars.assign(notional=np.nan)
+    assert np.isnan(analytics.price_stats(unknown).vwap)
