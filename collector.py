@@ -6,8 +6,11 @@ so each can be read (and tested) on its own:
 * **Parsing** - ``parse_frame`` turns one WebSocket message into a trade tuple (or says why
   it is not one). Pure; knows Binance's frame shapes and nothing about sockets.
 * **Supervision** - ``Collector._receive_loop`` opens the connection, reads, and reconnects
-  after any close, error or silence with capped, fully jittered exponential backoff. It knows
-  nothing about message shapes.
+  after any close, error or silence with capped, fully jittered exponential backoff over the
+  connections that failed to open or died before delivering data (one that delivered data
+  resets it: the next attempt comes within ``BACKOFF_BASE_S``). It knows nothing about
+  message shapes. Many symbols are split over connections (``plan_connections``), each with
+  its own receive thread feeding the same queue.
 * **Writing** - ``Collector._writer_loop`` owns the only SQLite write connection and drains
   the queue into one transaction per batch through ``database.TickWriter`` (dedup, 1 s bars
   and gap tracking happen there).
