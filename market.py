@@ -967,7 +967,9 @@ class ReplaySource:
     times; pacing follows the running maximum of the times because recordings interleave
     symbols with small backward steps. Ids: per symbol from 1 in file order
     (``trade_id``); aggregate ids count market trades per symbol from 1. The side is not
-    recorded: frames say ``"m":false``. Rows with price 0 go out as ``"X":"NA"`` placeholders.
+    recorded: frames say ``"m":false``. Rows with price 0 go out as ``"X":"NA"`` placeholders
+    on every futures stream, ``aggTrade`` included (see ``MarketServer``), so that a collector
+    can account for every row of the file.
     """
 
     def __init__(self, path: str | Path, *, speed: float = 1.0, loop: bool = False) -> None:
@@ -1230,6 +1232,11 @@ class MarketServer:
         Counters; ``total_trades`` counts market trades taken from the source (sent to
         whoever was subscribed), ``frames_sent`` data frames written to clients.
     open_connections : int
+    replay_placeholders : bool
+        True for a ReplaySource: its zero-price rows also go out on futures aggTrade
+        streams, as aggTrade events with ``"X":"NA"`` (a deviation from Binance, whose
+        aggTrade never carries placeholders) so that a collector can count every row of
+        the replayed file (issue 15: 51,313 rows reported as 51,281 received, 0 filtered).
     error : BaseException or None
         Why the source pump stopped, if it failed.
 
@@ -1289,6 +1296,12 @@ class MarketServer:
         self.frames_sent = 0
         self.total_trades = 0
         self.placeholders_sent = 0
+        # A replay is an accounting of a file: its placeholder rows also go out on aggTrade
+        # streams (Binance's aggTrade never carries them; its trade stream does), marked
+        # "X":"NA" with the aggregate id of their symbol's previous market trade, so that a
+        # collector counts them as filtered and sees no new id (no false gap).
+        self.replay_placeholders = isinstance(source, ReplaySource)
+        self._last_agg_id: dict[str, int] = {}
         self.slow_client_disconnects = 0
         self.rejected_handshakes = 0
 
@@ -1721,8 +1734,13 @@ class MarketServer:
             trades.ts.tolist(), trades.price.tolist(), trades.qty.tolist(),
             trades.maker.tolist(), trades.na.tolist(),
         )
+        last_agg_id = self._last_agg_id
         for code, trade_id, agg_id, ts, price, qty, maker, na in columns:
             symbol = symbols[code]
+            if na:
+                agg_id = last_agg_id.get(symbol, 0)
+            else:
+                last_agg_id[symbol] = agg_id
             outputs = plan.get(symbol)
             if outputs is None:
                 continue
@@ -1740,7 +1758,7 @@ class MarketServer:
                     if stream_type not in payloads:
                         payloads[stream_type] = _event_payload(
                             dumps, futures, stream_type, event_ms, ts, symbol, trade_id,
-                            agg_id, price_text, qty_text, maker, na,
+                            agg_id, price_text, qty_text, maker, na, self.replay_placeholders,
                         )
                     payload = payloads[stream_type]
                     if payload is None:
@@ -1774,8 +1792,13 @@ class MarketServer:
 def _event_payload(
     dumps, futures: bool, stream_type: str, event_ms: int, ts: int, symbol: str,
     trade_id: int, agg_id: int, price: str, qty: str, maker: bool, na: bool,
+    na_on_aggregates: bool = False,
 ) -> bytes | None:
-    """JSON of one event in Binance's key order; None when the stream skips placeholders."""
+    """JSON of one event in Binance's key order; None when the stream skips placeholders.
+
+    ``na_on_aggregates`` (replays only): a futures placeholder also goes out on aggTrade,
+    as an aggTrade event with ``"X":"NA"`` appended (not a Binance event: see
+    ``MarketServer.replay_placeholders``)."""
     if stream_type == "trade":
         if futures:
             return dumps(
@@ -1788,12 +1811,14 @@ def _event_payload(
             {"e": "trade", "E": event_ms, "s": symbol, "t": trade_id, "p": price, "q": qty,
              "T": ts, "m": maker, "M": True}
         )
-    if na:
+    if na and not (futures and na_on_aggregates):
         return None
     event = {"e": "aggTrade", "E": event_ms, "s": symbol, "a": agg_id, "p": price, "q": qty,
              "f": trade_id, "l": trade_id, "T": ts, "m": maker}
     if not futures:
         event["M"] = True
+    if na:
+        event["X"] = "NA"
     return dumps(event)
 
 
@@ -1902,11 +1927,14 @@ class _PastStore:
     folded from trades older than ``KEEP_TRADES_MS`` so memory stays bounded).
     """
 
-    _FIELDS = ("agg_id", "trade_id", "ts", "price", "qty", "maker")
+    _DTYPES = (np.int64, np.int64, np.int64, np.float64, np.float64, bool)  # agg id, trade
+    # id, time, price, qty, buyer is maker
 
     def __init__(self) -> None:
-        self._parts: dict[str, list[tuple[np.ndarray, ...]]] = {}
-        self._merged: dict[str, tuple[np.ndarray, ...]] = {}
+        # Per symbol: column buffers with spare capacity and the rows used, so that a
+        # streamed batch costs a copy of its own rows, not of the whole history.
+        self._buffers: dict[str, list[np.ndarray]] = {}
+        self._sizes: dict[str, int] = {}
         self._klines: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -1921,8 +1949,20 @@ class _PastStore:
         with self._lock:
             for code in np.unique(codes).tolist():
                 rows = codes == code
-                self._parts.setdefault(trades.symbols[code], []).append(
-                    tuple(column[rows] for column in columns))
+                self._append(trades.symbols[code], [column[rows] for column in columns])
+
+    def _append(self, symbol: str, columns: list[np.ndarray]) -> None:
+        size, added = self._sizes.get(symbol, 0), len(columns[0])
+        buffers = self._buffers.get(symbol)
+        if buffers is None or size + added > len(buffers[0]):
+            capacity = max(4096, 2 * (size + added))
+            grown = [np.empty(capacity, dtype) for dtype in self._DTYPES]
+            for new, old in zip(grown, buffers or []):
+                new[:size] = old[:size]
+            self._buffers[symbol] = buffers = grown
+        for buffer, column in zip(buffers, columns):
+            buffer[size:size + added] = column
+        self._sizes[symbol] = size + added
 
     def add_klines(self, symbol: str, rows: np.ndarray) -> None:
         with self._lock:
@@ -1930,33 +1970,32 @@ class _PastStore:
             self._klines[symbol] = rows if old is None else np.vstack([old, rows])
 
     def has(self, symbol: str) -> bool:
-        return symbol in self._parts or symbol in self._klines or symbol in self._merged
+        return symbol in self._sizes or symbol in self._klines
 
     def trades(self, symbol: str) -> tuple[np.ndarray, ...] | None:
-        """The symbol's trade columns, merged into one array each (cached)."""
+        """The symbol's trade columns (views of the used rows; later appends never change
+        what a view shows, and folding allocates new buffers)."""
         with self._lock:
-            parts = self._parts.get(symbol)
-            merged = self._merged.get(symbol)
-            if parts:
-                pieces = ([merged] if merged is not None else []) + parts
-                merged = tuple(np.concatenate([p[i] for p in pieces]) for i in range(6))
-                self._merged[symbol] = merged
-                self._parts[symbol] = []
-            return merged
+            buffers = self._buffers.get(symbol)
+            if buffers is None:
+                return None
+            size = self._sizes[symbol]
+            return tuple(buffer[:size] for buffer in buffers)
 
     def fold_old_trades(self, before_ms: int) -> None:
         """Turn trades of whole minutes before ``before_ms`` into stored klines."""
         cut = before_ms - before_ms % MINUTE_MS
-        for symbol in list(self._parts) + list(self._merged):
+        for symbol in list(self._buffers):
             trades = self.trades(symbol)
             if trades is None or not len(trades[2]) or trades[2][0] >= cut:
                 continue
             stop = int(np.searchsorted(trades[2], cut, side="left"))
-            old = tuple(column[:stop] for column in trades)
-            self.add_klines(symbol, _minute_bars(old))
+            self.add_klines(symbol, _minute_bars(tuple(column[:stop] for column in trades)))
             with self._lock:
-                merged = self._merged[symbol]
-                self._merged[symbol] = tuple(column[stop:] for column in merged)
+                rest = [column[stop:].copy() for column in trades]
+                del self._buffers[symbol]
+                self._sizes[symbol] = 0
+                self._append(symbol, rest)
 
     def klines(self, symbol: str, start_ms: int, end_ms: int, limit: int) -> np.ndarray:
         """Minute bars with open in [start_ms, end_ms]: stored ones, then from trades."""
