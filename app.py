@@ -1458,10 +1458,10 @@ def pair_actions(y: str, x: str, timeframe: str, c: dd.Controls, key: str, *,
         cols[1].button("Unpin", key=f"{key}_unpin", on_click=unpin_pair, args=(y, x))
     else:
         values = screened or {}
-        cols[1].button("📌 Pin to watchlist", key=f"{key}_pin", on_click=pin_pair,
+        cols[1].button("Pin to watchlist", key=f"{key}_pin", on_click=pin_pair,
                        args=(y, x, timeframe, values.get("beta"), values.get("half_life"),
                              values.get("eg_qvalue")))
-    cols[2].button(f"🔔 Alert when |z| > {c.entry:g}", key=f"{key}_alert",
+    cols[2].button(f"Alert when |z| > {c.entry:g}", key=f"{key}_alert",
                    on_click=create_pair_alert, args=(y, x, timeframe, c.entry))
 
 
