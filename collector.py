@@ -420,6 +420,7 @@ class Collector:
         self._overflow_started = 0.0
         self._overflow_first_drop = 0
         self._last_drop_log = 0.0
+        self._last_journal_error = 0.0
         self._writer_deadline = math.inf
         self._gaps_counted_at = 0.0
         self._attempts: collections.deque = collections.deque()  # monotonic connect times
@@ -1031,8 +1032,9 @@ class Collector:
                 may_try = time.monotonic() >= retry_at and not (stopping and failing)
                 if not batch and not seen and not (backlog and may_try):
                     # A reader stuck in a slow connect must not keep the writer from closing.
-                    if stopping and not self._queue and (self._reader_done.is_set()
-                                                         or self._ws is None):
+                    # Links (other connections) are joined before ``_links`` empties.
+                    if (stopping and not self._queue and not self._links
+                            and (self._reader_done.is_set() or self._ws is None)):
                         break
                     time.sleep(WRITER_POLL_S)
                     continue
@@ -1080,8 +1082,11 @@ class Collector:
         try:
             self._journal = spill.SpillJournal.open(path, self.db_path)
         except OSError as exc:
-            log.error("spill journal %s cannot be opened (%s): trades the database refuses "
-                      "will be dropped", path, exc)
+            now = time.monotonic()
+            if now - self._last_journal_error >= ALARM_LOG_EVERY_S:  # retried per batch
+                self._last_journal_error = now
+                log.error("spill journal %s cannot be opened (%s): trades the database "
+                          "refuses will be dropped", path, exc)
             return None
         self.journal_pending = self._journal.pending_trades
         if self._journal.inherited_trades:
