@@ -510,6 +510,16 @@ def delete_alert(request: Request) -> Response:
     return json_response({"id": rule_id, "deleted": True})
 
 
+def watchlist(request: Request) -> Response:
+    """The Pairs tab's pinned pairs (``database.list_watchlist``), in pin order."""
+    Params(request.query_params).finish()
+    path = _db_path()
+    if not dd.database_ready(path):
+        return json_response([])
+    with dd.reading(path) as conn:
+        return json_response(records(database.list_watchlist(conn)))
+
+
 def paper_positions(request: Request) -> Response:
     params = Params(request.query_params)
     status = params.choice("status", "all", ("open", "closed", "all"))
@@ -625,6 +635,9 @@ ENDPOINTS = (
     Endpoint("GET", "/api/alerts/events", alert_events, "Alert events, newest first",
              (("since_id", "only events with a larger id"), ("rule_id", "only this rule"),
               ("limit", f"1..{MAX_EVENTS}; default 200"))),
+    Endpoint("GET", "/api/watchlist", watchlist, "Pairs pinned in the Pairs tab: y_symbol, "
+             "x_symbol, timeframe, the screen's beta, half_life (bars) and eg_qvalue when "
+             "pinned, added_ms"),
     Endpoint("GET", "/api/paper/positions", paper_positions, "Paper positions with live "
              "unrealised P&L (open) or realised P&L and fees (closed)",
              (("status", "open, closed or all; default all"),

@@ -214,3 +214,46 @@ def test_watchlist_rejects_bad_pins(tmp_path, args, kwargs, message):
         assert database.list_watchlist(conn).empty
     finally:
         conn.close()
+
+
+def test_watchlist_is_served_by_the_rest_api(tmp_path, monkeypatch):
+    import asyncio
+    import json
+
+    from starlette.applications import Starlette
+
+    import api
+
+    db_path = str(tmp_path / "api.db")
+    monkeypatch.setenv("CRYPTO_DB_PATH", db_path)
+
+    def get(path: str) -> tuple[int, object]:
+        """One GET through the API's Starlette routes (no socket)."""
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "root_path": "", "server": ("127.0.0.1", 80),
+                 "client": ("127.0.0.1", 40000), "headers": []}
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(Starlette(routes=api.routes())(scope, receive, send))
+        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        return status, json.loads(body)
+
+    assert get("/api/watchlist") == (200, [])  # no database yet
+    conn = database.connect(db_path)
+    try:
+        database.pin_pair(conn, "G1AUSDT", "G1BUSDT", timeframe="1min", beta=1.25,
+                          half_life=3.5, eg_qvalue=1e-6, now_ms=1_000)
+    finally:
+        conn.close()
+    status, body = get("/api/watchlist")
+    assert status == 200
+    assert body == [{"y_symbol": "G1AUSDT", "x_symbol": "G1BUSDT", "timeframe": "1min",
+                     "beta": 1.25, "half_life": 3.5, "eg_qvalue": 1e-6, "added_ms": 1_000}]
