@@ -419,7 +419,8 @@ def test_swap_exchanges_the_legs(recorded_db):
 
 
 def test_statistics_tests_run_on_request_with_a_verdict(recorded_db):
-    at = open_tab(run(new_app(lookback="15 min")), "Statistics")
+    # A 30-bar window: the recording is 141 s, shorter than the 1 s default (300) needs.
+    at = open_tab(run(new_app(lookback="15 min", window=30)), "Statistics")
     assert not any(s.value.startswith("Engle–Granger:") for s in at.success)
 
     at.button(key="run_tests").click()
