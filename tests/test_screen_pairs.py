@@ -319,6 +319,41 @@ def test_fewer_than_two_symbols_gives_an_empty_table():
     assert result.empty and list(result.columns) == list(analytics.SCREEN_COLUMNS)
 
 
+def test_screen_grid_fills_the_bar_grid_without_inventing_prices():
+    closes = pd.DataFrame({"A": [100.0, 101.0, np.nan, 0.0],
+                           "B": [np.nan, 50.0, 51.0, 52.0]},
+                          index=pd.Index([T0, T0 + MINUTE, T0 + 2 * MINUTE, T0 + 4 * MINUTE]))
+    grid = analytics.screen_grid(closes, "1m")
+    assert list(grid.index) == [T0 + k * MINUTE for k in range(5)]  # the empty minute 3 too
+    expected_a = [math.log(100), math.log(101), np.nan, np.nan, np.nan]  # 0.0 is no price
+    expected_b = [np.nan, math.log(50), math.log(51), np.nan, math.log(52)]
+    np.testing.assert_allclose(grid["A"], expected_a)
+    np.testing.assert_allclose(grid["B"], expected_b)
+    with pytest.raises(ValueError, match="not multiples of 1m"):
+        analytics.screen_grid(closes.set_axis(closes.index + 1), "1m")
+
+
+def test_watch_pair_reports_the_trailing_z_and_its_last_crossing():
+    prices = simple_pair(n=600, seed=13)
+    y, x = prices["ETHUSDT"], prices["BTCUSDT"]
+    result = analytics.watch_pair(y, x, window=60)
+    frame = analytics.pair_signals(y, x, method="ols", window=60, z_window=60).frame
+    z = frame["z"].dropna()
+    assert result.z == z.iloc[-1] and result.beta == frame["beta"].loc[z.index[-1]]
+    assert result.last_ts == int(z.index[-1])
+    assert result.half_life == analytics.half_life(frame["spread"]).bars
+    # Last sign change of z, counted by hand.
+    values = z.to_numpy()
+    last = max(i for i in range(1, len(values)) if np.sign(values[i]) != np.sign(values[i - 1]))
+    assert result.last_cross_ts == int(z.index[last])
+    assert result.bars_since_cross == len(values) - 1 - last
+    short = analytics.pair_signals(y[:40], x[:40], method="ols", window=60, z_window=60)
+    assert short.frame["z"].isna().all()  # 40 bars: no z yet
+    warming = analytics.watch_pair(y[:40], x[:40], window=60)
+    assert math.isnan(warming.z) and warming.last_ts is None
+    assert (warming.nobs, warming.needed) == (40, short.needed)
+
+
 # --------------------------------------------------------------------------------------
 # The built-in market's planted universe
 # --------------------------------------------------------------------------------------
