@@ -601,7 +601,9 @@ def live_strip(c: dd.Controls) -> None:
     columns[2].metric("spread", dd.format_spread(values.spread, c.log_prices),
                       help="y − β·x − α; of log prices in basis points")
     columns[3].metric("z-score", dd.format_number(values.z, ".2f"))
-    columns[4].metric("β", dd.format_number(values.beta, ".4f"))
+    columns[4].metric("β", dd.format_number(values.beta, ".4f"),
+                      help=f"no β at the last bar: {values.beta_note}"
+                      if values.beta_note else None)
     columns[5].metric("correlation", dd.format_number(values.correlation, ".3f"))
     columns[6].metric("alerts firing / on",
                       dd.alert_summary(feed.db_path) if alerts_ready() else "—")

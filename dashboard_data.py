@@ -607,7 +607,10 @@ def live_values(view: PairView) -> LiveValues:
 
     While the z window fills, β and the spread already exist (they need ``window`` bars,
     z needs ``window + z_window``): the strip shows them from the newest bar that has a β,
-    and z from the newest bar that has a z (the same bar once z exists).
+    and z from the newest bar that has a z (the same bar once z exists). When the β guard
+    refused the newest bar's β (x did not move enough, or beyond the cap), β, spread and z
+    are NaN and ``beta_note`` says why: the strip never shows a number the guard refused
+    next to one from an older window.
     """
     frame = view.signals.frame
     usable = frame["beta"].notna()
@@ -616,12 +619,14 @@ def live_values(view: PairView) -> LiveValues:
     hedged = frame[usable]
     latest = hedged.iloc[-1] if len(hedged) else view.signals.latest
     note = str(frame["beta_note"].iloc[-1]) if len(frame) and "beta_note" in frame else ""
+    refused = note in analytics.BETA_NOTES[2:]
     corr = view.correlation.dropna()
     return LiveValues(
         last_y=float(view.bars_y["close"].iloc[-1]) if len(view.bars_y) else math.nan,
         last_x=float(view.bars_x["close"].iloc[-1]) if len(view.bars_x) else math.nan,
-        spread=float(latest["spread"]), z=float(view.signals.latest["z"]),
-        beta=float(latest["beta"]),
+        spread=math.nan if refused else float(latest["spread"]),
+        z=math.nan if refused else float(view.signals.latest["z"]),
+        beta=math.nan if refused else float(latest["beta"]),
         correlation=float(corr.iloc[-1]) if len(corr) else math.nan,
         last_ts=int(view.aligned.frame.index[-1]) if len(view.aligned.frame) else None,
         beta_note=note,
@@ -638,7 +643,8 @@ def analytics_frame(view: PairView) -> pd.DataFrame:
         "both_traded": frame["both_traded"],
         "beta": signals["beta"], "alpha": signals["alpha"], "spread": signals["spread"],
         "spread_mean": signals["spread_mean"], "spread_std": signals["spread_std"],
-        "z": signals["z"], "rolling_beta": view.rolling_beta,
+        "z": signals["z"], "beta_note": signals["beta_note"],
+        "rolling_beta": view.rolling_beta,
         "kalman_beta": view.kalman_beta, "correlation": view.correlation,
     }, index=frame.index)
 

@@ -204,8 +204,10 @@ def test_live_values_say_why_there_is_no_beta():
     view = view_of((bars_y, quiet), window=60)
     values = dd.live_values(view)
     assert values.beta_note == "x did not move enough in this window"
-    # The strip keeps the last β that existed, never one from the refused window.
-    assert values.beta == view.signals.frame["beta"].dropna().iloc[-1]
+    # No number the guard refused, and none from an older window next to the reason.
+    assert math.isnan(values.beta) and math.isnan(values.z) and math.isnan(values.spread)
+    assert view.signals.frame["beta"].notna().any()
+    assert dd.analytics_frame(view)["beta_note"].iloc[-1] == values.beta_note
 
 
 # --------------------------------------------------------------------------------------
