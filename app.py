@@ -1498,7 +1498,8 @@ def screen_results(c: dd.Controls) -> None:
     rows = list(event.selection.rows) if event is not None else []
     if rows and st.session_state.get("pairs_table_applied") != rows:  # a newly clicked row
         st.session_state["pairs_table_applied"] = rows
-        st.session_state["pairs_choice"] = choices[rows[0]]
+        if rows[0] < len(choices):  # a selection left from a longer table is ignored
+            st.session_state["pairs_choice"] = choices[rows[0]]
     keep_choice("pairs_choice", choices, choices[0])
     choice = st.selectbox("pair (or click a row)", choices, key="pairs_choice")
     row = shown.iloc[choices.index(choice)]
