@@ -660,6 +660,32 @@ def test_kalman_batch_equals_incremental_updates():
     assert state.n_updates == len(y) - 4
 
 
+def test_adaptive_kalman_batch_equals_incremental_updates():
+    # Realistic scale: log BTC ~11.4 moving 1e-4 per bar, log ETH ~8.0; gaps in both legs,
+    # one inside the warm-up (it does not count towards it).
+    rng = np.random.default_rng(23)
+    log_x = math.log(87_000) + np.cumsum(rng.normal(0, 1e-4, 2_000))
+    log_y = math.log(2_950) + 1.2 * (log_x - log_x[0]) + rng.normal(0, 3e-5, 2_000)
+    log_y[[10, 700]] = np.nan
+    log_x[[1_500]] = np.nan
+    batch = analytics.kalman_hedge(log_y, log_x)
+    state = analytics.KalmanState.adaptive_start()
+    rows = []
+    for y_t, x_t in zip(log_y, log_x):
+        state, output = analytics.kalman_update(state, y_t, x_t)
+        rows.append([getattr(output, column) for column in analytics.KALMAN_COLUMNS])
+    incremental = pd.DataFrame(rows, columns=list(analytics.KALMAN_COLUMNS))
+    pd.testing.assert_frame_equal(batch.frame, incremental, check_exact=True)
+    assert batch.state == state and state.adaptive and state.n_updates == 1_997
+    warm = analytics.KALMAN_DEFAULT_WARMUP
+    assert batch.frame.warmup.sum() == warm + 1  # 60 observed bars + the gap at bar 10
+    assert batch.frame.beta_prior.iloc[:warm + 1].isna().all()
+    # Its start is the warm-up's OLS on the centred legs.
+    ols = analytics.hedge_ratio(log_y[:warm + 1], log_x[:warm + 1])
+    assert batch.frame.beta_prior.iloc[warm + 1] == pytest.approx(ols.beta, rel=1e-9)
+    assert batch.frame.alpha_prior.iloc[warm + 1] == pytest.approx(ols.alpha, rel=1e-9)
+
+
 def test_kalman_continues_from_a_state_exactly():
     y, x = _kalman_pair()
     whole = analytics.kalman_hedge(y, x)
