@@ -2612,7 +2612,7 @@ def _scheduled_robust_fit(y: pd.Series, x: pd.Series, numbers: np.ndarray, windo
     min_obs = window_min_obs(window)
     fit = _huber_fit if method == "huber" else _theil_sen_fit
     limit = HUBER_MAX_POINTS if method == "huber" else THEIL_SEN_MAX_POINTS
-    boundaries = np.flatnonzero(np.r_[True, refit_at[1:] != refit_at[:-1]])
+    boundaries = np.flatnonzero(np.r_[True, refit_at[1:] != refit_at[:-1]]) if n else []
     for start, end in zip(boundaries, np.r_[boundaries[1:], n]):
         r = refit_at[start]
         lo, hi = np.searchsorted(numbers, [r - window, r])  # rows in [r - window, r)
