@@ -351,6 +351,7 @@ def test_cli_stopped_on_a_full_disk_exits_non_zero_and_a_restart_stores_every_tr
         assert process.returncode == collector.EXIT_NOT_ALL_STORED, err
         summary = json.loads(out.strip().splitlines()[-1])
         assert summary["received"] == total and identity_holds(summary)
+        assert summary["database_failing"] == 1
         assert summary["spilled"] > 0 and summary["dropped"] == 0
         assert summary["spill_path"] == str(journal) and str(journal) in err
         os.remove(filler)  # space is back
@@ -360,6 +361,7 @@ def test_cli_stopped_on_a_full_disk_exits_non_zero_and_a_restart_stores_every_tr
             out, err = process.communicate(timeout=30)
         assert process.returncode == 0, err
         again = json.loads(out.strip().splitlines()[-1])
+        assert again["database_failing"] == 0
         assert again["recovered"] == summary["spilled"] and again["journal_pending"] == 0
         assert count_rows(str(db)) == total and distinct_ids(str(db)) == total
 
