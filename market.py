@@ -1298,10 +1298,10 @@ class MarketServer:
         self.placeholders_sent = 0
         # A replay is an accounting of a file: its placeholder rows also go out on aggTrade
         # streams (Binance's aggTrade never carries them; its trade stream does), marked
-        # "X":"NA" with the aggregate id of their symbol's previous market trade, so that a
-        # collector counts them as filtered and sees no new id (no false gap).
+        # "X":"NA" with aggregate id 0 (a placeholder is no aggregate; a replay's aggregate
+        # ids start at 1, so 0 is always "already seen" to a collector's id tracking and can
+        # neither open nor fill a gap), so that a collector counts them as filtered.
         self.replay_placeholders = isinstance(source, ReplaySource)
-        self._last_agg_id: dict[str, int] = {}
         self.slow_client_disconnects = 0
         self.rejected_handshakes = 0
 
@@ -1734,13 +1734,8 @@ class MarketServer:
             trades.ts.tolist(), trades.price.tolist(), trades.qty.tolist(),
             trades.maker.tolist(), trades.na.tolist(),
         )
-        last_agg_id = self._last_agg_id
         for code, trade_id, agg_id, ts, price, qty, maker, na in columns:
             symbol = symbols[code]
-            if na:
-                agg_id = last_agg_id.get(symbol, 0)
-            else:
-                last_agg_id[symbol] = agg_id
             outputs = plan.get(symbol)
             if outputs is None:
                 continue
@@ -1758,7 +1753,8 @@ class MarketServer:
                     if stream_type not in payloads:
                         payloads[stream_type] = _event_payload(
                             dumps, futures, stream_type, event_ms, ts, symbol, trade_id,
-                            agg_id, price_text, qty_text, maker, na, self.replay_placeholders,
+                            0 if na else agg_id, price_text, qty_text, maker, na,
+                            self.replay_placeholders,
                         )
                     payload = payloads[stream_type]
                     if payload is None:

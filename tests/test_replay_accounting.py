@@ -41,16 +41,16 @@ def test_replay_summary_accounts_for_every_row_of_the_file(tmp_path, stream):
     db = tmp_path / "replay.db"
     command = [sys.executable, str(ROOT / "collector.py"), "--feed", "replay",
                "--replay-file", str(RECORDING), "--replay-speed", "0", "--db", str(db),
-               "--duration", "60", "--no-alerts"]
+               "--duration", "150", "--no-alerts"]
     if stream is not None:  # None: the default stream (aggTrade on the futures dialect)
         command += ["--stream", stream]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+    result = subprocess.run(command, capture_output=True, text=True, timeout=200,
                             cwd=tmp_path, env={**os.environ, "CRYPTO_BACKFILL": "0",
                                                "CRYPTO_BACKFILL_KLINES": "0"})
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
 
-    assert summary["received"] == n_rows
+    assert summary["received"] == n_rows, (summary, result.stderr[-3000:])
     assert summary["filtered"] == n_placeholders
     assert summary["received"] == sum(summary.get(key, 0) for key in COUNTERS)
     assert summary["stored"] == n_rows - n_placeholders and summary["duplicates"] == 0
