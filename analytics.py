@@ -989,6 +989,9 @@ class KalmanOutput:
         β(t|t), α(t|t) after absorbing bar t (uses bar t: not for signals at t).
     warmup : bool
         True while fewer than ``warmup_bars`` bars had been absorbed before t.
+    beta_std : float
+        Standard deviation of β(t|t-1) (the prior covariance's ``sqrt(R_bb)``): how well
+        x's past moves identify the slope; NaN during the adaptive filter's warm-up.
     """
 
     beta_prior: float
@@ -999,6 +1002,7 @@ class KalmanOutput:
     beta_post: float
     alpha_post: float
     warmup: bool
+    beta_std: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -1010,7 +1014,7 @@ class KalmanResult:
 
 
 KALMAN_COLUMNS = ("beta_prior", "alpha_prior", "spread", "spread_std", "zscore",
-                  "beta_post", "alpha_post", "warmup")
+                  "beta_post", "alpha_post", "warmup", "beta_std")
 
 
 def _kalman_step(beta, alpha, p_bb, p_ba, p_aa, state_noise, obs_var, y, x):
@@ -1116,8 +1120,9 @@ def _adaptive_advance(state_tuple, warmup_limit, discounts, y_t, x_t):
         post_alpha = y_origin + alpha - beta * x_origin
         return ((beta, alpha, p_bb, p_ba, p_aa, obs_var, obs_dof, x_origin, y_origin,
                  n_updates, pending),
-                (math.nan, math.nan, math.nan, math.nan, beta, post_alpha, True))
+                (math.nan, math.nan, math.nan, math.nan, beta, post_alpha, True, math.nan))
     prior_beta, prior_alpha = beta, y_origin + alpha - beta * x_origin
+    prior_beta_std = math.sqrt(p_bb / discounts[0])
     beta, alpha, p_bb, p_ba, p_aa, obs_var, obs_dof, error, q = _discount_step(
         beta, alpha, p_bb, p_ba, p_aa, obs_var, obs_dof, discounts,
         y_t - y_origin, x_t - x_origin)
@@ -1125,7 +1130,7 @@ def _adaptive_advance(state_tuple, warmup_limit, discounts, y_t, x_t):
     return ((beta, alpha, p_bb, p_ba, p_aa, obs_var, obs_dof, x_origin, y_origin, n_updates,
              pending),
             (prior_beta, prior_alpha, error, q, beta, y_origin + alpha - beta * x_origin,
-             False))
+             False, prior_beta_std))
 
 
 def _adaptive_tuple(state: KalmanState) -> tuple:
@@ -1169,11 +1174,11 @@ def kalman_update(state: KalmanState, y_t: float, x_t: float) -> tuple[KalmanSta
     if state.adaptive:
         values, out = _adaptive_advance(_adaptive_tuple(state), state.warmup_bars,
                                         state.discounts, y_t, x_t)
-        beta_prior, alpha_prior, error, q, beta_post, alpha_post, warm = out
+        beta_prior, alpha_prior, error, q, beta_post, alpha_post, warm, beta_std = out
         spread_std = math.sqrt(q) if q == q else math.nan
         output = KalmanOutput(beta_prior, alpha_prior, error, spread_std,
                               error / spread_std if q == q else math.nan, beta_post,
-                              alpha_post, warm)
+                              alpha_post, warm, beta_std)
         return _adaptive_state(values, state), output
     state_noise = state.delta / (1.0 - state.delta)
     beta, alpha, p_bb, p_ba, p_aa, error, q = _kalman_step(
@@ -1183,7 +1188,8 @@ def kalman_update(state: KalmanState, y_t: float, x_t: float) -> tuple[KalmanSta
     spread_std = math.sqrt(q) if observed else math.nan
     output = KalmanOutput(state.beta, state.alpha, error, spread_std,
                           error / spread_std if observed else math.nan, beta, alpha,
-                          state.n_updates < state.warmup_bars)
+                          state.n_updates < state.warmup_bars,
+                          math.sqrt(state.p_bb + state_noise))
     new_state = KalmanState(beta, alpha, p_bb, p_ba, p_aa, state.delta, state.obs_var,
                             state.warmup_bars, state.n_updates + int(observed),
                             state.log_prices)
@@ -1204,6 +1210,7 @@ def _adaptive_hedge(y_series: pd.Series, x_series: pd.Series,
     beta_prior, alpha_prior = [nan] * n, [nan] * n
     errors, variances = [nan] * n, [nan] * n
     beta_post, alpha_post = [nan] * n, [nan] * n
+    beta_std = [nan] * n
     warmup = [False] * n
     values = _adaptive_tuple(state)
     warmup_limit, discounts = state.warmup_bars, state.discounts
@@ -1224,6 +1231,7 @@ def _adaptive_hedge(y_series: pd.Series, x_series: pd.Series,
         r_bb = p_bb / d_beta
         r_aa = p_aa / d_alpha
         r_ba = p_ba / root
+        beta_std[i] = sqrt(r_bb)
         if not (isfinite(y) and isfinite(x)):
             p_bb, p_ba, p_aa = r_bb, r_ba, r_aa
             beta_post[i] = beta
@@ -1264,6 +1272,7 @@ def _adaptive_hedge(y_series: pd.Series, x_series: pd.Series,
             "beta_post": beta_post,
             "alpha_post": alpha_post,
             "warmup": np.array(warmup, dtype=bool),
+            "beta_std": beta_std,
         },
         index=y_series.index,
     )
@@ -1298,7 +1307,8 @@ def kalman_hedge(y, x, delta: float | None = None, obs_var: float | None = None,
     -------
     KalmanResult
         ``.frame`` on the input index with columns ``beta_prior, alpha_prior, spread,
-        spread_std, zscore, beta_post, alpha_post, warmup`` and ``.state`` after the last bar.
+        spread_std, zscore, beta_post, alpha_post, warmup, beta_std`` and ``.state`` after
+        the last bar.
 
     Notes
     -----
@@ -1374,6 +1384,7 @@ def kalman_hedge(y, x, delta: float | None = None, obs_var: float | None = None,
     beta_post = np.empty(n)
     alpha_post = np.empty(n)
     warmup = np.empty(n, dtype=bool)
+    beta_std = np.empty(n)
     beta, alpha = state.beta, state.alpha
     p_bb, p_ba, p_aa = state.p_bb, state.p_ba, state.p_aa
     state_noise = state.delta / (1.0 - state.delta)
@@ -1385,6 +1396,7 @@ def kalman_hedge(y, x, delta: float | None = None, obs_var: float | None = None,
         beta_prior[i] = beta
         alpha_prior[i] = alpha
         warmup[i] = n_updates < warmup_limit
+        beta_std[i] = math.sqrt(p_bb + state_noise)
         beta, alpha, p_bb, p_ba, p_aa, error, q = step(
             beta, alpha, p_bb, p_ba, p_aa, state_noise, obs_var_value, y_t, x_t)
         errors[i] = error
@@ -1404,6 +1416,7 @@ def kalman_hedge(y, x, delta: float | None = None, obs_var: float | None = None,
             "beta_post": beta_post,
             "alpha_post": alpha_post,
             "warmup": warmup,
+            "beta_std": beta_std,
         },
         index=y_series.index,
     )
@@ -2812,6 +2825,12 @@ def pair_signals(y, x, *, method: str = "ols", window: int = 60, z_window: int |
             elasticity = np.abs(beta_prior) if log_prices else np.abs(
                 beta_prior * x_series.to_numpy() / y_series.to_numpy())
         notes = np.where(elasticity <= BETA_CAP, 0, 3).astype(np.int8)
+        # x did not move enough since the start for the filter to know the slope: the
+        # same standard-error rule as the trailing windows, on the prior's std of beta.
+        with np.errstate(invalid="ignore"):
+            beta_std = k["beta_std"].to_numpy() * (
+                1.0 if log_prices else x_series.to_numpy() / y_series.to_numpy())
+        notes[(notes == 0) & (beta_std > BETA_MAX_STD_ERROR)] = 2
         notes[np.isnan(beta_prior)] = 1  # a leg without a level
         notes[warm] = len(BETA_NOTES)  # KALMAN_WARMUP_NOTE
         usable = notes == 0
