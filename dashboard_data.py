@@ -613,7 +613,9 @@ def live_values(view: PairView) -> LiveValues:
     next to one from an older window.
     """
     frame = view.signals.frame
-    usable = frame["beta"].notna()
+    # a bar with a β but no spread (a leg without a price there) would show "spread —"
+    # next to the z of an older bar
+    usable = frame["beta"].notna() & frame["spread"].notna()
     if view.signals.method == "kalman":  # the filter's β means nothing during its warm-up
         usable &= ~frame["warmup"].astype(bool)
     hedged = frame[usable]

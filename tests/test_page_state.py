@@ -207,3 +207,28 @@ def test_read_url_checks_every_parameter():
     assert page_state.url_params(view.state) == {
         "source": "uploaded", "upload": "a.csv", "y": "ETHUSDT", "x": "BTCUSDT",
         "window": "25", "entry": "1.5"}
+
+
+# --------------------------------------------------------------------------------------
+# 7. status words that do not mislead
+# --------------------------------------------------------------------------------------
+
+
+def test_uploaded_strip_shows_the_spread_next_to_its_z(app_env):
+    # The file's last bar has a β but no spread (one leg has no price there): the strip
+    # showed "spread —" next to the previous bar's z. Both now come from the newest bar
+    # that has them.
+    name = store_good_upload(app_env["uploads"])
+    at = new_app()
+    at.query_params.update({"source": "uploaded", "upload": name, "window": "60"})
+    at = run(at)
+    from test_app import metric
+    z, spread = metric(at, "z-score"), metric(at, "spread")
+    assert z != "—" and spread != "—", (z, spread)
+    view = dd.build_pair_view(
+        dd.load_bars(dd.DataSource("uploaded", app_env["uploads"], name), "ETHUSDT", "1min",
+                     None, None),
+        dd.load_bars(dd.DataSource("uploaded", app_env["uploads"], name), "BTCUSDT", "1min",
+                     None, None), "ETHUSDT", "BTCUSDT", None, "ols", 60, True)
+    both = view.signals.frame.dropna(subset=["spread", "z"]).iloc[-1]
+    assert z == f"{both['z']:.2f}" and spread == f"{both['spread'] * 1e4:,.1f} bp"
