@@ -460,19 +460,18 @@ def parse_agg_trades(answer, symbol: str, received_ms: int) -> list[tuple]:
     """
     if not isinstance(answer, list):
         raise RestError(f"aggTrades answer is not a list: {str(answer)[:100]}")
-    trades = []
-    for row in answer:
-        try:
-            trade_id, ts, buyer_is_maker = row["a"], row["T"], row["m"]
-            price, qty = float(row["p"]), float(row["q"])
-        except (KeyError, TypeError, ValueError):
-            raise RestError(f"malformed aggTrades row: {str(row)[:100]}") from None
-        if type(trade_id) is not int or type(ts) is not int or type(buyer_is_maker) is not bool:
-            raise RestError(f"malformed aggTrades row: {str(row)[:100]}")
-        if not (math.isfinite(price) and math.isfinite(qty)) or price <= 0 or qty <= 0:
-            continue
-        trades.append((symbol, trade_id, ts, price, qty, int(buyer_is_maker), received_ms))
-    trades.sort(key=lambda t: t[1])
+    try:  # one pass to read, one to check: ~2x faster than checking inside the first
+        rows = [(symbol, row["a"], row["T"], float(row["p"]), float(row["q"]), row["m"],
+                 received_ms) for row in answer]
+    except (KeyError, TypeError, ValueError):
+        raise RestError("malformed aggTrades row: missing or non-numeric field") from None
+    for row in rows:
+        if type(row[1]) is not int or type(row[2]) is not int or type(row[5]) is not bool:
+            raise RestError(f"malformed aggTrades row: {row[1:6]!r}")
+    trades = [(s, a, t, p, q, 1 if m else 0, r) for s, a, t, p, q, m, r in rows
+              if 0.0 < p < math.inf and 0.0 < q < math.inf]
+    if any(trades[i][1] >= trades[i + 1][1] for i in range(len(trades) - 1)):
+        trades.sort(key=lambda t: t[1])
     return trades
 
 
@@ -695,7 +694,10 @@ class Backfiller:
         One page per symbol in turn, so both legs of a pair reach back equally far and the
         newest minutes are usable first. Stops at the window start, at the highest id
         stored before (a restart: what lies between is a gap the tracker records and the
-        walk fills from the top), or at the first id REST does not have.
+        walk fills from the top), or at the first id REST does not have. Then each symbol
+        walks up from its newest REST page until it meets stored trades (the stream's) or
+        the present: the stream may have started after that page, and on an empty database
+        the writer has no earlier id to measure a gap from.
         """
         start_ms = self.trades_from_ms = now_ms - self.trade_history_ms
         walks = {}
@@ -709,19 +711,34 @@ class Backfiller:
                 walk = walks[symbol]
                 try:
                     finished = self._walk_step(walk)
-                except RestRejected as exc:
-                    self.progress[symbol].state = "failed"
-                    self.progress[symbol].detail = f"trades: {exc}"
-                    finished = True
-                except RestError as exc:
-                    if isinstance(exc, (RestBanned, RestStopped)):
-                        raise
+                    if finished:
+                        self._leave_older_gap(walk)
+                        self._walk_up(walk)
+                except (RestBanned, RestStopped):
+                    raise
+                except RestError as exc:  # the repair loop takes over what is missing
                     self.progress[symbol].detail = f"trades: {exc}"
                     self.progress[symbol].state = "failed"
                     finished = True
                 if finished:
                     del walks[symbol]
-                    self._leave_older_gap(walk)
+
+    def _walk_up(self, walk: _Walk) -> None:
+        """From above the newest REST page up to the first stored trade or the present."""
+        cursor = walk.top_id
+        while cursor is not None and not self.client.stop.is_set():
+            rows = self.client.agg_trades(walk.symbol, from_id=cursor + 1,
+                                          limit=AGG_TRADES_LIMIT)
+            if not rows:
+                return
+            inserted, duplicates, gaps_filled = self.ledger.store_trades(rows)
+            self.backfilled += inserted
+            self.duplicates += duplicates
+            self.gaps_repaired += gaps_filled
+            self.progress[walk.symbol].trades += len(rows)
+            if duplicates or len(rows) < AGG_TRADES_LIMIT:
+                return
+            cursor = rows[-1][1]
 
     def _leave_older_gap(self, walk: _Walk) -> None:
         """A gap just below the walk's lowest id is older than the window: keep it, say why."""
@@ -751,6 +768,8 @@ class Backfiller:
         if rows:
             self._store(rows)
             progress.trades += len(rows)
+            if walk.top_id is None:
+                walk.top_id = rows[-1][1]
             walk.lowest_id = rows[0][1]
             span = max(1, walk.end_ms - walk.start_ms)
             progress.fraction = min(1.0, max(0.0, (walk.end_ms - rows[0][2]) / span))
@@ -837,3 +856,4 @@ class _Walk:
     start_ms: int
     end_ms: int
     lowest_id: int | None = None
+    top_id: int | None = None  # highest id of the first (newest) page

@@ -196,7 +196,8 @@ def test_restart_repairs_the_downtime_from_the_last_stored_id(tmp_path, live_mar
         final = second.stop()
     for symbol in ("BTCUSDT", "ETHUSDT"):
         rows = stored(first.db_path, symbol)
-        assert rows == server_rows(live_market, symbol, rows[0][0], rows[-1][0])
+        expected = server_rows(live_market, symbol, rows[0][0], rows[-1][0])
+        assert rows == expected
         assert rows[-1][0] > before[symbol] + 50
     assert final["gaps_open"] == 0
 

@@ -379,3 +379,36 @@ def test_market_simulates_429_then_418_for_a_client_that_ignores_it():
     if codes[:2] == [200, 200]:  # (unless the minute turned over between requests)
         assert codes[2] == 429 and int(statuses[2][1]) >= 1
         assert 418 in codes and all(c == 418 for c in codes[codes.index(418):])
+
+
+def test_backfill_walks_up_to_the_streams_first_stored_trade(tmp_path):
+    """The newest REST page can be older than the stream's first trade (the stream started
+    after it was fetched); on an empty database no gap marks the hole: the walk goes up."""
+    path = tmp_path / "up.db"
+    conn = database.connect(path)
+    base_ts = 1_700_000_000_000
+    now = int(time.time() * 1000)
+    database.TickWriter(conn).write([("BTCUSDT", i, base_ts + i, 100.0, 1.0, 0, now)
+                                     for i in range(2001, 2101)])  # the stream's rows
+
+    def answer(path_, query):
+        if path_.endswith("/time"):
+            return ok({"serverTime": base_ts + 2200})
+        if path_.endswith("/exchangeInfo"):
+            return ok({"rateLimits": []})
+        if "fromId" not in query:  # "the newest page" as it was before the stream began
+            return ok([agg_row(i, ts=base_ts + i) for i in range(901, 1901)])
+        start = int(query["fromId"])
+        stop = min(start + int(query["limit"]), 2101)
+        return ok([agg_row(i, ts=base_ts + i) for i in range(start, stop)])
+
+    with ScriptedRest(default=answer) as server:
+        backfiller = Backfiller(client(server.url), ["BTCUSDT"], database.BackfillLedger(path),
+                                trade_history_s=1.295, kline_history_s=0, repair=False,
+                                started_ms=now).start()
+        assert wait_until(lambda: backfiller.state in ("done", "failed"), 5), backfiller.health()
+    ids = [row[0] for row in conn.execute(
+        "SELECT trade_id FROM ticks WHERE symbol = 'BTCUSDT' ORDER BY trade_id")]
+    assert ids == list(range(905, 2101))  # window start (ts >= now - 1.295 s) to the stream
+    assert backfiller.duplicates > 0
+    conn.close()
