@@ -158,8 +158,9 @@ def test_a_window_where_x_barely_moved_against_the_noise_gives_no_beta(method):
     y, x = make_pair(n=2_000, beta=1.2, seed=12, step=1e-6, noise=1e-4, phi=0.5)
     frame = analytics.pair_signals(y, x, method=method, window=60, bar_ms=1000).frame
     assert not (frame.beta.abs() > analytics.BETA_CAP).any()
-    if method != "kalman":
-        assert (frame.beta_note == "x did not move enough in this window").sum() > 1_500
+    refused = (frame.beta_note == "x did not move enough in this window").sum()
+    # Kalman: its prior std of beta exceeds 0.5 until x has moved enough since the start.
+    assert refused > (1_000 if method == "kalman" else 1_500)
     assert frame.z[frame.beta.isna()].isna().all()  # no beta, no z
     assert frame.spread[frame.beta.isna()].isna().all()
 
