@@ -1225,13 +1225,33 @@ def close_paper_position() -> None:
     try:
         status = paper.request_close(feed.db_path, int(position_id))
     except (LookupError, ValueError) as exc:
-        st.session_state["paper_message"] = ("error", str(exc))
+        st.session_state["paper_close_message"] = ("error", str(exc))
         return
-    st.session_state["paper_message"] = ("success", f"position {position_id}: {status}")
+    st.session_state["paper_close_message"] = (
+        "success", f"position {position_id}: {status}"
+        + (" — it closes at the next trade of each leg" if status == "closing" else ""))
+
+
+def paper_live(c: dd.Controls) -> None:
+    """Open positions with live P&L, the close button and the history (a timed fragment:
+    it refreshes with the charts, so a fill or an automatic close shows by itself)."""
+    paper_open_positions(c)
+    message = st.session_state.pop("paper_close_message", None)
+    if message:
+        (st.error if message[0] == "error" else st.success)(message[1])
+    history = paper.positions_table(feed.db_path, status="closed", with_z=False)
+    st.markdown(f"**History** ({len(history)} closed or cancelled)")
+    if len(history):
+        done = history[history["status"] == "closed"]
+        cols = st.columns(3)
+        cols[0].metric("realised P&L", f"{done['pnl'].sum():,.2f}")
+        cols[1].metric("fees paid", f"{done['fees'].sum():,.2f}")
+        cols[2].metric("positions", len(done))
+        st.dataframe(dd.with_time_column(history, c.tz, ts_column="requested_ms",
+                                         name="opened"), width="stretch", hide_index=True)
 
 
 def paper_open_positions(c: dd.Controls) -> None:
-    """Open positions with live P&L (a timed fragment: refreshes with the charts)."""
     table = paper.positions_table(feed.db_path, status="open")
     st.markdown(f"**Open positions** ({len(table)})")
     if table.empty:
@@ -1292,19 +1312,13 @@ def tab_paper(c: dd.Controls) -> None:
     message = state.pop("paper_message", None)
     if message:
         (st.error if message[0] == "error" else st.success)(message[1])
-    st.fragment(run_every=c.chart_every)(paper_open_positions)(c)
-    history = paper.positions_table(feed.db_path, status="closed", with_z=False)
-    st.markdown(f"**History** ({len(history)} closed or cancelled)")
-    if len(history):
-        done = history[history["status"] == "closed"]
-        cols = st.columns(3)
-        cols[0].metric("realised P&L", f"{done['pnl'].sum():,.2f}")
-        cols[1].metric("fees paid", f"{done['fees'].sum():,.2f}")
-        cols[2].metric("positions", len(done))
-        st.dataframe(dd.with_time_column(history, c.tz, ts_column="requested_ms",
-                                         name="opened"), width="stretch", hide_index=True)
-        download_formats("Paper history", lambda: history, "paper_history",
-                         "download_paper", c, rows=len(history), ts_column="requested_ms")
+    st.fragment(run_every=c.chart_every)(paper_live)(c)
+    # Downloads stay outside the timed fragment; the file is read when clicked.
+    rows = len(paper.positions_table(feed.db_path, status="closed", with_z=False))
+    if rows:
+        download_formats("Paper history", lambda: paper.positions_table(
+            feed.db_path, status="closed", limit=paper.MAX_LISTED, with_z=False),
+            "paper_history", "download_paper", c, rows=rows, ts_column="requested_ms")
 
 
 # --------------------------------------------------------------------------------------

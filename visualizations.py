@@ -843,7 +843,10 @@ def candlestick_figure(bars: pd.DataFrame, symbol: str, *, tz: str = "UTC", them
             buttons=[dict(label=label_, count=count, step=step, stepmode="backward")
                      for label_, count, step in RANGE_BUTTONS] + [dict(label="all",
                                                                       step="all")],
-            x=0, y=1.0, yanchor="bottom", font=dict(size=11))
+            # top right, clear of the legend; translucent so both themes read it
+            x=1.0, xanchor="right", y=1.0, yanchor="bottom",
+            bgcolor="rgba(128,128,128,0.18)", activecolor="rgba(128,128,128,0.45)",
+            font=dict(size=11, color=_THEMES[theme]["font"] if theme in _THEMES else None))
     if "volume" in drawable.columns:
         ts = drawable.index.to_numpy(dtype=np.int64)
         volume = drawable["volume"].to_numpy(dtype=np.float64, na_value=np.nan)
