@@ -42,6 +42,19 @@ Decisions (each one is tested in tests/test_uploads.py)
   the buy/sell imbalance of such an upload meaningless: the upload says so
   (``side_known=False`` and a warning). Caveat for storage: ids restart at 1 in every file,
   so two different files of one symbol can only be told apart by ``ts``.
+- Symbols follow the live rule (``^[a-z0-9]{2,20}$`` after lower-casing, as
+  config.SYMBOL_PATTERN): anything else (``=cmd|' /C calc'!A0``, ``btc-usdt``) is a rejected
+  row. A symbol ends up in SQL parameters, URLs and exported CSV cells.
+- Never raise on content: every file gives a result or an ``error`` naming the problem.
+  Encodings are sniffed (UTF-8/16/32, byte-order mark or not; a non-UTF-8 one is named in
+  ``warnings``); a file that breaks in its encoding is an error with the byte position.
+  NDJSON is strict JSON (orjson): NaN/Infinity, 1e400, lone ``\\ud800`` escapes and
+  nesting deeper than 1,024 are rejected lines with the reason. A defect of this module
+  becomes an "internal error ..." message instead of a traceback (the fuzz test in
+  tests/test_upload_fuzz.py asserts it never happens).
+- Bounded memory: a file over ``max_bytes`` is refused before it is read; cells are kept
+  as Arrow text (no Python object per cell); a file of more than 20,000 rows none of whose
+  first 10,000 rows is valid is refused after them instead of listing a million reasons.
 
 Seen in the real sample files: the spot 1m/5m bar files end with bars whose ``low`` is 0.0
 (a trade aggregation that let price-0 placeholders in); those rows are rejected as "low 0.0
@@ -52,7 +65,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import os
 import re
