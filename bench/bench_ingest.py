@@ -32,6 +32,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
+import websocket  # noqa: E402
 
 import collector  # noqa: E402
 import database  # noqa: E402
@@ -59,7 +60,33 @@ def wait_for(condition, timeout: float) -> bool:
     return False
 
 
-def throughput(trades: int, workdir: str) -> None:
+def receive_only(trades: int) -> tuple[float, float]:
+    """The ceiling: a bare websocket-client reader on the same market (same arguments, its
+    own process) that receives ``trades`` frames and discards them: (frames/s, CPU ms per
+    1,000 frames)."""
+    market, url = start_market("--speed", "0", "--max-trades", str(trades), "--seed", "1")
+    try:
+        ws = websocket.create_connection(
+            collector.stream_url(url, "futures", "aggTrade", Settings().symbols),
+            timeout=30, skip_utf8_validation=True)
+        try:
+            ws.recv_data()  # the first frame starts the clock, as for the collector
+            started = time.perf_counter()
+            cpu_before = time.process_time()
+            recv_data = ws.recv_data
+            for _ in range(trades - 1):
+                recv_data()
+            elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu_before
+        finally:
+            ws.close()
+    finally:
+        market.terminate()
+        market.wait(10)
+    return (trades - 1) / elapsed, cpu / (trades - 1) * 1e6
+
+
+def throughput(trades: int, workdir: str) -> float:
     market, url = start_market("--speed", "0", "--max-trades", str(trades), "--seed", "1")
     db_path = os.path.join(workdir, "ingest.db")
     settings = Settings(feed="binance-futures", ws_url=url, db_path=db_path, stream="aggTrade",
@@ -82,9 +109,11 @@ def throughput(trades: int, workdir: str) -> None:
     cpu = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / elapsed
     server_cpu = (server_cpu_after.user + server_cpu_after.system
                   - server_cpu_before.user - server_cpu_before.system) / elapsed
+    rate = final['stored'] / elapsed
     print(f"throughput: {final['stored']:,} trades stored in {elapsed:.2f} s = "
-          f"{final['stored'] / elapsed:,.0f} ticks/s sustained "
-          f"(collector process CPU {cpu * 100:.0f} %, market process CPU {server_cpu * 100:.0f} %)")
+          f"{rate:,.0f} ticks/s sustained "
+          f"(collector process CPU {cpu * 100:.0f} % = {cpu * elapsed / final['stored'] * 1e6:.1f}"
+          f" ms CPU per 1,000 ticks, market process CPU {server_cpu * 100:.0f} %)")
     print(f"  received {final['received']:,}, duplicates {final['duplicates']}, "
           f"dropped {final['dropped']}, rejected {final['rejected']}, "
           f"queue high-water {final['queue_high_water']:,}, batches {final['batches']:,}")
@@ -96,6 +125,7 @@ def throughput(trades: int, workdir: str) -> None:
     print(f"  1 s bars: {bars[0]:,} covering {bars[1]:,} trades")
     print(f"size: {size / 2**20:.1f} MiB for {final['stored']:,} ticks = "
           f"{size / final['stored'] * 1e6 / 2**20:.0f} MiB per million ticks (incl. 1 s bars)")
+    return rate
 
 
 def latency(rate: float, seconds: float, workdir: str) -> None:
@@ -128,8 +158,20 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--latency-seconds", type=float, default=60.0)
     args = parser.parse_args()
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (2 cores; other "
+          "jobs share them: compare figures of the same run only)")
     with tempfile.TemporaryDirectory() as workdir:
-        throughput(args.trades, workdir)
+        # The ceiling is measured before and after ours, and averaged, so a load change
+        # during the run shows as a spread between the two instead of skewing the ratio.
+        before, cpu_before = receive_only(args.trades)
+        rate = throughput(args.trades, workdir)
+        after, cpu_after = receive_only(args.trades)
+        ceiling = (before + after) / 2
+        print(f"receive-only ceiling (websocket-client, frames discarded, same market): "
+              f"{before:,.0f} before / {after:,.0f} after = {ceiling:,.0f} frames/s, "
+              f"{(cpu_before + cpu_after) / 2:.1f} ms CPU per 1,000 frames")
+        print(f"ingest / ceiling = {rate / ceiling:.2f}   (load average "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
         latency(args.rate, args.latency_seconds, workdir)
 
 
