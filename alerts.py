@@ -916,6 +916,19 @@ def compute_metric(conn, rule: AlertRule, now_ms: int, *,
     return MetricValue(value, True, f"{reference[1]:g} -> {current[1]:g}", as_of)
 
 
+def readable_number(value: float) -> str:
+    """A number for a message: ``87,060.12``, ``-2.315``, ``0.0001235`` — never
+    ``8.706e+04`` (prices of 1,000 and more get thousands separators and two decimals,
+    smaller numbers four significant digits)."""
+    if not math.isfinite(value):
+        return str(value)
+    if abs(value) >= 1000:
+        return f"{value:,.2f}"
+    if value == 0 or abs(value) >= 1e-4:
+        return f"{value:.4g}"
+    return f"{value:.10f}".rstrip("0")
+
+
 def event_message(rule: AlertRule, value: float) -> str:
     """The line stored, logged and sent for a firing.
 
@@ -923,9 +936,9 @@ def event_message(rule: AlertRule, value: float) -> str:
     """
     suffix = {"%": " %", "s": " s", "x average": "x"}.get(METRICS[rule.metric].unit, "")
     settings = f" ({rule.settings_text})" if rule.settings_text else ""
-    return (f"{rule.name}: {METRICS[rule.metric].label} of {rule.subject} = {value:.4g}"
-            f"{suffix}, {COMPARISON_WORDS[rule.comparison]} {rule.threshold:g}{suffix}"
-            f"{settings}")
+    return (f"{rule.name}: {METRICS[rule.metric].label} of {rule.subject} = "
+            f"{readable_number(value)}{suffix}, {COMPARISON_WORDS[rule.comparison]} "
+            f"{readable_number(rule.threshold)}{suffix}{settings}")
 
 
 # --------------------------------------------------------------------------------------

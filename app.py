@@ -1139,8 +1139,8 @@ def tab_health(c: dd.Controls) -> None:
                   else "running")
     monitor = "running" if paper.monitor_status().get("running") else "stopped"
     st.markdown(f"**collection:** {collection} · paper monitor: {monitor}")
-    st.markdown(f"**{dd.feed_status(health).label}** · {health['url']} · state "
-                f"{health['state']} · last close: {health['last_close_reason'] or '—'}")
+    st.markdown(f"**{dd.feed_status(health).label}** · {health['url']} · "
+                f"{dd.connection_summary(health)}")
     # received = stored + duplicates + rejected + filtered + spilled + dropped (README);
     # gaps = the open gaps listed below, gaps_filled = gaps late trades closed this run.
     counters = ("received", "stored", "duplicates", "rejected", "filtered", "spilled",

@@ -859,6 +859,21 @@ def _connection_status(health: Mapping) -> FeedStatus:
     return FeedStatus(f"stopped — {name}", "error", False, reason)
 
 
+def connection_summary(health: Mapping) -> str:
+    """The Health tab's line on the connection, from ``Collector.health()``.
+
+    After 'auto' fell back to the built-in market, the last close reason and the reconnect
+    count describe the failed attempts to reach Binance, not the current connection: say
+    that, instead of "last close: connect failed" next to a healthy feed.
+    """
+    state = health.get("state", "")
+    if health.get("builtin_market") and health.get("requested_feed") == "auto":
+        return (f"fell back to the built-in simulated market after "
+                f"{health.get('reconnects', 0):,} failed attempts to reach Binance (last: "
+                f"{health.get('fallback_reason') or 'no data'}); current connection: {state}")
+    return f"state {state} · last close: {health.get('last_close_reason') or '—'}"
+
+
 def silent_symbols(health: Mapping, subscribed_since_ms: Mapping[str, int], now_ms: int,
                    threshold_s: float = NO_TRADES_WARNING_S) -> list[tuple[str, float]]:
     """(symbol, seconds) for subscribed symbols without a trade for ``threshold_s``.

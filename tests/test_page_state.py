@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+import alerts
 import dashboard_data as dd
 import database
 import page_state
@@ -232,3 +233,29 @@ def test_uploaded_strip_shows_the_spread_next_to_its_z(app_env):
                      None, None), "ETHUSDT", "BTCUSDT", None, "ols", 60, True)
     both = view.signals.frame.dropna(subset=["spread", "z"]).iloc[-1]
     assert z == f"{both['z']:.2f}" and spread == f"{both['spread'] * 1e4:,.1f} bp"
+
+
+@pytest.mark.parametrize("value, shown", [
+    (87060.12, "87,060.12"), (-2.3149, "-2.315"), (0.000123456, "0.0001235"),
+    (3139.7, "3,139.70"), (0.0, "0")])
+def test_alert_messages_write_prices_as_plain_decimals(value, shown):
+    rule = alerts.validate_rule(metric="price", symbol="BTCUSDT", comparison=">",
+                                threshold=87000)
+    message = alerts.event_message(rule, value)
+    assert f"= {shown}," in message and "e+" not in message, message
+    assert "above 87,000.00" in message
+
+
+def test_health_says_what_the_fallback_did():
+    fallback = {"state": "connected", "feed": "demo", "requested_feed": "auto",
+                "builtin_market": True, "reconnects": 4,
+                "fallback_reason": "connect failed: [Errno 111] Connection refused",
+                "last_close_reason": "connect failed: [Errno 111] Connection refused"}
+    text = dd.connection_summary(fallback)
+    assert "last close" not in text
+    assert "fell back to the built-in simulated market after 4 failed attempts" in text
+    assert "connection refused" in text.lower() and "current connection: connected" in text
+    live = {"state": "reconnecting", "feed": "binance-futures", "builtin_market": False,
+            "requested_feed": "binance-futures", "reconnects": 2,
+            "last_close_reason": "no data for 30 s"}
+    assert dd.connection_summary(live) == "state reconnecting · last close: no data for 30 s"
