@@ -307,6 +307,9 @@ def test_reload_restores_the_view_from_the_url(server, browser, tmp_path):
         wait_until(tab, shot, f"the strip caption '{view_text}'",
                    f"() => ({MAIN_TEXT_JS})().includes({view_text!r})", timeout_s=60)
         assert tab.evaluate(SELECTED_TAB_JS) == "Statistics", snap(tab, shot)
+        header = tab.evaluate("() => document.querySelector('header').innerText")
+        assert "Deploy" not in header, f"a Deploy button in a local tool: {header!r}"
+        assert tab.locator('[data-testid="stMainMenu"]').count() == 1  # settings, theme
         # A change in the page goes into the URL ...
         window = tab.locator(".st-key-window input")
         window.fill("40")
