@@ -31,7 +31,9 @@ Look-ahead
     Historical estimates are trailing: ``rolling_hedge_ratio`` row t uses bars <= t-1 only;
     ``kalman_hedge`` reports the prior beta(t|t-1) and the one-step-ahead forecast error;
     ``zscore`` uses a trailing window that includes bar t. Nothing uses ``bfill`` or centred
-    windows.
+    windows. ``pair_signals`` (the pair history every consumer uses) goes further: windows
+    count bars of clock time and refits / filter restarts are anchored to absolute bar
+    numbers, so no value depends on how much history was loaded.
 Not enough data
     Invalid arguments raise ``ValueError`` naming the argument and its value. Valid arguments
     with too few observations give a result with NaN fields plus ``nobs``/``needed`` (or plain
