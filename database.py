@@ -15,6 +15,10 @@ Tables (column names are part of the contract; extra columns are ours)
   first_ts, first_id, last_ts, last_id)`` - ``ts`` is the bar open (a multiple of 1000);
   ``first_*``/``last_*`` are the (ts, trade_id) of the trades that gave ``open``/``close``,
   which is what keeps them right when trades arrive out of order.
+- ``bars_1m`` - the same columns per minute (``ts`` a multiple of 60000), merged from
+  exactly the rows each batch inserted, in the batch's transaction, and pruned with the
+  1 s bars; 1-minute and coarser reads come from it. Files of schema version 1 get it built
+  from their 1 s bars once, when a writable connection opens them.
 - ``gaps(symbol, from_id, to_id, detected_at, from_ts, to_ts)`` - missing trade ids, both
   ends inclusive; ``detected_at`` is local epoch ms; ``from_ts`` is the exchange time of the
   trade just before the gap and ``to_ts`` of the trade that revealed it (NULL when unknown).
@@ -91,7 +95,8 @@ from analytics import TIMEFRAME_MS
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: ``bars_1m`` (kept with ``bars_1s``); a version-1 file gets it built once at open.
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5_000
 # Page cache per connection (KiB, as a negative cache_size): a day of one symbol's 1 s bars
 # is ~10 MB, so repeated bucket reads stay in memory (~15 % faster warm reads than 2 MiB).
@@ -137,6 +142,25 @@ _SCHEMA = (
         first_ts INTEGER NOT NULL,        -- (first_ts, first_id): the trade giving open
         first_id INTEGER NOT NULL,
         last_ts INTEGER NOT NULL,         -- (last_ts, last_id): the trade giving close
+        last_id INTEGER NOT NULL,
+        PRIMARY KEY (symbol, ts)
+    ) WITHOUT ROWID""",
+    # The same bars per minute, kept in the same transactions as bars_1s (see TickWriter):
+    # a day of 1-minute reads is 1,440 rows instead of aggregating 86,400.
+    """CREATE TABLE IF NOT EXISTS bars_1m (
+        symbol TEXT NOT NULL,
+        ts INTEGER NOT NULL,              -- bar open, epoch ms, multiple of 60000
+        open REAL NOT NULL,
+        high REAL NOT NULL,
+        low REAL NOT NULL,
+        close REAL NOT NULL,
+        volume REAL NOT NULL,
+        buy_volume REAL NOT NULL,
+        trades INTEGER NOT NULL,
+        notional REAL NOT NULL,
+        first_ts INTEGER NOT NULL,
+        first_id INTEGER NOT NULL,
+        last_ts INTEGER NOT NULL,
         last_id INTEGER NOT NULL,
         PRIMARY KEY (symbol, ts)
     ) WITHOUT ROWID""",
@@ -250,6 +274,36 @@ _MERGE_BAR = _BAR_VALUES + """
         trades = trades + excluded.trades,
         notional = notional + excluded.notional"""
 
+_MERGE_BAR_1M = _MERGE_BAR.replace("INSERT INTO bars_1s", "INSERT INTO bars_1m", 1)
+
+# Ticks go in as multi-row INSERTs of this many rows (7 parameters each, far below SQLite's
+# 32,766): one statement step per chunk instead of one per row, so the sqlite3 module drops
+# the GIL once per chunk and the receive thread is not kept waiting behind each row.
+TICK_CHUNK_ROWS = 250
+_INSERT_TICK_CHUNK = _INSERT_TICK.replace(
+    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+    "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * TICK_CHUNK_ROWS), 1)
+
+# Minute bars from 1 s bars (migration, prune): like _READ_BUCKETS, per symbol and minute,
+# with the (ts, trade_id) of the trades that gave open and close.
+_REBUILD_MINUTES = """
+    INSERT INTO bars_1m (symbol, ts, open, high, low, close, volume, buy_volume, trades,
+                         notional, first_ts, first_id, last_ts, last_id)
+    WITH buckets AS (
+        SELECT symbol, ts - ts % 60000 AS bucket, min(ts) AS first_bar, max(ts) AS last_bar,
+               max(high) AS high, min(low) AS low, sum(volume) AS volume,
+               sum(buy_volume) AS buy_volume, sum(trades) AS trades,
+               sum(notional) AS notional
+        FROM bars_1s
+        WHERE symbol BETWEEN :symbol_from AND :symbol_to AND ts >= :start AND ts < :end
+        GROUP BY symbol, bucket
+    )
+    SELECT b.symbol, b.bucket, o.open, b.high, b.low, c.close, b.volume, b.buy_volume,
+           b.trades, b.notional, o.first_ts, o.first_id, c.last_ts, c.last_id
+    FROM buckets AS b
+    JOIN bars_1s AS o ON o.symbol = b.symbol AND o.ts = b.first_bar
+    JOIN bars_1s AS c ON c.symbol = b.symbol AND c.ts = b.last_bar"""
+
 _UPSERT_CURSOR = """INSERT INTO trade_id_cursor (symbol, last_id, last_ts) VALUES (?, ?, ?)
     ON CONFLICT (symbol) DO UPDATE SET last_id = excluded.last_id, last_ts = excluded.last_ts"""
 
@@ -285,6 +339,10 @@ _READ_GAPS = """SELECT symbol, from_id, to_id, to_id - from_id + 1, detected_at,
 
 _READ_1S = """SELECT ts, open, high, low, close, volume, buy_volume, trades, notional
     FROM bars_1s WHERE symbol = :symbol AND ts >= :start AND ts < :end ORDER BY ts"""
+
+# The same two reads on the minute bars: 1 min as stored, coarser buckets built from them.
+_READ_1M = _READ_1S.replace("FROM bars_1s", "FROM bars_1m", 1)
+_READ_MINUTE_BUCKETS = _READ_BUCKETS.replace("bars_1s", "bars_1m")
 
 # Uploaded bars: volume and vwap may be unknown (NULL); an aggregate over a bucket is
 # known only when every bar in it is.
@@ -406,6 +464,15 @@ def _create_schema(conn: sqlite3.Connection, path: str) -> None:
                      (str(SCHEMA_VERSION),))
         version = conn.execute(
             "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        if int(version) == 1:  # written before bars_1m: build it from the 1 s bars, once
+            started = time.perf_counter()
+            minutes = _rebuild_minutes(conn)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                         (str(SCHEMA_VERSION),))
+            version = SCHEMA_VERSION
+            log.info("database %s: built %d minute bars from its 1 s bars in %.2f s (schema "
+                     "version 1 -> %d)", path, minutes, time.perf_counter() - started,
+                     SCHEMA_VERSION)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -585,7 +652,8 @@ class TickWriter:
       already stored are dropped as duplicates (a warning is logged at the reset).
 
     The rows are inserted with ``executemany`` ``INSERT OR IGNORE`` and exactly the rows
-    inserted are merged into ``bars_1s`` (see the module notes). If the transaction fails
+    inserted are merged into ``bars_1s`` and ``bars_1m`` (see the module notes). If the
+    transaction fails
     nothing changes, id tracking included, so the same batch can simply be written again.
     """
 
@@ -807,8 +875,61 @@ def _aggregate_seconds(rows: Iterable[tuple]) -> dict[tuple[str, int], list]:
     return bars
 
 
+def _minutes_of(seconds: dict[tuple[str, int], list]) -> dict[tuple[str, int], list]:
+    """Merge partial 1 s bars (``_aggregate_seconds``) into partial 1-minute bars.
+
+    The same rules as the SQL merge: max, min and sums, open of the smallest and close of
+    the largest (ts, trade_id), so the result does not depend on the order of ``seconds``.
+    """
+    minutes: dict[tuple[str, int], list] = {}
+    for (symbol, second), bar in seconds.items():
+        key = (symbol, second - second % 60_000)
+        minute = minutes.get(key)
+        if minute is None:
+            minutes[key] = bar.copy()
+            continue
+        if bar[1] > minute[1]:
+            minute[1] = bar[1]
+        if bar[2] < minute[2]:
+            minute[2] = bar[2]
+        minute[4] += bar[4]
+        minute[5] += bar[5]
+        minute[6] += bar[6]
+        minute[7] += bar[7]
+        if (bar[10], bar[11]) > (minute[10], minute[11]):
+            minute[3], minute[10], minute[11] = bar[3], bar[10], bar[11]
+        if (bar[8], bar[9]) < (minute[8], minute[9]):
+            minute[0], minute[8], minute[9] = bar[0], bar[8], bar[9]
+    return minutes
+
+
 def _bar_rows(bars: dict[tuple[str, int], list]) -> list[tuple]:
     return [(symbol, second, *bar) for (symbol, second), bar in bars.items()]
+
+
+def _insert_rows(conn: sqlite3.Connection, trades: list[tuple]) -> None:
+    """``INSERT OR IGNORE`` the trades: full chunks as multi-row statements, the rest
+    row by row (one statement text per size keeps the statement cache small)."""
+    full = len(trades) - len(trades) % TICK_CHUNK_ROWS
+    chain = itertools.chain.from_iterable
+    for start in range(0, full, TICK_CHUNK_ROWS):
+        conn.execute(_INSERT_TICK_CHUNK, list(chain(trades[start:start + TICK_CHUNK_ROWS])))
+    if full < len(trades):
+        conn.executemany(_INSERT_TICK, trades[full:])
+
+
+def _rebuild_minutes(conn: sqlite3.Connection, symbol: str | None = None,
+                     start: int = _MIN_TS, end: int = _MAX_TS) -> int:
+    """Replace the minute bars of ``symbol`` (None: all) with open in ``[start, end)`` by
+    the aggregate of their 1 s bars; returns the minute bars written. ``start``/``end``
+    must be minute opens (or the extremes)."""
+    symbols = ("", "\U0010ffff") if symbol is None else (symbol, symbol)
+    conn.execute("DELETE FROM bars_1m WHERE symbol BETWEEN ? AND ? AND ts >= ? AND ts < ?",
+                 (*symbols, start, end))
+    before = conn.total_changes
+    conn.execute(_REBUILD_MINUTES, {"symbol_from": symbols[0], "symbol_to": symbols[1],
+                                    "start": start, "end": end})
+    return conn.total_changes - before
 
 
 def _insert_ticks_and_bars(conn: sqlite3.Connection, trades: list[tuple]) -> int:
@@ -821,18 +942,20 @@ def _insert_ticks_and_bars(conn: sqlite3.Connection, trades: list[tuple]) -> int
     """
     conn.execute("SAVEPOINT tick_batch")
     before = conn.total_changes
-    conn.executemany(_INSERT_TICK, trades)
+    _insert_rows(conn, trades)
     inserted = conn.total_changes - before
     if 0 < inserted < len(trades):
         conn.execute("ROLLBACK TO tick_batch")
         trades = _rows_not_stored(conn, trades)
         before = conn.total_changes
-        conn.executemany(_INSERT_TICK, trades)
+        _insert_rows(conn, trades)
         inserted = conn.total_changes - before
         if inserted != len(trades):  # only if the table's keys differ from the schema's
             raise RuntimeError(f"inserted {inserted} of {len(trades)} rows checked as new")
     if inserted:
-        conn.executemany(_MERGE_BAR, _bar_rows(_aggregate_seconds(trades)))
+        seconds = _aggregate_seconds(trades)
+        conn.executemany(_MERGE_BAR, _bar_rows(seconds))
+        conn.executemany(_MERGE_BAR_1M, _bar_rows(_minutes_of(seconds)))
     conn.execute("RELEASE tick_batch")
     return inserted
 
@@ -917,7 +1040,7 @@ def prune(conn: sqlite3.Connection, older_than_ms: int, *, max_rows: int = 5_000
     Notes
     -----
     A 1 s bar is deleted once none of its ticks is left (a bar whose second straddles the
-    cutoff stays whole until then). Gaps are deleted when they end before the cutoff:
+    cutoff stays whole until then); a minute bar keeps exactly the 1 s bars left in it. Gaps are deleted when they end before the cutoff:
     ``coalesce(to_ts, detected_at) < older_than_ms``. Uploaded bars are never pruned.
     """
     if max_rows < 1:
@@ -978,6 +1101,12 @@ def _prune_symbol(conn: sqlite3.Connection, symbol: str, older_than_ms: int,
     if first_left is not None:
         bar_cutoff = min(bar_cutoff, first_left[0] - first_left[0] % 1000)
     conn.execute("DELETE FROM bars_1s WHERE symbol = ? AND ts < ?", (symbol, bar_cutoff))
+    # Minute bars follow: whole minutes below the cutoff go, the minute it cuts is rebuilt
+    # from the 1 s bars left in it.
+    minute = bar_cutoff - bar_cutoff % 60_000
+    conn.execute("DELETE FROM bars_1m WHERE symbol = ? AND ts < ?", (symbol, minute))
+    if minute < bar_cutoff:
+        _rebuild_minutes(conn, symbol, minute, minute + 60_000)
     return deleted
 
 
@@ -1056,7 +1185,8 @@ def read_bars(conn: sqlite3.Connection, symbol: str, start_ms: int | None = None
     A bucket = all 1 s bars with ``ts - ts % size`` equal; open = open of its first 1 s
     bar, close = close of its last, high = max, low = min, volume, buy_volume, trades and
     notional = sums, vwap = notional / volume (NaN when volume is 0). Built from
-    ``bars_1s`` only, never from raw ticks. The newest bar may still grow. At 1 min and
+    ``bars_1s`` only, never from raw ticks; at 1 min and coarser from ``bars_1m``, the same
+    bars kept per minute at write time (1,440 rows a day instead of 86,400). The newest bar may still grow. At 1 min and
     coarser, minutes with REST klines (``klines_1m``) are joined in: see
     ``_read_bars_with_klines`` (a tick minute wins only when complete).
     """
@@ -1068,8 +1198,17 @@ def read_bars(conn: sqlite3.Connection, symbol: str, start_ms: int | None = None
     params = {"symbol": symbol.upper(), "start": start, "end": end, "size": size}
     if size >= 60_000 and _has_klines(conn, symbol, start, end):  # REST history: join
         return _read_bars_with_klines(conn, symbol, start, end, size)
-    sql = _READ_1S if size == 1000 else _READ_BUCKETS
+    if size % 60_000 == 0 and _has_minute_bars(conn):
+        sql = _READ_1M if size == 60_000 else _READ_MINUTE_BUCKETS
+    else:
+        sql = _READ_1S if size == 1000 else _READ_BUCKETS
     return _bars_frame(conn.execute(sql, params).fetchall())
+
+
+def _has_minute_bars(conn: sqlite3.Connection) -> bool:
+    """False only on a read-only connection to a file no writer has opened since before
+    ``bars_1m`` existed: its minutes are then aggregated from the 1 s bars."""
+    return _table_exists(conn, "bars_1m")
 
 
 def read_bars_since(conn: sqlite3.Connection, symbol: str, after_ts: int,
@@ -2029,7 +2168,8 @@ def _read_bars_with_klines(conn: sqlite3.Connection, symbol: str, start: int, en
     the last, max, min, sums).
     """
     params = {"symbol": symbol.upper(), "start": start, "end": end, "size": 60_000}
-    ticks = _bars_frame(conn.execute(_READ_BUCKETS, params).fetchall())
+    sql = _READ_1M if _has_minute_bars(conn) else _READ_BUCKETS
+    ticks = _bars_frame(conn.execute(sql, params).fetchall())
     klines = read_klines(conn, symbol, start, end)
     kline_volume = klines["volume"].reindex(ticks.index)
     complete = ~(ticks["volume"] < kline_volume * (1 - KLINE_VOLUME_TOLERANCE))

@@ -737,3 +737,113 @@ def test_latest_bar_version_changes_with_every_trade_in_the_newest_bar(tmp_path)
     second = database.latest_bar_version(conn, "BTCUSDT")
     assert first == (1_765_800_000_000, 1) and second == (1_765_800_000_000, 2)
     assert database.latest_bar_ts(conn, "BTCUSDT") == 1_765_800_000_000  # unchanged
+
+
+# ----------------------------------------------------------------------------- minute bars
+
+
+def stored_minutes(conn) -> pd.DataFrame:
+    rows = conn.execute("SELECT symbol, ts, open, high, low, close, volume, buy_volume, "
+                        "trades, notional, first_ts, first_id, last_ts, last_id FROM bars_1m "
+                        "ORDER BY symbol, ts").fetchall()
+    return pd.DataFrame(rows, columns=["symbol", "ts", "open", "high", "low", "close",
+                                       "volume", "buy_volume", "trades", "notional",
+                                       "first_ts", "first_id", "last_ts", "last_id"])
+
+
+def minutes_from_ticks(conn) -> pd.DataFrame:
+    """Reference: 1-minute bars with pandas from the ticks actually stored."""
+    ticks = stored_ticks(conn).sort_values(["symbol", "ts", "trade_id"])
+    ticks["minute"] = ticks["ts"] - ticks["ts"] % 60_000
+    ticks["buy_qty"] = np.where(ticks["is_buyer_maker"] == 0, ticks["qty"], 0.0)
+    ticks["notional"] = ticks["price"] * ticks["qty"]
+    grouped = ticks.groupby(["symbol", "minute"], sort=True)
+    return pd.DataFrame({
+        "open": grouped["price"].first(), "high": grouped["price"].max(),
+        "low": grouped["price"].min(), "close": grouped["price"].last(),
+        "volume": grouped["qty"].sum(), "buy_volume": grouped["buy_qty"].sum(),
+        "trades": grouped["price"].size(), "notional": grouped["notional"].sum(),
+        "first_ts": grouped["ts"].first(), "first_id": grouped["trade_id"].first(),
+        "last_ts": grouped["ts"].last(), "last_id": grouped["trade_id"].last(),
+    }).reset_index().rename(columns={"minute": "ts"})
+
+
+def assert_minutes_match_ticks(conn) -> None:
+    stored, expected = stored_minutes(conn), minutes_from_ticks(conn)
+    assert_bars_equal(stored, expected)
+    for column in ("first_ts", "first_id", "last_ts", "last_id"):
+        assert stored[column].tolist() == expected[column].tolist(), column
+
+
+def test_minute_bars_follow_every_write_in_any_order_with_duplicates(conn):
+    # Batches of 700 (two multi-row chunks of TICK_CHUNK_ROWS and a remainder), shuffled
+    # across minutes, each repeating 100 trades of the batch before it (savepoint + redo).
+    trades = make_trades(6_000, seed=31, span_ms=600_000)
+    random.Random(5).shuffle(trades)
+    writer = database.TickWriter(conn)
+    inserted = 0
+    for start in range(0, len(trades), 700):
+        inserted += writer.write(trades[max(0, start - 100):start + 700]).inserted
+    assert inserted == len(trades)
+    assert_minutes_match_ticks(conn)
+    assert len(stored_minutes(conn)) == 2 * 10  # 10 minutes, two symbols
+
+
+def test_minute_reads_equal_todays_aggregation_of_one_second_bars(conn, two_hours):
+    for timeframe in ("1min", "5min", "15min", "1h"):
+        size = analytics.TIMEFRAME_MS[timeframe]
+        old = database._bars_frame(conn.execute(database._READ_BUCKETS, {
+            "symbol": "BTCUSDT", "start": database._MIN_TS, "end": database._MAX_TS,
+            "size": size}).fetchall())
+        new = database.read_bars(conn, "BTCUSDT", timeframe=timeframe)
+        assert_bars_equal(new.reset_index(), old.reset_index())
+
+
+def test_version_1_file_gets_minute_bars_built_once_at_open(db_path):
+    conn = database.connect(db_path)
+    database.import_ticks(conn, make_trades(3_000, seed=32, span_ms=400_000), batch_size=500)
+    expected = stored_minutes(conn)
+    # What a version-1 program left: no bars_1m, schema_version 1.
+    conn.execute("DROP TABLE bars_1m")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+    reader = database.connect(db_path, readonly=True)  # before any writer: 1 s fallback
+    fallback = database.read_bars(reader, "ETHUSDT", timeframe="1min")
+    reader.close()
+    conn = database.connect(db_path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+        str(database.SCHEMA_VERSION),)
+    assert_bars_equal(stored_minutes(conn), expected)
+    assert_minutes_match_ticks(conn)
+    assert_bars_equal(database.read_bars(conn, "ETHUSDT", timeframe="1min").reset_index(),
+                      fallback.reset_index())
+    conn.close()
+    conn = database.connect(db_path)  # opened again: nothing rebuilt, nothing lost
+    assert_bars_equal(stored_minutes(conn), expected)
+    conn.close()
+
+
+def minutes_from_seconds(conn, symbol: str) -> pd.DataFrame:
+    """Reference: today's 1-minute read, aggregating the stored 1 s bars in SQL."""
+    return database._bars_frame(conn.execute(database._READ_BUCKETS, {
+        "symbol": symbol, "start": database._MIN_TS, "end": database._MAX_TS,
+        "size": 60_000}).fetchall())
+
+
+def test_prune_keeps_minute_bars_equal_to_the_one_second_bars_left(conn):
+    database.import_ticks(conn, make_trades(4_000, seed=33, span_ms=300_000), batch_size=1_000)
+    cutoff = BASE_MS + 90_500  # inside a second inside a minute
+    steps = 0
+    while database.prune(conn, cutoff, max_rows=300):
+        steps += 1
+        for symbol in ("BTCUSDT", "ETHUSDT"):  # after every bounded step, not only the last
+            assert_bars_equal(database.read_bars(conn, symbol, timeframe="1min").reset_index(),
+                              minutes_from_seconds(conn, symbol).reset_index())
+    assert steps >= 2
+    minutes = stored_minutes(conn)
+    assert minutes["ts"].min() == BASE_MS + 60_000  # the first minute is gone entirely
+    # The cut minute holds only what is left: its 1 s bars from second 90 on.
+    cut = minutes[minutes["ts"] == BASE_MS + 60_000]
+    seconds = stored_bars_1s(conn).query("ts < @BASE_MS + 120_000")
+    assert seconds["ts"].min() == BASE_MS + 90_000
+    assert cut["trades"].sum() == seconds["trades"].sum()
