@@ -715,6 +715,13 @@ def _pair_needed(rule: AlertRule) -> int:
     return rule.window + 1  # spread; correlation: window returns need window + 1 bars
 
 
+# pair_signals' memo of Huber / Theil-Sen fits and Kalman filter runs (by a digest of their
+# exact inputs): consecutive ticks refit only the newest window and re-run only the filter
+# that sees the new bar. Cleared past this many entries (a Kalman run is up to 3,600 rows).
+_FIT_CACHE: dict = {}
+_FIT_CACHE_MAX = 256
+
+
 def _history_span(rule: AlertRule, as_of: int) -> int:
     """Bars to read up to ``as_of`` so that the pair metric at ``as_of`` is the value the
     page shows at that bar: the history ``analytics.pair_signals`` needs for the rule's
@@ -779,10 +786,12 @@ def _pair_metric(conn, rule: AlertRule, as_of: int, cache: dict) -> MetricValue:
            rule.window, rule.z_window, rule.log_prices)
     if key not in cache:
         # The page's function on the page's terms: windows in bars of clock time.
+        if len(_FIT_CACHE) > _FIT_CACHE_MAX:
+            _FIT_CACHE.clear()
         cache[key] = analytics.pair_signals(aligned.y, aligned.x, method=rule.method,
                                             window=rule.window, z_window=rule.z_window,
                                             log_prices=rule.log_prices,
-                                            bar_ms=int(aligned.bar_ms))
+                                            bar_ms=int(aligned.bar_ms), fit_cache=_FIT_CACHE)
     signals = cache[key]
     if quiet:
         return _waiting(f"{' and '.join(quiet)} without a trade for more than {STALE_BARS} "
