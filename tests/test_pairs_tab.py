@@ -226,6 +226,9 @@ def test_watchlist_is_served_by_the_rest_api(tmp_path, monkeypatch):
 
     db_path = str(tmp_path / "api.db")
     monkeypatch.setenv("CRYPTO_DB_PATH", db_path)
+    # No collector in this process: the API reads the configured file (a page test earlier
+    # in the session may have left the process's service registry pointing elsewhere).
+    monkeypatch.setattr(api.services, "db_path", lambda: None)
 
     def get(path: str) -> tuple[int, object]:
         """One GET through the API's Starlette routes (no socket)."""
