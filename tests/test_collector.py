@@ -37,6 +37,14 @@ def count_rows(db_path: str, table: str = "ticks") -> int:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
+def count_rows_or_zero(db_path: str) -> int:
+    """Rows in ``ticks``, 0 while the file or its schema does not exist yet."""
+    try:
+        return count_rows(db_path) if os.path.exists(db_path) else 0
+    except sqlite3.OperationalError:
+        return 0
+
+
 def settings_for(server_url: str, tmp_path, **changes) -> Settings:
     values = dict(feed="binance-futures", ws_url=server_url, db_path=str(tmp_path / "t.db"),
                   stream="trade", flush_interval=0.05)
@@ -553,7 +561,11 @@ def test_cli_stops_cleanly_on_sigterm(tmp_path):
         [sys.executable, os.path.join(ROOT, "collector.py"), "--feed", "demo",
          "--db", str(tmp_path / "sig.db"), "--seed", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    time.sleep(3)
+    # Rows in the file mean the process is past start-up (signal handlers installed; a slow
+    # import on a loaded machine must not turn into a kill before them).
+    assert wait_until(lambda: (tmp_path / "sig.db.writer.lock").exists()
+                      and count_rows_or_zero(str(tmp_path / "sig.db")) > 0, 30)
+    time.sleep(1.5)
     process.terminate()
     out, err = process.communicate(timeout=15)
     assert process.returncode == 0, err
