@@ -277,9 +277,12 @@ def test_app_on_the_demo_feed_shows_a_day_at_1m_and_a_1s_zscore_soon(demo_app_en
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     feed = collector.running_collector()
-    # The page drew without waiting; the backfill runs on its own thread meanwhile.
-    assert wait_until(lambda: feed.health()["backfill"]["state"] == "repairing", 30), \
-        feed.health()["backfill"]
+    # The page drew without waiting; the backfill runs on its own thread meanwhile, newest
+    # trades first: 30 % of the 60 minutes cover the 15-minute view below.
+    def covered(fraction):
+        progress = feed.health()["backfill"]["symbols"].values()
+        return all(p["klines"] >= 1439 and p["fraction"] >= fraction for p in progress)
+    assert wait_until(lambda: covered(0.3), 30), feed.health()["backfill"]
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     assert _bars_in_caption(at) >= 1400  # a full day of 1-minute bars
@@ -295,4 +298,10 @@ def test_app_on_the_demo_feed_shows_a_day_at_1m_and_a_1s_zscore_soon(demo_app_en
     assert _metric(at, "z-score") != "—", ([str(c.value)[:300] for c in at.caption],
                                            [str(c.value)[:300] for c in at.info])
     assert _bars_in_caption(at) >= 800  # 15 minutes of 1 s bars from the backfill
+    assert wait_until(lambda: feed.health()["backfill"]["state"] == "repairing", 60)
+    at.session_state["tab"] = "Health"
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any(str(m.value).startswith("**History over REST**") for m in at.markdown)
+    assert int(_metric(at, "rows backfilled").replace(",", "")) > 100_000
     assert time.monotonic() - started < 45
