@@ -2068,7 +2068,7 @@ class _RestSide:
             return 418, _error(-1003, "Way too many requests; IP banned."), {
                 "Retry-After": str(max(1, math.ceil(self._banned_until - now)))}
         try:
-            limit = int(query.get("limit", 500 if endpoint == "aggTrades" else 500))
+            limit = int(query.get("limit", 500))  # Binance's default for both
         except ValueError:
             return 400, _error(-1100, "Illegal characters found in parameter 'limit'."), {}
         weight = _rest_weight(kind or "futures", endpoint or "", limit)
