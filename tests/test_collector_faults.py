@@ -171,6 +171,34 @@ def test_a_refusing_database_spills_instead_of_dropping_and_replays_everything(
     assert not journal.exists()  # emptied and removed
 
 
+def test_a_write_lock_held_past_the_busy_timeout_spills_and_loses_nothing(tmp_path,
+                                                                          make_collector):
+    """A real lock (another connection's open write transaction) for 8 s: the first write
+    waits the 5 s busy timeout, then the journal takes over; nothing is dropped although
+    the queue holds less than the trades of the stall."""
+    db = tmp_path / "t.db"
+    total = 3000
+    gate = threading.Event()
+    with ScriptedServer(serve_batches(frames(1, 1), frames(2, total), gate=gate,
+                                      rate=350)) as server:
+        c = make_collector(settings_for(server.url, db, queue_max=2000)).start()
+        assert wait_until(lambda: c.stored == 1, 30)
+        locker = sqlite3.connect(db, timeout=10)
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            gate.set()
+            assert wait_until(lambda: c.spilled > 0, 30), c.health()
+            assert "locked" in c.health()["last_write_error"]
+            time.sleep(max(0.0, 8.0 - 5.0))
+        finally:
+            locker.rollback()
+            locker.close()
+        assert wait_until(lambda: c.stored == total, 30), c.health()
+    final = c.stop()
+    assert final["dropped"] == 0 and final["spilled"] == 0 and identity_holds(final)
+    assert count_rows(str(db)) == total and count_rows(str(db), "gaps") == 0
+
+
 def test_stop_while_refusing_keeps_the_trades_and_a_restart_replays_them_once(
         tmp_path, make_collector, faults):
     db = tmp_path / "t.db"
