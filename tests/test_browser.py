@@ -30,8 +30,8 @@ import pytest
 from browser import CHROMIUM, CHROMIUM_ARGS, OPEN_PANEL_JS, StreamlitServer, demo_env
 
 SIMULATED_LABEL = "Built-in simulated market — not real prices"
-TABS = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Backtest", "Alerts",
-        "Data", "Health")
+TABS = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Pairs", "Backtest",
+        "Alerts", "Data", "Health")
 # What each tab draws when it works (app.py): element keys (class st-key-<key>) with a
 # Plotly chart inside, and texts.
 TAB_CONTENT = {
@@ -41,6 +41,7 @@ TAB_CONTENT = {
     "Statistics": {"charts": [], "texts": ["half-life (bars)", "Stationarity and cointegration",
                                            "Per-minute statistics"]},
     "Correlation": {"charts": ["correlation"], "texts": ["min trades per minute"]},
+    "Pairs": {"charts": [], "texts": ["Pair screen", "Run the screen", "Watchlist"]},
     "Backtest": {"charts": [], "texts": ["Run backtest on the latest data"]},
     "Alerts": {"charts": [], "texts": ["Create alert", "History ("]},
     "Data": {"charts": [], "texts": ["Export the chosen range", "Upload OHLC CSV", "Bars CSV"]},
