@@ -2445,3 +2445,106 @@ def first_trade_after(conn: sqlite3.Connection, symbol: str, after_ts: int, afte
                         "(ts > ? OR (ts = ? AND trade_id > ?)) ORDER BY ts, trade_id LIMIT 1",
                         (symbol.upper(), int(after_ts), int(after_ts), int(after_id))
                         ).fetchone()
+
+
+# --------------------------------------------------------------------------------------
+# Pair watchlist (issue 16): pairs pinned from the Pairs tab, shared by every page
+# --------------------------------------------------------------------------------------
+
+WATCHLIST_COLUMNS = ("y_symbol", "x_symbol", "timeframe", "beta", "half_life", "eg_qvalue",
+                     "added_ms")
+_WATCHLIST_SCHEMA = """CREATE TABLE IF NOT EXISTS watchlist (
+    y_symbol TEXT NOT NULL,           -- dependent leg, upper case
+    x_symbol TEXT NOT NULL,           -- independent leg, upper case
+    timeframe TEXT NOT NULL,          -- bar size the pair was screened at, e.g. 1min
+    beta REAL,                        -- screen's values when pinned (NULL: unknown)
+    half_life REAL,                   -- bars of that timeframe
+    eg_qvalue REAL,
+    added_ms INTEGER NOT NULL,        -- when pinned (local clock), the list's order
+    PRIMARY KEY (y_symbol, x_symbol)
+) WITHOUT ROWID"""
+_WATCHLIST_DTYPES = {"beta": np.float64, "half_life": np.float64, "eg_qvalue": np.float64,
+                     "added_ms": np.int64}
+
+
+def _watchlist_exists(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                        "name = 'watchlist'").fetchone() is not None
+
+
+def _watchlist_pair(y_symbol: str, x_symbol: str) -> tuple[str, str]:
+    names = []
+    for label, value in (("y_symbol", y_symbol), ("x_symbol", x_symbol)):
+        if not (isinstance(value, str) and value.strip()):
+            raise ValueError(f"{label} ({value!r}) must be a non-empty symbol")
+        names.append(value.strip().upper())
+    if names[0] == names[1]:
+        raise ValueError(f"y_symbol and x_symbol ({names[0]!r}) must differ")
+    return names[0], names[1]
+
+
+def _optional_float(name: str, value) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} ({value!r}) must be a number or None") from None
+    return number if np.isfinite(number) else None
+
+
+def pin_pair(conn: sqlite3.Connection, y_symbol: str, x_symbol: str, *, timeframe: str,
+             beta=None, half_life=None, eg_qvalue=None, now_ms: int | None = None) -> None:
+    """Pin a pair to the watchlist, or refresh its screen values if it is pinned already.
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+        A writable connection (the table is created on first use).
+    y_symbol, x_symbol : str
+        Dependent and independent leg (stored upper case). (A, B) and (B, A) are different
+        entries: the legs mean different regressions.
+    timeframe : str
+        Bar size the pair was screened at (one of ``analytics.TIMEFRAME_MS``).
+    beta, half_life, eg_qvalue : float, optional
+        The screen's values when pinned (non-finite is stored as NULL).
+    now_ms : int, optional
+        Pin time (default the local clock); kept when the pair is pinned again.
+    """
+    y_name, x_name = _watchlist_pair(y_symbol, x_symbol)
+    if timeframe not in TIMEFRAME_MS:
+        raise ValueError(f"timeframe ({timeframe!r}) must be one of {list(TIMEFRAME_MS)}")
+    values = (y_name, x_name, timeframe, _optional_float("beta", beta),
+              _optional_float("half_life", half_life), _optional_float("eg_qvalue", eg_qvalue),
+              _now_ms() if now_ms is None else int(now_ms))
+    with _Transaction(conn):
+        conn.execute(_WATCHLIST_SCHEMA)
+        conn.execute(
+            "INSERT INTO watchlist (y_symbol, x_symbol, timeframe, beta, half_life, "
+            "eg_qvalue, added_ms) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (y_symbol, x_symbol) DO UPDATE SET timeframe = excluded.timeframe, "
+            "beta = excluded.beta, half_life = excluded.half_life, "
+            "eg_qvalue = excluded.eg_qvalue", values)
+
+
+def unpin_pair(conn: sqlite3.Connection, y_symbol: str, x_symbol: str) -> bool:
+    """Remove a pair from the watchlist; False when it was not pinned."""
+    y_name, x_name = _watchlist_pair(y_symbol, x_symbol)
+    if not _watchlist_exists(conn):
+        return False
+    with _Transaction(conn):
+        cursor = conn.execute("DELETE FROM watchlist WHERE y_symbol = ? AND x_symbol = ?",
+                              (y_name, x_name))
+    return cursor.rowcount > 0
+
+
+def list_watchlist(conn: sqlite3.Connection) -> pd.DataFrame:
+    """Pinned pairs in the order they were pinned, columns ``WATCHLIST_COLUMNS``.
+
+    Works on a read-only connection; empty (with the columns) before anything was pinned.
+    """
+    rows = []
+    if _watchlist_exists(conn):
+        rows = conn.execute(f"SELECT {', '.join(WATCHLIST_COLUMNS)} FROM watchlist "
+                            "ORDER BY added_ms, y_symbol, x_symbol").fetchall()
+    return _typed_frame(rows, WATCHLIST_COLUMNS, _WATCHLIST_DTYPES)
