@@ -129,6 +129,27 @@ def best_ms(function, repeat: int = 7) -> float:
     return min(times)
 
 
+def cold_ms(path: str, function, repeat: int = 7) -> tuple[float, float]:
+    """(best, median) ms of ``function(conn)`` on a new read-only connection each time: the
+    first read of a page that just opened (SQLite's page cache empty; the OS file cache is
+    warm, as on a machine that wrote the file)."""
+    times = []
+    for _ in range(repeat):
+        conn = database.connect(path, readonly=True)
+        t0 = time.perf_counter()
+        function(conn)
+        times.append((time.perf_counter() - t0) * 1000)
+        conn.close()
+    return min(times), float(np.median(times))
+
+
+def aggregate_seconds_read(conn, symbol: str):
+    """The 1-minute read before bars_1m: 86,400 1 s bars a day aggregated in SQL."""
+    return database._bars_frame(conn.execute(database._READ_BUCKETS, {
+        "symbol": symbol, "start": database._MIN_TS, "end": database._MAX_TS,
+        "size": 60_000}).fetchall())
+
+
 def checkpointed_size(conn, path: str) -> int:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return database.database_size_bytes(path)
@@ -208,6 +229,18 @@ def main() -> None:
     ]
     for label, function in cases:
         print(f"{label:<45}{best_ms(function):>9.2f} ms")
+
+    print("\n== cold 24 h 1-minute read of both symbols (new connection each time, 7 runs) ==")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    minutes = sum(len(database.read_bars(reader, s, None, None, "1min")) for s in SYMBOLS)
+    new_best, new_median = cold_ms(path, lambda c: [database.read_bars(c, s, None, None, "1min")
+                                                    for s in SYMBOLS])
+    old_best, old_median = cold_ms(path, lambda c: [aggregate_seconds_read(c, s)
+                                                    for s in SYMBOLS])
+    print(f"{'read_bars 1min from bars_1m (now)':<45}{new_best:>9.2f} ms best, "
+          f"{new_median:.2f} ms median ({minutes:,} bars)")
+    print(f"{'aggregating 1 s bars (before bars_1m)':<45}{old_best:>9.2f} ms best, "
+          f"{old_median:.2f} ms median  -> {old_median / new_median:.0f}x")
 
     print("\n== write path with duplicates (layout b): savepoint, redo with only the new rows ==")
     # Re-send the previous batch's last 100 trades at the front of each batch, as after a
