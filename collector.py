@@ -689,7 +689,9 @@ class Collector:
         return {"history_s": trades_s, "kline_history_s": max(0.0, klines_s - trades_s),
                 "rest_weight_limit": market.DEMO_REST_WEIGHT_LIMIT}
 
-    def _start_backfill(self) -> None:
+    def _start_backfill(self, started_ms: int | None = None) -> None:
+        """A Backfiller for the current endpoint; trades stored before ``started_ms``
+        (default: the collector's start) count as an earlier run's (its walk stops there)."""
         s = self.settings
         base = self.rest_base()
         if base is None:
@@ -702,7 +704,8 @@ class Collector:
         self._backfiller = binance_rest.Backfiller(
             client, self.endpoint.symbols, database.BackfillLedger(self.db_path),
             trade_history_s=s.backfill, kline_history_s=s.backfill_klines,
-            trades_by_id=s.stream == "aggTrade", started_ms=self.started_ms).start()
+            trades_by_id=s.stream == "aggTrade",
+            started_ms=self.started_ms if started_ms is None else started_ms).start()
         log.info("REST backfill from %s: %g s of trades, %g s of 1m klines%s", client.base_url,
                  s.backfill, s.backfill_klines,
                  "" if s.stream == "aggTrade" else " (raw @trade ids: no trade backfill or "
@@ -728,7 +731,7 @@ class Collector:
         """New endpoint or symbols: a new Backfiller for them (the old one stops)."""
         if self.state is not State.NEW and not self._stop_requested.is_set():
             self._stop_backfill()
-            self._start_backfill()
+            self._start_backfill(started_ms=now_ms())  # what is stored now needs no walk
 
     def _after_connect(self) -> None:
         """A reconnect: let the gap repair look at the gap the new connection reveals."""
@@ -1066,8 +1069,9 @@ class Collector:
                 if batch or seen:
                     self._spill(batch, seen)
                     batch, seen = [], []
-                if stopping and time.monotonic() > self._writer_deadline:
-                    break  # out of time: what is left stays safe in the journal
+                if (stopping and not self._queue and not self._links
+                        and time.monotonic() > self._writer_deadline):
+                    break  # out of time for replaying: the rest stays safe in the journal
         except Exception:
             log.exception("writer thread crashed")
             self.last_close_reason = "writer crashed (see log)"
