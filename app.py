@@ -52,6 +52,42 @@ ZONES = ("UTC", "Europe/London", "Europe/Berlin", "America/New_York", "America/C
 # Row labels such as "max_drawdown_duration_seconds" must not be cut off
 LABEL_COLUMN = {"_index": st.column_config.Column(width=240)}
 
+
+def number_format(values: pd.Series) -> str:
+    """A display format for a column of floats: thousands separators for prices, four
+    decimals for ratios and z-scores, significant digits for tiny values."""
+    finite = values[values.notna() & (values.abs() != float("inf"))].abs()
+    largest = float(finite.max()) if len(finite) else 0.0
+    if largest >= 1000:
+        return "localized"
+    if largest >= 0.01 or largest == 0:
+        return "%.4f"
+    return "%.3e"
+
+
+def show_table(frame: pd.DataFrame, tz: str | None = None, **kwargs) -> None:
+    """``st.dataframe`` for people: column and row names without underscores
+    (``dd.column_label``), epoch-ms columns shown as wall-clock times in ``tz`` (the raw
+    ones hidden, ``dd.readable_times``), floats formatted for their size, booleans as
+    ticks. Extra ``column_config`` entries in ``kwargs`` win."""
+    shown = dd.readable_times(frame, tz) if tz else frame
+    config: dict = {}
+    for name in shown.columns:
+        values, label = shown[name], dd.column_label(name)
+        if tz and dd.is_epoch_ms_column(name, values):
+            config[name] = None
+        elif pd.api.types.is_bool_dtype(values):
+            config[name] = st.column_config.CheckboxColumn(label)
+        elif pd.api.types.is_float_dtype(values):
+            config[name] = st.column_config.NumberColumn(label, format=number_format(values))
+        else:
+            config[name] = st.column_config.Column(label)
+    if not kwargs.get("hide_index") and pd.api.types.is_string_dtype(shown.index):
+        shown = shown.rename(index=dd.column_label)
+        config["_index"] = st.column_config.Column(width=240)
+    config.update(kwargs.pop("column_config", {}) or {})
+    st.dataframe(shown, column_config=config, **kwargs)
+
 # `streamlit run app.py` first imports this file as the module "app" to find the server
 # `app` (bottom of the file), then runs it as "__main__" in every browser session: only a
 # session draws the page.
@@ -703,8 +739,7 @@ def statistics_live(c: dd.Controls) -> None:
         return
     table = dd.price_stats_table({c.y: view.bars_y, c.x: view.bars_x}, view.bar_seconds)
     st.markdown(f"**Prices** over the lookback ({c.lookback_label}, {c.tf_label} bars)")
-    st.dataframe(table.drop(index=["first_ts", "last_ts"]), width="stretch",
-                 column_config=LABEL_COLUMN)
+    show_table(table.drop(index=["first_ts", "last_ts"]), width="stretch")
     spread = view.signals.frame["spread"]
     life = analytics.half_life(spread)
     hurst = analytics.hurst(spread)
@@ -719,6 +754,8 @@ def statistics_live(c: dd.Controls) -> None:
                "reversion, so the half-life shortens with the window")
     if life.reason:
         st.caption(f"half-life: {life.reason}")
+    if dd.hurst_note(hurst):
+        st.caption(dd.hurst_note(hurst))
     if not math.isfinite(hurst):
         needed = 4 * analytics.HURST_DEFAULT_MAX_LAG
         st.caption(f"Hurst: {warming(c, view, needed, int(spread.notna().sum()))}")
@@ -767,8 +804,8 @@ def tab_statistics(c: dd.Controls) -> None:
                                 latest)
     if table["z"].notna().sum() == 0:
         st.info(f"z and β per minute: needs {2 * minutes} minutes, has {len(table)}")
-    st.dataframe(dd.with_time_column(table, c.tz), width="stretch", height=280,
-                 hide_index=True)
+    show_table(dd.with_time_column(table, c.tz), c.tz, width="stretch", height=280,
+               hide_index=True)
     closed = export_closed(table, "1min", c)
     download_formats("Per-minute table", lambda: closed, f"minute_stats_{c.y}_{c.x}",
                      "download_minute_stats", c, rows=len(closed))
@@ -793,7 +830,7 @@ def correlation_live(c: dd.Controls, symbols: tuple, min_tpm: float, max_empty: 
     bars = cached_bars_by_symbol(c.source, symbols, c.timeframe, c.lookback_ms,
                                  latest_key(c, symbols))
     liquidity = dd.liquidity_table(bars, c.timeframe, min_tpm, max_empty)
-    st.dataframe(liquidity, width="stretch")
+    show_table(liquidity, width="stretch")
     chosen = [s for s in symbols if not liquid_only or bool(liquidity.loc[s, "liquid"])]
     returns = dd.returns_table({s: bars[s] for s in chosen}, c.timeframe)
     if returns.shape[1] >= 2:
@@ -882,11 +919,9 @@ def tab_backtest(c: dd.Controls) -> None:
         metrics.update(sharpe=math.nan, sortino=math.nan)
     chart(viz.equity_figure(result.equity, tz=c.tz, uirevision=c.chart_key("equity")),
           "equity", link=c.chart_key("time"))
-    st.dataframe(pd.Series(metrics, name="value").to_frame(), width="stretch",
-                 column_config=LABEL_COLUMN)
+    show_table(pd.Series(metrics, name="value").to_frame(), width="stretch")
     trades = result.trades
-    st.dataframe(dd.with_time_column(trades, c.tz, ts_column="entry_ts", name="entry time"),
-                 width="stretch", hide_index=True)
+    show_table(trades, c.tz, width="stretch", hide_index=True)
     download_formats("Trades", lambda: trades, f"backtest_trades_{c.y}_{c.x}",
                      "download_trades", c, rows=len(trades), ts_column="entry_ts")
 
@@ -976,8 +1011,11 @@ def tab_alerts(c: dd.Controls) -> None:
     with dd.reading(feed.db_path) as conn:
         rules = database.list_alert_rules(conn)
     st.markdown(f"**Rules** ({len(rules)})")
-    st.dataframe(rules[[col for col in dd.ALERT_RULE_TABLE if col in rules.columns]],
-                 width="stretch", hide_index=True)
+    shown_rules = rules[[col for col in dd.ALERT_RULE_TABLE if col in rules.columns]].copy()
+    if "state" in shown_rules and "events" in rules:
+        shown_rules["state"] = [dd.rule_state_text(state, events) for state, events
+                                in zip(rules["state"], rules["events"])]
+    show_table(shown_rules, c.tz, width="stretch", hide_index=True)
     if len(rules):
         alert_rule_actions(rules)
     st.fragment(run_every=c.chart_every)(alert_history)(c)
@@ -987,8 +1025,7 @@ def alert_history(c: dd.Controls) -> None:
     with dd.reading(feed.db_path) as conn:
         events = database.list_alert_events(conn, limit=200)
     st.markdown(f"**History** ({len(events)} most recent events)")
-    st.dataframe(dd.with_time_column(events, c.tz, ts_column="ts"), width="stretch",
-                 hide_index=True)
+    show_table(events, c.tz, width="stretch", hide_index=True)
 
 
 def export_closed(frame: pd.DataFrame, timeframe: str, c: dd.Controls) -> pd.DataFrame:
@@ -1072,14 +1109,14 @@ def store_upload(name: str, bars: pd.DataFrame) -> None:
 def upload_report(name: str, parsed, counts: str) -> None:
     """What a parse accepted and rejected, with each rejected row and why."""
     if parsed.error:
-        st.error(f"{name}: {parsed.error}")
+        st.error(f"{name}: {dd.upload_words(parsed.error)}")
     st.write(f"{name}: {parsed.n_rows} rows — {counts}")
     if parsed.n_rejected:
         st.error(f"{parsed.n_rejected} rows rejected — they are listed below with the reason "
                  "and are NOT stored; the series has holes where they were")
         st.dataframe(parsed.rejected, width="stretch", hide_index=True, height=220)
     for warning in parsed.warnings:
-        st.caption(f"⚠ {warning}")
+        st.caption(f"⚠ {dd.upload_words(warning)}")
 
 
 def upload_section() -> None:
@@ -1113,7 +1150,7 @@ def upload_section() -> None:
         upload_report(tick_file.name, parsed, (
             f"{parsed.n_accepted} trades accepted, {parsed.n_rejected} rejected, "
             f"{parsed.n_filtered_zero} zero-price placeholders dropped; per symbol "
-            f"{parsed.trades_by_symbol}"))
+            f"{dd.counts_text(parsed.trades_by_symbol)}"))
         if parsed.ok:
             bars = dd.tick_upload_bars(parsed.trades, parsed.side_known)
             st.button(f"Store {len(bars)} 1 s bars as '{tick_file.name}'", key="store_ticks",
@@ -1124,7 +1161,8 @@ def upload_section() -> None:
     stored = dd.list_uploads(settings.upload_db_path)
     if len(stored):
         st.markdown("**Stored uploads**")
-        st.dataframe(stored, width="stretch", hide_index=True)
+        show_table(stored, st.session_state.get("tz", settings.display_tz), width="stretch",
+                   hide_index=True)
 
 
 def tab_data(c: dd.Controls) -> None:
@@ -1149,7 +1187,7 @@ def tab_health(c: dd.Controls) -> None:
     cols = st.columns(7)
     for i, name in enumerate(counters):
         cols[i % 7].metric(name.replace("_", " "), f"{health[name]:,}")
-    st.dataframe(dd.symbol_activity_table(health), width="stretch")
+    show_table(dd.symbol_activity_table(health), width="stretch")
     sizes = {"collector database": health["db_path"], "upload database":
              settings.upload_db_path}
     st.write(" · ".join(f"{label} {path}: {database.database_size_bytes(path) / 1e6:,.1f} MB"
@@ -1160,8 +1198,7 @@ def tab_health(c: dd.Controls) -> None:
             repaired = database.read_repaired_gaps(conn)
         st.markdown(f"**Trade-id gaps** ({len(gaps)} open; the reason says why REST could "
                     "not fill one)")
-        st.dataframe(dd.with_time_column(gaps, c.tz, ts_column="detected_at",
-                                         name="detected"), width="stretch", hide_index=True)
+        show_table(gaps, c.tz, width="stretch", hide_index=True)
         backfill_health(health, repaired, c.tz)
     else:
         st.info(dd.WAITING_MESSAGE)

@@ -1073,12 +1073,17 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+CSV_FLOAT_FORMAT = "%.15g"  # see to_csv_bytes
+
+
 def to_csv_bytes(frame: pd.DataFrame, tz: str, ts_column: str | None = None) -> bytes:
-    """CSV with epoch-ms ``ts`` and an ISO ``time`` column in ``tz``; floats written in
-    full (shortest round-trip) precision so that a reader gets back the same numbers.
+    """CSV with epoch-ms ``ts`` and an ISO ``time`` column in ``tz``; floats written with
+    15 significant digits: the value to 5e-15 relative, without binary noise such as
+    0.30000000000000004 (``CSV_FLOAT_FORMAT``).
     Text cells a spreadsheet would run as a formula are neutralised (``neutralise_cell``)."""
     buffer = io.StringIO()
-    spreadsheet_safe(with_time_column(frame, tz, ts_column)).to_csv(buffer, index=False)
+    spreadsheet_safe(with_time_column(frame, tz, ts_column)).to_csv(
+        buffer, index=False, float_format=CSV_FLOAT_FORMAT)
     return buffer.getvalue().encode("utf-8")
 
 
@@ -1166,3 +1171,96 @@ def pair_summary(view: PairView) -> dict:
             else math.nan,
             "nobs": view.signals.nobs, "needed": view.signals.needed,
             "enough_data": view.signals.enough_data}
+
+# --------------------------------------------------------------------------------------
+# Tables for people (issue 15): labels, times in the display zone
+# --------------------------------------------------------------------------------------
+
+COLUMN_LABELS = {  # where "_" -> " " is not enough
+    "ts": "time (epoch ms)", "y_close": "y close", "x_close": "x close",
+    "cooldown_s": "cooldown (s)", "window": "window (bars)", "z_window": "z window (bars)",
+    "log_prices": "log prices", "webhook_url": "webhook", "bars_held": "bars held",
+    "volatility_per_bar": "volatility per bar", "trades/s": "trades/s", "age (s)": "age (s)",
+}
+TIME_COLUMN_LABELS = {"entry_ts": "entry time", "exit_ts": "exit time", "ts": "time",
+                      "created_ms": "created", "updated_ms": "updated", "checked_ms": "checked",
+                      "last_fired_ms": "last fired", "as_of_ts": "bar time",
+                      "delivered_ms": "delivered", "detected_at": "detected",
+                      "first_ts": "first bar", "last_ts": "last bar"}
+
+
+def column_label(name) -> str:
+    """A column or row name as people read it: ``volatility_per_bar`` -> "volatility per
+    bar", ``cooldown_s`` -> "cooldown (s)"."""
+    text = str(name)
+    return COLUMN_LABELS.get(text, text.replace("_", " "))
+
+
+def is_epoch_ms_column(name, values: pd.Series) -> bool:
+    """Epoch-millisecond columns by the project's naming (``ts``, ``*_ts``, ``*_ms``,
+    ``detected_at``) and a numeric type."""
+    text = str(name)
+    named = text in TIME_COLUMN_LABELS or text.endswith(("_ts", "_ms"))
+    return named and pd.api.types.is_numeric_dtype(values) \
+        and not pd.api.types.is_bool_dtype(values)
+
+
+def readable_times(frame: pd.DataFrame, tz: str) -> pd.DataFrame:
+    """A copy where each epoch-ms column has a companion column of wall-clock times in
+    ``tz`` ("entry time", "last fired", ...: ``TIME_COLUMN_LABELS``) right after it; the
+    epoch columns stay (the page hides them) so that code reading the table keeps them.
+    Missing times (NaN) stay empty."""
+    out = frame.copy()
+    for name in [c for c in frame.columns if is_epoch_ms_column(c, frame[c])]:
+        label = TIME_COLUMN_LABELS.get(str(name), column_label(str(name)[:-3]) + " time")
+        if label in out.columns:
+            continue  # ``with_time_column`` already wrote it
+        values = pd.to_numeric(frame[name], errors="coerce")
+        known = values.notna().to_numpy()
+        text = np.full(len(values), "", dtype=object)
+        if known.any():
+            times = display_times(values[known].to_numpy(dtype=np.int64), tz)
+            text[known] = times.map(lambda t: t.strftime("%Y-%m-%d %H:%M:%S")).to_numpy()
+        out.insert(out.columns.get_loc(name) + 1, label, text)
+    return out
+
+
+def rule_state_text(state: str, events: int) -> str:
+    """The rules table's state: a rule that fired was checked, even when the evaluator
+    has not stored its status yet (it writes status and event separately)."""
+    if state == "not checked yet" and events > 0:
+        return "fired (status pending)"
+    return state
+
+
+def hurst_note(hurst: float) -> str:
+    """Why a Hurst estimate is outside 0..1 or near 0, for a caption ("" when ordinary)."""
+    if not math.isfinite(hurst):
+        return ""
+    if hurst < 0 or hurst > 1:
+        return (f"Hurst {hurst:.3f} is outside its 0–1 range: the estimate on this spread "
+                "is not reliable (too few bars, or a spread that barely moves); read it as "
+                "'no clear persistence or reversion'")
+    if hurst < 0.1:
+        return (f"Hurst {hurst:.3f}: near 0, i.e. a strongly mean-reverting spread at these "
+                "lags (0.5 = random walk, above 0.5 = trending)")
+    return ""
+
+
+UPLOAD_API_WORDS = {  # names in uploads' messages -> the Data tab's fields
+    "timeframe=": 'the "bar size to keep" choice above',
+    "default_symbol=": 'the "symbol for files without a symbol column" field',
+}
+
+
+def upload_words(message: str) -> str:
+    """An upload message with the library's argument names replaced by the page's fields."""
+    for api_name, words in UPLOAD_API_WORDS.items():
+        message = message.replace(f"({api_name})", f"({words})").replace(api_name, words)
+    return message
+
+
+def counts_text(counts) -> str:
+    """``{"BTCUSDT": 2512, "ETHUSDT": 2488}`` -> "BTCUSDT 2,512 · ETHUSDT 2,488"."""
+    items = dict(counts).items()
+    return " · ".join(f"{key} {int(value):,}" for key, value in items) or "—"

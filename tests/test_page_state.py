@@ -6,6 +6,9 @@ is ``AppTest.query_params``, which the page reads on a session's first run and w
 
 from __future__ import annotations
 
+import json
+import re
+
 import pandas as pd
 import pytest
 
@@ -14,8 +17,10 @@ import dashboard_data as dd
 import database
 import page_state
 import uploads
-from test_app import (GOOD_OHLC, app_env, closed_port, new_app, open_tab,  # noqa: F401
-                      recorded_db, run, texts)
+from test_app import (DATA, GOOD_OHLC, app_env, closed_port, new_app,  # noqa: F401
+                      open_tab, recorded_db, run, texts)
+
+GOOD_TICKS = DATA / "upload_futures_2025-12-15T0843Z_btc_eth_first2000.ndjson"
 
 
 def store_good_upload(upload_db: str) -> str:
@@ -259,3 +264,85 @@ def test_health_says_what_the_fallback_did():
             "requested_feed": "binance-futures", "reconnects": 2,
             "last_close_reason": "no data for 30 s"}
     assert dd.connection_summary(live) == "state reconnecting · last close: no data for 30 s"
+
+
+# --------------------------------------------------------------------------------------
+# 8. tables and messages for people
+# --------------------------------------------------------------------------------------
+
+
+def visible_columns(frame_element) -> dict[str, str]:
+    """{column: label} of the columns a table shows (hidden ones left out)."""
+    config = json.loads(frame_element.proto.columns or "{}")
+    shown = {}
+    for name in frame_element.value.columns:
+        entry = config.get(f"col:{name}", config.get(str(name), {}))
+        if entry is None or entry.get("hidden"):
+            continue
+        shown[str(name)] = entry.get("label") or str(name)
+    return shown
+
+
+def test_tables_use_labels_and_display_times(recorded_db):
+    at = run(new_app(lookback="15 min", window=20, entry_z=1.0))
+    at = open_tab(at, "Backtest")
+    trades = next(f for f in at.dataframe if "entry_ts" in f.value.columns)
+    shown = visible_columns(trades)
+    assert "entry_ts" not in shown and "exit_ts" not in shown  # epoch ms hidden ...
+    assert "entry time" in shown and "exit time" in shown      # ... shown as times
+    assert all("_" not in label for label in shown.values()), shown
+    assert trades.value["entry time"].iloc[0].startswith("2025-12-15 08:")
+    metrics_table = next(f for f in at.dataframe if "value" in f.value.columns)
+    assert not [r for r in metrics_table.value.index if "_" in str(r)]
+
+    at = open_tab(at, "Statistics")
+    prices = next(f for f in at.dataframe if "vwap" in f.value.index)
+    assert "volatility per bar" in prices.value.index
+    assert not [r for r in prices.value.index if "_" in str(r)]
+
+    at = open_tab(at, "Alerts")
+    rules = next(f for f in at.dataframe if "comparison" in f.value.columns)
+    labels = visible_columns(rules)
+    assert labels["cooldown_s"] == "cooldown (s)" and labels["y_symbol"] == "y symbol"
+    assert all("_" not in label for label in labels.values()), labels
+
+
+def test_a_rule_that_fired_is_not_shown_as_not_checked():
+    assert dd.rule_state_text("not checked yet", 2) == "fired (status pending)"
+    assert dd.rule_state_text("not checked yet", 0) == "not checked yet"
+    assert dd.rule_state_text("armed", 3) == "armed"
+
+
+def test_tick_upload_summary_is_words_not_a_dict(app_env):
+    path = GOOD_TICKS
+    at = open_tab(run(new_app()), "Data")
+    at.get("file_uploader")[1].upload(path.name, path.read_bytes(), "application/x-ndjson")
+    at = run(at)
+    summary = next(t for t in texts(at) if "trades accepted" in t)
+    assert "{" not in summary and "'" not in summary, summary
+    assert re.search(r"per symbol BTCUSDT [\d,]+ · ETHUSDT [\d,]+", summary), summary
+
+
+def test_upload_messages_name_the_page_fields_not_arguments(app_env):
+    path = DATA / "upload_spot_bars_1s_1m_5m_IST_naive_first3000.csv"
+    at = open_tab(run(new_app()), "Data")
+    at.get("file_uploader")[0].upload(path.name, path.read_bytes(), "text/csv")
+    at = run(at)
+    errors = [e.value for e in at.error]
+    assert any("several timeframes" in e for e in errors), errors
+    assert not any("timeframe=" in e or "default_symbol=" in e for e in texts(at))
+    assert any('"bar size to keep"' in e for e in errors), errors
+
+
+def test_csv_numbers_have_no_binary_noise():
+    frame = pd.DataFrame({"v": [0.1 + 0.2, 87060.12, 1.2345678901234e-07]},
+                         index=pd.Index([0, 1000, 2000], name="ts"))
+    text = dd.to_csv_bytes(frame, "UTC").decode()
+    assert "0.30000000000000004" not in text and ",0.3\n" in text, text
+    assert ",87060.12\n" in text and ",1.2345678901234e-07\n" in text, text
+
+
+def test_hurst_outside_its_range_is_explained():
+    assert "outside its 0–1 range" in dd.hurst_note(-0.002)
+    assert "mean-reverting" in dd.hurst_note(0.05)
+    assert dd.hurst_note(0.45) == "" and dd.hurst_note(float("nan")) == ""
