@@ -237,7 +237,8 @@ def open_position(db_path: str, order: PaperOrder, *, at_ms: int | None = None) 
     """Place the entry orders of ``order``; returns the position id (status ``opening``).
 
     β and z are the pair's newest (``current_signal``); ValueError when β does not exist
-    yet (the hedge window is still filling) or a leg has no stored trade.
+    yet (the hedge window is still filling), a leg has no stored trade, or an automatic
+    close the order sets (exit_z, stop_z) is already due at the current z.
     """
     signal = current_signal(db_path, order.y, order.x, timeframe=order.timeframe,
                             window=order.window, z_window=order.z_window,
@@ -245,6 +246,14 @@ def open_position(db_path: str, order: PaperOrder, *, at_ms: int | None = None) 
     if not math.isfinite(signal.beta):
         raise ValueError(f"beta: the {order.window}-bar hedge of {order.y} on {order.x} "
                          f"({order.timeframe}) is not ready yet; wait for more bars")
+    # An automatic close that is already due would close the position at once.
+    due = auto_close_reason({"side": order.side, "exit_z": order.exit_z,
+                             "stop_z": order.stop_z, "max_holding_s": None}, signal.z, 0)
+    if due is not None:
+        name = "stop_z" if due == "stop" else "exit_z"
+        raise ValueError(f"{name}: z is {signal.z:.2f} now, so a {order.side} spread with "
+                         f"{name} {getattr(order, name):g} would close at once; leave it "
+                         "empty or open when z is further from 0")
     click = now_ms() if at_ms is None else int(at_ms)
     with dd.writing(db_path) as conn:
         newest_y, newest_x = _fill_after(conn, order.y, order.x, click)

@@ -12,7 +12,7 @@ then opens each tab and saves the viewport with the tab bar at the top (below St
 fixed header; short tabs scroll less far). ``dashboard.png`` (the README's main image) is
 the top of the page on the "Spread & z-score" tab: live strip, z chart and the spread
 chart. Statistics and Correlation get their on-request tests run first so that their
-results show. A PNG over ``--max-kb`` is re-encoded with a 256-colour palette (Pillow).
+results show; the Paper tab gets a closed and an open position (through the REST API). A PNG over ``--max-kb`` is re-encoded with a 256-colour palette (Pillow).
 Prints what it saved.
 """
 
@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,12 +35,13 @@ OUT = ROOT / "docs" / "screenshots"
 from tests.browser import (CHROMIUM, CHROMIUM_ARGS, OPEN_PANEL_JS,  # noqa: E402
                            StreamlitServer, demo_env)
 TABS = {"Prices": "prices", "Spread & z-score": "spread-z-score", "Statistics": "statistics",
-        "Correlation": "correlation", "Backtest": "backtest", "Alerts": "alerts",
-        "Data": "data", "Health": "health"}
+        "Correlation": "correlation", "Backtest": "backtest", "Paper": "paper",
+        "Alerts": "alerts", "Data": "data", "Health": "health"}
 # A tab is drawn when these texts are in its panel and its Plotly charts have a layout.
 READY_TEXT = {"Prices": "", "Spread & z-score": "β over time",
               "Statistics": "Per-minute statistics", "Correlation": "min trades per minute",
-              "Backtest": "Run backtest on the latest data", "Alerts": "History (",
+              "Backtest": "Run backtest on the latest data", "Paper": "History (",
+              "Alerts": "History (",
               "Data": "Upload OHLC CSV", "Health": "Trade-id gaps"}
 # Buttons that run on-request analytics, and a text that shows their result.
 ON_REQUEST = {"Statistics": ("Run ADF on the spread and Engle–Granger on the pair",
@@ -83,6 +87,27 @@ def save_png(data: bytes, path: Path, max_kb: int) -> str:
     return f"{shown}: {len(data) / 1024:.0f} KB{note}"
 
 
+def paper_positions(url: str) -> None:
+    """Through the REST API: one paper round trip (closed after 20 s) and one open
+    position, so the Paper tab shows live P&L and a history."""
+    def post(path: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(url + path.lstrip("/"), method="POST",
+                                         data=json.dumps(body or {}).encode())
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return json.loads(reply.read())
+        except urllib.error.HTTPError as error:
+            raise SystemExit(f"POST {path}: {error.code} {error.read().decode()}") from None
+
+    order = {"y": "ETHUSDT", "x": "BTCUSDT", "notional": 10_000, "fee_bps": 5,
+             "slippage_bps": 1}
+    first = post("/api/paper/positions", {**order, "side": "short"})
+    time.sleep(20)
+    post(f"/api/paper/positions/{first['id']}/close")
+    post("/api/paper/positions", {**order, "side": "long", "stop_z": 4})
+    time.sleep(5)
+
+
 def open_tab(page, name: str, timeout_s: float) -> None:
     page.get_by_role("tab", name=name, exact=True).click()
     page.wait_for_function(TAB_READY_JS, arg=[name, READY_TEXT[name]],
@@ -123,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 page.wait_for_timeout(args.after_z * 1000)
                 print(f"data for {time.monotonic() - started:.0f} s; z is numeric")
                 for name, slug in TABS.items():
+                    if name == "Paper":
+                        paper_positions(url)
                     open_tab(page, name, 60)
                     if name in ON_REQUEST:
                         button, result = ON_REQUEST[name]

@@ -332,3 +332,20 @@ def test_stop_and_start_collection_from_the_page(page_env):
     at = run(at)
     assert not services.collection_paused() and services.current_feed().running
     assert any(m.value.startswith("**collection:** running") for m in at.markdown)
+
+
+def test_an_automatic_close_already_due_is_refused(feed):
+    z = paper.current_signal(feed.path, Y, X, timeframe="1s", window=20, z_window=20,
+                             method="ols", log_prices=True).z
+    assert math.isfinite(z)
+    # a long spread exits once z >= -exit_z: with exit_z above -z it would close at once
+    side, exit_z = ("long", abs(z) + 0.5) if z > -0.5 else ("short", abs(z) + 0.5)
+    with pytest.raises(ValueError, match="^exit_z: z is .* would close at once"):
+        paper.open_position(feed.path, order(side=side, exit_z=exit_z), at_ms=NEWEST + 10)
+    stop_z = max(abs(z) - 0.01, 0.0)  # a stop that is already beyond
+    stop_side = "long" if z < 0 else "short"
+    with pytest.raises(ValueError, match="^stop_z: "):
+        paper.open_position(feed.path, order(side=stop_side, stop_z=stop_z),
+                            at_ms=NEWEST + 10)
+    with dd.writing(feed.path) as conn:
+        assert database.list_paper_positions(conn).empty
