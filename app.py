@@ -1196,8 +1196,8 @@ def tab_health(c: dd.Controls) -> None:
         with dd.reading(health["db_path"]) as conn:
             gaps = database.read_gaps_with_reasons(conn)
             repaired = database.read_repaired_gaps(conn)
-        st.markdown(f"**Trade-id gaps** ({len(gaps)} open; the reason says why REST could "
-                    "not fill one)")
+        st.markdown(f"**Trade-id gaps** ({len(gaps)}) still open; `reason` says why REST "
+                    "could not fill one")
         show_table(gaps, c.tz, width="stretch", hide_index=True)
         backfill_health(health, repaired, c.tz)
     else:
