@@ -772,7 +772,8 @@ def tab_statistics(c: dd.Controls) -> None:
         if view is None:
             waiting(c)
         else:
-            st.session_state[test_key] = dd.run_pair_tests(view)
+            with st.spinner("Running ADF and Engle–Granger…"):
+                st.session_state[test_key] = dd.run_pair_tests(view)
     results = st.session_state.get(test_key)
     if results is not None:
         stamp = (dd.display_times([results.last_ts], c.tz)[0].strftime("%H:%M:%S")
@@ -858,10 +859,15 @@ def tab_correlation(c: dd.Controls) -> None:
     screen_key = repr(("screen", c.source, chosen, c.timeframe, c.lookback_ms, c.log_prices))
     if st.button("Run cointegration screen (Engle–Granger, Benjamini–Hochberg)",
                  key="run_screen", disabled=len(chosen) < 2):
-        bars = cached_bars_by_symbol(c.source, chosen, c.timeframe, c.lookback_ms,
-                                     latest_key(c, chosen))
-        st.session_state[screen_key] = analytics.cointegration_matrix(
-            dd.closes_table(bars), log_prices=c.log_prices)
+        pairs = len(chosen) * (len(chosen) - 1)
+        with st.status(f"Cointegration screen: {pairs} Engle–Granger tests on "
+                       f"{len(chosen)} symbols…", expanded=False) as status:
+            bars = cached_bars_by_symbol(c.source, chosen, c.timeframe, c.lookback_ms,
+                                         latest_key(c, chosen))
+            status.write("bars loaded; testing every ordered pair")
+            st.session_state[screen_key] = analytics.cointegration_matrix(
+                dd.closes_table(bars), log_prices=c.log_prices)
+            status.update(label=f"Cointegration screen: {pairs} tests done", state="complete")
     screen = st.session_state.get(screen_key)
     if screen is not None:
         chart(viz.heatmap_figure(screen.pvalues_bh, "Engle–Granger p-values, BH-corrected "
@@ -1130,8 +1136,9 @@ def upload_section() -> None:
                                 ("—", *dd.TIMEFRAME_LABELS), key="upload_timeframe")
     ohlc_file = st.file_uploader("OHLC CSV", type=["csv", "txt"], key="ohlc_file")
     if ohlc_file is not None:
-        parsed = parse_ohlc(ohlc_file.getvalue(), ohlc_file.name, naive_tz, symbol.strip(),
-                            None if file_tf == "—" else file_tf)
+        with st.spinner(f"Reading {ohlc_file.name} ({ohlc_file.size / 1e6:,.1f} MB)…"):
+            parsed = parse_ohlc(ohlc_file.getvalue(), ohlc_file.name, naive_tz,
+                                symbol.strip(), None if file_tf == "—" else file_tf)
         upload_report(ohlc_file.name, parsed, (
             f"{parsed.n_accepted} accepted, {parsed.n_rejected} rejected, {parsed.n_skipped} "
             f"skipped; symbols {', '.join(parsed.symbols) or '—'}; times read as "
@@ -1146,7 +1153,8 @@ def upload_section() -> None:
     tick_file = st.file_uploader("tick file", type=["ndjson", "json", "jsonl", "csv", "txt"],
                                  key="tick_file")
     if tick_file is not None:
-        parsed = parse_ticks(tick_file.getvalue(), tick_file.name, naive_tz)
+        with st.spinner(f"Reading {tick_file.name} ({tick_file.size / 1e6:,.1f} MB)…"):
+            parsed = parse_ticks(tick_file.getvalue(), tick_file.name, naive_tz)
         upload_report(tick_file.name, parsed, (
             f"{parsed.n_accepted} trades accepted, {parsed.n_rejected} rejected, "
             f"{parsed.n_filtered_zero} zero-price placeholders dropped; per symbol "

@@ -346,3 +346,18 @@ def test_hurst_outside_its_range_is_explained():
     assert "outside its 0–1 range" in dd.hurst_note(-0.002)
     assert "mean-reverting" in dd.hurst_note(0.05)
     assert dd.hurst_note(0.45) == "" and dd.hurst_note(float("nan")) == ""
+
+
+# --------------------------------------------------------------------------------------
+# progress feedback
+# --------------------------------------------------------------------------------------
+
+
+def test_the_cointegration_screen_reports_progress(recorded_db):
+    at = open_tab(run(new_app(lookback="15 min", window=30)), "Correlation")
+    at.checkbox(key="liquid_only").set_value(False)
+    at = run(at)
+    at.button(key="run_screen").click()
+    at = run(at)
+    labels = [s.proto.label for s in at.get("status")]
+    assert any("Cointegration screen: 2 tests done" in label for label in labels), labels
