@@ -647,10 +647,12 @@ def live_strip(c: dd.Controls) -> None:
     last = (dd.display_times([values.last_ts], c.tz)[0].strftime("%H:%M:%S %Z")
             if values.last_ts is not None else "—")
     feed_words = status.label if c.live else c.source.label
+    # live: the count includes the forming bar, which the tabs' closed-bar counts do not
+    count = f"{len(view.aligned.frame)} bars" + (" incl. the forming one" if c.live else "")
     st.caption(f"{feed_words} · {c.y} on {c.x} · {c.method_label}, {scale} prices, "
                f"{c.window}-bar window, {c.tf_label} bars · last bar {last} · "
-               f"{len(view.aligned.frame)} bars · drag a box on a chart to zoom (kept "
-               "across refreshes; a refresh cuts a slow drag short: pause first)")
+               f"{count} · drag a box on a chart to zoom all time charts (a refresh cuts "
+               "a slow drag on a live chart short: pause first)")
     signals = view.signals
     if signals.enough_data:
         fig = viz.zscore_figure(signals.frame["z"], c.entry, c.exit, tz=c.tz,

@@ -288,7 +288,8 @@ def test_minute_charts_show_closed_bars_and_the_strip_the_forming_one(recorded_d
     minutes = np.unique(trades["ts"].to_numpy() // 60_000)
     forming = minutes[-1]  # the newest trade's minute has not closed
     close = pd.Timestamp(int(forming) * 60_000, unit="ms", tz="UTC").strftime("%H:%M UTC")
-    assert any(f"· {minutes.size} bars" in c.value for c in at.caption)  # live strip
+    # the live strip counts the forming bar and says so: the tab's count is of closed bars
+    assert any(f"· {minutes.size} bars incl. the forming one ·" in c.value for c in at.caption)
     assert f"{minutes.size - 1} closed 1m bars up to {close}; the charts update at each bar " \
         "close, the live strip above every trade" in [c.value for c in at.caption]
 
