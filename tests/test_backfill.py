@@ -305,3 +305,36 @@ def test_app_on_the_demo_feed_shows_a_day_at_1m_and_a_1s_zscore_soon(demo_app_en
     assert any(str(m.value).startswith("**History over REST**") for m in at.markdown)
     assert int(_metric(at, "rows backfilled").replace(",", "")) > 100_000
     assert time.monotonic() - started < 45
+
+
+def test_browser_shows_a_day_at_1m_with_a_z_score_after_start(tmp_path):
+    """``streamlit run app.py`` on the demo feed, Chromium on ``?tf=1m&lookback=24+h``: the
+    live strip draws a z-score over a full day of 1-minute bars (klines + ticks)."""
+    import os
+
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS, StreamlitServer, demo_env
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (Debian package 'chromium')")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    strip_js = """() => {
+      const metric = Array.from(document.querySelectorAll('[data-testid="stMetric"]'))
+          .find(m => m.innerText.trim().startsWith('z-score'));
+      const plot = document.querySelector('.st-key-live_z .js-plotly-plot');
+      const bars = Array.from(document.querySelectorAll('[data-testid="stCaptionContainer"]'))
+          .map(c => (c.innerText.match(/(\\d[\\d,]*) bars/) || [null, '0'])[1])
+          .map(b => parseInt(b.replace(/,/g, ''), 10));
+      const z = metric ? metric.innerText.trim().split('\\n').pop() : '—';
+      return z !== '—' && plot && plot._fullLayout && Math.max(0, ...bars) >= 1400
+          ? {z: z, bars: Math.max(...bars)} : false;
+    }"""
+    with StreamlitServer(demo_env(str(tmp_path)), tmp_path) as server:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(server.url + "?tf=1m&lookback=24+h")
+                found = page.wait_for_function(strip_js, timeout=180_000, polling=250)
+                result = found.json_value()
+            finally:
+                browser.close()
+    assert result["bars"] >= 1400 and result["z"] != "—"
