@@ -866,3 +866,13 @@ def test_crosshair_spans_every_subplot():
     fig = viz.add_crosshair(viz.candlestick_figure(make_bars(50), "BTCUSDT"))
     assert fig.layout.xaxis.showspikes and fig.layout.xaxis.spikemode == "across"
     assert fig.layout.hovermode == "x unified"
+
+
+def test_a_figure_recoloured_for_the_light_theme_keeps_its_layout():
+    fig = viz.candlestick_figure(make_bars(50), "BTCUSDT")  # built dark
+    margin, domain = fig.layout.margin.to_plotly_json(), list(fig.layout.yaxis.domain)
+    viz.apply_colors(fig, "light")
+    assert fig.layout.template.layout.paper_bgcolor == "#ffffff"
+    assert fig.layout.template.layout.font.color == "#31333f"  # dark text on white
+    assert fig.layout.xaxis.gridcolor == "#e8e8e8" and fig.layout.yaxis2.gridcolor == "#e8e8e8"
+    assert fig.layout.margin.to_plotly_json() == margin and list(fig.layout.yaxis.domain) == domain
