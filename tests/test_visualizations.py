@@ -876,3 +876,10 @@ def test_a_figure_recoloured_for_the_light_theme_keeps_its_layout():
     assert fig.layout.template.layout.font.color == "#31333f"  # dark text on white
     assert fig.layout.xaxis.gridcolor == "#e8e8e8" and fig.layout.yaxis2.gridcolor == "#e8e8e8"
     assert fig.layout.margin.to_plotly_json() == margin and list(fig.layout.yaxis.domain) == domain
+
+
+def test_newest_x_is_the_last_time_drawn():
+    z = make_series(100)
+    fig = viz.zscore_figure(z, 2.0, 0.0, tz="Europe/Berlin")
+    assert viz.newest_x(fig) == viz.to_display_ms(np.array([z.index[-1]]), "Europe/Berlin")[0]
+    assert viz.newest_x(viz.empty_figure("nothing yet")) == -math.inf
