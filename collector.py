@@ -88,6 +88,10 @@ RECV_POLL_S = 0.5  # socket timeout: how often the reader checks silence and sto
 # frame -55 to -65 %). Small enough that the buffer's copy of the remainder stays cheap.
 RECV_CHUNK_BYTES = 4096
 WRITER_POLL_S = 0.02
+# A short queue is written once its oldest trade is this old instead of ``flush_interval``:
+# at Binance's usual rates a trade reaches the database (and the page) in ~50 ms, not 250;
+# under load the queue is long and batches stay large. Short = under a tenth of a batch.
+QUICK_FLUSH_S = 0.05
 PRUNE_EVERY_S = 60.0
 SPILL_RETRY_S = 1.0  # while the database refuses writes, try it again this often
 RETRY_BUSY_TIMEOUT_MS = 200  # ... waiting this long for a lock (5 s when it works)
@@ -1201,14 +1205,19 @@ class Collector:
             log.warning("queue back to %d trades waiting", depth)
 
     def _take_batch(self, force: bool) -> list:
-        """Pop up to ``batch_size`` trades once the batch is full or old enough."""
+        """Pop up to ``batch_size`` trades once the batch is full or old enough: its oldest
+        trade older than ``flush_interval``, or than ``QUICK_FLUSH_S`` while the queue is
+        short (see the constant)."""
         queue = self._queue
         depth = len(queue)
         if depth == 0:
             return []
         size = self.settings.batch_size
+        wait_s = self.settings.flush_interval
+        if depth < size // 10:
+            wait_s = min(wait_s, QUICK_FLUSH_S)
         oldest_age_ms = now_ms() - queue[0][6]
-        if depth < size and oldest_age_ms < self.settings.flush_interval * 1000 and not force:
+        if depth < size and oldest_age_ms < wait_s * 1000 and not force:
             return []
         return [queue.popleft() for _ in range(min(depth, size))]
 

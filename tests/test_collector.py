@@ -679,3 +679,18 @@ def test_auto_fallback_is_not_delayed_by_a_long_backoff(tmp_path, make_collector
     assert wait_until(lambda: c.health()["feed"] == "demo", 2.5)
     assert wait_until(lambda: c.stored > 10, 5)
     assert c.db_path == str(tmp_path / "futures-demo.db")  # never the real file
+
+
+def test_a_short_queue_is_written_without_waiting_for_the_flush_interval(tmp_path,
+                                                                          make_collector):
+    # flush_interval 3 s: a lone trade is written after QUICK_FLUSH_S (50 ms), not 3 s.
+    async def script(connection, index):
+        await connection.send(trade_frame("BTCUSDT", 1, T0, 100.0))
+        await hold_open(connection, 30)
+
+    with ScriptedServer(script) as server:
+        c = make_collector(settings_for(server.url, tmp_path, flush_interval=3.0)).start()
+        assert wait_until(lambda: c.received == 1, 5)
+        received_at = time.monotonic()
+        assert wait_until(lambda: c.stored == 1, 2.5)
+        assert time.monotonic() - received_at < 1.5
