@@ -646,7 +646,8 @@ ENDPOINTS = (
              "position, filled at the next trade of each leg (write)",
              body="JSON object: y, x, side (long|short), notional (y notional), timeframe, "
                   "window, method, log_prices, fee_bps, slippage_bps, exit_z, stop_z, "
-                  "max_holding_s (the last three optional)"),
+                  "max_holding_s (the last three optional), notify (an alert event when it "
+                  "fills and closes)"),
     Endpoint("POST", "/api/paper/positions/{position_id}/close", close_paper_position,
              "Close a paper position at the next trade of each leg (write)"),
     Endpoint("POST", "/api/collection/pause", pause_collection, "Pause recording (write)"),

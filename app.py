@@ -1255,6 +1255,7 @@ def open_paper_position(c: dd.Controls, side: str) -> None:
             timeframe=c.timeframe, window=c.window, method=c.method,
             log_prices=c.log_prices, fee_bps=float(state["paper_fee"]),
             slippage_bps=float(state["paper_slip"]),
+            notify=bool(state.get("paper_notify", False)),
             max_holding_s=None if max_minutes is None else float(max_minutes) * 60,
             **{k: None if v is None else float(v) for k, v in optional.items()})
         position_id = paper.open_position(feed.db_path, order)
@@ -1351,6 +1352,8 @@ def tab_paper(c: dd.Controls) -> None:
                              key="paper_stop_z")
         cols[2].number_input("max holding, minutes (empty: none)", 0.0, 1e6, None, 1.0,
                              key="paper_max_minutes")
+        st.checkbox("alert when it fills and when it closes (Alerts history, a toast)",
+                    key="paper_notify")
         cols = st.columns(2)
         cols[0].form_submit_button("Open long spread (buy y, sell β·x)",
                                    on_click=open_paper_position, args=(c, "long"))

@@ -1950,6 +1950,7 @@ PAPER_POSITION_FIELDS = (
     "exit_after_ts_y", "exit_after_id_y", "exit_after_ts_x", "exit_after_id_x",
     "exit_ts_y", "exit_ts_x", "exit_ref_y", "exit_ref_x", "exit_fill_y", "exit_fill_x",
     "exit_fee", "gross_pnl", "fees", "slippage_cost", "pnl", "closed_ms", "last_error",
+    "notify",
 )
 _PAPER_TEXT_FIELDS = frozenset({"y_symbol", "x_symbol", "side", "timeframe", "method",
                                 "status", "close_reason", "last_error"})
@@ -1958,7 +1959,7 @@ _PAPER_INT_FIELDS = frozenset({"window", "z_window", "log_prices", "requested_ms
                                "entry_after_id_x", "entry_ts_y", "entry_ts_x",
                                "close_requested_ms", "exit_after_ts_y", "exit_after_id_y",
                                "exit_after_ts_x", "exit_after_id_x", "exit_ts_y",
-                               "exit_ts_x", "closed_ms"})
+                               "exit_ts_x", "closed_ms", "notify"})
 
 
 def _paper_column_type(name: str) -> str:
@@ -1973,8 +1974,14 @@ _PAPER_SCHEMA = ("CREATE TABLE IF NOT EXISTS paper_positions (id INTEGER PRIMARY
 
 
 def ensure_paper_tables(conn: sqlite3.Connection) -> None:
-    """Create the paper-position table if missing (idempotent; a writable connection)."""
+    """Create the paper-position table if missing, and add the columns a file written by
+    an older version lacks (idempotent; a writable connection)."""
     conn.execute(_PAPER_SCHEMA)
+    present = {row[1] for row in conn.execute("PRAGMA table_info(paper_positions)")}
+    for name in PAPER_POSITION_FIELDS:
+        if name not in present:  # names and types come from the constants above
+            conn.execute(f"ALTER TABLE paper_positions ADD COLUMN {name} "
+                         f"{_paper_column_type(name)}")
     conn.execute("CREATE INDEX IF NOT EXISTS paper_positions_status ON paper_positions "
                  "(status, id)")
 
@@ -2324,127 +2331,6 @@ class BackfillLedger:
             self.mark_history()
             self._conn.close()
             self._conn = None
-
-
-# --------------------------------------------------------------------------------------
-# Paper-trading positions (issue 14; logic in paper.py)
-# --------------------------------------------------------------------------------------
-
-# One row per paper position, from the click to the close. Prices: *_ref_* are the traded
-# prices of the fills' trades, *_fill_* the prices after slippage; qty_* are signed units
-# (long spread: +y, -beta*x). *_after_* are the newest stored trade (ts, trade_id) of each
-# leg when an order was placed: the fill is the first trade after it.
-PAPER_POSITION_FIELDS = (
-    "y_symbol", "x_symbol", "side", "notional", "beta", "timeframe", "window", "z_window",
-    "method", "log_prices", "fee_bps", "slippage_bps", "exit_z", "stop_z", "max_holding_s",
-    "status", "requested_ms", "z_at_request",
-    "entry_after_ts_y", "entry_after_id_y", "entry_after_ts_x", "entry_after_id_x",
-    "entry_ts_y", "entry_ts_x", "entry_ref_y", "entry_ref_x", "qty_y", "qty_x",
-    "entry_fill_y", "entry_fill_x", "entry_fee",
-    "close_requested_ms", "close_reason", "z_at_close",
-    "exit_after_ts_y", "exit_after_id_y", "exit_after_ts_x", "exit_after_id_x",
-    "exit_ts_y", "exit_ts_x", "exit_ref_y", "exit_ref_x", "exit_fill_y", "exit_fill_x",
-    "exit_fee", "gross_pnl", "fees", "slippage_cost", "pnl", "closed_ms", "last_error",
-)
-_PAPER_TEXT_FIELDS = frozenset({"y_symbol", "x_symbol", "side", "timeframe", "method",
-                                "status", "close_reason", "last_error"})
-_PAPER_INT_FIELDS = frozenset({"window", "z_window", "log_prices", "requested_ms",
-                               "entry_after_ts_y", "entry_after_id_y", "entry_after_ts_x",
-                               "entry_after_id_x", "entry_ts_y", "entry_ts_x",
-                               "close_requested_ms", "exit_after_ts_y", "exit_after_id_y",
-                               "exit_after_ts_x", "exit_after_id_x", "exit_ts_y",
-                               "exit_ts_x", "closed_ms"})
-
-
-def _paper_column_type(name: str) -> str:
-    if name in _PAPER_TEXT_FIELDS:
-        return "TEXT"
-    return "INTEGER" if name in _PAPER_INT_FIELDS else "REAL"
-
-
-_PAPER_SCHEMA = ("CREATE TABLE IF NOT EXISTS paper_positions (id INTEGER PRIMARY KEY, "
-                 + ", ".join(f"{name} {_paper_column_type(name)}"
-                             for name in PAPER_POSITION_FIELDS) + ")")
-
-
-def ensure_paper_tables(conn: sqlite3.Connection) -> None:
-    """Create the paper-position table if missing (idempotent; a writable connection)."""
-    conn.execute(_PAPER_SCHEMA)
-    conn.execute("CREATE INDEX IF NOT EXISTS paper_positions_status ON paper_positions "
-                 "(status, id)")
-
-
-def insert_paper_position(conn: sqlite3.Connection, **fields) -> int:
-    """Store a new position (fields: names of ``PAPER_POSITION_FIELDS``); its id."""
-    unknown = sorted(set(fields) - set(PAPER_POSITION_FIELDS))
-    if unknown:
-        raise ValueError(f"unknown paper position fields {unknown}")
-    ensure_paper_tables(conn)
-    names = list(fields)
-    cursor = conn.execute(f"INSERT INTO paper_positions ({', '.join(names)}) VALUES "
-                          f"({', '.join('?' for _ in names)})", [fields[n] for n in names])
-    return int(cursor.lastrowid)
-
-
-def update_paper_position(conn: sqlite3.Connection, position_id: int, *,
-                          expect_status: str | None = None, **fields) -> bool:
-    """Change fields of one position; with ``expect_status`` only while it has that status
-    (two writers racing to fill or close the same position: one wins). True if changed."""
-    unknown = sorted(set(fields) - set(PAPER_POSITION_FIELDS))
-    if unknown or not fields:
-        raise ValueError(f"unknown or no paper position fields {unknown}")
-    ensure_paper_tables(conn)
-    sets = ", ".join(f"{name} = ?" for name in fields)
-    params = [*fields.values(), int(position_id)]
-    where = "id = ?"
-    if expect_status is not None:
-        where += " AND status = ?"
-        params.append(expect_status)
-    cursor = conn.execute(f"UPDATE paper_positions SET {sets} WHERE {where}", params)
-    return cursor.rowcount == 1
-
-
-def list_paper_positions(conn: sqlite3.Connection, *, statuses: Sequence[str] | None = None,
-                         limit: int | None = None, position_id: int | None = None
-                         ) -> pd.DataFrame:
-    """Positions, newest first: columns ``id`` + ``PAPER_POSITION_FIELDS``."""
-    ensure_paper_tables(conn)
-    clauses, params = [], []
-    if statuses is not None:
-        clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
-        params.extend(statuses)
-    if position_id is not None:
-        clauses.append("id = ?")
-        params.append(int(position_id))
-    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-    params.append(-1 if limit is None else int(limit))
-    columns = ("id", *PAPER_POSITION_FIELDS)
-    rows = conn.execute(f"SELECT {', '.join(columns)} FROM paper_positions{where} "
-                        "ORDER BY id DESC LIMIT ?", params).fetchall()
-    frame = pd.DataFrame(rows, columns=list(columns))
-    for name in columns:
-        if name in _PAPER_TEXT_FIELDS:
-            frame[name] = frame[name].astype(object)
-        elif name != "id" and name not in _PAPER_INT_FIELDS:
-            frame[name] = frame[name].astype(np.float64)
-    return frame
-
-
-def newest_trade(conn: sqlite3.Connection, symbol: str) -> tuple[int, int, float] | None:
-    """``(ts, trade_id, price)`` of the newest stored trade of ``symbol``, or None."""
-    return conn.execute("SELECT ts, trade_id, price FROM ticks WHERE symbol = ? "
-                        "ORDER BY ts DESC, trade_id DESC LIMIT 1",
-                        (symbol.upper(),)).fetchone()
-
-
-def first_trade_after(conn: sqlite3.Connection, symbol: str, after_ts: int, after_id: int
-                      ) -> tuple[int, int, float] | None:
-    """The first stored trade later than ``(after_ts, after_id)`` in (ts, trade_id) order:
-    ``(ts, trade_id, price)``, or None while there is none. One index seek."""
-    return conn.execute("SELECT ts, trade_id, price FROM ticks WHERE symbol = ? AND "
-                        "(ts > ? OR (ts = ? AND trade_id > ?)) ORDER BY ts, trade_id LIMIT 1",
-                        (symbol.upper(), int(after_ts), int(after_ts), int(after_id))
-                        ).fetchone()
 
 
 # --------------------------------------------------------------------------------------

@@ -78,6 +78,8 @@ class PaperOrder:
     """What a user asks for when opening a position; validated in the constructor.
 
     ``exit_z``, ``stop_z`` and ``max_holding_s`` are optional automatic closes (None = no).
+    ``notify``: record an alert event when the position fills and when it closes (shown in
+    the Alerts history and as a toast in every open page, logged).
     ``timeframe``, ``window``, ``z_window``, ``method`` and ``log_prices`` choose the hedge
     and z-score the position is opened and watched with (the page passes its own).
     """
@@ -96,6 +98,7 @@ class PaperOrder:
     exit_z: float | None = None
     stop_z: float | None = None
     max_holding_s: float | None = None
+    notify: bool = False
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -117,8 +120,9 @@ class PaperOrder:
         if self.method not in analytics.PAIR_METHODS:
             raise ValueError(f"method ({self.method!r}) must be one of "
                              f"{', '.join(analytics.PAIR_METHODS)}")
-        if not isinstance(self.log_prices, bool):
-            raise ValueError(f"log_prices ({self.log_prices!r}) must be true or false")
+        for name in ("log_prices", "notify"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} ({getattr(self, name)!r}) must be true or false")
         put(self, "fee_bps", _number("fee_bps", self.fee_bps, low=0.0, high=1_000.0,
                                      inclusive=True))
         put(self, "slippage_bps", _number("slippage_bps", self.slippage_bps, low=0.0,
@@ -263,7 +267,7 @@ def open_position(db_path: str, order: PaperOrder, *, at_ms: int | None = None) 
             window=order.window, z_window=order.z_window, method=order.method,
             log_prices=int(order.log_prices), fee_bps=order.fee_bps,
             slippage_bps=order.slippage_bps, exit_z=order.exit_z, stop_z=order.stop_z,
-            max_holding_s=order.max_holding_s, status="opening",
+            max_holding_s=order.max_holding_s, notify=int(order.notify), status="opening",
             requested_ms=click,
             z_at_request=signal.z if math.isfinite(signal.z) else None,
             entry_after_ts_y=newest_y[0], entry_after_id_y=newest_y[1],
@@ -358,7 +362,7 @@ def _next_trades(conn, row: Mapping, prefix: str) -> tuple[tuple, tuple] | None:
     return found[0], found[1]
 
 
-def _fill_entry(conn, row: Mapping) -> bool:
+def _fill_entry(conn, row: Mapping, at_ms: int) -> bool:
     trades = _next_trades(conn, row, "entry")
     if trades is None:
         return False
@@ -369,12 +373,27 @@ def _fill_entry(conn, row: Mapping) -> bool:
     # Entry fills and fee do not depend on the exit prices: price them as an exit at entry.
     pnl = backtest.position_pnl(row["side"], units_y, units_x, ref_y, ref_x, ref_y, ref_x,
                                 float(row["fee_bps"]), float(row["slippage_bps"]))
-    return database.update_paper_position(
+    filled = database.update_paper_position(
         conn, int(row["id"]), expect_status="opening", status="open", entry_ts_y=ts_y,
         entry_ts_x=ts_x, entry_ref_y=ref_y, entry_ref_x=ref_x, qty_y=qty_y, qty_x=qty_x,
         entry_fill_y=pnl.entry_fill_y, entry_fill_x=pnl.entry_fill_x,
         entry_fee=pnl.entry_fee)
+    if filled and _optional(row.get("notify")):
+        _notify(conn, row, at_ms, "opened", pnl.entry_fee,
+                f"{row['side']} {row['y_symbol']}/{row['x_symbol']} filled: "
+                f"{row['y_symbol']} {pnl.entry_fill_y:.10g}, {row['x_symbol']} "
+                f"{pnl.entry_fill_x:.10g}, fee {pnl.entry_fee:.2f}")
+    return filled
 
+
+def _notify(conn, row: Mapping, at_ms: int, what: str, value: float, text: str) -> None:
+    """An alert event for a position's fill or close (rule id 0: no rule fired it)."""
+    message = f"paper position {int(row['id'])}: {text}"
+    database.insert_alert_event(
+        conn, rule_id=0, ts=at_ms, value=value, threshold=0.0, message=message,
+        rule_name=f"paper position {int(row['id'])}", metric="paper",
+        subject=f"{row['y_symbol']}/{row['x_symbol']}", comparison=what)
+    log.warning("%s", message)
 
 def _fill_exit(conn, row: Mapping, at_ms: int) -> bool:
     trades = _next_trades(conn, row, "exit")
@@ -385,11 +404,16 @@ def _fill_exit(conn, row: Mapping, at_ms: int) -> bool:
     pnl = backtest.position_pnl(row["side"], units_y, units_x, float(row["entry_ref_y"]),
                                 float(row["entry_ref_x"]), ref_y, ref_x,
                                 float(row["fee_bps"]), float(row["slippage_bps"]))
-    return database.update_paper_position(
+    closed = database.update_paper_position(
         conn, int(row["id"]), expect_status="closing", status="closed", exit_ts_y=ts_y,
         exit_ts_x=ts_x, exit_ref_y=ref_y, exit_ref_x=ref_x, exit_fill_y=pnl.exit_fill_y,
         exit_fill_x=pnl.exit_fill_x, exit_fee=pnl.exit_fee, gross_pnl=pnl.gross,
         fees=pnl.fees, slippage_cost=pnl.slippage, pnl=pnl.net, closed_ms=at_ms)
+    if closed and _optional(row.get("notify")):
+        _notify(conn, row, at_ms, "closed", pnl.net,
+                f"{row['side']} {row['y_symbol']}/{row['x_symbol']} closed "
+                f"({row['close_reason']}): P&L {pnl.net:,.2f} after fees {pnl.fees:,.2f}")
+    return closed
 
 
 def auto_close_reason(row: Mapping, z_now: float, held_ms: int) -> str | None:
@@ -426,7 +450,7 @@ def process(db_path: str, *, at_ms: int | None = None) -> dict:
     with dd.writing(db_path) as conn:
         pending = database.list_paper_positions(conn, statuses=OPEN_STATUSES)
         for row in pending.to_dict("records"):
-            if row["status"] == "opening" and _fill_entry(conn, row):
+            if row["status"] == "opening" and _fill_entry(conn, row, at):
                 counts["entries"] += 1
             elif row["status"] == "closing" and _fill_exit(conn, row, at):
                 counts["exits"] += 1

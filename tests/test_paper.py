@@ -349,3 +349,39 @@ def test_an_automatic_close_already_due_is_refused(feed):
                             at_ms=NEWEST + 10)
     with dd.writing(feed.path) as conn:
         assert database.list_paper_positions(conn).empty
+
+
+def test_notify_records_an_alert_event_at_fill_and_close(feed):
+    click = NEWEST + 100
+    position_id = paper.open_position(feed.path, order(notify=True), at_ms=click)
+    quiet_id = paper.open_position(feed.path, order(), at_ms=click)
+    feed.trade(Y, click + 10, 3_005.0)
+    feed.trade(X, click + 20, 87_010.0)
+    paper.process(feed.path, at_ms=click + 30)
+    for pid in (position_id, quiet_id):
+        paper.request_close(feed.path, pid, at_ms=click + 40)
+    feed.trade(Y, click + 50, 3_006.0)
+    feed.trade(X, click + 60, 87_020.0)
+    paper.process(feed.path, at_ms=click + 70)
+    with dd.reading(feed.path) as conn:
+        events = database.list_alert_events(conn)
+    assert len(events) == 2  # the position without notify stays quiet
+    closed, opened = events.to_dict("records")  # newest first
+    assert opened["message"].startswith(f"paper position {position_id}: long "
+                                        f"{Y}/{X} filled: {Y} 3005.601")
+    assert (opened["ts"], opened["comparison"]) == (click + 30, "opened")
+    row = position(feed.path, position_id)
+    assert closed["comparison"] == "closed" and closed["value"] == pytest.approx(row["pnl"])
+    assert f"P&L {row['pnl']:,.2f}" in closed["message"]
+
+
+def test_a_table_from_an_older_version_gets_the_new_columns(tmp_path):
+    path = str(tmp_path / "old.db")
+    with dd.writing(path) as conn:
+        conn.execute("CREATE TABLE paper_positions (id INTEGER PRIMARY KEY, y_symbol TEXT, "
+                     "x_symbol TEXT, side TEXT, status TEXT)")
+        conn.execute("INSERT INTO paper_positions (y_symbol, x_symbol, side, status) "
+                     "VALUES ('ETHUSDT', 'BTCUSDT', 'long', 'closed')")
+        table = database.list_paper_positions(conn)
+    assert list(table.columns) == ["id", *database.PAPER_POSITION_FIELDS]
+    assert table["side"].tolist() == ["long"] and table["notify"].isna().all()
