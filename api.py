@@ -31,11 +31,12 @@ Rules every endpoint follows
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hmac
 import ipaddress
 import logging
-import math
 import os
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -329,10 +330,12 @@ def _subscribed() -> tuple[str, ...]:
 def health(request: Request) -> Response:
     Params(request.query_params).finish()
     feed = services.current_feed()
+    collector_health = feed.health() if feed is not None else None
     body = {"collection": "paused" if services.collection_paused() else
             ("running" if feed is not None and feed.running else "stopped"),
-            "collector": feed.health() if feed is not None else None,
-            "feed_status": dd.feed_status(feed.health()).label if feed is not None else None,
+            "collector": collector_health,
+            "feed_status": (dd.feed_status(collector_health).label
+                            if collector_health is not None else None),
             "alerts": alerts.evaluator_status(),
             "paper": paper.monitor_status()}
     return json_response(body)
@@ -689,9 +692,8 @@ def openapi(request: Request) -> Response:
 
 
 def _answering(handler: Callable) -> Callable:
-    """Turn ``ApiError`` and bad input into JSON answers; keep sync handlers sync."""
-    import asyncio
-    import functools
+    """Turn ``ApiError`` and bad input into JSON answers; keep sync handlers sync (Starlette
+    runs those in its thread pool)."""
 
     def failure(exc: Exception) -> Response:
         if isinstance(exc, ApiError):
