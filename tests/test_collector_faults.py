@@ -348,9 +348,25 @@ def test_full_file_system_keeps_running_and_ends_with_every_trade(tmp_path, make
         assert count_rows(str(db)) == total and distinct_ids(str(db)) == total
 
 
+_cli_processes: list[subprocess.Popen] = []
+
+
 def run_cli(args, **kwargs):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "collector.py"), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "collector.py"), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    _cli_processes.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def _no_cli_outlives_its_test():
+    """A failed assertion must not leave a collector process running (and writing) for hours."""
+    yield
+    while _cli_processes:
+        process = _cli_processes.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
 
 
 def test_cli_stopped_on_a_full_disk_exits_non_zero_and_a_restart_stores_every_trade(tmp_path):
