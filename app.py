@@ -553,10 +553,36 @@ def page_theme() -> str:
     return "light" if theme == "light" else "dark"
 
 
+def marked_trades(c: dd.Controls, key: tuple, params: tuple) -> pd.DataFrame | None:
+    """The backtest trades the charts mark: those of the last backtest of this view and
+    these settings — the Backtest tab's run (``remember_trades``), or one run here when
+    there is none yet. Not re-run at every refresh (over an hour of 1 s bars a backtest
+    costs tens of ms): new trades appear when the Backtest tab runs again or a setting
+    changes. None when the backtest cannot run (too few bars, exit not below entry)."""
+    identity = trades_identity(c, params)
+    held = st.session_state.get("marked_trades")
+    if held is None or held[0] != identity:
+        try:
+            remember_trades(c, params, cached_backtest(key, params).trades)
+        except ValueError:
+            return None
+        held = st.session_state["marked_trades"]
+    return held[1]
+
+
+def trades_identity(c: dd.Controls, params: tuple) -> str:
+    return repr((c.chart_key("trades"), c.method, c.window, c.log_prices,
+                 tuple(float(p) for p in params)))
+
+
+def remember_trades(c: dd.Controls, params: tuple, trades: pd.DataFrame) -> None:
+    st.session_state["marked_trades"] = (trades_identity(c, params), trades, dd.now_ms())
+
+
 def signal_events(c: dd.Controls, key: tuple | None) -> list[tuple[str, list, list]]:
     """(kind, times, hover texts) to mark on the z and price charts: the backtest's
     entries and exits with the Backtest tab's settings (its defaults before it was
-    opened) and the firings of alert rules on this pair or its legs."""
+    opened; ``marked_trades``) and the firings of alert rules on this pair or its legs."""
     events: list[tuple[str, list, list]] = []
     state = st.session_state
     if key is not None:
@@ -564,9 +590,8 @@ def signal_events(c: dd.Controls, key: tuple | None) -> list[tuple[str, list, li
                   state.get("bt_stop", 0.0), state.get("bt_fee", dd.BACKTEST_FEE_BPS),
                   state.get("bt_slip", dd.BACKTEST_SLIPPAGE_BPS),
                   state.get("bt_size", dd.BACKTEST_NOTIONAL))
-        try:
-            trades = cached_backtest(key, params).trades
-        except ValueError:  # too few bars, or exit not below entry: nothing to mark
+        trades = marked_trades(c, key, params)
+        if trades is None:
             trades = pd.DataFrame(columns=["entry_ts", "exit_ts", "side"])
         for side in ("long", "short"):
             mine = trades[trades["side"] == side]
@@ -593,9 +618,13 @@ def mark_signals(fig, c: dd.Controls, events: list, on: pd.Series) -> None:
 
 def signals_caption(c: dd.Controls) -> None:
     state = st.session_state
+    held = state.get("marked_trades")
+    when = (f", run at {dd.display_times([held[2]], c.tz)[0].strftime('%H:%M:%S')}"
+            if held else "")
     st.caption(f"markers: ▲ long entry, ▼ short entry, ✕ exit of the backtest (entry "
-               f"{state.get('bt_entry', c.entry):g}, exit {state.get('bt_exit', c.exit):g}: "
-               "the Backtest tab's settings); ◆ alert fired on this pair or a leg")
+               f"{state.get('bt_entry', c.entry):g}, exit {state.get('bt_exit', c.exit):g}"
+               f"{when}: the Backtest tab runs it again on newer bars); ◆ alert fired on "
+               "this pair or a leg")
 
 
 def alerts_ready() -> bool:
@@ -905,6 +934,7 @@ def tab_backtest(c: dd.Controls) -> None:
     except ValueError as exc:
         st.error(str(exc))
         return
+    remember_trades(c, (entry, exit_, stop, fee, slip, size), result.trades)  # the markers
     st.caption(f"{c.y} on {c.x}, {c.method_label} β, {'log' if c.log_prices else 'raw'} "
                "prices; each leg fills at its own next traded price (never a carried one); "
                "a round trip pays four fees")
