@@ -2080,7 +2080,7 @@ def _validate_ticks(
             f"side unknown on {n_unknown_side:,} trades: buy/sell imbalance and taker-buy "
             "volume are meaningless for this upload (is_buyer_maker stored as 0)"
         )
-    n_repeated = int(trades.duplicated(["symbol", "ts", "price", "qty"]).sum())
+    n_repeated = _count_repeats(trades)
     if n_repeated:
         warnings.append(
             f"{n_repeated:,} trades repeat an earlier trade's symbol, time, price and "
@@ -2124,6 +2124,30 @@ def _validate_ticks(
         error=error,
         filename=filename,
     )
+
+
+def _count_repeats(trades: pd.DataFrame) -> int:
+    """Trades equal in (symbol, ts, price, qty) to an earlier one: the same count as
+    ``trades.duplicated([...]).sum()`` without pandas' hash tables of four columns (about
+    90 MB for a million trades). Sorting by the four keys puts equal trades side by side;
+    every row equal to its predecessor in that order repeats an earlier trade."""
+    if len(trades) < 2:
+        return 0
+    keys = [
+        pd.factorize(trades["symbol"])[0],
+        trades["ts"].to_numpy(np.int64),
+        trades["price"].to_numpy(np.float64),
+        trades["qty"].to_numpy(np.float64),
+    ]
+    order = np.lexsort(keys[::-1])
+    same = np.ones(len(order) - 1, dtype=bool)
+    for key in keys:
+        ordered = key[order]
+        equal = ordered[1:] == ordered[:-1]
+        if ordered.dtype.kind == "f":  # NaN equals NaN here, as in pandas
+            equal |= np.isnan(ordered[1:]) & np.isnan(ordered[:-1])
+        same &= equal
+    return int(same.sum())
 
 
 def to_trade_tuples(trades: pd.DataFrame, received_ms: int) -> list[tuple]:

@@ -1253,3 +1253,19 @@ def test_price_stats_vwap_known_answer_with_unknown_notional():
     assert stats.volume == 10.0
     unknown = bars.assign(notional=np.nan)
     assert np.isnan(analytics.price_stats(unknown).vwap)
+
+
+def test_repeat_count_equals_pandas_duplicated():
+    from uploads import _count_repeats
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        n = int(rng.integers(0, 60))
+        trades = pd.DataFrame({
+            "symbol": pd.array(rng.choice(["BTCUSDT", "ETHUSDT"], n), dtype="str"),
+            "ts": rng.integers(0, 3, n),
+            "price": rng.choice([1.0, 2.0, np.nan], n),
+            "qty": rng.choice([0.5, 1.0], n),
+        })
+        expected = int(trades.duplicated(["symbol", "ts", "price", "qty"]).sum())
+        assert _count_repeats(trades) == expected
