@@ -660,17 +660,20 @@ def live_strip(c: dd.Controls) -> None:
         waiting(c)
         return
     values = dd.live_values(view)
-    columns = st.columns([1.5, 1.3, 1.1, 0.9, 1.0, 1.1, 1.0])
-    columns[0].metric(f"{c.y} last", dd.format_price(values.last_y))
-    columns[1].metric(f"{c.x} last", dd.format_price(values.last_x))
-    columns[2].metric("spread", dd.format_spread(values.spread, c.log_prices),
+    columns = st.columns([2.8, 1.1, 0.9, 1.0, 1.1, 1.0])
+    with columns[0]:
+        if c.price_every is None:
+            last_prices(c, values.last_y, values.last_x)
+        else:  # its own faster timer (dd.LIVE_PRICE_EVERY_S), nested in the strip
+            st.fragment(run_every=c.price_every)(last_prices)(c, values.last_y, values.last_x)
+    columns[1].metric("spread", dd.format_spread(values.spread, c.log_prices),
                       help="y − β·x − α; of log prices in basis points")
-    columns[3].metric("z-score", dd.format_number(values.z, ".2f"))
-    columns[4].metric("β", dd.format_number(values.beta, ".4f"),
+    columns[2].metric("z-score", dd.format_number(values.z, ".2f"))
+    columns[3].metric("β", dd.format_number(values.beta, ".4f"),
                       help=f"no β at the last bar: {values.beta_note}"
                       if values.beta_note else None)
-    columns[5].metric("correlation", dd.format_number(values.correlation, ".3f"))
-    columns[6].metric("alerts firing / on",
+    columns[4].metric("correlation", dd.format_number(values.correlation, ".3f"))
+    columns[5].metric("alerts firing / on",
                       dd.alert_summary(feed.db_path) if alerts_ready() else "—")
     scale = "log" if c.log_prices else "raw"
     last = (dd.display_times([values.last_ts], c.tz)[0].strftime("%H:%M:%S %Z")
@@ -693,6 +696,19 @@ def live_strip(c: dd.Controls) -> None:
     fig.update_layout(height=220)
     chart(fig, "live_z", link=c.chart_key("time"))
     show_toasts()
+
+
+def last_prices(c: dd.Controls, last_y: float, last_x: float) -> None:
+    """The strip's two last prices. Live: the newest stored trade of each leg (read on
+    every rerun of this fragment); the view's last closes (``last_y``/``last_x``, from the
+    strip's latest run) stand in while a leg has no trade yet, and for uploaded data."""
+    if c.live:
+        newest = dd.newest_prices(c.source.db_path, (c.y, c.x))
+        last_y = newest[0] if math.isfinite(newest[0]) else last_y
+        last_x = newest[1] if math.isfinite(newest[1]) else last_x
+    columns = st.columns([1.5, 1.3])
+    columns[0].metric(f"{c.y} last", dd.format_price(last_y))
+    columns[1].metric(f"{c.x} last", dd.format_price(last_x))
 
 
 # --------------------------------------------------------------------------------------

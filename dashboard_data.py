@@ -68,6 +68,11 @@ DEFAULT_WINDOWS: dict[str, int] = {"1s": 300, "5s": 120, "10s": 90, "30s": 60, "
 METHODS = {"OLS": "ols", "TLS": "tls", "Huber": "huber", "Theil–Sen": "theil-sen",
            "Kalman": "kalman"}
 LIVE_STRIP_EVERY_S = 0.5  # the live strip's fragment period
+# The strip's two last prices rerun on their own, faster: one index seek per leg for the
+# newest stored trade, so a trade is on screen ~0.3 s after the feed sent it (writer quick
+# flush 50 ms + at most this + the rerun) while the rest of the strip keeps its 0.5 s.
+# CRYPTO_LIVE_PRICE_EVERY=0 turns that off (prices then refresh with the strip).
+LIVE_PRICE_EVERY_S = float(os.environ.get("CRYPTO_LIVE_PRICE_EVERY", "0.25"))
 NO_TRADES_WARNING_S = 10.0  # a subscribed symbol silent this long gets a warning
 HEATMAP_MIN_PERIODS = 30  # common returns per pair before a correlation is shown
 ALERT_RULE_TABLE = ("id", "name", "enabled", "state", "value", "detail", "metric", "symbol",
@@ -138,6 +143,20 @@ def database_ready(path: str) -> bool:
         return True
     except sqlite3.DatabaseError:
         return False
+
+
+def newest_prices(db_path: str, symbols) -> tuple[float, ...]:
+    """Price of the newest stored trade of each symbol (NaN where none or no database yet).
+
+    One primary-key seek per symbol on a short read-only connection: cheap enough for the
+    strip's last prices several times a second.
+    """
+    try:
+        with reading(db_path) as conn:
+            rows = [database.newest_trade(conn, symbol) for symbol in symbols]
+    except (FileNotFoundError, sqlite3.DatabaseError):  # no file or no schema yet
+        return tuple(math.nan for _ in symbols)
+    return tuple(math.nan if row is None else float(row[2]) for row in rows)
 
 
 def latest_bar_times(source: DataSource, symbols) -> tuple:
@@ -246,6 +265,14 @@ class Controls:
         # Twice a second: with the collector's 0.25 s flush a new trade reaches the strip
         # within about 0.25 + 0.5 s plus the rerun (the target is 1 s).
         return None if self.paused else LIVE_STRIP_EVERY_S
+
+    @property
+    def price_every(self) -> float | None:
+        """Period of the strip's last-price fragment: None when paused, for uploaded data
+        or when turned off (``LIVE_PRICE_EVERY_S`` 0)."""
+        if self.paused or not self.live or LIVE_PRICE_EVERY_S <= 0:
+            return None
+        return LIVE_PRICE_EVERY_S
 
     @property
     def chart_every(self) -> float | None:
