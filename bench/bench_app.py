@@ -563,11 +563,16 @@ def fragments_bench(db_path: Path, tail_path: Path, meta: dict, reruns: int,
 # --------------------------------------------------------------------------------------
 
 
-def tick_bench(samples: int, tick_rate: float, marker_every: float) -> None:
+def tick_bench(samples: int, tick_rate: float, marker_every: float,
+               idle_seconds: float = 0.0, price_every: str | None = None) -> None:
+    """Tick-to-screen latency; with ``idle_seconds`` also the Streamlit server's CPU while
+    the page sits open on that feed afterwards. ``price_every`` sets
+    CRYPTO_LIVE_PRICE_EVERY ("0": last prices refresh with the strip, as before 0.25 s)."""
     from tests.loopback import ScriptedServer, trade_frame
 
     print(f"\n== tick-to-screen (scripted feed, {tick_rate:g} trades/s per symbol, a marker "
-          f"price every ~{marker_every:g} s) ==")
+          f"price every ~{marker_every:g} s; CRYPTO_LIVE_PRICE_EVERY="
+          f"{price_every if price_every is not None else 'default'}) ==")
     sent: dict[str, float] = {}  # strip text of the marker price -> wall time after send
     stop = threading.Event()
     armed = threading.Event()  # set once the page is drawn: markers start after that
@@ -599,8 +604,9 @@ def tick_bench(samples: int, tick_rate: float, marker_every: float) -> None:
     latencies = []
     with tempfile.TemporaryDirectory(prefix="bench_app_") as workdir, \
             ScriptedServer(script) as feed:
+        extra = {} if price_every is None else {"CRYPTO_LIVE_PRICE_EVERY": price_every}
         env = app_env(os.path.join(workdir, "live.db"), os.path.join(workdir, "uploads.db"),
-                      CRYPTO_FEED="binance-futures", BINANCE_WS_URL=feed.url)
+                      CRYPTO_FEED="binance-futures", BINANCE_WS_URL=feed.url, **extra)
         server = StreamlitServer(env, workdir)
         try:
             server.wait_healthy()
@@ -621,6 +627,15 @@ def tick_bench(samples: int, tick_rate: float, marker_every: float) -> None:
                     latency = seen_ms - sent[text] * 1000
                     latencies.append(latency)
                     print(f"  marker {k:2d}: {latency:6.0f} ms", flush=True)
+                if idle_seconds > 0:  # the page open, nobody touching it, the feed going
+                    process = psutil.Process(server.process.pid)
+                    before = process.cpu_times()
+                    time.sleep(idle_seconds)
+                    after = process.cpu_times()
+                    cpu = (after.user + after.system - before.user - before.system)
+                    print(f"  server CPU with the page open and idle: "
+                          f"{cpu / idle_seconds * 100:.1f} % of a core over {idle_seconds:g} s "
+                          f"(load average {os.getloadavg()[0]:.2f})", flush=True)
         finally:
             stop.set()
             server.stop()
@@ -714,6 +729,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tick-rate", type=float, default=10.0,
                         help="steady trades/s per symbol in the tick-to-screen feed")
     parser.add_argument("--marker-every", type=float, default=3.0, help="seconds")
+    parser.add_argument("--idle-seconds", type=float, default=0.0,
+                        help="tick: then measure the server's CPU this long, page open")
+    parser.add_argument("--compare-prices", action="store_true",
+                        help="tick: run first with CRYPTO_LIVE_PRICE_EVERY=0 (last prices "
+                             "refreshed with the strip, as before), then as configured")
     parser.add_argument("--minutes", type=float, default=30.0, help="memory run length")
     parser.add_argument("--interval", type=float, default=30.0, help="memory sample period, s")
     parser.add_argument("--trades-per-s", type=float, default=2000.0, help="memory run feed")
@@ -726,7 +746,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.what in ("all", "fragments"):
             fragments_bench(db_path, tail_path, meta, args.reruns, args.minute_reruns)
     if args.what in ("all", "tick"):
-        tick_bench(args.samples, args.tick_rate, args.marker_every)
+        if args.compare_prices:
+            tick_bench(args.samples, args.tick_rate, args.marker_every, args.idle_seconds,
+                       price_every="0")
+        tick_bench(args.samples, args.tick_rate, args.marker_every, args.idle_seconds)
     if args.what == "memory":
         memory_bench(args.minutes, args.interval, args.trades_per_s)
     return 0

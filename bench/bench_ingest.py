@@ -60,15 +60,18 @@ def wait_for(condition, timeout: float) -> bool:
     return False
 
 
-def receive_only(trades: int) -> tuple[float, float]:
+def receive_only(trades: int, chunked: bool = False) -> tuple[float, float]:
     """The ceiling: a bare websocket-client reader on the same market (same arguments, its
     own process) that receives ``trades`` frames and discards them: (frames/s, CPU ms per
-    1,000 frames)."""
+    1,000 frames). ``chunked``: with the collector's chunked socket reads, a stricter
+    ceiling (the same receive path as ours, minus everything after it)."""
     market, url = start_market("--speed", "0", "--max-trades", str(trades), "--seed", "1")
     try:
         ws = websocket.create_connection(
             collector.stream_url(url, "futures", "aggTrade", Settings().symbols),
             timeout=30, skip_utf8_validation=True)
+        if chunked:
+            collector._read_in_chunks(ws)
         try:
             ws.recv_data()  # the first frame starts the clock, as for the collector
             started = time.perf_counter()
@@ -172,6 +175,10 @@ def main() -> None:
               f"{(cpu_before + cpu_after) / 2:.1f} ms CPU per 1,000 frames")
         print(f"ingest / ceiling = {rate / ceiling:.2f}   (load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+        strict, strict_cpu = receive_only(args.trades, chunked=True)
+        print(f"stricter ceiling, receive-only with the collector's chunked reads: "
+              f"{strict:,.0f} frames/s, {strict_cpu:.1f} ms CPU per 1,000 frames; ingest / it "
+              f"= {rate / strict:.2f}")
         latency(args.rate, args.latency_seconds, workdir)
 
 

@@ -318,3 +318,18 @@ def test_alert_z_equals_the_page_z_at_the_same_bar(tmp_path, method):
             assert value.value == pytest.approx(page.loc[as_of, "z"], rel=1e-9, abs=1e-12)
             checked += 1
     assert checked == len(picks)
+
+
+def test_newest_prices_are_the_newest_stored_trades_by_time_then_id(tmp_path):
+    path = str(tmp_path / "live.db")
+    assert all(math.isnan(p) for p in dd.newest_prices(path, ("BTCUSDT",)))  # no file yet
+    conn = database.connect(path)
+    writer = database.TickWriter(conn)
+    # Arrival order differs from (ts, id) order: the newest is (2_000, 12), not the last sent.
+    writer.write([("BTCUSDT", 12, 1_765_800_002_000, 101.5, 1.0, 0, 0),
+                  ("BTCUSDT", 11, 1_765_800_002_000, 101.0, 1.0, 0, 0),
+                  ("BTCUSDT", 10, 1_765_800_001_000, 100.0, 1.0, 0, 0),
+                  ("ETHUSDT", 5, 1_765_800_001_500, 3_000.25, 1.0, 1, 0)])
+    conn.close()
+    btc, eth, sol = dd.newest_prices(path, ("btcusdt", "ETHUSDT", "SOLUSDT"))
+    assert (btc, eth) == (101.5, 3_000.25) and math.isnan(sol)
