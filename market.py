@@ -1352,7 +1352,6 @@ class MarketServer:
         """Bind, start the server thread and return :attr:`url` once it is listening."""
         if self.state is not ServerState.NEW:
             raise RuntimeError(f"cannot start a MarketServer that is {self.state.value}")
-        self._prepare_past()
         sock = socket.create_server((self.host, self._requested_port))
         self.port = sock.getsockname()[1]
         self._thread = threading.Thread(
@@ -1416,7 +1415,8 @@ class MarketServer:
     # -- REST: the past ---------------------------------------------------------------------
 
     def _prepare_past(self) -> None:
-        """Simulate or read the history served over REST, before the stream begins.
+        """Simulate or read the history served over REST, before the stream begins (on the
+        server thread, before the pump starts and before any request is answered).
 
         A simulation starts ``history_s`` (rounded down to a whole minute) before its live
         start, hands those trades to the past store, and adds ``kline_history_s`` of
@@ -1516,6 +1516,10 @@ class MarketServer:
             logger=_QUIET_WS_LOGGER,  # REST answers are HTTP responses: not worth a log line
         )
         self._ready.set()
+        # The simulated past is generated here, on the server's loop before it serves
+        # anything (about a second for an hour of BTC and ETH): start() returns at once and
+        # connections wait in the listen backlog meanwhile.
+        self._prepare_past()
         pump = asyncio.create_task(self._pump(), name="market-pump")
         await self._stop_requested.wait()
         pump.cancel()
