@@ -455,10 +455,11 @@ class Collector:
             if self.state is not State.NEW:
                 return self
             self.started_ms = now_ms()
+            # The lock first: a refused start must be quick and must not start a market.
+            if not self._take_writer_lock(self._initial_db_path()):
+                return self
             self.endpoint = self._initial_endpoint()
             self.spill_path = spill.journal_path(self.db_path, self.settings.spill_dir)
-            if not self._take_writer_lock(self.db_path):
-                return self
             self.symbols = {s.upper(): SymbolActivity() for s in self.settings.symbols}
             self._start_backfill()
             self.state = State.CONNECTING
@@ -564,6 +565,13 @@ class Collector:
         self._retired_links.extend(links)
         self._links = []
 
+    def _initial_db_path(self) -> str:
+        """The file ``_initial_endpoint`` will write, known before any market starts."""
+        s = self.settings
+        if s.feed in ("demo", "replay") and not s.explicit_db_path:
+            return default_db_path(s.feed, s.replay_file)
+        return s.db_path
+
     def _take_writer_lock(self, db_path: str) -> bool:
         """Hold ``db_path``'s writer lock (releasing any other); False = read-only now.
 
@@ -579,7 +587,11 @@ class Collector:
         except database.WriterLockError as exc:
             self.read_only_reason = str(exc)
             log.error("%s", exc)
-            self.endpoint = dataclasses.replace(self.endpoint, db_path=db_path)
+            s = self.settings
+            endpoint = self.endpoint or Endpoint(
+                feed=s.feed, base="", market_kind=s.market_kind, stream=s.stream,
+                symbols=s.symbols, db_path=db_path, builtin_market=False)
+            self.endpoint = dataclasses.replace(endpoint, db_path=db_path)
             self.state = State.READ_ONLY
             self._stop_requested.set()
             if self._market is not None:
