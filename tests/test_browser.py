@@ -347,8 +347,14 @@ LINKED_RANGE_JS = """keys => keys.map(key => {
 def drag_box(page, key: str, steps: int, pause_s: float = 0.0) -> tuple[dict, dict]:
     """Drag a box over 30 %..60 % of chart ``key``'s width; returns the plot box and the
     x range before the drag."""
-    before = page.evaluate(X_RANGE_JS, key)
-    box = page.locator(f".st-key-{key} .js-plotly-plot .nsewdrag").first.bounding_box()
+    box = None
+    for _attempt in range(50):  # a chart being redrawn has no drag layer for a moment
+        before = page.evaluate(X_RANGE_JS, key)
+        box = page.locator(f".st-key-{key} .js-plotly-plot .nsewdrag").first.bounding_box()
+        if box is not None and before is not None:
+            break
+        page.wait_for_timeout(200)
+    assert box is not None, f"{key}: no drag layer to drag on"
     x0, x1 = box["x"] + 0.3 * box["width"], box["x"] + 0.6 * box["width"]
     y0, y1 = box["y"] + 0.15 * box["height"], box["y"] + 0.85 * box["height"]
     page.mouse.move(x0, y0)
@@ -395,6 +401,13 @@ def test_zooming_one_chart_moves_the_others(server, browser, tmp_path):
         for r in linked:
             assert abs(r["lo"] - ranges[0]["lo"]) < 1 and abs(r["hi"] - ranges[0]["hi"]) < 1, \
                 (ranges, linked)
+        # The backtest's trades are marked on the z chart (window 10 over hours of 1m bars
+        # crosses ±2 many times), named in its legend.
+        marks = tab.evaluate("""() => Array.from(document.querySelector(
+              '.st-key-zscore .js-plotly-plot')._fullData)
+              .filter(t => t.mode === 'markers').map(t => [t.name, t.x.length])""")
+        names = {name for name, count in marks if count > 0}
+        assert names & {"long entry", "short entry"} and "exit" in names, marks
         assert not [e for e in errors if "_hoverlayer" in e], errors
         assert not errors, errors
         assert_no_error(tab, shot, "after the linked zoom")
