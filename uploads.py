@@ -1391,10 +1391,22 @@ def _validate_ohlc(
     if table.n_blank:
         warnings.append(f"{table.n_blank:,} blank lines skipped")
 
+    # The grid and spacing describe the file: judged on every readable, non-duplicate row.
+    # (Before the bars are built: the grid's temporary copies and the bars never coexist.)
+    structural = keyed & ~duplicate
+    grid = _grid_report(frame[structural].assign(accepted=accepted[structural]), declared_ms)
+    warnings.extend(grid.warnings)
+    rejected = _rejected_bars_table(reasons, cells, lines, table)
+    # The text cells (about twice the file) are no longer needed: release them before the
+    # bars are built. The table is this function's private input; nobody reads it after.
+    table.cells = table.cells.iloc[:0]
+    del reasons, cells, text, structural
+
     # Accepted rows in (symbol, ts) order, ties in file order; built in that order column by
     # column instead of sorting a finished frame (which would copy every column at once).
     picked = np.flatnonzero(accepted)
     codes = frame["symbol"].cat.codes.to_numpy()  # categories are sorted names
+    del frame
     order = picked[np.lexsort((times.ts_ms[picked], codes[picked]))]
     bars = pd.DataFrame(
         {
@@ -1405,13 +1417,6 @@ def _validate_ohlc(
             "vwap": vwap[order],
         }
     )
-
-    # The grid and spacing describe the file: judged on every readable, non-duplicate row.
-    structural = keyed & ~duplicate
-    grid = _grid_report(frame[structural].assign(accepted=accepted[structural]), declared_ms)
-    warnings.extend(grid.warnings)
-
-    rejected = _rejected_bars_table(reasons, cells, lines, table)
     symbols = tuple(sorted(bars["symbol"].unique().tolist()))
     spacing = {s: ms for s, ms in grid.timeframe_by_symbol.items() if s in symbols}
     n_accepted = len(bars)
@@ -2053,6 +2058,11 @@ def _validate_ticks(
         rejected = pd.concat([rejected, early], ignore_index=True)
     rejected["line"] = rejected["line"].astype(np.int64)
     rejected = rejected.sort_values("line", kind="stable").reset_index(drop=True)
+    # The text columns (and an NDJSON file's bytes, kept for the raw lines) are no longer
+    # needed: release them before the trades are built. The columns are this function's
+    # private input; nobody reads them after.
+    columns.symbol = columns.time = columns.price = columns.qty = columns.side = None
+    columns.raw_for = None
 
     trades = pd.DataFrame(
         {
