@@ -611,9 +611,11 @@ def signal_events(c: dd.Controls, key: tuple | None) -> list[tuple[str, list, li
 
 
 def mark_signals(fig, c: dd.Controls, events: list, on: pd.Series) -> None:
-    for kind, times, hover in events:
-        if times and fig.data:
-            viz.add_markers(fig, times, on, kind, hover=hover, tz=c.tz)
+    if not fig.data:
+        return
+    traces = [viz.marker_trace(times, on, kind, hover=hover, tz=c.tz)
+              for kind, times, hover in events if times]
+    fig.add_traces([t for t in traces if t is not None])  # one validation pass for all
 
 
 def signals_caption(c: dd.Controls) -> None:

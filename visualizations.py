@@ -1328,9 +1328,9 @@ def add_crosshair(fig: go.Figure) -> go.Figure:
     return fig
 
 
-def add_markers(fig: go.Figure, ts_ms, on: pd.Series, kind: str, *, hover: Sequence[str] = (),
-                tz: str = "UTC", yaxis: str = "y") -> go.Figure:
-    """Mark events (backtest entries and exits, alert firings) on a time chart.
+def marker_trace(ts_ms, on: pd.Series, kind: str, *, hover: Sequence[str] = (),
+                 tz: str = "UTC", yaxis: str = "y") -> go.Scatter | None:
+    """Markers for events (backtest entries and exits, alert firings) on a time chart.
 
     Parameters
     ----------
@@ -1349,8 +1349,8 @@ def add_markers(fig: go.Figure, ts_ms, on: pd.Series, kind: str, *, hover: Seque
 
     Returns
     -------
-    plotly.graph_objects.Figure
-        ``fig`` with one markers-only trace added (nothing added without events).
+    plotly.graph_objects.Scatter or None
+        One markers-only trace; None without an event to draw.
     """
     if kind not in MARKER_STYLES:
         raise ValueError(f"kind ({kind!r}) must be one of {', '.join(MARKER_STYLES)}")
@@ -1360,14 +1360,24 @@ def add_markers(fig: go.Figure, ts_ms, on: pd.Series, kind: str, *, hover: Seque
         if len(on) else np.full(len(ts), np.nan)
     keep = np.isfinite(values)
     if not keep.any():
-        return fig
+        return None
     symbol, color, name = MARKER_STYLES[kind]
     text = list(np.asarray(hover, dtype=object)[keep]) if len(hover) else None
-    fig.add_trace(go.Scatter(
+    return go.Scatter(
         x=to_display_ms(ts[keep], tz), y=values[keep], mode="markers", name=name, text=text,
         hovertemplate="%{text}<extra></extra>" if text else None, yaxis=yaxis,
         marker=dict(symbol=symbol, color=color, size=11,
-                    line=dict(width=2 if kind == "exit" else 1, color=color))))
+                    line=dict(width=2 if kind == "exit" else 1, color=color)))
+
+
+def add_markers(fig: go.Figure, ts_ms, on: pd.Series, kind: str, *, hover: Sequence[str] = (),
+                tz: str = "UTC", yaxis: str = "y") -> go.Figure:
+    """``fig`` with ``marker_trace(...)`` added (nothing without events); see there.
+    Several kinds: build the traces with ``marker_trace`` and add them with one
+    ``fig.add_traces`` (each ``add_trace`` re-validates the figure: 4x slower)."""
+    trace = marker_trace(ts_ms, on, kind, hover=hover, tz=tz, yaxis=yaxis)
+    if trace is not None:
+        fig.add_traces([trace])
     return fig
 
 
