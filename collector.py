@@ -732,6 +732,9 @@ class Collector:
         if backfiller is None:
             return
         backfiller.stop()
+        # After freeze() no page is stored any more (one being written finishes first), so
+        # the counts taken next include every row the thread stored.
+        backfiller.ledger.freeze()
         self._backfill_final = backfiller.health()
         try:  # REST may have filled gaps since the writer last counted them
             if os.path.exists(self.db_path):

@@ -84,6 +84,7 @@ import logging
 import os
 import pathlib
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -2282,6 +2283,8 @@ class BackfillLedger:
         self._conn: sqlite3.Connection | None = None
         self._bumped_at = 0.0
         self._unannounced = False
+        self._write_lock = threading.Lock()  # freeze() waits for a write in progress
+        self._frozen = False
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -2302,9 +2305,18 @@ class BackfillLedger:
     def open_gaps(self, symbols) -> list[tuple]:
         return open_gaps(self.conn, symbols) if self._exists() else []
 
+    def freeze(self) -> None:
+        """Store nothing more (any thread): the owner is about to read the final counts."""
+        with self._write_lock:
+            self._frozen = True
+
     def store_trades(self, rows: list[tuple]) -> tuple[int, int, int]:
-        """(inserted, duplicates, gaps filled) of one batch through ``TickWriter``."""
-        stats = TickWriter(self.conn).write(rows)
+        """(inserted, duplicates, gaps filled) of one batch through ``TickWriter``;
+        (0, 0, 0) once frozen."""
+        with self._write_lock:
+            if self._frozen:
+                return 0, 0, 0
+            stats = TickWriter(self.conn).write(rows)
         if stats.inserted:
             self._unannounced = True
             if time.monotonic() - self._bumped_at >= self.HISTORY_BUMP_EVERY_S:
@@ -2319,7 +2331,8 @@ class BackfillLedger:
             self._bumped_at = time.monotonic()
 
     def store_klines(self, symbol: str, rows: list[tuple]) -> int:
-        return save_klines(self.conn, symbol, rows)
+        with self._write_lock:
+            return 0 if self._frozen else save_klines(self.conn, symbol, rows)
 
     def note_gap(self, symbol: str, from_id: int, to_id: int, reason: str,
                  repaired: bool = False) -> None:
