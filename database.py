@@ -2274,9 +2274,11 @@ class BackfillLedger:
     same 1 s bars, late ids carve the recorded gaps), in their own transactions.
     """
 
-    # Readers re-read whole windows when history_version changes: tell them at most this
-    # often while pages stream in, and once more when a phase ends (``mark_history``).
-    HISTORY_BUMP_EVERY_S = 0.5
+    # Readers re-read whole windows and recompute cached views when history_version
+    # changes: tell them at most this often while pages stream in (a page rerun must not
+    # recompute everything twice a second during a backfill), and once more when a phase
+    # ends (``mark_history``).
+    HISTORY_BUMP_EVERY_S = 5.0
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
