@@ -1199,6 +1199,7 @@ def pair_summary(view: PairView) -> dict:
             "nobs": view.signals.nobs, "needed": view.signals.needed,
             "enough_data": view.signals.enough_data}
 
+
 # --------------------------------------------------------------------------------------
 # Tables for people (issue 15): labels, times in the display zone
 # --------------------------------------------------------------------------------------
