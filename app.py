@@ -553,15 +553,20 @@ def page_theme() -> str:
     return "light" if theme == "light" else "dark"
 
 
+MARKED_TRADES_MAX_AGE_MS = 30_000  # chart markers: backtest at most twice a minute
+
+
 def marked_trades(c: dd.Controls, key: tuple, params: tuple) -> pd.DataFrame | None:
     """The backtest trades the charts mark: those of the last backtest of this view and
     these settings — the Backtest tab's run (``remember_trades``), or one run here when
-    there is none yet. Not re-run at every refresh (over an hour of 1 s bars a backtest
-    costs tens of ms): new trades appear when the Backtest tab runs again or a setting
-    changes. None when the backtest cannot run (too few bars, exit not below entry)."""
+    there is none yet, or when they are older than ``MARKED_TRADES_MAX_AGE_MS``. Not re-run
+    at every refresh (over an hour of 1 s bars a backtest costs tens of ms): new trades
+    appear within that age, when the Backtest tab runs again or when a setting changes.
+    None when the backtest cannot run (too few bars, exit not below entry)."""
     identity = trades_identity(c, params)
     held = st.session_state.get("marked_trades")
-    if held is None or held[0] != identity:
+    if held is None or held[0] != identity or \
+            dd.now_ms() - held[2] > MARKED_TRADES_MAX_AGE_MS:
         try:
             remember_trades(c, params, cached_backtest(key, params).trades)
         except ValueError:
@@ -625,7 +630,7 @@ def signals_caption(c: dd.Controls) -> None:
             if held else "")
     st.caption(f"markers: ▲ long entry, ▼ short entry, ✕ exit of the backtest (entry "
                f"{state.get('bt_entry', c.entry):g}, exit {state.get('bt_exit', c.exit):g}"
-               f"{when}: the Backtest tab runs it again on newer bars); ◆ alert fired on "
+               f"{when}; re-run every 30 s and by the Backtest tab); ◆ alert fired on "
                "this pair or a leg")
 
 
