@@ -53,24 +53,6 @@ def settings_for(server_url: str, tmp_path, **changes) -> Settings:
 
 
 
-@pytest.fixture
-def make_collector():
-    """Build collectors with fast backoff; stop every one at the end of the test."""
-    made = []
-
-    def make(settings, **kwargs):
-        kwargs.setdefault("backoff_base", 0.05)
-        kwargs.setdefault("backoff_cap", 0.5)
-        kwargs.setdefault("seed", 7)
-        c = collector.Collector(settings, **kwargs)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.stop()
-
-
 def send_trades(frames):
     """A script that sends ``frames`` once, then keeps the connection open."""
 

@@ -89,23 +89,6 @@ def serve_batches(*batches, gate: threading.Event | None = None, rate: float = 1
     return script
 
 
-@pytest.fixture
-def make_collector():
-    made = []
-
-    def make(settings, **kwargs):
-        kwargs.setdefault("backoff_base", 0.05)
-        kwargs.setdefault("backoff_cap", 0.5)
-        kwargs.setdefault("seed", 7)
-        c = collector.Collector(settings, **kwargs)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.stop()
-
-
 class FaultyWrites:
     """A fault-injecting wrapper around ``database.TickWriter.write``.
 
