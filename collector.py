@@ -379,8 +379,8 @@ class Collector:
         self.state = State.NEW
         self._stop_requested = threading.Event()
         self._reader_done = threading.Event()
+        # Trades and placeholder markers, in the order they arrived (see _placeholder_marker).
         self._queue: collections.deque = collections.deque()
-        self._seen_ids: collections.deque = collections.deque()
         self._ws: websocket.WebSocket | None = None
         self._market: market.MarketServer | None = None
         self._receive_thread: threading.Thread | None = None
@@ -534,9 +534,9 @@ class Collector:
                              seed=self._rng.randrange(2**32))
             link._is_link = True
             link.endpoint, link._group, link.started_ms = endpoint, group, self.started_ms
-            # Shared with this object: the queue and placeholder ids go to its writer, the
-            # per-symbol activity to its health, connection attempts to one budget.
-            link._queue, link._seen_ids = self._queue, self._seen_ids
+            # Shared with this object: the queue goes to its writer, the per-symbol activity
+            # to its health, connection attempts to one budget.
+            link._queue = self._queue
             link.symbols, link._attempts = self.symbols, self._attempts
             link.state = State.CONNECTING
             link._receive_thread = threading.Thread(target=link._receive_loop,
@@ -978,7 +978,10 @@ class Collector:
                     last_data_ms = received_ms
                     self.received += 1
                     self.filtered += 1
-                    self._seen_ids.append(payload)
+                    # Queued with the trades (never dropped: it is no trade), so the writer
+                    # sees its id in arrival order: ahead of trades still queued, it would
+                    # make them look late and open a gap for ids that were never missing.
+                    queue.append((*payload, None, None, None, None, received_ms))
                 elif kind is FrameKind.SHUTDOWN:
                     return "server announced shutdown (serverShutdown)"
                 elif kind is FrameKind.ERROR:
@@ -1052,9 +1055,8 @@ class Collector:
                     self._prune_step(store.conn)
                 self._watch_queue()
                 if not batch:
-                    batch = self._take_batch(force=stopping or failing)
-                if self._seen_ids:
-                    seen.extend(self._seen_ids.popleft() for _ in range(len(self._seen_ids)))
+                    batch = _without_placeholders(self._take_batch(force=stopping or failing),
+                                                  seen)
                 journal = self._journal
                 backlog = journal is not None and not journal.empty
                 may_try = time.monotonic() >= retry_at and not (stopping and failing)
@@ -1356,6 +1358,19 @@ def _close_store(store: database.TickWriter | None) -> None:
         except sqlite3.Error as exc:
             log.warning("closing the database connection failed: %s", exc)
     return None
+
+
+def _without_placeholders(batch: list, seen: list) -> list:
+    """The trades of a taken batch; placeholder markers' ``(symbol, id)`` go to ``seen``.
+
+    A placeholder marker is a queue row whose price (index 3) is None: a frame that consumed
+    a trade id without being a trade (futures ``"X":"NA"``). Its id only advances the gap
+    tracking, in the same write as the trades that arrived around it.
+    """
+    trades = [row for row in batch if row[3] is not None]
+    if len(trades) != len(batch):
+        seen.extend((row[0], row[1]) for row in batch if row[3] is None)
+    return trades
 
 
 def _close_reason(message: bytes) -> str:

@@ -493,6 +493,26 @@ def test_gaps_count_only_the_open_gaps_of_the_table(tmp_path, make_collector):
     assert final["gaps_opened"] == 3 and final["gaps_filled"] == 2
 
 
+def test_a_placeholder_is_written_in_order_with_the_trades_around_it(tmp_path, make_collector):
+    # Futures @trade placeholders ("X":"NA") consume a trade id. Written ahead of the trades
+    # still queued before it, the placeholder's id made those trades look late: a gap was
+    # opened for ids that were never missing (6-8 left open on the burst recording's replay).
+    gate = threading.Event()
+    placeholder = trade_frame("BTCUSDT", 301, T0 + 301, 0.0, 0.0, status="NA")
+    burst = [*frames(11, 300), placeholder, *frames(302, 400)]
+    db = tmp_path / "t.db"
+    with ScriptedServer(serve_batches(frames(1, 10), burst, gate=gate)) as server:
+        # A long flush interval keeps the burst queued while the placeholder arrives.
+        c = make_collector(settings_for(server.url, db, flush_interval=1.0)).start()
+        assert wait_until(lambda: c.stored == 10, 30)  # the id tracking has a start
+        gate.set()
+        assert wait_until(lambda: c.stored == 399, 30)
+        final = c.stop()
+    assert final["filtered"] == 1 and final["stored"] == 399
+    assert final["gaps_opened"] == 0 and final["gaps"] == 0
+    assert count_rows(str(db), "gaps") == 0
+
+
 # -- one writer per SQLite file ---------------------------------------------------------------
 
 
