@@ -39,8 +39,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
-import streamlit.testing.v1.app_test as app_test_module
-from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 import alerts
@@ -50,6 +48,7 @@ import collector
 import dashboard_data as dd
 import database
 import uploads
+from page_helpers import media  # noqa: F401  (a fixture: download payloads)
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -106,20 +105,6 @@ def recorded_db(app_env):
     finally:
         conn.close()
     return app_env
-
-
-@pytest.fixture
-def media(monkeypatch):
-    """The MediaFileManager of every AppTest run (download button payloads live there)."""
-    managers: list[MediaFileManager] = []
-
-    class RecordingManager(MediaFileManager):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            managers.append(self)
-
-    monkeypatch.setattr(app_test_module, "MediaFileManager", RecordingManager)
-    return managers
 
 
 def reference_trades() -> pd.DataFrame:
