@@ -164,29 +164,11 @@ def _ts_column(table: pd.DataFrame) -> str | None:
 def _excel_bytes(table: pd.DataFrame, tz: str, ts_column: str | None) -> bytes:
     """One sheet, a readable ``time`` column first (as text: Excel has no time zones)."""
     readable = dd.with_time_column(table, tz, ts_column=ts_column) if ts_column else table
-    safe = _spreadsheet_safe(readable)
+    safe = dd.spreadsheet_safe(readable)
     buffer = io.BytesIO()
     with pd.ExcelWriter(buffer, engine="openpyxl") as writer:
         safe.to_excel(writer, index=False, sheet_name="data")
     return buffer.getvalue()
-
-
-def _spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
-    """Text cells that start like a formula (= + - @ tab CR) get a leading apostrophe.
-
-    Uses the page's neutraliser when ``dashboard_data`` has one (the CSV writer's), so CSV
-    and Excel agree.
-    """
-    neutralise = getattr(dd, "neutralise_cell", None) or _neutralise_cell
-    out = frame.copy()
-    for column in out.columns:
-        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column].dtype):
-            out[column] = out[column].map(lambda v: neutralise(v) if isinstance(v, str) else v)
-    return out
-
-
-def _neutralise_cell(text: str) -> str:
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 # --------------------------------------------------------------------------------------
