@@ -96,7 +96,11 @@ def denoised(frame: pd.DataFrame) -> pd.DataFrame:
 
 def json_records(frame: pd.DataFrame) -> list[dict]:
     """Rows as dicts of plain Python values: NaN -> None, floats denoised, ints as ints."""
-    clean = denoised(frame)
+    return _plain_records(denoised(frame))
+
+
+def _plain_records(clean: pd.DataFrame) -> list[dict]:
+    """``json_records`` of a table whose floats are already denoised."""
     columns = {}
     for column in clean.columns:
         series = clean[column]
@@ -147,7 +151,7 @@ def export(frame: pd.DataFrame, fmt: str, *, tz: str = "UTC",
         data = dd.to_csv_bytes(table, tz, ts_column=ts_column or _ts_column(table))
     elif fmt == "json":
         import orjson
-        data = orjson.dumps(json_records(table))
+        data = orjson.dumps(_plain_records(table))  # denoised above
     elif fmt == "parquet":
         buffer = io.BytesIO()
         table.to_parquet(buffer, index=False)
