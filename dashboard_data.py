@@ -331,13 +331,16 @@ class BarStore:
         start = _window_start(anchor_ms, lookback_ms)
         with self._lock:
             window = self._windows.get(key)
-            # A held window can be topped up when it reaches back at least as far as asked.
-            reusable = window is not None and len(window.bars) > 0 and (
-                window.history == history_version(db_path)) and (
-                (start is None and window.start_ms is None)
-                or (start is not None and window.start_ms is not None
-                    and window.start_ms <= start))
             with reading(db_path) as conn:
+                # Read before the bars: REST history stored in between is seen next time.
+                history = database.history_version(conn)
+                # A held window can be topped up when it reaches back at least as far as
+                # asked and no past bars were stored since it was read.
+                reusable = window is not None and len(window.bars) > 0 and (
+                    window.history == history) and (
+                    (start is None and window.start_ms is None)
+                    or (start is not None and window.start_ms is not None
+                        and window.start_ms <= start))
                 if reusable:
                     fresh = database.read_bars_since(conn, symbol, int(window.bars.index[-1]),
                                                      timeframe)
@@ -350,7 +353,7 @@ class BarStore:
                 size = analytics.TIMEFRAME_MS[timeframe]
                 first_full_bucket = -(-start // size) * size  # read_bars' rule
                 merged = merged[merged.index >= first_full_bucket]
-            self._windows[key] = _Window(start, merged, history_version(db_path))
+            self._windows[key] = _Window(start, merged, history)
             self._windows.move_to_end(key)
             while len(self._windows) > self.max_windows:
                 self._windows.popitem(last=False)

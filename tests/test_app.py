@@ -797,6 +797,29 @@ def test_bar_store_top_ups_equal_a_full_read(tmp_path, timeframe):
         conn.close()
 
 
+def test_bar_store_reads_again_when_rest_stores_the_past(tmp_path):
+    """A top-up reads only from the newest bar held: klines REST stores before it are seen
+    because ``database.history_version`` changed, and the window is read whole again."""
+    parsed = uploads.parse_tick_file(TRADES_FILE)
+    path = str(tmp_path / "bars.db")
+    conn = database.connect(path)
+    store = dd.BarStore()
+    try:
+        database.import_ticks(conn, uploads.to_trade_tuples(parsed.trades, received_ms=1))
+        anchor = database.latest_bar_ts(conn, "ETHUSDT")
+        before = store.bars(path, "ETHUSDT", "1min", None, anchor)
+        first = int(before.index[0])
+        past = first - 10 * 60_000  # a minute ten minutes before the first trade
+        database.save_klines(conn, "ETHUSDT", [(past, 3000.0, 3001.0, 2999.0, 3000.5, 2.0,
+                                                past + 59_999, 6001.0, 7, 1.0)])
+        after = store.bars(path, "ETHUSDT", "1min", None, anchor)
+        pd.testing.assert_frame_equal(after, database.read_bars(conn, "ETHUSDT", None, None,
+                                                                "1min"))
+        assert int(after.index[0]) == past and after["close"].iloc[0] == 3000.5
+    finally:
+        conn.close()
+
+
 def test_warming_message_reads_like_the_issue():
     assert dd.warming_message(60, 14, "1s", 1.0) == \
         "needs 60 bars, has 14 — about 46 s more at 1s bars"
