@@ -283,30 +283,36 @@ def request_close(db_path: str, position_id: int, *, reason: str = "manual",
     A position whose entry has not filled yet is cancelled instead. LookupError when the
     id does not exist, ValueError when it is already closing or closed.
     """
+    at = now_ms() if at_ms is None else int(at_ms)
     with dd.writing(db_path) as conn:
-        rows = database.list_paper_positions(conn, position_id=position_id)
-        if rows.empty:
-            raise LookupError(f"{position_id} does not exist")
-        row = rows.iloc[0]
-        at = now_ms() if at_ms is None else int(at_ms)
-        if row["status"] == "opening":
-            database.update_paper_position(conn, position_id, expect_status="opening",
-                                           status="cancelled", close_reason=reason,
-                                           close_requested_ms=at, closed_ms=at)
-            return "cancelled"
-        if row["status"] != "open":
-            raise ValueError(f"position {position_id} is already {row['status']}")
-        newest_y, newest_x = _fill_after(conn, row["y_symbol"], row["x_symbol"], at)
-        if z_now is None:
-            z_now = _row_signal(db_path, row, {})
-        changed = database.update_paper_position(
-            conn, position_id, expect_status="open", status="closing", close_reason=reason,
-            close_requested_ms=at, z_at_close=z_now if math.isfinite(z_now) else None,
-            exit_after_ts_y=newest_y[0], exit_after_id_y=newest_y[1],
-            exit_after_ts_x=newest_x[0], exit_after_id_x=newest_x[1])
-        if not changed:
-            raise ValueError(f"position {position_id} is already being closed")
-        return "closing"
+        return _request_close(conn, db_path, position_id, reason=reason, z_now=z_now, at=at)
+
+
+def _request_close(conn, db_path: str, position_id: int, *, reason: str,
+                   z_now: float | None, at: int) -> str:
+    """``request_close`` on an open writable connection (the monitor's own)."""
+    rows = database.list_paper_positions(conn, position_id=position_id)
+    if rows.empty:
+        raise LookupError(f"{position_id} does not exist")
+    row = rows.iloc[0]
+    if row["status"] == "opening":
+        database.update_paper_position(conn, position_id, expect_status="opening",
+                                       status="cancelled", close_reason=reason,
+                                       close_requested_ms=at, closed_ms=at)
+        return "cancelled"
+    if row["status"] != "open":
+        raise ValueError(f"position {position_id} is already {row['status']}")
+    newest_y, newest_x = _fill_after(conn, row["y_symbol"], row["x_symbol"], at)
+    if z_now is None:
+        z_now = _row_signal(db_path, row, {})
+    changed = database.update_paper_position(
+        conn, position_id, expect_status="open", status="closing", close_reason=reason,
+        close_requested_ms=at, z_at_close=z_now if math.isfinite(z_now) else None,
+        exit_after_ts_y=newest_y[0], exit_after_id_y=newest_y[1],
+        exit_after_ts_x=newest_x[0], exit_after_id_x=newest_x[1])
+    if not changed:
+        raise ValueError(f"position {position_id} is already being closed")
+    return "closing"
 
 
 # --------------------------------------------------------------------------------------
@@ -446,15 +452,20 @@ def process(db_path: str, *, at_ms: int | None = None) -> dict:
     Returns counts ``{"entries": n, "exits": n, "auto_closed": n}``.
     """
     at = now_ms() if at_ms is None else int(at_ms)
-    counts = {"entries": 0, "exits": 0, "auto_closed": 0}
     with dd.writing(db_path) as conn:
-        pending = database.list_paper_positions(conn, statuses=OPEN_STATUSES)
-        for row in pending.to_dict("records"):
-            if row["status"] == "opening" and _fill_entry(conn, row, at):
-                counts["entries"] += 1
-            elif row["status"] == "closing" and _fill_exit(conn, row, at):
-                counts["exits"] += 1
-        opened = database.list_paper_positions(conn, statuses=("open",))
+        return _process(conn, db_path, at)
+
+
+def _process(conn, db_path: str, at: int) -> dict:
+    """``process`` on an open writable connection (the monitor keeps one)."""
+    counts = {"entries": 0, "exits": 0, "auto_closed": 0}
+    pending = database.list_paper_positions(conn, statuses=OPEN_STATUSES)
+    for row in pending.to_dict("records"):
+        if row["status"] == "opening" and _fill_entry(conn, row, at):
+            counts["entries"] += 1
+        elif row["status"] == "closing" and _fill_exit(conn, row, at):
+            counts["exits"] += 1
+    opened = database.list_paper_positions(conn, statuses=("open",))
     signals: dict = {}
     for row in opened.to_dict("records"):
         if all(_optional(row[k]) is None for k in ("exit_z", "stop_z", "max_holding_s")):
@@ -463,16 +474,15 @@ def process(db_path: str, *, at_ms: int | None = None) -> dict:
         reason = auto_close_reason(row, z_now, at - int(row["requested_ms"]))
         if reason is not None:
             try:
-                request_close(db_path, int(row["id"]), reason=reason,
-                              z_now=z_now, at_ms=at)
+                _request_close(conn, db_path, int(row["id"]), reason=reason, z_now=z_now,
+                               at=at)
                 counts["auto_closed"] += 1
             except ValueError:  # closed meanwhile by a click: nothing to do
                 pass
     if counts["auto_closed"]:  # a trade after the close request may already be stored
-        with dd.writing(db_path) as conn:
-            for row in database.list_paper_positions(conn, statuses=("closing",)
-                                                     ).to_dict("records"):
-                counts["exits"] += int(_fill_exit(conn, row, at))
+        for row in database.list_paper_positions(conn, statuses=("closing",)
+                                                 ).to_dict("records"):
+            counts["exits"] += int(_fill_exit(conn, row, at))
     return counts
 
 
@@ -526,7 +536,13 @@ def positions_table(db_path: str, *, status: str = "all", limit: int = 200,
 
 
 class Monitor:
-    """Calls ``process`` every ``interval`` seconds on the collector's database."""
+    """Calls ``process`` every ``interval`` seconds on the collector's database.
+
+    It keeps one writable connection (opened once the collector has created the file,
+    reopened when the path changes or after an error): opening a writable connection
+    takes the write lock to check the schema, which twice a second would stall the
+    collector's writes. An idle step is then two index reads and no lock.
+    """
 
     def __init__(self, db_path_provider: Callable[[], str | None] | str, *,
                  interval: float = MONITOR_INTERVAL_S) -> None:
@@ -535,6 +551,8 @@ class Monitor:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._conn = None
+        self._conn_path: str | None = None
         self.steps = 0
         self.entries = 0
         self.exits = 0
@@ -554,25 +572,41 @@ class Monitor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        else:
+            self._close()  # steps ran on the caller's thread (tests): close there
 
     def step(self) -> None:
+        """One ``process`` on the monitor's connection; tests call it on a monitor that was
+        not started (never both: the connection belongs to one thread)."""
         path = self._provider()
-        if not path or not dd.database_ready(path):
-            return
-        counts = process(path)
+        if self._conn is None or path != self._conn_path:
+            self._close()
+            if not path or not dd.database_ready(path):
+                return
+            self._conn, self._conn_path = database.connect(path), path
+        counts = _process(self._conn, path, now_ms())
         self.steps += 1
         self.entries += counts["entries"]
         self.exits += counts["exits"]
         self.auto_closed += counts["auto_closed"]
 
+    def _close(self) -> None:
+        conn, self._conn, self._conn_path = self._conn, None, None
+        if conn is not None:
+            conn.close()
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.step()
-                self.last_error = ""
-            except Exception as exc:  # keep monitoring; the error is shown in Health/API
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("paper monitor step failed")
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    self.step()
+                    self.last_error = ""
+                except Exception as exc:  # keep monitoring; the error is shown in Health/API
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("paper monitor step failed")
+                    self._close()  # the next step opens a fresh connection
+        finally:
+            self._close()
 
     def status(self) -> dict:
         return {"running": self.running, "steps": self.steps, "entries": self.entries,

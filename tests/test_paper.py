@@ -375,6 +375,33 @@ def test_notify_records_an_alert_event_at_fill_and_close(feed):
     assert f"P&L {row['pnl']:,.2f}" in closed["message"]
 
 
+def test_the_monitor_fills_and_needs_no_write_lock_while_idle(feed):
+    """The monitor's step fills orders like ``process``; with nothing to fill it must not
+    wait for the write lock the collector holds during a batch (it keeps one connection:
+    opening a writable one takes the lock to check the schema)."""
+    monitor = paper.Monitor(feed.path)
+    try:
+        monitor.step()  # opens the monitor's connection
+        blocker = database.connect(feed.path, busy_timeout_ms=0)
+        blocker.execute("BEGIN IMMEDIATE")  # the collector in the middle of a batch
+        try:
+            monitor.step()
+            monitor.step()
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert monitor.steps == 3
+        click = paper.now_ms()
+        position_id = paper.open_position(feed.path, order(), at_ms=click)
+        feed.trade(Y, click + 10, 3_005.0)
+        feed.trade(X, click + 20, 87_010.0)
+        monitor.step()
+        assert monitor.entries == 1
+        assert position(feed.path, position_id)["status"] == "open"
+    finally:
+        monitor.stop()
+
+
 def test_a_table_from_an_older_version_gets_the_new_columns(tmp_path):
     path = str(tmp_path / "old.db")
     with dd.writing(path) as conn:
