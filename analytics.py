@@ -2950,16 +2950,6 @@ def screen_clusters(log_returns: pd.DataFrame, n_components: int = SCREEN_PCA_CO
     return labels
 
 
-def _pair_returns_correlation(returns_y: pd.Series, returns_x: pd.Series) -> float:
-    both = returns_y.notna() & returns_x.notna()
-    if both.sum() < SCREEN_MIN_RETURNS:
-        return math.nan
-    a, b = returns_y[both].to_numpy(), returns_x[both].to_numpy()
-    if a.std() == 0 or b.std() == 0:
-        return math.nan
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 def screen_pairs(prices_by_symbol: pd.DataFrame, *, candidates: str = "all",
                  min_bars: int = SCREEN_MIN_BARS, min_half_life: float = 1.0,
                  max_half_life: float | None = None, max_hurst: float = 0.5,
@@ -3113,12 +3103,13 @@ def screen_pairs(prices_by_symbol: pd.DataFrame, *, candidates: str = "all",
             leg = adf_test(levels[symbol], maxlag=maxlag)
             if leg.enough_data and leg.pvalue < leg_adf_pvalue:
                 stationary_legs.add(symbol)
+    correlations = correlation_matrix(returns[symbols], min_periods=SCREEN_MIN_RETURNS)
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DegenerateInputWarning)
         for done, (first, second) in enumerate(pairs, start=1):
-            rows.append(_screen_one_pair(levels, returns, first, second, min_bars, dependent,
-                                         maxlag))
+            rows.append(_screen_one_pair(levels, correlations, first, second, min_bars,
+                                         dependent, maxlag))
             if progress is not None:
                 progress(done, len(pairs))
     frame = pd.DataFrame(rows, columns=[c for c in SCREEN_COLUMNS if c not in (
@@ -3142,8 +3133,8 @@ def screen_pairs(prices_by_symbol: pd.DataFrame, *, candidates: str = "all",
     return frame
 
 
-def _screen_one_pair(levels: pd.DataFrame, returns: pd.DataFrame, first: str, second: str,
-                     min_bars: int, dependent: str, maxlag: int | None) -> dict:
+def _screen_one_pair(levels: pd.DataFrame, correlations: pd.DataFrame, first: str,
+                     second: str, min_bars: int, dependent: str, maxlag: int | None) -> dict:
     """Statistics of one pair (``first`` < ``second``) for ``screen_pairs``."""
     both = levels[first].notna() & levels[second].notna()
     nobs = int(both.sum())
@@ -3164,7 +3155,7 @@ def _screen_one_pair(levels: pd.DataFrame, returns: pd.DataFrame, first: str, se
         pvalue = test.pvalue
     y_values, x_values = levels[row["y"]], levels[row["x"]]
     row.update(beta=test.beta, alpha=test.alpha, eg_statistic=test.statistic, eg_pvalue=pvalue,
-               correlation=_pair_returns_correlation(returns[row["y"]], returns[row["x"]]))
+               correlation=float(correlations.at[first, second]))
     if not (math.isfinite(test.beta) and math.isfinite(test.alpha)):
         return row
     spread_series = (y_values - test.beta * x_values - test.alpha).where(both)
