@@ -1470,12 +1470,6 @@ class MarketServer:
             self._last_fold_ms = last
             self.past.fold_old_trades(last - max(KEEP_TRADES_MS, self.history_ms))
 
-    def _number_formats_of(self, symbol: str, kind: str) -> tuple[str, str]:
-        if kind == "spot":
-            return f"%.{SPOT_DECIMALS}f", f"%.{SPOT_DECIMALS}f"
-        price_decimals, qty_decimals = self.source.decimals(symbol)
-        return f"%.{price_decimals}f", f"%.{qty_decimals}f"
-
     def _rest_response(self, request: Request) -> Response:
         try:
             status, body, extra = self.rest.answer(request.path)
@@ -1635,7 +1629,7 @@ class MarketServer:
             for symbol, stream_type, wrapper in sorted(key, key=repr):
                 plan.setdefault(symbol, []).append((group.frames, stream_type, wrapper))
                 if symbol not in self._formats:
-                    self._formats[symbol] = self._number_formats(symbol)
+                    self._formats[symbol] = self._number_formats(symbol, self.kind)
         self._groups = list(groups.values())
         self._plan = plan
         if groups:
@@ -1643,8 +1637,10 @@ class MarketServer:
         else:
             self._subscribed.clear()
 
-    def _number_formats(self, symbol: str) -> tuple[str, str]:
-        if self.kind == "spot":
+    def _number_formats(self, symbol: str, kind: str) -> tuple[str, str]:
+        """printf formats of a symbol's price and quantity on ``kind``'s wire (stream, or
+        the REST path's market): spot writes 8 decimals, futures the tick and lot's."""
+        if kind == "spot":
             return f"%.{SPOT_DECIMALS}f", f"%.{SPOT_DECIMALS}f"
         price_decimals, qty_decimals = self.source.decimals(symbol)
         return f"%.{price_decimals}f", f"%.{qty_decimals}f"
@@ -2145,7 +2141,7 @@ class _RestSide:
         else:
             hi = len(ts)
             lo = max(0, hi - limit)
-        price_format, qty_format = self.server._number_formats_of(symbol, kind)
+        price_format, qty_format = self.server._number_formats(symbol, kind)
         spot = kind == "spot"
         rows = []
         for a, t, when, p, q, m in zip(agg[lo:hi].tolist(), tid[lo:hi].tolist(),
@@ -2170,7 +2166,7 @@ class _RestSide:
         if start is None:
             start = end - end % MINUTE_MS - (limit - 1) * MINUTE_MS
         rows = self.server.past.klines(symbol, start, end, limit)
-        price_format, qty_format = self.server._number_formats_of(symbol, kind)
+        price_format, qty_format = self.server._number_formats(symbol, kind)
         out = []
         for o_ts, o, h, low, c, v, buy, n, quote in rows.tolist():
             open_ms = int(o_ts)
