@@ -120,6 +120,17 @@ def klines_weight(market_kind: str, limit: int) -> int:
     return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
 
 
+def backoff_delay(failures: int, rng: random.Random, base: float, cap: float) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**failures)].
+
+    Jitter spreads the retries of many clients after an exchange-wide drop, and the cap
+    keeps a long outage from turning into hour-long waits. Used by the REST retries here
+    and by the collector's WebSocket reconnects (``collector.backoff_delay``).
+    """
+    ceiling = min(cap, base * (2.0 ** min(failures, 30)))
+    return rng.uniform(0.0, ceiling)
+
+
 def parse_duration(text: str | float | int) -> float:
     """Seconds of ``"90s"``, ``"30m"``, ``"6h"``, ``"1d"`` or a bare number of seconds.
 
@@ -325,8 +336,8 @@ class RestClient:
                     raise RestError(f"{path}: giving up after {attempt + 1} attempts: "
                                     f"{exc}") from None
                 if not getattr(exc, "throttled", False):
-                    delay = self._rng.uniform(
-                        0.0, min(self.backoff_cap, self.backoff_base * 2.0 ** attempt))
+                    delay = backoff_delay(attempt, self._rng, self.backoff_base,
+                                          self.backoff_cap)
                     self.stats.retries += 1
                     log.info("REST %s failed (%s); retry in %.2f s", path, exc, delay)
                     self._sleep(delay)

@@ -267,15 +267,7 @@ def plan_connections(base: str, market_kind: str, stream: str, symbols) -> list[
     return groups or [()]
 
 
-def backoff_delay(failures: int, rng: random.Random, base: float = BACKOFF_BASE_S,
-                  cap: float = BACKOFF_CAP_S) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**failures)].
-
-    Jitter spreads the reconnects of many clients after an exchange-wide drop, and the cap
-    keeps a long outage from turning into hour-long waits.
-    """
-    ceiling = min(cap, base * (2.0 ** min(failures, 30)))
-    return rng.uniform(0.0, ceiling)
+backoff_delay = binance_rest.backoff_delay  # one formula for reconnects and REST retries
 
 
 # --------------------------------------------------------------------------------------
