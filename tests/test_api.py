@@ -199,6 +199,26 @@ def test_alert_rule_lifecycle(server):
     assert status == 200 and isinstance(events, list)
 
 
+def test_watchlist_lists_pinned_pairs_in_pin_order(server):
+    with dd.writing(server.db_path) as conn:
+        database.pin_pair(conn, Y, X, timeframe="1s", beta=0.81, half_life=12.5,
+                          eg_qvalue=0.01, now_ms=1_000)
+        database.pin_pair(conn, "SOLUSDT", X, timeframe="1min", beta=math.nan, now_ms=2_000)
+    try:
+        status, pinned = call(server, "/api/watchlist")
+        assert status == 200
+        assert [(p["y_symbol"], p["x_symbol"], p["timeframe"]) for p in pinned] == [
+            (Y, X, "1s"), ("SOLUSDT", X, "1min")]
+        assert (pinned[0]["beta"], pinned[0]["half_life"], pinned[0]["eg_qvalue"],
+                pinned[0]["added_ms"]) == (0.81, 12.5, 0.01, 1_000)
+        assert pinned[1]["beta"] is None  # not finite: stored as NULL, answered as null
+        assert call(server, "/api/watchlist?sort=beta")[0] == 400
+    finally:
+        with dd.writing(server.db_path) as conn:
+            database.unpin_pair(conn, Y, X)
+            database.unpin_pair(conn, "SOLUSDT", X)
+
+
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "http://169.254.169.254/latest",
                                  "http://[fe80::1]/hook", "https://hooks.example.com/x",
                                  "gopher://127.0.0.1/"])
