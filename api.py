@@ -317,6 +317,16 @@ def _reading():
     return dd.reading(path)
 
 
+def _stored_records(read: Callable) -> list[dict]:
+    """``read(conn)`` (a ``database.list_*`` table) as JSON records; [] before the
+    collector has created the database."""
+    path = _db_path()
+    if not dd.database_ready(path):
+        return []
+    with dd.reading(path) as conn:
+        return records(read(conn))
+
+
 def _subscribed() -> tuple[str, ...]:
     feed = services.current_feed()
     return tuple(s.upper() for s in feed.settings.symbols) if feed is not None else ()
@@ -343,12 +353,8 @@ def health(request: Request) -> Response:
 
 def symbols(request: Request) -> Response:
     Params(request.query_params).finish()
-    path = _db_path()
-    stored = []
-    if dd.database_ready(path):
-        with dd.reading(path) as conn:
-            stored = records(database.list_symbols(conn))
-    return json_response({"subscribed": list(_subscribed()), "stored": stored})
+    return json_response({"subscribed": list(_subscribed()),
+                          "stored": _stored_records(database.list_symbols)})
 
 
 def bars(request: Request) -> Response:
@@ -436,11 +442,7 @@ def pair(request: Request) -> Response:
 
 def alert_rules(request: Request) -> Response:
     Params(request.query_params).finish()
-    path = _db_path()
-    if not dd.database_ready(path):
-        return json_response([])
-    with dd.reading(path) as conn:
-        return json_response(records(database.list_alert_rules(conn)))
+    return json_response(_stored_records(database.list_alert_rules))
 
 
 def alert_events(request: Request) -> Response:
@@ -449,13 +451,8 @@ def alert_events(request: Request) -> Response:
     rule_id = params.integer("rule_id", None, 1, 2**62)
     limit = params.integer("limit", 200, 1, MAX_EVENTS)
     params.finish()
-    path = _db_path()
-    if not dd.database_ready(path):
-        return json_response([])
-    with dd.reading(path) as conn:
-        events = database.list_alert_events(conn, since_id=since_id, limit=limit,
-                                            rule_id=rule_id)
-    return json_response(records(events))
+    return json_response(_stored_records(lambda conn: database.list_alert_events(
+        conn, since_id=since_id, limit=limit, rule_id=rule_id)))
 
 
 async def create_alert(request: Request) -> Response:
@@ -516,11 +513,7 @@ def delete_alert(request: Request) -> Response:
 def watchlist(request: Request) -> Response:
     """The Pairs tab's pinned pairs (``database.list_watchlist``), in pin order."""
     Params(request.query_params).finish()
-    path = _db_path()
-    if not dd.database_ready(path):
-        return json_response([])
-    with dd.reading(path) as conn:
-        return json_response(records(database.list_watchlist(conn)))
+    return json_response(_stored_records(database.list_watchlist))
 
 
 def paper_positions(request: Request) -> Response:
