@@ -596,10 +596,6 @@ class Backfiller:
         """Look at the gaps now (the collector calls this after every reconnect)."""
         self._wake.set()
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def health(self) -> dict:
         """Progress and counters for the page (no locks: plain reads)."""
         stats = self.client.stats
@@ -742,10 +738,7 @@ class Backfiller:
                                           limit=AGG_TRADES_LIMIT)
             if not rows:
                 return
-            inserted, duplicates, gaps_filled = self.ledger.store_trades(rows)
-            self.backfilled += inserted
-            self.duplicates += duplicates
-            self.gaps_repaired += gaps_filled
+            duplicates = self._store(rows)
             self.progress[walk.symbol].trades += len(rows)
             if duplicates or len(rows) < AGG_TRADES_LIMIT:
                 return
@@ -788,11 +781,13 @@ class Backfiller:
         reached_floor = walk.floor_id is not None and walk.lowest_id <= walk.floor_id + 1
         return reached_window or reached_floor
 
-    def _store(self, rows: list[tuple]) -> None:
+    def _store(self, rows: list[tuple]) -> int:
+        """Store REST trades through the ledger and count them; returns the duplicates."""
         inserted, duplicates, gaps_filled = self.ledger.store_trades(rows)
         self.backfilled += inserted
         self.duplicates += duplicates
         self.gaps_repaired += gaps_filled
+        return duplicates
 
     # -- gap repair -------------------------------------------------------------------------
 
