@@ -22,12 +22,7 @@ import paper
 from config import Settings
 
 _PROCESS = sys.__dict__.setdefault("_pairs_dashboard_services", {
-    "lock": threading.RLock(), "paused": False, "settings": None, "last_feed": None})
-
-
-def _db_path() -> str | None:
-    feed = collector.running_collector() or _PROCESS["last_feed"]
-    return feed.db_path if feed is not None else None
+    "lock": threading.RLock(), "paused": False, "last_feed": None})
 
 
 def start(settings: Settings) -> collector.Collector:
@@ -38,16 +33,14 @@ def start(settings: Settings) -> collector.Collector:
     is, even when ``settings`` differ.
     """
     with _PROCESS["lock"]:
-        if _PROCESS["settings"] is None:
-            _PROCESS["settings"] = settings
         feed = collector.running_collector()
         if feed is None and _PROCESS["paused"] and _PROCESS["last_feed"] is not None:
             feed = _PROCESS["last_feed"]
         elif feed is None:
             feed = collector.start(settings)
         _PROCESS["last_feed"] = feed
-        alerts.start_evaluator(_db_path)
-        paper.start_monitor(_db_path)
+        alerts.start_evaluator(db_path)
+        paper.start_monitor(db_path)
         return feed
 
 
@@ -58,7 +51,8 @@ def current_feed() -> collector.Collector | None:
 
 def db_path() -> str | None:
     """The collector's database (also while paused); None before ``start``."""
-    return _db_path()
+    feed = current_feed()
+    return feed.db_path if feed is not None else None
 
 
 def collection_paused() -> bool:
@@ -88,8 +82,7 @@ def resume_collection() -> collector.Collector:
         if running is not None:
             return running
         last = _PROCESS["last_feed"]
-        settings = last.settings if last is not None else (_PROCESS["settings"]
-                                                           or Settings.from_env())
+        settings = last.settings if last is not None else Settings.from_env()
         feed = collector.start(settings)
         _PROCESS["last_feed"] = feed
         return feed
@@ -103,4 +96,3 @@ def stop_all(timeout: float = 5.0) -> None:
         collector.stop(timeout)
         _PROCESS["paused"] = False
         _PROCESS["last_feed"] = None
-        _PROCESS["settings"] = None
