@@ -253,3 +253,39 @@ def test_rejects_unknown_method_tiny_window_and_unordered_times():
         analytics.pair_signals(y, x, window=3)
     with pytest.raises(ValueError, match="increasing"):
         analytics.pair_signals(y.iloc[::-1], x.iloc[::-1], bar_ms=1000)
+
+
+@pytest.mark.parametrize("method, fitter, fits_cold", [
+    ("huber", "_huber_fit", 20), ("theil-sen", "_theil_sen_fit", 20),
+    ("kalman", "kalman_hedge", 2)])
+def test_fit_cache_changes_no_number_and_a_refresh_recomputes_only_the_newest_fit(
+        monkeypatch, method, fitter, fits_cold):
+    # Mistakes caught: a memo key that misses part of the input (a stale fit served for
+    # other data), and a memo that never hits (every refresh refits the whole history).
+    y, x = make_pair(n=5_000, beta=1.2, seed=12)
+    calls = []
+    original = getattr(analytics, fitter)
+    monkeypatch.setattr(analytics, fitter,
+                        lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    cache: dict = {}
+    for n in (4_000, 4_001, 4_040):  # load, a refresh with one new bar, one 39 bars later
+        calls.clear()
+        memo = analytics.pair_signals(y.iloc[:n], x.iloc[:n], method=method, window=200,
+                                      bar_ms=1000, fit_cache=cache).frame
+        memo_calls = len(calls)
+        cold = analytics.pair_signals(y.iloc[:n], x.iloc[:n], method=method, window=200,
+                                      bar_ms=1000).frame
+        pd.testing.assert_frame_equal(memo, cold, check_exact=True)
+        if n == 4_000:
+            assert memo_calls >= fits_cold
+        elif method == "kalman":
+            assert memo_calls == 1  # only the filter serving the newest segment re-runs
+        else:
+            assert memo_calls <= 1  # a fit uses bars before its refit bar: the newest one
+    # Different data of the same length hits no stale entry.
+    y_other = y.iloc[:4_040] * 1.01
+    pd.testing.assert_frame_equal(
+        analytics.pair_signals(y_other, x.iloc[:4_040], method=method, window=200,
+                               bar_ms=1000, fit_cache=cache).frame,
+        analytics.pair_signals(y_other, x.iloc[:4_040], method=method, window=200,
+                               bar_ms=1000).frame, check_exact=True)
