@@ -134,16 +134,26 @@ def writing(path: str) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+_READY_PATHS: set[str] = set()  # files found with their schema (see database_ready)
+
+
 def database_ready(path: str) -> bool:
-    """True once the file exists and has its schema (the collector creates it lazily)."""
+    """True once the file exists and has its schema (the collector creates it lazily).
+
+    A file once found ready is remembered (a schema is never dropped), so later calls cost
+    one ``stat``, not a connection: the page's fragments call this several times a run.
+    """
     if not path or not os.path.exists(path):
         return False
+    if path in _READY_PATHS:
+        return True
     try:
         with reading(path) as conn:
             conn.execute("SELECT 1 FROM bars_1s LIMIT 1").fetchall()
-        return True
     except sqlite3.DatabaseError:
         return False
+    _READY_PATHS.add(path)
+    return True
 
 
 def newest_prices(db_path: str, symbols) -> tuple[float, ...]:

@@ -820,6 +820,19 @@ def test_bar_store_reads_again_when_rest_stores_the_past(tmp_path):
         conn.close()
 
 
+def test_database_ready_needs_the_file_and_its_schema(tmp_path):
+    path = tmp_path / "live.db"
+    assert not dd.database_ready(str(path))  # no file yet
+    path.write_bytes(b"")  # a file without the schema (SQLite reads it as empty)
+    assert not dd.database_ready(str(path))
+    path.unlink()
+    database.connect(str(path)).close()
+    assert dd.database_ready(str(path)) and dd.database_ready(str(path))  # remembered
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    assert not dd.database_ready(str(path))  # deleted: not ready, remembered or not
+
+
 def test_warming_message_reads_like_the_issue():
     assert dd.warming_message(60, 14, "1s", 1.0) == \
         "needs 60 bars, has 14 — about 46 s more at 1s bars"
