@@ -179,6 +179,30 @@ def test_history_loaded_earlier_changes_no_value_shown(tmp_path):
                                       check_exact=False, rtol=1e-9, atol=1e-12)
 
 
+def test_the_pages_fit_memo_stays_bounded_and_changes_no_number():
+    # Mistake caught: an unbounded memo (the page's process grows with every window and
+    # filter run it ever sees), or a trim that keeps old filter runs instead of the newest
+    # (the ones the next refresh reuses).
+    rng = np.random.default_rng(31)
+    n = 4 * analytics.KALMAN_SEGMENT_BARS  # four filter segments of 1 s bars
+    index = pd.Index(1_765_843_200_000 + 1000 * np.arange(n, dtype=np.int64), name="ts")
+    log_x = math.log(87_000) + np.cumsum(rng.normal(0, 1e-4, n))
+    log_y = math.log(2_950) + 1.2 * (log_x - log_x[0]) + rng.normal(0, 3e-5, n)
+    y, x = pd.Series(np.exp(log_y), index), pd.Series(np.exp(log_x), index)
+    memo = dd._FitCache(max_fits=50, max_kalman=2)
+    for method, window in (("kalman", 60), ("huber", 20)):  # Huber: a refit every 4 bars
+        cached = analytics.pair_signals(y, x, method=method, window=window, bar_ms=1000,
+                                        fit_cache=memo)
+        plain = analytics.pair_signals(y, x, method=method, window=window, bar_ms=1000)
+        pd.testing.assert_frame_equal(cached.frame, plain.frame, check_exact=True)
+        kalman_keys = [key for key in memo if key[0] == "kalman"]
+        if method == "kalman":  # one filter run per segment (4 here), the 2 newest kept
+            first_segment = int(index[0]) // 1000 // analytics.KALMAN_SEGMENT_BARS
+            assert [key[2] - first_segment for key in kalman_keys] == [1, 2]
+        assert len(memo) <= 50
+    assert len(memo) > 0 and not kalman_keys  # 3,600 Huber fits went through 50 entries
+
+
 # --------------------------------------------------------------------------------------
 # Live values
 # --------------------------------------------------------------------------------------
