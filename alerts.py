@@ -182,7 +182,9 @@ def _as_bool(name: str, value) -> bool:
     raise ValueError(f"{name} ({value!r}) must be True or False")
 
 
-def _one_symbol(name: str, value) -> str:
+def one_symbol(name: str, value) -> str:
+    """One symbol, upper case (``config.parse_symbols``' rules); ValueError naming ``name``
+    (also used by ``paper.PaperOrder``)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         raise ValueError(f"{name} ({value!r}) is missing: give a symbol such as BTCUSDT")
     if not isinstance(value, str):
@@ -285,8 +287,8 @@ class AlertRule:
             if self.symbol not in (None, ""):
                 raise ValueError(f"metric {self.metric!r} needs a pair: give y_symbol and "
                                  f"x_symbol, not symbol ({self.symbol!r})")
-            y_symbol = _one_symbol("y_symbol", self.y_symbol)
-            x_symbol = _one_symbol("x_symbol", self.x_symbol)
+            y_symbol = one_symbol("y_symbol", self.y_symbol)
+            x_symbol = one_symbol("x_symbol", self.x_symbol)
             if y_symbol == x_symbol:
                 raise ValueError(f"y_symbol and x_symbol ({y_symbol!r}) must differ: a pair "
                                  "needs two symbols")
@@ -297,7 +299,7 @@ class AlertRule:
             if self.y_symbol not in (None, "") or self.x_symbol not in (None, ""):
                 raise ValueError(f"metric {self.metric!r} takes one symbol: give symbol, not a "
                                  f"pair ({self.y_symbol!r}/{self.x_symbol!r})")
-            put(self, "symbol", _one_symbol("symbol", self.symbol))
+            put(self, "symbol", one_symbol("symbol", self.symbol))
             put(self, "y_symbol", None)
             put(self, "x_symbol", None)
         try:

@@ -42,11 +42,11 @@ from dataclasses import dataclass, fields
 
 import pandas as pd
 
+import alerts
 import analytics
 import backtest
 import dashboard_data as dd
 import database
-from config import ConfigError, parse_symbols
 
 log = logging.getLogger("paper")
 
@@ -102,8 +102,8 @@ class PaperOrder:
 
     def __post_init__(self) -> None:
         put = object.__setattr__
-        put(self, "y", _symbol("y", self.y))
-        put(self, "x", _symbol("x", self.x))
+        put(self, "y", alerts.one_symbol("y", self.y))
+        put(self, "x", alerts.one_symbol("x", self.x))
         if self.y == self.x:
             raise ValueError(f"x ({self.x}) must differ from y")
         if self.side not in SIDES:
@@ -134,18 +134,6 @@ class PaperOrder:
         if self.exit_z is not None and self.stop_z is not None and self.stop_z <= self.exit_z:
             raise ValueError(f"stop_z ({self.stop_z:g}) must be above exit_z "
                              f"({self.exit_z:g})")
-
-
-def _symbol(name: str, value) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name} ({value!r}) must be a symbol such as BTCUSDT")
-    try:
-        symbols = parse_symbols(value)
-    except ConfigError as exc:
-        raise ValueError(f"{name} ({value!r}): {exc}") from None
-    if len(symbols) != 1:
-        raise ValueError(f"{name} ({value!r}) must be one symbol")
-    return symbols[0].upper()
 
 
 def _number(name: str, value, *, low: float, high: float, inclusive: bool = False) -> float:

@@ -245,6 +245,11 @@ def test_order_validation_names_the_field():
         order(notional=-5)
     with pytest.raises(ValueError, match="x .*differ"):
         order(x=Y)
+    with pytest.raises(ValueError, match=r"^y \('BTC-USDT'\) is not valid"):
+        order(y="BTC-USDT")
+    with pytest.raises(ValueError, match=r"^x \('btcusdt,solusdt'\) must be one symbol"):
+        order(x="btcusdt,solusdt")
+    assert order(y=" ethusdt ").y == Y
     with pytest.raises(ValueError, match="stop_z"):
         order(exit_z=1.0, stop_z=0.5)
     with pytest.raises(ValueError, match="leverage: unknown field"):
