@@ -2,6 +2,7 @@
 
     python bench/screenshots.py                         # ~4 min: z windows full, 90 s of z
     python bench/screenshots.py --min-wait 30 --after-z 0   # quicker
+    python bench/screenshots.py --only pairs            # pairs.png alone, ~1-2 min
 
 Starts ``streamlit run app.py`` on the built-in simulated market (``CRYPTO_FEED=demo``,
 seed 1, SQLite files in a temporary directory, port on 127.0.0.1), opens it in Debian's
@@ -14,6 +15,15 @@ the top of the page on the "Spread & z-score" tab: live strip, z chart and the s
 chart. Statistics and Correlation get their on-request tests run first so that their
 results show; the Paper tab gets a closed and an open position (through the REST API). A PNG over ``--max-kb`` is re-encoded with a 256-colour palette (Pillow).
 Prints what it saved.
+
+``pairs.png`` (the Pairs tab) needs hours of history of many symbols, so it gets its own
+page: six hours of the built-in market's planted universe (``market.universe_symbols()``:
+BTC/ETH, three cointegrated groups of three, six noise symbols; 1 trade/s per symbol, seed
+1, ending now) are written to a SQLite file through ``database.import_ticks``, and a second
+``streamlit run app.py`` shows that file with its feed pointed at a closed 127.0.0.1 port
+(the sidebar says the feed is reconnecting). At 1400x1700 (the table and the watchlist) it
+runs the screen at its defaults (1m bars, 24 h lookback, all pairs), pins the best pair and
+saves the view from the tab bar down.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import argparse
 import io
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -32,6 +43,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "docs" / "screenshots"
+import database  # noqa: E402
+import market  # noqa: E402
+import uploads  # noqa: E402
 from tests.browser import (CHROMIUM, CHROMIUM_ARGS, OPEN_PANEL_JS,  # noqa: E402
                            StreamlitServer, demo_env)
 TABS = {"Prices": "prices", "Spread & z-score": "spread-z-score", "Statistics": "statistics",
@@ -114,6 +128,59 @@ def open_tab(page, name: str, timeout_s: float) -> None:
                            timeout=timeout_s * 1000, polling=200)
 
 
+PAIRS_HOURS = 6  # of planted-universe history behind pairs.png
+
+
+def write_universe(db_path: str) -> int:
+    """``PAIRS_HOURS`` of the planted universe, ending now, into a SQLite file; the trades."""
+    symbols = [s.upper() for s in market.universe_symbols()]
+    start = (int(time.time() * 1000) // 60_000) * 60_000 - PAIRS_HOURS * 3_600_000
+    simulated = market.SimulatedMarket(symbols, seed=1, start_ms=start, speed=0,
+                                       rates={s: 1.0 for s in symbols})
+    trades = simulated.generate(PAIRS_HOURS * 3600)
+    trades = trades[trades["status"] == "MARKET"]
+    columns = ["symbol", "trade_id", "ts", "price", "qty", "is_buyer_maker"]
+    rows = uploads.to_trade_tuples(trades[columns].astype({"symbol": str}), received_ms=1)
+    conn = database.connect(db_path)
+    try:
+        database.import_ticks(conn, rows)
+    finally:
+        conn.close()
+    return len(rows)
+
+
+def pairs_screenshot(playwright, out: Path, max_kb: int) -> None:
+    """pairs.png: the Pairs tab on the planted universe (see the module docstring)."""
+    with tempfile.TemporaryDirectory(prefix="screenshot_pairs_") as workdir:
+        db_path = str(Path(workdir) / "universe.db")
+        print(f"{write_universe(db_path):,} trades written")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            closed_port = sock.getsockname()[1]
+        env = demo_env(workdir, CRYPTO_FEED="binance-futures", CRYPTO_DB_PATH=db_path,
+                       BINANCE_WS_URL=f"ws://127.0.0.1:{closed_port}",
+                       CRYPTO_SYMBOLS=",".join(market.universe_symbols()))
+        with StreamlitServer(env, workdir) as server:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1700})
+            page.goto(server.url)
+            page.wait_for_selector(".js-plotly-plot", timeout=120_000)
+            page.get_by_role("tab", name="Pairs", exact=True).click()
+            page.get_by_role("button", name="Run the screen").click()
+            page.get_by_text("pairs tested").wait_for(timeout=300_000)
+            page.get_by_role("button", name="Pin to watchlist").click()
+            page.get_by_text("Watchlist (1 pinned").wait_for(timeout=120_000)
+            page.wait_for_timeout(2500)  # the table's canvas and sparklines settle
+            page.locator('[data-testid="stTabs"] [role="tablist"]').evaluate(
+                SCROLL_BELOW_HEADER_JS)
+            page.wait_for_timeout(300)
+            print(save_png(page.screenshot(type="png", full_page=False), out / "pairs.png",
+                           max_kb))
+            print(f"exception elements on the page: "
+                  f"{page.locator('[data-testid=stException]').count()}")
+            browser.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--min-wait", type=float, default=90.0,
@@ -125,12 +192,26 @@ def main(argv: list[str] | None = None) -> int:
                              "line worth looking at")
     parser.add_argument("--max-kb", type=int, default=300)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--only", choices=("tabs", "pairs"), default=None,
+                        help="only the live demo's tabs, or only pairs.png (default: both)")
     args = parser.parse_args(argv)
     if not os.path.exists(CHROMIUM):
         raise SystemExit(f"{CHROMIUM} is missing: apt-get install chromium")
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.only != "pairs":
+        tab_screenshots(args)
+    if args.only != "tabs":
+        with sync_playwright() as playwright:
+            pairs_screenshot(playwright, args.out, args.max_kb)
+    return 0
+
+
+def tab_screenshots(args: argparse.Namespace) -> None:
+    """Every tab of ``TABS`` and dashboard.png on the live demo (see the module docstring)."""
+    from playwright.sync_api import sync_playwright
+
     with tempfile.TemporaryDirectory(prefix="screenshots_") as workdir:
         with StreamlitServer(demo_env(workdir), workdir) as server:
             url = server.url
@@ -172,7 +253,6 @@ def main(argv: list[str] | None = None) -> int:
                 errors = page.locator('[data-testid="stException"]').count()
                 print(f"exception elements on the page: {errors}")
                 browser.close()
-    return 0
 
 
 if __name__ == "__main__":
