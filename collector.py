@@ -403,7 +403,6 @@ class Collector:
         self.dropped_at_stop = 0  # stop(): the writer did not finish in time
         self.stored = 0
         self.duplicates = 0
-        self.spilled = 0  # this run's trades waiting in the spill journal
         self.recovered = 0  # trades of an earlier run's journal stored by this run
         self.recovered_duplicates = 0
         self.gaps_open = 0  # gap rows in the table (refreshed after writes that change them)
@@ -416,8 +415,7 @@ class Collector:
         self.last_drop_ms = 0
         self.queue_growing = False
         self.spill_path = ""
-        self.journal_pending = 0  # trades in the journal, this run's and earlier runs'
-        self._journal: spill.SpillJournal | None = None
+        self._journal: spill.SpillJournal | None = None  # spilled, journal_pending: its counts
         self._overflow_started = 0.0
         self._overflow_first_drop = 0
         self._last_drop_log = 0.0
@@ -611,6 +609,16 @@ class Collector:
         """Trades received but neither stored nor spilled: queue full, journal unwritable,
         or still in flight when a stop timed out. Their ids show up as gaps."""
         return self.dropped_queue_full + self.dropped_spill_failed + self.dropped_at_stop
+
+    @property
+    def spilled(self) -> int:
+        """This run's trades waiting in the spill journal (received, not yet stored)."""
+        return self._journal.new_trades if self._journal is not None else 0
+
+    @property
+    def journal_pending(self) -> int:
+        """Trades waiting in the spill journal, this run's and earlier runs'."""
+        return self._journal.pending_trades if self._journal is not None else 0
 
     @property
     def gaps(self) -> int:
@@ -1091,7 +1099,6 @@ class Collector:
         finally:
             _close_store(store)
             if self._journal is not None:
-                self.journal_pending = self._journal.pending_trades
                 self._journal.close()
 
     def _auto_pending_db(self) -> bool:
@@ -1111,7 +1118,6 @@ class Collector:
                 log.error("spill journal %s cannot be opened (%s): trades the database "
                           "refuses will be dropped", path, exc)
             return None
-        self.journal_pending = self._journal.pending_trades
         if self._journal.inherited_trades:
             log.warning("spill journal %s holds %d trades of an earlier run: replaying them "
                         "into %s", path, self._journal.inherited_trades, self.db_path)
@@ -1129,9 +1135,7 @@ class Collector:
                 self.recovered_duplicates += result.duplicates
                 self._count_gaps(result, store.conn)
             else:
-                self.spilled -= len(trades)
                 self._count_write(result, trades, store.conn)
-            self.journal_pending = journal.pending_trades
             if journal.empty:
                 log.warning("spill journal %s replayed into %s: empty again", journal.path,
                             self.db_path)
@@ -1178,8 +1182,6 @@ class Collector:
                           "(recorded as gaps once the database takes writes)",
                           self.spill_path, exc, self.dropped_spill_failed)
             return
-        self.spilled += len(batch)
-        self.journal_pending = journal.pending_trades
 
     def _database_failed(self, exc: Exception, store: database.TickWriter | None) -> None:
         """Note the failure; while it lasts, retries wait only briefly for a lock, so a

@@ -68,9 +68,11 @@ class SpillJournal:
     db_path : str
         The database this journal belongs to.
     pending_trades : int
-        Trade rows in the journal not yet replayed (earlier runs' rows included).
+        Trade rows in the journal not yet replayed: ``inherited_trades + new_trades``.
     inherited_trades : int
         Of those, rows an earlier process wrote (found when the journal was opened).
+    new_trades : int
+        Of those, rows this process appended (the collector's ``spilled``).
     corrupt_rows : int
         Unreadable complete lines found when opening (skipped at replay, logged).
     """
@@ -82,8 +84,8 @@ class SpillJournal:
         self._size = 0  # bytes in the file
         self._offset = 0  # bytes already replayed
         self._inherited_end = 0  # rows before this offset were written by an earlier process
-        self.pending_trades = 0
         self.inherited_trades = 0
+        self.new_trades = 0
         self.corrupt_rows = 0
 
     # -- opening --------------------------------------------------------------------------
@@ -131,7 +133,7 @@ class SpillJournal:
             log.error("spill journal %s: %d unreadable lines will be skipped", self.path,
                       self.corrupt_rows)
         self._size = self._inherited_end = complete
-        self.pending_trades = self.inherited_trades = trades
+        self.inherited_trades = trades
 
     def _ensure_open(self) -> None:
         if self._fd is None:
@@ -142,6 +144,10 @@ class SpillJournal:
             self._size = os.fstat(self._fd).st_size
 
     # -- writing --------------------------------------------------------------------------
+
+    @property
+    def pending_trades(self) -> int:
+        return self.inherited_trades + self.new_trades
 
     @property
     def empty(self) -> bool:
@@ -173,7 +179,7 @@ class SpillJournal:
                           self.path, exc)
             raise
         self._size = start + len(data)
-        self.pending_trades += len(trades)
+        self.new_trades += len(trades)
 
     # -- replaying ------------------------------------------------------------------------
 
@@ -217,13 +223,14 @@ class SpillJournal:
     def consumed(self, end: int, trades: int, inherited: bool) -> None:
         """Mark rows up to ``end`` as committed; empty the file once everything is."""
         self._offset = end
-        self.pending_trades -= trades
         if inherited:
             self.inherited_trades -= trades
+        else:
+            self.new_trades -= trades
         if self._offset >= self._size:
             os.ftruncate(self._fd, 0)
             self._size = self._offset = self._inherited_end = 0
-            self.pending_trades = self.inherited_trades = 0
+            self.inherited_trades = self.new_trades = 0
 
     def close(self) -> None:
         """Close the file; remove it when nothing is left in it."""
