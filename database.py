@@ -2368,11 +2368,6 @@ _WATCHLIST_DTYPES = {"beta": np.float64, "half_life": np.float64, "eg_qvalue": n
                      "added_ms": np.int64}
 
 
-def _watchlist_exists(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                        "name = 'watchlist'").fetchone() is not None
-
-
 def _watchlist_pair(y_symbol: str, x_symbol: str) -> tuple[str, str]:
     names = []
     for label, value in (("y_symbol", y_symbol), ("x_symbol", x_symbol)):
@@ -2431,7 +2426,7 @@ def pin_pair(conn: sqlite3.Connection, y_symbol: str, x_symbol: str, *, timefram
 def unpin_pair(conn: sqlite3.Connection, y_symbol: str, x_symbol: str) -> bool:
     """Remove a pair from the watchlist; False when it was not pinned."""
     y_name, x_name = _watchlist_pair(y_symbol, x_symbol)
-    if not _watchlist_exists(conn):
+    if not _table_exists(conn, "watchlist"):
         return False
     with _Transaction(conn):
         cursor = conn.execute("DELETE FROM watchlist WHERE y_symbol = ? AND x_symbol = ?",
@@ -2445,7 +2440,7 @@ def list_watchlist(conn: sqlite3.Connection) -> pd.DataFrame:
     Works on a read-only connection; empty (with the columns) before anything was pinned.
     """
     rows = []
-    if _watchlist_exists(conn):
+    if _table_exists(conn, "watchlist"):
         rows = conn.execute(f"SELECT {', '.join(WATCHLIST_COLUMNS)} FROM watchlist "
                             "ORDER BY added_ms, y_symbol, x_symbol").fetchall()
     return _typed_frame(rows, WATCHLIST_COLUMNS, _WATCHLIST_DTYPES)
