@@ -556,17 +556,21 @@ def page_theme() -> str:
 MARKED_TRADES_MAX_AGE_MS = 30_000  # chart markers: backtest at most twice a minute
 
 
-def marked_trades(c: dd.Controls, key: tuple, params: tuple) -> pd.DataFrame | None:
+def marked_trades(c: dd.Controls, params: tuple) -> pd.DataFrame | None:
     """The backtest trades the charts mark: those of the last backtest of this view and
     these settings — the Backtest tab's run (``remember_trades``), or one run here when
     there is none yet, or when they are older than ``MARKED_TRADES_MAX_AGE_MS``. Not re-run
     at every refresh (over an hour of 1 s bars a backtest costs tens of ms): new trades
     appear within that age, when the Backtest tab runs again or when a setting changes.
-    None when the backtest cannot run (too few bars, exit not below entry)."""
+    None when the backtest cannot run (too few bars, exit not below entry). The view's
+    key (``view_key``: database reads) is only looked up when the backtest runs."""
     identity = trades_identity(c, params)
     held = st.session_state.get("marked_trades")
     if held is None or held[0] != identity or \
             dd.now_ms() - held[2] > MARKED_TRADES_MAX_AGE_MS:
+        key = view_key(c, closed_only=True)
+        if key is None:
+            return None
         try:
             remember_trades(c, params, cached_backtest(key, params).trades)
         except ValueError:
@@ -584,18 +588,19 @@ def remember_trades(c: dd.Controls, params: tuple, trades: pd.DataFrame) -> None
     st.session_state["marked_trades"] = (trades_identity(c, params), trades, dd.now_ms())
 
 
-def signal_events(c: dd.Controls, key: tuple | None) -> list[tuple[str, list, list]]:
-    """(kind, times, hover texts) to mark on the z and price charts: the backtest's
-    entries and exits with the Backtest tab's settings (its defaults before it was
-    opened; ``marked_trades``) and the firings of alert rules on this pair or its legs."""
+def signal_events(c: dd.Controls, with_trades: bool) -> list[tuple[str, list, list]]:
+    """(kind, times, hover texts) to mark on the z and price charts: with ``with_trades``
+    the backtest's entries and exits with the Backtest tab's settings (its defaults before
+    it was opened; ``marked_trades``), and the firings of alert rules on this pair or its
+    legs."""
     events: list[tuple[str, list, list]] = []
     state = st.session_state
-    if key is not None:
+    if with_trades:
         params = (state.get("bt_entry", c.entry), state.get("bt_exit", c.exit),
                   state.get("bt_stop", 0.0), state.get("bt_fee", dd.BACKTEST_FEE_BPS),
                   state.get("bt_slip", dd.BACKTEST_SLIPPAGE_BPS),
                   state.get("bt_size", dd.BACKTEST_NOTIONAL))
-        trades = marked_trades(c, key, params)
+        trades = marked_trades(c, params)
         if trades is None:
             trades = pd.DataFrame(columns=["entry_ts", "exit_ts", "side"])
         for side in ("long", "short"):
@@ -736,8 +741,7 @@ def tab_prices(c: dd.Controls) -> None:
     view = tab_view(c)
     if view is None:
         return
-    events = signal_events(c, view_key(c, closed_only=True)
-                           if view.signals.enough_data else None)
+    events = signal_events(c, with_trades=view.signals.enough_data)
     signals_caption(c)
     for leg, symbol, bars in (("y", c.y, view.bars_y), ("x", c.x, view.bars_x)):
         style, log_y = chart_style_controls(leg, symbol)
@@ -766,8 +770,7 @@ def tab_spread(c: dd.Controls) -> None:
                                        uirevision=c.chart_key("spread"))
         z_fig = viz.zscore_figure(signals.frame["z"], c.entry, c.exit, tz=c.tz,
                                   uirevision=c.chart_key("zscore"))
-        mark_signals(z_fig, c, signal_events(c, view_key(c, closed_only=True)),
-                     signals.frame["z"])
+        mark_signals(z_fig, c, signal_events(c, with_trades=True), signals.frame["z"])
     else:
         message = warming(c, view, signals.needed, signals.nobs)
         st.info(f"spread and z-score: {message}")

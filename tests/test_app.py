@@ -749,6 +749,18 @@ def test_backtest_trades_and_alert_firings_are_marked_on_z_and_price(recorded_db
         assert any("long entry" in c.value and "alert" in c.value for c in at.caption), key
 
 
+def test_markers_run_their_own_backtest_before_the_backtest_tab_opens(recorded_db):
+    at = open_tab(run(new_app(lookback="15 min", entry_z=1.0, window=30)), "Spread & z-score")
+    marks = marker_traces(at, "zscore")
+    at = open_tab(at, "Backtest")  # same settings: the trades the markers showed
+    trades = next(f.value for f in at.dataframe if "entry_ts" in f.value.columns)
+    assert len(trades) >= 2
+    for side in ("long", "short"):
+        entries = trades.loc[trades["side"] == side, "entry_ts"].astype(float).tolist()
+        marked = marks.get(f"{side} entry")  # no trace for a side without trades
+        assert (decoded(marked["x"]).tolist() if marked else []) == entries, side
+
+
 def test_naive_upload_times_follow_the_chosen_zone(app_env, media):
     path = DATA / "upload_spot_bars_1s_1m_5m_IST_naive_first3000.csv"
     at = open_tab(run(new_app()), "Data")
