@@ -686,17 +686,6 @@ class _CsvTable:
 _CSV_CHUNK_ROWS = 50_000
 
 
-def _lines_with_ends(text: str):
-    """The lines of ``text`` with their "\\n", one at a time (csv.reader needs the ends to
-    keep newlines inside quoted cells; a list of all lines would cost ~100 bytes a line)."""
-    position, size = 0, len(text)
-    while position < size:
-        end = text.find("\n", position)
-        end = size if end < 0 else end + 1
-        yield text[position:end]
-        position = end
-
-
 def _read_csv_table(raw: bytes) -> _CsvTable:
     """Split CSV (UTF-8 bytes) into header and string cells, keeping each row's first line
     number. The cells are Arrow-backed text columns (about the file's size in memory).
@@ -714,12 +703,16 @@ def _read_csv_table(raw: bytes) -> _CsvTable:
         table = _read_unquoted_csv(raw, delimiter)
         if table is not None:
             return table
-    return _read_quoted_csv(raw.decode("utf-8"), delimiter)
+    return _read_quoted_csv(raw, delimiter)
 
 
-def _read_quoted_csv(text: str, delimiter: str) -> _CsvTable:
-    """The exact reader: Python's csv module, chunk by chunk (see ``_read_csv_table``)."""
-    reader = csv.reader(_lines_with_ends(text), delimiter=delimiter)
+def _read_quoted_csv(raw: bytes, delimiter: str) -> _CsvTable:
+    """The exact reader: Python's csv module, chunk by chunk (see ``_read_csv_table``).
+
+    It is fed one decoded line at a time, with its "\\n" (which keeps newlines inside
+    quoted cells), so the whole file never exists as a Python string."""
+    lines_with_ends = (raw[start:end + 1].decode("utf-8") for _, start, end in _iter_lines(raw))
+    reader = csv.reader(lines_with_ends, delimiter=delimiter)
     header: list[str] | None = None
     width = 0
     rows: list[list[str]] = []
