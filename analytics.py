@@ -3294,7 +3294,8 @@ def watch_pair(y, x, window: int) -> WatchValues:
     the trailing spread (needs ``HALF_LIFE_MIN_OBS`` values).
     """
     window = _check_int("window", window, 2)
-    signals = pair_signals(y, x, method="ols", window=window, z_window=window)
+    # pair_signals takes price levels (and logs them): back from the log prices given.
+    signals = pair_signals(np.exp(y), np.exp(x), method="ols", window=window, z_window=window)
     frame = signals.frame
     z = frame["z"].dropna()
     if z.empty:

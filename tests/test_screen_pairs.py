@@ -337,7 +337,9 @@ def test_watch_pair_reports_the_trailing_z_and_its_last_crossing():
     prices = simple_pair(n=600, seed=13)
     y, x = prices["ETHUSDT"], prices["BTCUSDT"]
     result = analytics.watch_pair(y, x, window=60)
-    frame = analytics.pair_signals(y, x, method="ols", window=60, z_window=60).frame
+    # watch_pair takes log prices (screen_grid's); pair_signals takes price levels.
+    frame = analytics.pair_signals(np.exp(y), np.exp(x), method="ols", window=60,
+                                   z_window=60).frame
     z = frame["z"].dropna()
     assert result.z == z.iloc[-1] and result.beta == frame["beta"].loc[z.index[-1]]
     assert result.last_ts == int(z.index[-1])
@@ -347,6 +349,11 @@ def test_watch_pair_reports_the_trailing_z_and_its_last_crossing():
     last = max(i for i in range(1, len(values)) if np.sign(values[i]) != np.sign(values[i - 1]))
     assert result.last_cross_ts == int(z.index[last])
     assert result.bars_since_cross == len(values) - 1 - last
+    # Mistake caught: logs taken twice (β of ln ln y on ln ln x is β · ln x / ln y, and a
+    # leg priced below 1 has a negative log price: the row raised instead of showing it).
+    cheap = analytics.watch_pair(y - 10.0, x, window=60)  # y priced at about 0.05 USD
+    assert cheap.z == pytest.approx(result.z, rel=1e-6)
+    assert cheap.beta == pytest.approx(result.beta, rel=1e-6)
     short = analytics.pair_signals(y[:40], x[:40], method="ols", window=60, z_window=60)
     assert short.frame["z"].isna().all()  # 40 bars: no z yet
     warming = analytics.watch_pair(y[:40], x[:40], window=60)
