@@ -1199,11 +1199,15 @@ def read_bars(conn: sqlite3.Connection, symbol: str, start_ms: int | None = None
     params = {"symbol": symbol.upper(), "start": start, "end": end, "size": size}
     if size >= 60_000 and _has_klines(conn, symbol, start, end):  # REST history: join
         return _read_bars_with_klines(conn, symbol, start, end, size)
+    return _bars_frame(conn.execute(_tick_bars_sql(conn, size), params).fetchall())
+
+
+def _tick_bars_sql(conn: sqlite3.Connection, size: int) -> str:
+    """The read of tick-derived bars of ``size`` ms: whole minutes from ``bars_1m`` (when
+    the file has it), anything else from ``bars_1s``; 1 s and 1 min as stored."""
     if size % 60_000 == 0 and _has_minute_bars(conn):
-        sql = _READ_1M if size == 60_000 else _READ_MINUTE_BUCKETS
-    else:
-        sql = _READ_1S if size == 1000 else _READ_BUCKETS
-    return _bars_frame(conn.execute(sql, params).fetchall())
+        return _READ_1M if size == 60_000 else _READ_MINUTE_BUCKETS
+    return _READ_1S if size == 1000 else _READ_BUCKETS
 
 
 def _has_minute_bars(conn: sqlite3.Connection) -> bool:
@@ -2176,8 +2180,7 @@ def _read_bars_with_klines(conn: sqlite3.Connection, symbol: str, start: int, en
     the last, max, min, sums).
     """
     params = {"symbol": symbol.upper(), "start": start, "end": end, "size": 60_000}
-    sql = _READ_1M if _has_minute_bars(conn) else _READ_BUCKETS
-    ticks = _bars_frame(conn.execute(sql, params).fetchall())
+    ticks = _bars_frame(conn.execute(_tick_bars_sql(conn, 60_000), params).fetchall())
     klines = read_klines(conn, symbol, start, end)
     kline_volume = klines["volume"].reindex(ticks.index)
     complete = ~(ticks["volume"] < kline_volume * (1 - KLINE_VOLUME_TOLERANCE))
