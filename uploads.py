@@ -544,16 +544,11 @@ def _valid_symbols(symbol: pd.Series) -> np.ndarray:
 
 
 def _to_float(column: pd.Series) -> np.ndarray:
-    """Writable float64 array of a column of text or numbers; unreadable cells are NaN."""
-    if pd.api.types.is_bool_dtype(column.dtype):
-        return np.full(len(column), np.nan)
-    if pd.api.types.is_numeric_dtype(column.dtype):
-        values = column
-    elif isinstance(column.array, pd.arrays.ArrowStringArray):
-        return _arrow_text_to_float(pa.array(column.array))
-    else:
-        values = pd.to_numeric(column.where(column != "", None), errors="coerce")
-    return np.array(values.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+    """Writable float64 array of a column of numbers (NDJSON numbers) or of Arrow text
+    (every reader's cells are "str" columns); unreadable cells are NaN."""
+    if pd.api.types.is_float_dtype(column.dtype):
+        return np.array(column.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+    return _arrow_text_to_float(pa.array(column.array))
 
 
 # What pyarrow's (and pandas') text -> float conversion accepts: decimals, exponents,
