@@ -1485,8 +1485,8 @@ def screen_inputs(source: dd.DataSource, symbols: tuple, tf_label: str,
 
 
 def trailing_z_points(grid: pd.DataFrame, y: str, x: str, window: int) -> list[float]:
-    signals = analytics.pair_signals(grid[y], grid[x], method="ols", window=window,
-                                     z_window=window)
+    signals = analytics.pair_signals(math.e ** grid[y], math.e ** grid[x], method="ols",
+                                     window=window, z_window=window)  # grid: log prices
     return viz.sparkline_points(signals.frame["z"])
 
 
