@@ -180,3 +180,18 @@ def test_ticks_are_not_offered_as_excel(live_page):
     # options are shown by label; a day of ticks is millions of rows: no Excel
     assert at.radio(key="download_ticks_format").options == ["CSV", "JSON", "Parquet"]
     assert at.radio(key="download_bars_format").options == ["CSV", "JSON", "Parquet", "Excel"]
+
+
+def test_a_table_above_the_format_cap_gets_a_message_instead_of_a_button(live_page,
+                                                                         monkeypatch):
+    # The page never builds a file above exports.MAX_ROWS: the button gives way to the
+    # cap message (a cap of 1 row stands in for 2 M rows of CSV).
+    monkeypatch.setitem(exports.MAX_ROWS, "csv", 1)
+    at = page(tab="Data", timeframe="1m", lookback="15 min")
+    buttons = [b.proto.id for b in at.get("download_button")]
+    assert not any(i.endswith("download_bars") for i in buttons), buttons
+    warnings = [w.value for w in at.warning if w.value.startswith("Bars: ")]
+    assert len(warnings) == 1 and "rows is more than the CSV cap of 1 rows" in warnings[0]
+    at.radio(key="download_bars_format").set_value("parquet")
+    at = run(at)
+    assert any(b.proto.id.endswith("download_bars") for b in at.get("download_button"))
