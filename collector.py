@@ -1264,7 +1264,6 @@ class Collector:
                 "trades_per_s": round(activity.trades_per_second(at), 2),
                 "received": activity.received,
             }
-        latencies = sorted(self.commit_latencies_ms)[-1000:] if self.commit_latencies_ms else []
         links = self._links + self._retired_links
 
         def total(name: str) -> int:  # receive-side counters of every connection
@@ -1319,7 +1318,8 @@ class Collector:
             "batches": self.batches,
             "write_errors": self.write_errors,
             "last_commit_ms": self.last_commit_ms or None,
-            "commit_latency_ms_max_recent": latencies[-1] if latencies else None,
+            # max, not a sort: health() runs on every page refresh, the deque holds 100,000
+            "commit_latency_ms_max_recent": max(self.commit_latencies_ms, default=None),
             "connected_since_ms": self.connected_since_ms or None,
             "started_ms": self.started_ms,
         }
