@@ -29,10 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-import analytics
 import dashboard_data as dd
 import database
-from alerts import BAR_SETTLE_MS
+from alerts import last_complete_bar
 
 FORMATS = ("csv", "json", "parquet", "xlsx")
 FORMAT_LABELS = {"csv": "CSV", "json": "JSON", "parquet": "Parquet", "xlsx": "Excel"}
@@ -180,21 +179,16 @@ def _excel_bytes(table: pd.DataFrame, tz: str, ts_column: str | None) -> bytes:
 # --------------------------------------------------------------------------------------
 
 
-def forming_since(timeframe: str, now_ms: int) -> int:
-    """Bars opening at or after this time (epoch ms) may still grow at ``now_ms``.
-
-    A bar is closed once its interval ended ``alerts.BAR_SETTLE_MS`` (0.5 s) ago: the
-    collector writes every 0.25 s, so its last trades are in (the alert evaluator's rule).
-    A replay's recorded times lie in the past: all its bars count as closed.
-    """
-    return int(now_ms) - BAR_SETTLE_MS - analytics.TIMEFRAME_MS[timeframe] + 1
-
-
 def closed_only(frame: pd.DataFrame, timeframe: str, now_ms: int, include_forming: bool
                 ) -> pd.DataFrame:
     """A ``ts``-indexed table of bars without the forming bar, or with a ``forming``
-    column (True on a bar that may still grow) when ``include_forming``."""
-    is_forming = frame.index >= forming_since(timeframe, now_ms)
+    column (True on a bar that may still grow) when ``include_forming``.
+
+    A bar is closed once its interval ended ``alerts.BAR_SETTLE_MS`` (0.5 s) ago: the
+    collector writes every 0.25 s, so its last trades are in (the alert evaluator's rule,
+    ``alerts.last_complete_bar``). A replay's recorded times lie in the past: all its bars
+    count as closed."""
+    is_forming = frame.index > last_complete_bar(now_ms, timeframe)
     if include_forming:
         return frame.assign(forming=is_forming)
     return frame[~is_forming]
