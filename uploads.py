@@ -81,6 +81,8 @@ import pyarrow as pa
 import pyarrow.compute as pa_compute
 import pyarrow.csv as pa_csv
 
+from config import SYMBOL_PATTERN
+
 __all__ = [
     "OhlcUpload",
     "TickUpload",
@@ -141,9 +143,8 @@ _TIMEFRAME_UNIT_MS = {
 # A vwap may miss low/high by the float noise of its own division (88080.19999999998).
 _VWAP_RELATIVE_TOLERANCE = 1e-9
 _RAW_LINE_LIMIT = 300
-# Symbols follow the live collector's rule (config.SYMBOL_PATTERN, checked equal by a
-# test): a symbol from a file ends up in URLs, SQL parameters and exported CSV cells.
-SYMBOL_PATTERN = re.compile(r"^[a-z0-9]{2,20}$")
+# Symbols follow the live collector's rule (config.SYMBOL_PATTERN, imported above): a
+# symbol from a file ends up in URLs, SQL parameters and exported CSV cells.
 _SYMBOL_RULE = "' is not valid: use 2-20 letters or digits, e.g. BTCUSDT"
 # Uploads larger than this are refused before reading (Streamlit's own default upload cap
 # is 200 MB too); config.Settings.upload_max_mb overrides it for the page.

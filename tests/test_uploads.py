@@ -1133,7 +1133,7 @@ def test_upload_symbols_follow_the_live_symbol_rule():
     import config
     import uploads
 
-    assert uploads.SYMBOL_PATTERN.pattern == config.SYMBOL_PATTERN.pattern
+    assert uploads.SYMBOL_PATTERN is config.SYMBOL_PATTERN  # one rule, not a copy
     rows = [FORMULA, "btc-usdt", "b", "x" * 21, "BTC USDT", "ethusdt", "SOL1"]
     text = HEADER + "".join(
         f"2025-12-15 23:0{i}:00,{symbol},100,102,99,101,5\n" for i, symbol in enumerate(rows)
