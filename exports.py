@@ -16,7 +16,8 @@ What every export guarantees
       still grow (its interval has not ended 0.5 s ago), unless asked; then the bar is kept
       and flagged ``forming = True``.
     * CSV and Excel text cells that a spreadsheet would run as a formula are neutralised
-      by the page's CSV writer (``dashboard_data.to_csv_bytes``), reused here.
+      by ``dashboard_data.spreadsheet_safe``: CSV is written by the page's CSV writer
+      (``dashboard_data.to_csv_bytes``, which applies it), Excel applies it here.
 """
 
 from __future__ import annotations
