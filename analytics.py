@@ -1198,6 +1198,19 @@ def kalman_update(state: KalmanState, y_t: float, x_t: float) -> tuple[KalmanSta
     return new_state, output
 
 
+def _kalman_frame(index, beta_prior, alpha_prior, errors, variances, beta_post, alpha_post,
+                  warmup, beta_std) -> pd.DataFrame:
+    """``KalmanResult.frame`` (columns ``KALMAN_COLUMNS``) from the per-bar outputs."""
+    errors = np.asarray(errors, dtype=float)
+    spread_std = np.sqrt(np.asarray(variances, dtype=float))
+    return pd.DataFrame({
+        "beta_prior": beta_prior, "alpha_prior": alpha_prior, "spread": errors,
+        "spread_std": spread_std, "zscore": errors / spread_std, "beta_post": beta_post,
+        "alpha_post": alpha_post, "warmup": np.asarray(warmup, dtype=bool),
+        "beta_std": beta_std,
+    }, index=index)
+
+
 def _adaptive_hedge(y_series: pd.Series, x_series: pd.Series,
                     state: KalmanState) -> KalmanResult:
     """``kalman_hedge`` of the adaptive filter.
@@ -1236,22 +1249,8 @@ def _adaptive_hedge(y_series: pd.Series, x_series: pd.Series,
         errors[i], variances[i] = error, q
         beta_post[i] = beta
         alpha_post[i] = y_origin + alpha - beta * x_origin
-    errors_array = np.array(errors)
-    spread_std = np.sqrt(np.array(variances))
-    frame = pd.DataFrame(
-        {
-            "beta_prior": beta_prior,
-            "alpha_prior": alpha_prior,
-            "spread": errors_array,
-            "spread_std": spread_std,
-            "zscore": errors_array / spread_std,
-            "beta_post": beta_post,
-            "alpha_post": alpha_post,
-            "warmup": np.array(warmup, dtype=bool),
-            "beta_std": beta_std,
-        },
-        index=y_series.index,
-    )
+    frame = _kalman_frame(y_series.index, beta_prior, alpha_prior, errors, variances,
+                          beta_post, alpha_post, warmup, beta_std)
     values = (beta, alpha, p_bb, p_ba, p_aa, obs_var, obs_dof, x_origin, y_origin, n_updates,
               pending)
     return KalmanResult(frame=frame, state=_adaptive_state(values, state))
@@ -1381,21 +1380,8 @@ def kalman_hedge(y, x, delta: float | None = None, obs_var: float | None = None,
         alpha_post[i] = alpha
         if error == error:
             n_updates += 1
-    spread_std = np.sqrt(variances)
-    frame = pd.DataFrame(
-        {
-            "beta_prior": beta_prior,
-            "alpha_prior": alpha_prior,
-            "spread": errors,
-            "spread_std": spread_std,
-            "zscore": errors / spread_std,
-            "beta_post": beta_post,
-            "alpha_post": alpha_post,
-            "warmup": warmup,
-            "beta_std": beta_std,
-        },
-        index=y_series.index,
-    )
+    frame = _kalman_frame(y_series.index, beta_prior, alpha_prior, errors, variances,
+                          beta_post, alpha_post, warmup, beta_std)
     final = KalmanState(beta, alpha, p_bb, p_ba, p_aa, state.delta, state.obs_var,
                         state.warmup_bars, n_updates, state.log_prices)
     return KalmanResult(frame=frame, state=final)
