@@ -285,8 +285,10 @@ _INSERT_TICK_CHUNK = _INSERT_TICK.replace(
     "VALUES (?, ?, ?, ?, ?, ?, ?)",
     "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * TICK_CHUNK_ROWS), 1)
 
-# Minute bars from 1 s bars (migration, prune): like _READ_BUCKETS, per symbol and minute,
-# with the (ts, trade_id) of the trades that gave open and close.
+# Minute bars from 1 s bars (prune: one symbol's cut minute; migration: every symbol): like
+# _READ_BUCKETS, per symbol and minute, with the (ts, trade_id) of the trades that gave open
+# and close. ``symbol = :symbol`` keeps the ts range on the primary key: a range on symbol
+# (BETWEEN) would make the one-minute rebuild of every prune step scan the symbol's history.
 _REBUILD_MINUTES = """
     INSERT INTO bars_1m (symbol, ts, open, high, low, close, volume, buy_volume, trades,
                          notional, first_ts, first_id, last_ts, last_id)
@@ -296,7 +298,7 @@ _REBUILD_MINUTES = """
                sum(buy_volume) AS buy_volume, sum(trades) AS trades,
                sum(notional) AS notional
         FROM bars_1s
-        WHERE symbol BETWEEN :symbol_from AND :symbol_to AND ts >= :start AND ts < :end
+        WHERE symbol = :symbol AND ts >= :start AND ts < :end
         GROUP BY symbol, bucket
     )
     SELECT b.symbol, b.bucket, o.open, b.high, b.low, c.close, b.volume, b.buy_volume,
@@ -304,6 +306,7 @@ _REBUILD_MINUTES = """
     FROM buckets AS b
     JOIN bars_1s AS o ON o.symbol = b.symbol AND o.ts = b.first_bar
     JOIN bars_1s AS c ON c.symbol = b.symbol AND c.ts = b.last_bar"""
+_REBUILD_ALL_MINUTES = _REBUILD_MINUTES.replace("symbol = :symbol AND ", "", 1)
 
 _UPSERT_CURSOR = """INSERT INTO trade_id_cursor (symbol, last_id, last_ts) VALUES (?, ?, ?)
     ON CONFLICT (symbol) DO UPDATE SET last_id = excluded.last_id, last_ts = excluded.last_ts"""
@@ -924,12 +927,11 @@ def _rebuild_minutes(conn: sqlite3.Connection, symbol: str | None = None,
     """Replace the minute bars of ``symbol`` (None: all) with open in ``[start, end)`` by
     the aggregate of their 1 s bars; returns the minute bars written. ``start``/``end``
     must be minute opens (or the extremes)."""
-    symbols = ("", "\U0010ffff") if symbol is None else (symbol, symbol)
-    conn.execute("DELETE FROM bars_1m WHERE symbol BETWEEN ? AND ? AND ts >= ? AND ts < ?",
-                 (*symbols, start, end))
+    params = {"symbol": symbol, "start": start, "end": end}
+    which = "" if symbol is None else "symbol = :symbol AND "
+    conn.execute(f"DELETE FROM bars_1m WHERE {which}ts >= :start AND ts < :end", params)
     before = conn.total_changes
-    conn.execute(_REBUILD_MINUTES, {"symbol_from": symbols[0], "symbol_to": symbols[1],
-                                    "start": start, "end": end})
+    conn.execute(_REBUILD_ALL_MINUTES if symbol is None else _REBUILD_MINUTES, params)
     return conn.total_changes - before
 
 

@@ -847,3 +847,36 @@ def test_prune_keeps_minute_bars_equal_to_the_one_second_bars_left(conn):
     seconds = stored_bars_1s(conn).query("ts < @BASE_MS + 120_000")
     assert seconds["ts"].min() == BASE_MS + 90_000
     assert cut["trades"].sum() == seconds["trades"].sum()
+
+
+def test_rebuilding_the_minute_a_prune_cuts_reads_that_minute_not_the_whole_history(conn):
+    # prune() rebuilds the minute its cutoff falls in from that minute's 1 s bars, every
+    # PRUNE_EVERY_S in the collector's writer, holding the write lock. Its work must not grow
+    # with the symbol's history (a week of 1 s bars is 604,800 rows per symbol).
+    def add_seconds(first: int, last: int) -> None:
+        conn.executemany(
+            "INSERT INTO bars_1s (symbol, ts, open, high, low, close, volume, buy_volume, "
+            "trades, notional, first_ts, first_id, last_ts, last_id) "
+            "VALUES ('BTCUSDT', ?, 1, 1, 1, 1, 1, 0, 1, 1, ?, ?, ?, ?)",
+            [(BASE_MS + s * 1000, BASE_MS + s * 1000, s, BASE_MS + s * 1000, s)
+             for s in range(first, last)])
+
+    def steps_to_rebuild_the_first_minute() -> int:
+        steps = [0]
+
+        def count() -> int:
+            steps[0] += 1
+            return 0  # 0 = go on
+
+        conn.set_progress_handler(count, 100)
+        try:
+            assert database._rebuild_minutes(conn, "BTCUSDT", BASE_MS, BASE_MS + 60_000) == 1
+        finally:
+            conn.set_progress_handler(None, 100)
+        return steps[0]
+
+    add_seconds(0, 120)
+    short_history = steps_to_rebuild_the_first_minute()
+    add_seconds(120, 30_000)
+    long_history = steps_to_rebuild_the_first_minute()
+    assert long_history < 2 * short_history + 5, (short_history, long_history)
