@@ -116,6 +116,13 @@ def bar_store() -> dd.BarStore:
 
 
 @st.cache_resource(show_spinner=False)
+def watchlist_bar_store() -> dd.BarStore:
+    """The watchlist's bars (two windows per pinned pair), topped up at each refresh;
+    apart from ``bar_store`` so that many pins do not push the charts' windows out."""
+    return dd.BarStore(max_windows=64)
+
+
+@st.cache_resource(show_spinner=False)
 def subscribed_since() -> dict[str, int]:
     """When the page subscribed each symbol (process-wide, like the collector)."""
     return {}
@@ -1468,7 +1475,6 @@ WATCH_COLUMN_CONFIG = {
     "screened_beta": st.column_config.NumberColumn("β when pinned", format="%.3f"),
     "status": st.column_config.TextColumn("status"),
 }
-TIMEFRAME_LABEL_OF = {dd.timeframe_of(label): label for label in dd.TIMEFRAME_LABELS}
 
 
 def screen_inputs(source: dd.DataSource, symbols: tuple, tf_label: str,
@@ -1482,12 +1488,6 @@ def screen_inputs(source: dd.DataSource, symbols: tuple, tf_label: str,
         return pd.DataFrame(), pd.Series(dtype=float)
     liquidity = analytics.liquidity_metrics(bars, timeframe)["trades_per_minute"]
     return analytics.screen_grid(dd.closes_table(bars), timeframe), liquidity
-
-
-def trailing_z_points(grid: pd.DataFrame, y: str, x: str, window: int) -> list[float]:
-    signals = analytics.pair_signals(math.e ** grid[y], math.e ** grid[x], method="ols",
-                                     window=window, z_window=window)  # grid: log prices
-    return viz.sparkline_points(signals.frame["z"])
 
 
 def run_pair_screen(c: dd.Controls, symbols: tuple, options: dict) -> None:
@@ -1516,8 +1516,9 @@ def run_pair_screen(c: dd.Controls, symbols: tuple, options: dict) -> None:
         return
     progress.progress(1.0, text="z sparklines of the best pairs…")
     window = dd.default_window(options["tf_label"])
-    result["z_spark"] = [trailing_z_points(grid, y, x, window) if i < SCREEN_SPARKLINE_ROWS
-                         else [] for i, (y, x) in enumerate(zip(result["y"], result["x"]))]
+    result["z_spark"] = [viz.sparkline_points(dd.trailing_z(grid, y, x, window))
+                         if i < SCREEN_SPARKLINE_ROWS else []
+                         for i, (y, x) in enumerate(zip(result["y"], result["x"]))]
     progress.empty()
     st.session_state["pair_screen"] = {
         "result": result, "options": options, "bars": len(grid),
@@ -1548,7 +1549,7 @@ def unpin_pair(y: str, x: str) -> None:
 
 def create_pair_alert(y: str, x: str, timeframe: str, threshold: float) -> None:
     """Button callback: an enabled |z| > threshold rule for the pair (OLS, log prices)."""
-    window = dd.default_window(TIMEFRAME_LABEL_OF.get(timeframe, timeframe))
+    window = dd.default_window(timeframe)
     fields = dict(name=f"|z| > {threshold:g} {y}/{x} (Pairs tab)", metric="zscore",
                   y_symbol=y, x_symbol=x, timeframe=timeframe, window=window,
                   z_window=window, method="ols", log_prices=True, comparison="abs>",
@@ -1573,7 +1574,7 @@ def pair_actions(y: str, x: str, timeframe: str, c: dd.Controls, key: str, *,
                  screened: dict | None = None, pinned: bool = False) -> None:
     """Open / pin or unpin / alert buttons for one pair."""
     cols = st.columns(3)
-    label = TIMEFRAME_LABEL_OF.get(timeframe, timeframe)
+    label = dd.TIMEFRAME_LABEL_OF.get(timeframe, timeframe)
     cols[0].button(f"Open {y} / {x} in the other tabs", key=f"{key}_open", on_click=open_pair,
                    args=(y, x, label))
     if pinned:
@@ -1627,38 +1628,6 @@ def screen_results(c: dd.Controls) -> None:
                  screened={k: float(row[k]) for k in ("beta", "half_life", "eg_qvalue")})
 
 
-def watch_row(pinned, entry: float) -> dict:
-    """Live values of one pinned pair (its own timeframe, OLS over the default window)."""
-    timeframe = pinned["timeframe"]
-    label = TIMEFRAME_LABEL_OF.get(timeframe, timeframe)
-    window = dd.default_window(label)
-    bar_ms = analytics.TIMEFRAME_MS[timeframe]
-    lookback = max(3_600_000, 4 * window * bar_ms)
-    source = dd.DataSource("live", feed.db_path)
-    legs = (pinned["y_symbol"], pinned["x_symbol"])
-    anchor = max((t for t in dd.latest_bar_times(source, legs) if t is not None), default=None)
-    bars = {s: dd.load_bars(source, s, timeframe, lookback, anchor) for s in legs}
-    row = {"pair": f"{legs[0]} / {legs[1]}", "timeframe": label, "z": math.nan,
-           "beta": math.nan, "half_life": math.nan, "since_cross": "—", "liquidity": math.nan,
-           "z_spark": [], "screened_beta": pinned["beta"], "status": ""}
-    if any(len(b) == 0 for b in bars.values()):
-        row["status"] = "no bars yet"
-        return row
-    grid = analytics.screen_grid(dd.closes_table(bars), timeframe)
-    values = analytics.watch_pair(grid[legs[0]], grid[legs[1]], window)
-    liquidity = analytics.liquidity_metrics(bars, timeframe)["trades_per_minute"]
-    row.update(z=values.z, beta=values.beta, half_life=values.half_life,
-               liquidity=float(liquidity.min()),
-               z_spark=trailing_z_points(grid, legs[0], legs[1], window))
-    if values.last_cross_ts is not None:
-        row["since_cross"] = dd.format_duration(values.bars_since_cross * bar_ms / 1000.0)
-    if not math.isfinite(values.z):
-        row["status"] = f"warming up: needs {values.needed} bars, has {values.nobs}"
-    elif abs(values.z) >= entry:
-        row["status"] = f"|z| beyond entry {entry:g}"
-    return row
-
-
 def watchlist_live(c: dd.Controls) -> None:
     pinned = pd.DataFrame(columns=database.WATCHLIST_COLUMNS)
     if dd.database_ready(feed.db_path):
@@ -1670,7 +1639,10 @@ def watchlist_live(c: dd.Controls) -> None:
         st.caption("pin pairs from the screen above; the list is stored in the database, "
                    "shared by every page and kept across restarts")
         return
-    table = pd.DataFrame([watch_row(p, c.entry) for _, p in pinned.iterrows()])
+    rows = [dd.watch_row(feed.db_path, p, c.entry, watchlist_bar_store())
+            for _, p in pinned.iterrows()]
+    table = pd.DataFrame([{**row, "z_path": viz.sparkline_points(row["z_path"])}
+                          for row in rows]).rename(columns={"z_path": "z_spark"})
     styled = table.style.apply(lambda column: viz.highlight_beyond(column, c.entry),
                                subset=["z"])
     st.dataframe(styled, column_config=WATCH_COLUMN_CONFIG, hide_index=True, width="stretch",

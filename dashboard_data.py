@@ -785,6 +785,62 @@ def closes_table(bars_by_symbol: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------
+# The Pairs tab: screened and pinned pairs
+# --------------------------------------------------------------------------------------
+
+TIMEFRAME_LABEL_OF = {timeframe_of(label): label for label in TIMEFRAME_LABELS}
+
+
+def trailing_z(grid: pd.DataFrame, y: str, x: str, window: int) -> pd.Series:
+    """The trailing z of ``y`` on ``x`` (log-price columns of ``analytics.screen_grid``):
+    OLS, hedge and z windows of ``window`` bars, as ``analytics.watch_pair`` computes it."""
+    # pair_signals takes price levels (and logs them): back from the grid's log prices
+    return analytics.pair_signals(np.exp(grid[y]), np.exp(grid[x]), method="ols",
+                                  window=window, z_window=window).frame["z"]
+
+
+def watch_row(db_path: str, pinned: Mapping, entry: float,
+              store: BarStore | None = None) -> dict:
+    """Live values of one pinned pair (a row of ``database.list_watchlist``) for the
+    watchlist: its own timeframe, OLS over the default window (``analytics.watch_pair``),
+    on the last hour of bars or four windows if longer.
+
+    Keys: pair, timeframe (label), z, beta, half_life, since_cross (text), liquidity
+    (trades per minute of the less liquid leg), z_path (the trailing z, for a sparkline),
+    screened_beta (β when pinned), status ("no bars yet", "warming up: ...", "|z| beyond
+    entry ..." or "").
+    """
+    timeframe = pinned["timeframe"]
+    window = default_window(timeframe)
+    bar_ms = analytics.TIMEFRAME_MS[timeframe]
+    lookback = max(3_600_000, 4 * window * bar_ms)
+    source = DataSource("live", db_path)
+    legs = (pinned["y_symbol"], pinned["x_symbol"])
+    anchor = max((t for t in latest_bar_times(source, legs) if t is not None), default=None)
+    bars = {s: load_bars(source, s, timeframe, lookback, anchor, store) for s in legs}
+    row = {"pair": f"{legs[0]} / {legs[1]}",
+           "timeframe": TIMEFRAME_LABEL_OF.get(timeframe, timeframe), "z": math.nan,
+           "beta": math.nan, "half_life": math.nan, "since_cross": "—", "liquidity": math.nan,
+           "z_path": pd.Series(dtype=float), "screened_beta": pinned["beta"], "status": ""}
+    if any(len(b) == 0 for b in bars.values()):
+        row["status"] = "no bars yet"
+        return row
+    grid = analytics.screen_grid(closes_table(bars), timeframe)
+    values = analytics.watch_pair(grid[legs[0]], grid[legs[1]], window)
+    liquidity = analytics.liquidity_metrics(bars, timeframe)["trades_per_minute"]
+    row.update(z=values.z, beta=values.beta, half_life=values.half_life,
+               liquidity=float(liquidity.min()),
+               z_path=trailing_z(grid, legs[0], legs[1], window))
+    if values.last_cross_ts is not None:
+        row["since_cross"] = format_duration(values.bars_since_cross * bar_ms / 1000.0)
+    if not math.isfinite(values.z):
+        row["status"] = f"warming up: needs {values.needed} bars, has {values.nobs}"
+    elif abs(values.z) >= entry:
+        row["status"] = f"|z| beyond entry {entry:g}"
+    return row
+
+
+# --------------------------------------------------------------------------------------
 # Words on screen
 # --------------------------------------------------------------------------------------
 

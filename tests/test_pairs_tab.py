@@ -9,6 +9,7 @@ relied on (lazy tabs opened through ``session_state["tab"]``, fragments run once
 
 from __future__ import annotations
 
+import math
 import socket
 from pathlib import Path
 
@@ -18,7 +19,9 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import alerts
+import analytics
 import collector
+import dashboard_data as dd
 import database
 import market
 import uploads
@@ -168,6 +171,37 @@ def test_watchlist_is_shared_live_and_unpins(page_db):
     assert not at.exception, at.exception
     assert watchlist(page_db).empty
     assert "unpinned G1AUSDT / G1BUSDT" in texts(at)
+
+
+def test_watch_row_is_the_trailing_ols_signal_of_the_price_levels(page_db):
+    """A pinned pair's row: the latest of ``pair_signals`` on the legs' closes (levels; it
+    takes the logs) over the last hour of its own bars, the same z as its sparkline path."""
+    pinned = {"y_symbol": "G1AUSDT", "x_symbol": "G1BUSDT", "timeframe": "10s", "beta": 1.25}
+    store = dd.BarStore()
+    row = dd.watch_row(page_db, pinned, entry=0.5, store=store)
+    for again in (dd.watch_row(page_db, pinned, entry=0.5, store=store),  # held windows
+                  dd.watch_row(page_db, pinned, entry=0.5)):  # read whole
+        pd.testing.assert_series_equal(again.pop("z_path"), row["z_path"])
+        assert pd.Series(again).equals(pd.Series(row).drop("z_path"))
+    conn = database.connect(page_db, readonly=True)
+    try:
+        end = database.latest_bar_ts(conn, "G1AUSDT")
+        closes = {s: database.read_bars(conn, s, end - 3_600_000, None, "10s")["close"]
+                  for s in ("G1AUSDT", "G1BUSDT")}
+    finally:
+        conn.close()
+    grid = pd.DataFrame(closes)
+    grid = grid.reindex(range(int(grid.index[0]), int(grid.index[-1]) + 1, 10_000))
+    reference = analytics.pair_signals(grid["G1AUSDT"], grid["G1BUSDT"], method="ols",
+                                       window=90, z_window=90).frame
+    pd.testing.assert_series_equal(row["z_path"], reference["z"], check_names=False)
+    latest = reference.dropna(subset=["z"]).iloc[-1]
+    assert row["z"] == pytest.approx(latest["z"]) and row["beta"] == pytest.approx(
+        latest["beta"])
+    assert row["timeframe"] == "10s" and row["screened_beta"] == 1.25
+    assert row["status"] == ("|z| beyond entry 0.5" if abs(row["z"]) >= 0.5 else "")
+    empty = dd.watch_row(page_db, dict(pinned, x_symbol="NOPEUSDT"), entry=0.5)
+    assert empty["status"] == "no bars yet" and math.isnan(empty["z"])
 
 
 # --------------------------------------------------------------------------------------
