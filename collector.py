@@ -404,7 +404,6 @@ class Collector:
         self.stored = 0
         self.duplicates = 0
         self.recovered = 0  # trades of an earlier run's journal stored by this run
-        self.recovered_duplicates = 0
         self.gaps_open = 0  # gap rows in the table (refreshed after writes that change them)
         self.gaps_opened = 0  # gaps this run detected
         self.gaps_filled = 0  # gaps late trades (or journal replays) closed completely
@@ -1132,7 +1131,6 @@ class Collector:
             journal.consumed(end, len(trades), inherited)
             if inherited:
                 self.recovered += result.inserted
-                self.recovered_duplicates += result.duplicates
                 self._count_gaps(result, store.conn)
             else:
                 self._count_write(result, trades, store.conn)
