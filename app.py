@@ -49,9 +49,6 @@ REFRESH_CHOICES = (1, 2, 5, 10, 30)
 ZONES = ("UTC", "Europe/London", "Europe/Berlin", "America/New_York", "America/Chicago",
          "Asia/Kolkata", "Asia/Singapore", "Asia/Hong_Kong", "Asia/Tokyo", "Australia/Sydney")
 
-# Row labels such as "max_drawdown_duration_seconds" must not be cut off
-LABEL_COLUMN = {"_index": st.column_config.Column(width=240)}
-
 
 def number_format(values: pd.Series) -> str:
     """A display format for a column of floats: thousands separators for prices, four
@@ -84,6 +81,7 @@ def show_table(frame: pd.DataFrame, tz: str | None = None, **kwargs) -> None:
             config[name] = st.column_config.Column(label)
     if not kwargs.get("hide_index") and pd.api.types.is_string_dtype(shown.index):
         shown = shown.rename(index=dd.column_label)
+        # row labels such as "max drawdown duration seconds" must not be cut off
         config["_index"] = st.column_config.Column(width=240)
     config.update(kwargs.pop("column_config", {}) or {})
     st.dataframe(shown, column_config=config, **kwargs)
