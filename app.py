@@ -262,6 +262,14 @@ def remove_symbol() -> None:
     st.session_state["symbol_message"] = ("success", f"unsubscribed {symbol.upper()}")
 
 
+def show_message(key: str) -> None:
+    """Show once the ``(level, text)`` a button callback left under ``key`` (a callback
+    runs before the script, so it cannot draw the message itself)."""
+    message = st.session_state.pop(key, None)
+    if message:
+        {"success": st.success, "info": st.info, "error": st.error}[message[0]](message[1])
+
+
 def swap_legs() -> None:
     state = st.session_state
     state["y_symbol"], state["x_symbol"] = state["x_symbol"], state["y_symbol"]
@@ -345,9 +353,7 @@ def sidebar_controls() -> dd.Controls | None:
                       on_click=services.pause_collection,
                       help="stop recording trades; the page, alerts, paper positions and "
                            "the API keep working on the stored data")
-        message = st.session_state.pop("symbol_message", None)
-        if message:
-            (st.error if message[0] == "error" else st.success)(message[1])
+        show_message("symbol_message")
 
     upload_names = sorted(set(dd.list_uploads(settings.upload_db_path)["source"]))
     restore_view_from_url(upload_names)
@@ -1226,9 +1232,7 @@ def upload_section() -> None:
             bars = dd.tick_upload_bars(parsed.trades, parsed.side_known)
             st.button(f"Store {len(bars)} 1 s bars as '{tick_file.name}'", key="store_ticks",
                       on_click=store_upload, args=(tick_file.name, bars))
-    message = st.session_state.pop("upload_message", None)
-    if message:
-        (st.error if message[0] == "error" else st.success)(message[1])
+    show_message("upload_message")
     stored = dd.list_uploads(settings.upload_db_path)
     if len(stored):
         st.markdown("**Stored uploads**")
@@ -1345,9 +1349,7 @@ def paper_live(c: dd.Controls) -> None:
     """Open positions with live P&L, the close button and the history (a timed fragment:
     it refreshes with the charts, so a fill or an automatic close shows by itself)."""
     paper_open_positions(c)
-    message = st.session_state.pop("paper_close_message", None)
-    if message:
-        (st.error if message[0] == "error" else st.success)(message[1])
+    show_message("paper_close_message")
     history = paper.positions_table(feed.db_path, status="closed", with_z=False)
     st.markdown(f"**History** ({len(history)} closed or cancelled)")
     if len(history):
@@ -1420,9 +1422,7 @@ def tab_paper(c: dd.Controls) -> None:
                                    on_click=open_paper_position, args=(c, "long"))
         cols[1].form_submit_button("Open short spread (sell y, buy β·x)",
                                    on_click=open_paper_position, args=(c, "short"))
-    message = state.pop("paper_message", None)
-    if message:
-        (st.error if message[0] == "error" else st.success)(message[1])
+    show_message("paper_message")
     st.fragment(run_every=c.chart_every)(paper_live)(c)
     # Downloads stay outside the timed fragment; the file is read when clicked.
     rows = len(paper.positions_table(feed.db_path, status="closed", with_z=False))
@@ -1696,9 +1696,7 @@ def tab_pairs(c: dd.Controls) -> None:
                                          candidates=candidates, passed_only=passed_only,
                                          q=float(q), max_hurst=float(max_hurst),
                                          min_crossings=min_crossings, min_bars=min_bars))
-    message = st.session_state.pop("pairs_message", None)
-    if message:
-        {"success": st.success, "info": st.info, "error": st.error}[message[0]](message[1])
+    show_message("pairs_message")
     screen_results(c)
     st.divider()
     st.fragment(run_every=c.chart_every)(watchlist_live)(c)
