@@ -959,8 +959,8 @@ def tab_backtest(c: dd.Controls) -> None:
                                    key="bt_fee")
         slip = cols[4].number_input("slippage (bps)", 0.0, 100.0, dd.BACKTEST_SLIPPAGE_BPS,
                                     0.5, key="bt_slip")
-        size = cols[5].number_input("size (y notional)", 10.0, 1e9, 10_000.0, 1000.0,
-                                    key="bt_size")
+        size = cols[5].number_input("size (y notional)", 10.0, 1e9, dd.BACKTEST_NOTIONAL,
+                                    1000.0, key="bt_size")
         st.form_submit_button("Run backtest on the latest data")
     view = dd.view_from_parts(cached_pair_view(*key))
     if not view.signals.enough_data:
@@ -1403,10 +1403,13 @@ def tab_paper(c: dd.Controls) -> None:
     with st.form("paper_form"):
         cols = st.columns(3)
         cols[0].number_input("size (y notional)", 10.0, 1e9,
-                             float(state.get("bt_size", 10_000.0)), 1000.0, key="paper_size")
-        cols[1].number_input("fee (bps per fill)", 0.0, 100.0, float(state.get("bt_fee", 5.0)),
+                             float(state.get("bt_size", dd.BACKTEST_NOTIONAL)), 1000.0,
+                             key="paper_size")
+        cols[1].number_input("fee (bps per fill)", 0.0, 100.0,
+                             float(state.get("bt_fee", dd.BACKTEST_FEE_BPS)),
                              0.5, key="paper_fee")
-        cols[2].number_input("slippage (bps)", 0.0, 100.0, float(state.get("bt_slip", 1.0)),
+        cols[2].number_input("slippage (bps)", 0.0, 100.0,
+                             float(state.get("bt_slip", dd.BACKTEST_SLIPPAGE_BPS)),
                              0.5, key="paper_slip")
         cols = st.columns(3)
         cols[0].number_input("auto close at |z| ≤ (empty: never)", 0.0, 10.0, None, 0.1,
