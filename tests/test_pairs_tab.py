@@ -10,23 +10,18 @@ relied on (lazy tabs opened through ``session_state["tab"]``, fragments run once
 from __future__ import annotations
 
 import math
-import socket
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-import alerts
 import analytics
-import collector
 import dashboard_data as dd
 import database
 import market
 import uploads
+from page_helpers import APP, closed_feed_env, stop_page_services
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 T0 = 1_764_979_200_000  # 2025-12-06 00:00 UTC
 SYMBOLS = [s.upper() for s in market.universe_symbols(groups=2, group_size=2, noise=2)]
 
@@ -43,30 +38,15 @@ def universe_trades():
 
 @pytest.fixture
 def page_db(tmp_path, monkeypatch, universe_trades):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
-    db_path = str(tmp_path / "live.db")
-    for name in ("CRYPTO_DEMO_SEED", "CRYPTO_REPLAY_FILE", "CRYPTO_STREAM"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("CRYPTO_FEED", "binance-futures")
-    monkeypatch.setenv("BINANCE_WS_URL", f"ws://127.0.0.1:{closed_port}")
+    db_path = closed_feed_env(tmp_path, monkeypatch)
     monkeypatch.setenv("CRYPTO_SYMBOLS", ",".join(s.lower() for s in SYMBOLS))
-    monkeypatch.setenv("CRYPTO_DB_PATH", db_path)
-    monkeypatch.setenv("CRYPTO_UPLOAD_DB", str(tmp_path / "uploads.db"))
-    monkeypatch.setenv("CRYPTO_DISPLAY_TZ", "UTC")
     conn = database.connect(db_path)
     try:
         database.import_ticks(conn, universe_trades)
     finally:
         conn.close()
-    st.cache_data.clear()
-    st.cache_resource.clear()
     yield db_path
-    collector.stop()
-    alerts.stop_evaluator()
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    stop_page_services()
 
 
 def pairs_page() -> AppTest:
