@@ -89,11 +89,8 @@ def test_default_pair_falls_back_to_the_first_two_symbols():
 
 
 def alert_rules(db_path: str) -> pd.DataFrame:
-    conn = database.connect(db_path, readonly=True)
-    try:
+    with dd.reading(db_path) as conn:
         return database.list_alert_rules(conn)
-    finally:
-        conn.close()
 
 
 def fill_alert(at, *, threshold: float, cooldown: float):

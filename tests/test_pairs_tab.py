@@ -68,11 +68,8 @@ def run_screen(at: AppTest) -> AppTest:
 
 
 def watchlist(db_path: str) -> pd.DataFrame:
-    conn = database.connect(db_path, readonly=True)
-    try:
+    with dd.reading(db_path) as conn:
         return database.list_watchlist(conn)
-    finally:
-        conn.close()
 
 
 def texts(at: AppTest) -> str:
@@ -106,11 +103,8 @@ def test_screen_then_pin_alert_and_open_a_pair(page_db):
     at.button(key="screen_alert").click()
     at.run()
     assert not at.exception, at.exception
-    conn = database.connect(page_db, readonly=True)
-    try:
+    with dd.reading(page_db) as conn:
         rules = database.list_alert_rules(conn)
-    finally:
-        conn.close()
     mine = rules[(rules["y_symbol"] == "G1AUSDT") & (rules["x_symbol"] == "G1BUSDT")]
     assert len(mine) == 1
     rule = mine.iloc[0]
