@@ -761,6 +761,25 @@ def test_markers_run_their_own_backtest_before_the_backtest_tab_opens(recorded_d
         assert (decoded(marked["x"]).tolist() if marked else []) == entries, side
 
 
+def test_markers_backtest_runs_again_once_older_than_30_seconds(recorded_db, monkeypatch):
+    clock = [1_765_800_000_000]  # 2025-12-15 12:00:00 UTC
+    monkeypatch.setattr(dd, "now_ms", lambda: clock[0])
+
+    def run_at() -> str:
+        captions = [c.value for c in at.caption if c.value.startswith("markers:")]
+        assert len(captions) == 1, [c.value for c in at.caption]
+        return re.search(r"run at (\d\d:\d\d:\d\d)", captions[0]).group(1)
+
+    at = open_tab(run(new_app(lookback="15 min", entry_z=1.0, window=30)), "Spread & z-score")
+    assert run_at() == "12:00:00"
+    clock[0] += 30_000  # not older than 30 s: the trades held are marked, no new run
+    at = run(at)
+    assert run_at() == "12:00:00"
+    clock[0] += 1_000
+    at = run(at)
+    assert run_at() == "12:00:31"
+
+
 def test_naive_upload_times_follow_the_chosen_zone(app_env, media):
     path = DATA / "upload_spot_bars_1s_1m_5m_IST_naive_first3000.csv"
     at = open_tab(run(new_app()), "Data")
