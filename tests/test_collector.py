@@ -24,25 +24,12 @@ import pytest
 import collector
 from collector import FrameKind, MalformedFrame, parse_frame, stream_url
 from config import Settings
-from helpers import free_port, wait_until
+from helpers import count_rows, count_rows_or_zero, free_port, wait_until
 from loopback import ScriptedServer, drop_tcp, hold_open, trade_frame
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T0 = 1_765_800_000_000  # 2025-12-15 12:00:00 UTC
 
-
-
-def count_rows(db_path: str, table: str = "ticks") -> int:
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-
-
-def count_rows_or_zero(db_path: str) -> int:
-    """Rows in ``ticks``, 0 while the file or its schema does not exist yet."""
-    try:
-        return count_rows(db_path) if os.path.exists(db_path) else 0
-    except sqlite3.OperationalError:
-        return 0
 
 
 def settings_for(server_url: str, tmp_path, **changes) -> Settings:

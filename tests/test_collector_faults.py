@@ -27,24 +27,11 @@ import dashboard_data as dd
 import database
 import spill
 from config import Settings
-from helpers import wait_until
+from helpers import count_rows, count_rows_or_zero, wait_until
 from loopback import ScriptedServer, drop_tcp, hold_open, trade_frame
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T0 = 1_765_800_000_000
-
-
-def count_rows(db_path: str, table: str = "ticks") -> int:
-    with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-
-
-def stored_so_far(db) -> int:
-    """Rows in ``ticks``, 0 while the file or its schema does not exist yet."""
-    try:
-        return count_rows(str(db)) if os.path.exists(db) else 0
-    except sqlite3.OperationalError:
-        return 0
 
 
 def distinct_ids(db_path: str) -> int:
@@ -363,7 +350,7 @@ def test_cli_stopped_on_a_full_disk_exits_non_zero_and_a_restart_stores_every_tr
         with ScriptedServer(serve_batches(frames(1, 200), frames(201, total),
                                           gate=gate)) as server:
             process = run_cli([*common, "--ws-url", server.url], cwd=tmp_path)
-            assert wait_until(lambda: stored_so_far(db) == 200, 30)
+            assert wait_until(lambda: count_rows_or_zero(db) == 200, 30)
             filler = fill_up(small)
             gate.set()
             journal = spill_dir / "t.db.spill"
@@ -372,7 +359,7 @@ def test_cli_stopped_on_a_full_disk_exits_non_zero_and_a_restart_stores_every_tr
                 return journal.read_bytes().count(b"\n") if journal.exists() else 0
 
             # Every trade is either in the database or in the journal: stop now.
-            assert wait_until(lambda: journal_rows() + stored_so_far(db) == total, 30)
+            assert wait_until(lambda: journal_rows() + count_rows_or_zero(db) == total, 30)
             process.send_signal(signal.SIGINT)
             out, err = process.communicate(timeout=30)
         assert process.returncode == collector.EXIT_NOT_ALL_STORED, err
@@ -522,7 +509,7 @@ def test_a_second_collector_process_on_the_same_file_exits_2_naming_the_file_and
     args = ["--feed", "demo", "--db", str(db), "--seed", "3", "--no-alerts"]
     first = run_cli(args, cwd=tmp_path)
     try:
-        assert wait_until(lambda: stored_so_far(db) > 0, 20)
+        assert wait_until(lambda: count_rows_or_zero(db) > 0, 20)
         started = time.monotonic()
         second = subprocess.run([sys.executable, os.path.join(ROOT, "collector.py"), *args,
                                  "--duration", "30"], capture_output=True, text=True,
@@ -546,7 +533,7 @@ def test_the_writer_lock_vanishes_with_a_killed_process(tmp_path):
     db = tmp_path / "killed.db"
     args = ["--feed", "demo", "--db", str(db), "--seed", "4", "--no-alerts"]
     first = run_cli(args, cwd=tmp_path)
-    assert wait_until(lambda: stored_so_far(db) > 0, 20)
+    assert wait_until(lambda: count_rows_or_zero(db) > 0, 20)
     first.kill()
     first.communicate(timeout=10)
     lock = database.WriterLock.acquire(str(db))  # free again, no stale lock
