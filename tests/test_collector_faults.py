@@ -459,6 +459,24 @@ def test_connections_that_deliver_nothing_still_back_off(tmp_path, make_collecto
     assert c.failures >= 8  # never reset: nothing was delivered
 
 
+def test_connection_attempts_stay_within_the_budget_whatever_the_backoff(tmp_path,
+                                                                         make_collector):
+    # Backoff resets after every delivering connection, so a link that flaps forever would
+    # reconnect about once a second: at most MAX_ATTEMPTS_PER_WINDOW attempts per
+    # ATTEMPT_WINDOW_S keep a collector under Binance's 300 per 5 minutes per IP.
+    c = make_collector(settings_for("ws://127.0.0.1:9", tmp_path / "t.db"))
+    window, budget = collector.ATTEMPT_WINDOW_S, collector.MAX_ATTEMPTS_PER_WINDOW
+    assert budget <= 150 and window >= 300
+    now = time.monotonic()
+    c._attempts.extend([now - window - 5] * 20)  # out of the window: forgotten
+    c._attempts.extend(now - 100 + i * 0.1 for i in range(budget - 1))
+    assert c._attempt_budget_wait() == 0.0  # one attempt left
+    assert len(c._attempts) == budget - 1
+    c._attempts.append(now)
+    wait = c._attempt_budget_wait()  # full: until the oldest attempt leaves the window
+    assert window - 100 - 1 < wait <= window - 100
+
+
 # -- honest gap counts -----------------------------------------------------------------------
 
 
