@@ -62,6 +62,25 @@ def test_klines_join_tick_bars_one_bar_per_minute_live_minute_from_ticks(tmp_pat
     conn.close()
 
 
+def test_a_demo_restart_simulates_only_the_time_since_the_files_newest_trade(tmp_path):
+    # Two simulations must never overlap in one file: on a demo.db whose newest trade is
+    # 2 minutes old, the market simulates less than 2 minutes of past (trades, no klines).
+    import collector
+    from config import Settings
+
+    settings = Settings(feed="demo", db_path=str(tmp_path / "demo.db"), backfill="60m",
+                        backfill_klines="24h")
+    c = collector.Collector(settings)
+    fresh = c._market_past("demo", settings.db_path)  # no file yet: the full windows
+    assert (fresh["history_s"], fresh["kline_history_s"]) == (3600.0, 86400.0 - 3600.0)
+    two_minutes_ago = int(time.time() * 1000) - 2 * MINUTE
+    conn = database.connect(settings.db_path)
+    write_ticks(conn, [(1, two_minutes_ago, 100.0, 1.0)])
+    conn.close()
+    restart = c._market_past("demo", settings.db_path)
+    assert 118 < restart["history_s"] < 121 and restart["kline_history_s"] == 0.0
+
+
 def test_bars_without_klines_read_as_before(tmp_path):
     conn = database.connect(tmp_path / "plain.db")
     write_ticks(conn, [(1, T0 + 1_000, 100.0, 1.0), (2, T0 + MINUTE + 1_000, 101.0, 2.0)])
