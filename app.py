@@ -436,17 +436,16 @@ def view_key(c: dd.Controls, closed_only: bool = False) -> tuple | None:
     ``closed_only`` (the tabs' charts): for live 1m/5m bars, the view of the closed bars,
     keyed by the forming bar's open time, so it changes only at a bar close.
     """
-    version = dd.data_version(c.source, (c.y, c.x))
-    latest = tuple(v[0] if isinstance(v, tuple) else v for v in version)  # bar open times
+    bars, history = dd.data_version(c.source, (c.y, c.x))
+    latest = tuple(v[0] if isinstance(v, tuple) else v for v in bars)  # bar open times
     if all(t is None for t in latest):
         return None
+    version = (bars, history)
     closed_before = None
     if closed_only and c.charts_at_bar_close:
         closed_before = dd.closed_bars_before(c.tf_label, latest)
         latest = (closed_before - 1,)  # the lookback ends at the last closed bar
-        version = ("closed before", closed_before)
-    if c.source.kind == "live":  # the REST backfill adds closed bars of the past too
-        version = (version, dd.history_version(c.source.db_path))
+        version = ("closed before", closed_before, history)  # the backfill adds past bars
     return (c.source, c.y, c.x, c.timeframe, c.lookback_ms, c.method, c.window,
             c.log_prices, latest, version, closed_before)
 

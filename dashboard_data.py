@@ -185,16 +185,21 @@ def latest_bar_times(source: DataSource, symbols) -> tuple:
     return tuple(int(mine[s.upper()]) if s.upper() in mine.index else None for s in symbols)
 
 
-def data_version(source: DataSource, symbols) -> tuple:
-    """A value that changes whenever any of ``symbols`` gets a trade: the cache key.
+def data_version(source: DataSource, symbols) -> tuple[tuple, int]:
+    """``(bars, history)``: a value that changes whenever any of ``symbols`` gets a trade
+    or the REST backfill stores past bars — the cache key of a view — read on one
+    connection (the live strip asks twice a second).
 
-    Live: (open time, trade count) of each symbol's newest bar, so a trade inside the
-    current second refreshes the view too. Uploads never change after they are stored.
+    Live: ``bars`` holds (open time, trade count) of each symbol's newest bar, so a trade
+    inside the current second refreshes the view too, and ``history`` is
+    ``database.history_version`` (past bars a top-up from the newest bar would not see).
+    Uploads never change after they are stored: their newest bar times and 0.
     """
     if source.kind != "live" or not database_ready(source.db_path):
-        return latest_bar_times(source, symbols)
+        return latest_bar_times(source, symbols), 0
     with reading(source.db_path) as conn:
-        return tuple(database.latest_bar_version(conn, s) for s in symbols)
+        return (tuple(database.latest_bar_version(conn, s) for s in symbols),
+                database.history_version(conn))
 
 
 def stored_symbols(source: DataSource) -> list[str]:
@@ -368,15 +373,6 @@ class BarStore:
             while len(self._windows) > self.max_windows:
                 self._windows.popitem(last=False)
             return merged
-
-
-def history_version(db_path: str) -> int:
-    """``database.history_version``: grows while the REST backfill stores the past, which a
-    top-up from the newest bar would never see (0 without a database)."""
-    if not database_ready(db_path):
-        return 0
-    with reading(db_path) as conn:
-        return database.history_version(conn)
 
 
 def backfill_rows(health: Mapping) -> list[tuple[str, float, str]]:

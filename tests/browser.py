@@ -1,7 +1,8 @@
 """What every real-browser script here shares: how ``streamlit run`` is started and stopped,
 how Chromium is launched, how a tab is found.
 
-Used by tests/test_browser.py, bench/bench_app.py and bench/screenshots.py.
+Used by tests/test_browser.py, tests/test_browser_paper.py (the ``server`` and ``browser``
+fixtures, ``wait_for``), tests/test_api.py, bench/bench_app.py and bench/screenshots.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
@@ -105,3 +108,43 @@ class StreamlitServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# --------------------------------------------------------------------------------------
+# pytest fixtures and waits of the browser tests (import them into the test module)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``streamlit run app.py`` on the built-in market (``demo_env``), one per test module;
+    at teardown nothing of its process group may be left."""
+    workdir = tmp_path_factory.mktemp("browser")
+    with StreamlitServer(demo_env(workdir), workdir) as streamlit:
+        yield streamlit
+    with pytest.raises(ProcessLookupError):  # nothing of the group is left
+        os.killpg(streamlit.process.pid, 0)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright, one per test module."""
+    from playwright.sync_api import sync_playwright  # the browser tests skip without it
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def wait_for(page, shot: Path, what: str, js: str, arg=None, timeout_s: float = 30):
+    """``page.wait_for_function(js, arg)``; on timeout fail naming ``what``, with a
+    screenshot at ``shot`` and the start of the page's text."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        return page.wait_for_function(js, arg=arg, timeout=timeout_s * 1000, polling=100)
+    except PlaywrightTimeout:
+        page.screenshot(path=str(shot))
+        pytest.fail(f"{what}: not within {timeout_s} s (screenshot {shot}); page text:\n"
+                    f"{page.inner_text('body')[:1500]}")

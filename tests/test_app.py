@@ -851,6 +851,27 @@ def test_bar_store_reads_again_when_rest_stores_the_past(tmp_path):
         conn.close()
 
 
+T0_MS = 1_765_800_000_000  # 2025-12-15 12:00:00 UTC, a whole second
+
+
+def test_data_version_changes_with_a_trade_and_with_rest_history(tmp_path):
+    path = str(tmp_path / "live.db")
+    source = dd.DataSource("live", path)
+    assert dd.data_version(source, ("ETHUSDT", "BTCUSDT")) == ((None, None), 0)  # no file
+    conn = database.connect(path)
+    try:
+        database.import_ticks(conn, [("ETHUSDT", 1, T0_MS + 100, 3000.0, 0.1, 0, 0)])
+        first = dd.data_version(source, ("ETHUSDT", "BTCUSDT"))
+        assert first == (((T0_MS, 1), None), 0)
+        database.import_ticks(conn, [("ETHUSDT", 2, T0_MS + 900, 3001.0, 0.1, 0, 0)])
+        assert dd.data_version(source, ("ETHUSDT", "BTCUSDT")) == (((T0_MS, 2), None), 0)
+        past = T0_MS - 3_600_000  # REST stores an hour-old minute: no newer bar, new key
+        database.save_klines(conn, "ETHUSDT", [(past, 1, 1, 1, 1, 1, past + 59_999, 1, 1, 1)])
+        assert dd.data_version(source, ("ETHUSDT", "BTCUSDT")) == (((T0_MS, 2), None), 1)
+    finally:
+        conn.close()
+
+
 def test_database_ready_needs_the_file_and_its_schema(tmp_path):
     path = tmp_path / "live.db"
     assert not dd.database_ready(str(path))  # no file yet

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import CHROMIUM, CHROMIUM_ARGS, OPEN_PANEL_JS, StreamlitServer, demo_env
+from browser import CHROMIUM, OPEN_PANEL_JS, browser, server, wait_for  # noqa: F401
 
 SIMULATED_LABEL = "Built-in simulated market — not real prices"
 TABS = ("Prices", "Spread & z-score", "Statistics", "Correlation", "Pairs", "Backtest",
@@ -52,8 +52,7 @@ REFRESH_S = 2  # the sidebar's default "refresh every (s)"
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing (Debian package 'chromium'; .ci/run installs it)",
                 allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
-PlaywrightTimeout = sync_api.TimeoutError
+pytest.importorskip("playwright.sync_api")
 
 
 # --------------------------------------------------------------------------------------
@@ -61,34 +60,15 @@ PlaywrightTimeout = sync_api.TimeoutError
 # --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """``streamlit run app.py`` on the demo feed; yields (url, server log path)."""
-    workdir = tmp_path_factory.mktemp("browser")
-    with StreamlitServer(demo_env(workdir), workdir) as streamlit:
-        yield streamlit.url, streamlit.log_path
-    with pytest.raises(ProcessLookupError):  # nothing of the group is left
-        os.killpg(streamlit.process.pid, 0)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def page(server, browser, tmp_path):
     """A new session on the page, charts drawn; screenshots go to tmp_path."""
-    url, _ = server
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     tab = context.new_page()
-    tab.goto(url)
+    tab.goto(server.url)
     tab.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
-    wait_until(tab, tmp_path / "start.png", "the first Plotly chart",
-               "() => document.querySelector('.js-plotly-plot') !== null", timeout_s=60)
+    wait_for(tab, tmp_path / "start.png", "the first Plotly chart",
+             "() => document.querySelector('.js-plotly-plot') !== null", timeout_s=60)
     yield tab
     context.close()
 
@@ -101,16 +81,6 @@ def page(server, browser, tmp_path):
 def snap(page, path: Path) -> str:
     page.screenshot(path=str(path))
     return str(path)
-
-
-def wait_until(page, shot: Path, what: str, js: str, arg=None, timeout_s: float = 30):
-    """``page.wait_for_function``; on timeout fail naming ``what`` with a screenshot."""
-    try:
-        return page.wait_for_function(js, arg=arg, timeout=timeout_s * 1000, polling=100)
-    except PlaywrightTimeout:
-        text = page.inner_text("body")[:1500]
-        pytest.fail(f"{what}: not within {timeout_s} s; screenshot {snap(page, shot)}; "
-                    f"page text:\n{text}")
 
 
 def assert_no_error(page, shot: Path, where: str) -> None:
@@ -157,7 +127,7 @@ X_RANGE_JS = """key => {
 
 def assert_server_log_clean(server, shot_path: str) -> None:
     """The server printed no traceback (an exception outside any element, e.g. a thread)."""
-    text = server[1].read_text(errors="replace")
+    text = server.log_path.read_text(errors="replace")
     assert "Traceback" not in text, (f"server log has a traceback (screenshot {shot_path}):\n"
                                      f"{text[text.find('Traceback'):][:3000]}")
 
@@ -172,9 +142,9 @@ def test_live_z_score_changes_by_itself(server, page, tmp_path):
     window = page.locator(".st-key-window input")
     window.fill("10")
     window.press("Enter")
-    wait_until(page, shot, "the strip caption saying 10-bar window",
-               """() => document.querySelector('[data-testid="stMain"]').innerText
-                    .includes('10-bar window')""")
+    wait_for(page, shot, "the strip caption saying 10-bar window",
+             """() => document.querySelector('[data-testid="stMain"]').innerText
+                  .includes('10-bar window')""")
     # While the z window fills, the strip shows "—" and says how many bars are missing; on a
     # bar whose β the guard refused (x did not move enough in 10 bars) β shows "—" as well,
     # with the reason in its help.
@@ -187,14 +157,14 @@ def test_live_z_score_changes_by_itself(server, page, tmp_path):
     if state[0] == "—" and metric_value(page, "β") != "—":
         assert re.search(r"z-score: needs 20 bars, has \d+", state[1]), (
             f"z shown as — without a warming message (screenshot {snap(page, shot)})")
-    wait_until(page, shot, "a numeric z-score in the strip (z window filled)",
-               """() => { for (const m of document.querySelectorAll('[data-testid="stMetric"]'))
-                    if (m.innerText.startsWith('z-score'))
-                      return /^-?\\d+\\.\\d\\d$/.test(m.querySelector(
-                        '[data-testid="stMetricValue"]').innerText.trim());
-                  return false; }""", timeout_s=60)
+    wait_for(page, shot, "a numeric z-score in the strip (z window filled)",
+             """() => { for (const m of document.querySelectorAll('[data-testid="stMetric"]'))
+                  if (m.innerText.startsWith('z-score'))
+                    return /^-?\\d+\\.\\d\\d$/.test(m.querySelector(
+                      '[data-testid="stMetricValue"]').innerText.trim());
+                return false; }""", timeout_s=60)
     first = metric_value(page, "z-score")
-    changed = wait_until(
+    changed = wait_for(
         page, shot, f"the z-score to change from {first}",
         """first => { for (const m of document.querySelectorAll('[data-testid="stMetric"]'))
              if (m.innerText.startsWith('z-score')) {
@@ -211,23 +181,23 @@ def test_every_tab_renders_without_errors(server, page, tmp_path):
     shot = tmp_path / "tabs.png"
     label = page.locator('[data-testid="stMain"] [data-testid="stAlert"]',
                          has_text=SIMULATED_LABEL)
-    wait_until(page, shot, "the simulated-market label in the live strip",
-               """label => Array.from(document.querySelectorAll(
-                    '[data-testid="stMain"] [data-testid="stAlert"]'))
-                    .some(e => e.innerText.includes(label))""", SIMULATED_LABEL)
+    wait_for(page, shot, "the simulated-market label in the live strip",
+             """label => Array.from(document.querySelectorAll(
+                  '[data-testid="stMain"] [data-testid="stAlert"]'))
+                  .some(e => e.innerText.includes(label))""", SIMULATED_LABEL)
     assert label.first.is_visible(), f"simulated-market label hidden ({snap(page, shot)})"
     for name in TABS:
         page.get_by_role("tab", name=name, exact=True).click()
         content = TAB_CONTENT[name]
-        wait_until(page, shot, f"tab {name!r} with {content}", TAB_READY_JS,
-                   [name, content["charts"], content["texts"]], timeout_s=30)
+        wait_for(page, shot, f"tab {name!r} with {content}", TAB_READY_JS,
+                 [name, content["charts"], content["texts"]], timeout_s=30)
         panel_text = page.evaluate(f"name => ({OPEN_PANEL_JS})(name).innerText", name)
         assert len(panel_text.strip()) > 20, f"{name}: almost empty ({snap(page, shot)})"
         assert_no_error(page, shot, f"tab {name!r}")
     page.get_by_role("tab", name="Spread & z-score", exact=True).click()
     content = TAB_CONTENT["Spread & z-score"]
-    wait_until(page, shot, "back on Spread & z-score", TAB_READY_JS,
-               ["Spread & z-score", content["charts"], content["texts"]])
+    wait_for(page, shot, "back on Spread & z-score", TAB_READY_JS,
+             ["Spread & z-score", content["charts"], content["texts"]])
     saved = snap(page, shot)
     assert os.path.getsize(saved) > 10_000, f"screenshot suspiciously small: {saved}"
     assert_no_error(page, shot, "after all tabs")
@@ -240,9 +210,9 @@ def test_box_zoom_survives_refreshes(server, page, tmp_path):
     # A short lookback keeps each refresh quick (the built-in market backfills history).
     page.goto(page.url.split("?")[0] + "?lookback=5+min")
     page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
-    before = wait_until(page, shot, "the overlay chart with 20+ points",
-                        f"() => {{ const r = ({X_RANGE_JS})('overlay'); "
-                        "return r && r.n >= 20 ? r : false; }", timeout_s=60).json_value()
+    before = wait_for(page, shot, "the overlay chart with 20+ points",
+                      f"() => {{ const r = ({X_RANGE_JS})('overlay'); "
+                      "return r && r.n >= 20 ? r : false; }", timeout_s=60).json_value()
     assert before["autorange"] is True, f"zoomed before any drag: {before}"
     # A live chart is remounted at each refresh (Streamlit 1.67 derives its id from the
     # figure), which cancels a drag in progress and drops a box sent just before: as the
@@ -252,10 +222,10 @@ def test_box_zoom_survives_refreshes(server, page, tmp_path):
     page.evaluate("() => document.querySelector('.st-key-overlay').scrollIntoView()")
     at_drag = page.evaluate(X_RANGE_JS, "overlay")
     drag_box(page, "overlay", steps=20, pause_s=0.05)
-    zoomed = wait_until(page, shot, "the box applied as the overlay's zoom",
-                        f"() => {{ const r = ({X_RANGE_JS})('overlay'); "
-                        "return r && r.autorange === false ? r : false; }",
-                        timeout_s=30).json_value()
+    zoomed = wait_for(page, shot, "the box applied as the overlay's zoom",
+                      f"() => {{ const r = ({X_RANGE_JS})('overlay'); "
+                      "return r && r.autorange === false ? r : false; }",
+                      timeout_s=30).json_value()
     page.locator(".st-key-paused label").click()  # live again
     # The box covered 30 %..60 % of the plot's width: the zoom is that part of the axis.
     span = at_drag["hi"] - at_drag["lo"]
@@ -268,8 +238,8 @@ def test_box_zoom_survives_refreshes(server, page, tmp_path):
                            .innerText.match(/last bar (\\d\\d):(\\d\\d):(\\d\\d)/);
                            return m ? 3600 * m[1] + 60 * m[2] + 1 * m[3] : null; }"""
     then = page.evaluate(last_bar_js)
-    wait_until(page, shot, "the live strip 6 s further on (several refreshes)",
-               f"t => ({last_bar_js})() >= t + 6", then, timeout_s=30)
+    wait_for(page, shot, "the live strip 6 s further on (several refreshes)",
+             f"t => ({last_bar_js})() >= t + 6", then, timeout_s=30)
     later = page.evaluate(X_RANGE_JS, "overlay")
     assert later["range"] == zoomed["range"] and later["autorange"] is False, (
         f"zoom lost after refresh: {zoomed['range']} -> {later['range']} "
@@ -301,14 +271,14 @@ def open_page(browser, url: str, tmp_path: Path):
 
 def test_reload_restores_the_view_from_the_url(server, browser, tmp_path):
     shot = tmp_path / "url.png"
-    url, _ = server
+    url = server.url
     context, tab, errors = open_page(
         browser, url + "?tf=5s&window=30&method=Kalman&prices=raw&entry=2.5&tab=Statistics",
         tmp_path)
     try:
         view_text = "Kalman, raw prices, 30-bar window, 5s bars"
-        wait_until(tab, shot, f"the strip caption '{view_text}'",
-                   f"() => ({MAIN_TEXT_JS})().includes({view_text!r})", timeout_s=60)
+        wait_for(tab, shot, f"the strip caption '{view_text}'",
+                 f"() => ({MAIN_TEXT_JS})().includes({view_text!r})", timeout_s=60)
         assert tab.evaluate(SELECTED_TAB_JS) == "Statistics", snap(tab, shot)
         header = tab.evaluate("() => document.querySelector('header').innerText")
         assert "Deploy" not in header, f"a Deploy button in a local tool: {header!r}"
@@ -317,8 +287,8 @@ def test_reload_restores_the_view_from_the_url(server, browser, tmp_path):
         window = tab.locator(".st-key-window input")
         window.fill("40")
         window.press("Enter")
-        wait_until(tab, shot, "window=40 in the URL",
-                   "() => window.location.search.includes('window=40')")
+        wait_for(tab, shot, "window=40 in the URL",
+                 "() => window.location.search.includes('window=40')")
         query = tab.evaluate("() => window.location.search")
         for part in ("tf=5s", "method=Kalman", "prices=raw", "entry=2.5", "tab=Statistics",
                      "y=ETHUSDT", "x=BTCUSDT"):
@@ -327,13 +297,13 @@ def test_reload_restores_the_view_from_the_url(server, browser, tmp_path):
         tab.reload()
         tab.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
         view_text = "Kalman, raw prices, 40-bar window, 5s bars"
-        wait_until(tab, shot, f"after reload, '{view_text}'",
-                   f"() => ({MAIN_TEXT_JS})().includes({view_text!r})", timeout_s=60)
-        wait_until(tab, shot, "the Statistics tab open after reload",
-                   f"() => ({SELECTED_TAB_JS})() === 'Statistics'")
+        wait_for(tab, shot, f"after reload, '{view_text}'",
+                 f"() => ({MAIN_TEXT_JS})().includes({view_text!r})", timeout_s=60)
+        wait_for(tab, shot, "the Statistics tab open after reload",
+                 f"() => ({SELECTED_TAB_JS})() === 'Statistics'")
         # The number input is filled by the session's own run after the view text shows.
-        wait_until(tab, shot, "entry 2.50 restored after reload",
-                   "() => document.querySelector('.st-key-entry_z input')?.value === '2.50'")
+        wait_for(tab, shot, "entry 2.50 restored after reload",
+                 "() => document.querySelector('.st-key-entry_z input')?.value === '2.50'")
         assert_no_error(tab, shot, "after reload")
         assert not errors, errors
     finally:
@@ -373,17 +343,17 @@ def drag_box(page, key: str, steps: int, pause_s: float = 0.0) -> tuple[dict, di
 
 def test_zooming_one_chart_moves_the_others(server, browser, tmp_path):
     shot = tmp_path / "linked.png"
-    url, _ = server
+    url = server.url
     # 1m bars: the charts show closed bars and stay unchanged between bar closes
     context, tab, errors = open_page(browser, url + "?tf=1m&lookback=4+h&window=10", tmp_path)
     try:
         keys = ["candles_y", "candles_x", "overlay"]
-        wait_until(tab, shot, "the three price charts drawn",
-                   f"() => ({LINKED_RANGE_JS})({keys}).every(r => r !== null)", timeout_s=90)
+        wait_for(tab, shot, "the three price charts drawn",
+                 f"() => ({LINKED_RANGE_JS})({keys}).every(r => r !== null)", timeout_s=90)
         tab.evaluate("() => document.querySelector('.st-key-candles_y').scrollIntoView()")
         # A slow drag (3 s) on one chart: it must end in a zoom, without page errors.
         _, before = drag_box(tab, "candles_y", steps=30, pause_s=0.1)
-        ranges = wait_until(
+        ranges = wait_for(
             tab, shot, "every price chart zoomed to the same window",
             f"""() => {{ const r = ({LINKED_RANGE_JS})({keys});
                   return r.every(x => x && x.autorange === false) ? r : false; }}""",
@@ -397,7 +367,7 @@ def test_zooming_one_chart_moves_the_others(server, browser, tmp_path):
         # The other tab's charts follow too.
         tab.get_by_role("tab", name="Spread & z-score", exact=True).click()
         spread_keys = ["spread", "zscore", "beta"]
-        linked = wait_until(
+        linked = wait_for(
             tab, shot, "the spread, z and β charts in the same window",
             f"""() => {{ const r = ({LINKED_RANGE_JS})({spread_keys});
                   return r.every(x => x && x.autorange === false) ? r : false; }}""",

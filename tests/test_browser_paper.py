@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from browser import CHROMIUM, CHROMIUM_ARGS, OPEN_PANEL_JS, StreamlitServer, demo_env
+from browser import CHROMIUM, OPEN_PANEL_JS, browser, server, wait_for  # noqa: F401
 from helpers import wait_until
 
 if not os.path.exists(CHROMIUM):
@@ -26,36 +25,12 @@ sync_api = pytest.importorskip("playwright.sync_api")
 PlaywrightTimeout = sync_api.TimeoutError
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("browser_paper")
-    with StreamlitServer(demo_env(workdir), workdir) as streamlit:
-        yield streamlit
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def page(server, browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     tab = context.new_page()
     yield tab
     context.close()
-
-
-def wait_for(page, shot: Path, what: str, js: str, arg=None, timeout_s: float = 30):
-    try:
-        return page.wait_for_function(js, arg=arg, timeout=timeout_s * 1000, polling=200)
-    except PlaywrightTimeout:
-        page.screenshot(path=str(shot))
-        pytest.fail(f"{what}: not within {timeout_s} s (screenshot {shot}); page text:\n"
-                    f"{page.inner_text('body')[:1500]}")
 
 
 PANEL_TEXT_JS = """([name, text]) => {
