@@ -887,6 +887,7 @@ class Collector:
         """One connection's life: connect, read until it ends, record why it ended."""
         self.state = State.CONNECTING if self.connections == 0 else State.RECONNECTING
         self._attempts.append(time.monotonic())
+        self._reconnect_requested.clear()  # the URL below already has what was requested
         try:
             ws = websocket.create_connection(self._url(), timeout=self._connect_timeout(),
                                              skip_utf8_validation=True,
@@ -897,7 +898,8 @@ class Collector:
             return
         _read_in_chunks(ws)
         self._ws = ws
-        if self._stop_requested.is_set():  # stop() ran while we were connecting
+        # stop() or set_symbols() ran while we were connecting: they found no socket to abort
+        if self._stop_requested.is_set() or self._reconnect_requested.is_set():
             ws.abort()
         self.connections += 1
         self._after_connect()
