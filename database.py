@@ -2026,8 +2026,12 @@ def update_paper_position(conn: sqlite3.Connection, position_id: int, *,
 def list_paper_positions(conn: sqlite3.Connection, *, statuses: Sequence[str] | None = None,
                          limit: int | None = None, position_id: int | None = None
                          ) -> pd.DataFrame:
-    """Positions, newest first: columns ``id`` + ``PAPER_POSITION_FIELDS``."""
-    ensure_paper_tables(conn)
+    """Positions, newest first: columns ``id`` + ``PAPER_POSITION_FIELDS``.
+
+    Reads only (a read-only connection will do): without the table, an empty frame; columns
+    a table from an older version lacks read as missing values.
+    """
+    present = {row[1] for row in conn.execute("PRAGMA table_info(paper_positions)")}
     clauses, params = [], []
     if statuses is not None:
         clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
@@ -2038,8 +2042,11 @@ def list_paper_positions(conn: sqlite3.Connection, *, statuses: Sequence[str] | 
     where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
     params.append(-1 if limit is None else int(limit))
     columns = ("id", *PAPER_POSITION_FIELDS)
-    rows = conn.execute(f"SELECT {', '.join(columns)} FROM paper_positions{where} "
-                        "ORDER BY id DESC LIMIT ?", params).fetchall()
+    rows = []
+    if present:  # names come from PAPER_POSITION_FIELDS, never from input
+        selected = ", ".join(name if name in present else "NULL" for name in columns)
+        rows = conn.execute(f"SELECT {selected} FROM paper_positions{where} "
+                            "ORDER BY id DESC LIMIT ?", params).fetchall()
     frame = pd.DataFrame(rows, columns=list(columns))
     for name in columns:
         if name in _PAPER_TEXT_FIELDS:

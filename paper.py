@@ -489,7 +489,7 @@ def positions_table(db_path: str, *, status: str = "all", limit: int = 200,
     """
     statuses = {"open": OPEN_STATUSES, "closed": CLOSED_STATUSES, "all": None}[status]
     at = now_ms() if at_ms is None else int(at_ms)
-    with dd.writing(db_path) as conn:
+    with dd.reading(db_path) as conn:
         table = database.list_paper_positions(conn, statuses=statuses, limit=limit)
         last = {s: database.newest_trade(conn, s)
                 for s in set(table["y_symbol"]) | set(table["x_symbol"])}

@@ -407,6 +407,31 @@ def test_the_monitor_fills_and_needs_no_write_lock_while_idle(feed):
         monitor.stop()
 
 
+def test_the_positions_table_reads_while_the_collector_holds_the_write_lock(feed):
+    """The Paper tab and GET /api/paper/positions read: they must not wait for (or fail
+    on) the write lock the collector holds during a batch."""
+    position_id = paper.open_position(feed.path, order(), at_ms=paper.now_ms())
+    blocker = database.connect(feed.path, busy_timeout_ms=0)
+    blocker.execute("BEGIN IMMEDIATE")  # the collector in the middle of a batch
+    try:
+        table = paper.positions_table(feed.path, status="open")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert table["id"].tolist() == [position_id] and table["status"].tolist() == ["opening"]
+
+
+def test_a_database_without_positions_reads_as_an_empty_table(tmp_path):
+    path = str(tmp_path / "fresh.db")
+    database.connect(path).close()  # the schema, but no paper position ever stored
+    conn = database.connect(path, readonly=True)
+    try:
+        table = database.list_paper_positions(conn)
+    finally:
+        conn.close()
+    assert table.empty and list(table.columns) == ["id", *database.PAPER_POSITION_FIELDS]
+
+
 def test_a_table_from_an_older_version_gets_the_new_columns(tmp_path):
     path = str(tmp_path / "old.db")
     with dd.writing(path) as conn:
