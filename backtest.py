@@ -85,6 +85,10 @@ class Drawdown:
 class PositionPnl:
     """Profit and costs of one closed two-leg position; see ``position_pnl``."""
 
+    qty_y: float
+    qty_x: float
+    gross_y: float
+    gross_x: float
     gross: float
     fees: float
     slippage: float
@@ -652,8 +656,8 @@ def _run_state_machine(
             if t < due:
                 continue  # a leg is still waiting for its next trade (due == n: never)
             if order == _ENTRY_ORDER:
-                units_y = notional / py[leg_bar_y]
-                units_x = order_beta * (notional / px[leg_bar_x] if log_prices else units_y)
+                units_y, units_x = leg_units(notional, order_beta, py[leg_bar_y],
+                                             px[leg_bar_x], log_prices)
                 held = (order_side, order_beta, units_y, units_x, leg_bar_y, leg_bar_x)
                 position = order_side
                 entry_bar = t
@@ -791,13 +795,16 @@ def position_pnl(
     Returns
     -------
     PositionPnl
+        qty_y, qty_x : float
+            The signed quantities held: ``q_y = ±units_y``, ``q_x = ∓units_x`` (upper sign:
+            long; positive = long that leg).
         entry_fill_y, entry_fill_x, exit_fill_y, exit_fill_x : float
             Fill prices: a buy at ``p · (1 + slippage_bps/1e4)``, a sell at
             ``p · (1 - slippage_bps/1e4)``.
+        gross_y, gross_x : float
+            Each leg's ``q · (exit_fill - entry_fill)``.
         gross : float
-            ``q_y · (exit_fill_y - entry_fill_y) + q_x · (exit_fill_x - entry_fill_x)``
-            with the signed quantities held ``q_y = ±units_y``, ``q_x = ∓units_x`` (upper
-            sign: long). Slippage is already inside it; commission is not.
+            ``gross_y + gross_x``. Slippage is already inside it; commission is not.
         entry_fee, exit_fee, fees : float
             ``fee_bps/1e4`` times the traded notional ``|q_y| · fill_y + |q_x| · fill_x``
             of the two entry fills, of the two exit fills, and their sum (four fills).
@@ -838,7 +845,9 @@ def position_pnl(
     # Closing sells what was bought and buys back what was sold.
     exit_fill_y = exit_y * (1.0 - slip * _sign(qty_y))
     exit_fill_x = exit_x * (1.0 - slip * _sign(qty_x))
-    gross = qty_y * (exit_fill_y - entry_fill_y) + qty_x * (exit_fill_x - entry_fill_x)
+    gross_y = qty_y * (exit_fill_y - entry_fill_y)
+    gross_x = qty_x * (exit_fill_x - entry_fill_x)
+    gross = gross_y + gross_x
     size_y, size_x = abs(qty_y), abs(qty_x)
     entry_notional = size_y * entry_fill_y + size_x * entry_fill_x
     exit_notional = size_y * exit_fill_y + size_x * exit_fill_x
@@ -846,11 +855,28 @@ def position_pnl(
     exit_fee = fee * exit_notional
     slippage = slip * (size_y * (entry_y + exit_y) + size_x * (entry_x + exit_x))
     return PositionPnl(
-        gross=gross, fees=entry_fee + exit_fee, slippage=slippage,
+        qty_y=qty_y, qty_x=qty_x, gross_y=gross_y, gross_x=gross_x, gross=gross, fees=entry_fee + exit_fee, slippage=slippage,
         net=gross - (entry_fee + exit_fee), entry_fee=entry_fee, exit_fee=exit_fee,
         entry_fill_y=entry_fill_y, entry_fill_x=entry_fill_x, exit_fill_y=exit_fill_y,
         exit_fill_x=exit_fill_x, traded_notional=entry_notional + exit_notional,
     )
+
+
+def leg_units(notional: float, beta: float, price_y: float, price_x: float,
+              log_prices: bool) -> tuple[float, float]:
+    """``(units_y, units_x)`` of a spread position of y notional ``notional``.
+
+    The sizing rule of ``backtest`` (its Notes) for the prices of the entry fills:
+
+    - log prices: β is an elasticity, ``units_y = notional / price_y`` and
+      ``units_x = β · notional / price_x`` (x notional β·N);
+    - raw prices: β is units of x per unit of y, ``units_x = β · units_y``.
+
+    ``units_x`` is signed like β (a negative β flips the x leg); pass both to
+    ``position_pnl`` with the side. Inputs are not checked: ``position_pnl`` checks them.
+    """
+    units_y = notional / price_y
+    return units_y, beta * (notional / price_x if log_prices else units_y)
 
 
 def _sign(value: float) -> float:

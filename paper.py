@@ -308,19 +308,6 @@ def _request_close(conn, db_path: str, position_id: int, *, reason: str,
 # --------------------------------------------------------------------------------------
 
 
-def leg_units(notional: float, beta: float, ref_y: float, ref_x: float,
-              log_prices: bool) -> tuple[float, float]:
-    """``(units_y, units_x)`` at the entry fill: the backtest's sizing rule (its Notes)."""
-    units_y = notional / ref_y
-    units_x = beta * (notional / ref_x if log_prices else units_y)
-    return units_y, units_x
-
-
-def _signed(side: str, units_y: float, units_x: float) -> tuple[float, float]:
-    direction = 1.0 if side == "long" else -1.0
-    return direction * units_y, -direction * units_x  # long spread: buy y, sell β·x
-
-
 def _units(row: Mapping) -> tuple[float, float]:
     """Unsigned ``units_y`` and β-signed ``units_x`` back from the stored signed qty."""
     direction = 1.0 if row["side"] == "long" else -1.0
@@ -338,10 +325,8 @@ def mark(row: Mapping, last_y: float, last_x: float) -> dict:
     pnl = backtest.position_pnl(row["side"], units_y, units_x, float(row["entry_ref_y"]),
                                 float(row["entry_ref_x"]), last_y, last_x,
                                 float(row["fee_bps"]), float(row["slippage_bps"]))
-    qty_y, qty_x = float(row["qty_y"]), float(row["qty_x"])
-    return {"upnl_y": qty_y * (pnl.exit_fill_y - pnl.entry_fill_y),
-            "upnl_x": qty_x * (pnl.exit_fill_x - pnl.entry_fill_x),
-            "upnl": pnl.net, "fees_so_far": pnl.entry_fee}
+    return {"upnl_y": pnl.gross_y, "upnl_x": pnl.gross_x, "upnl": pnl.net,
+            "fees_so_far": pnl.entry_fee}
 
 
 def _next_trades(conn, row: Mapping, prefix: str) -> tuple[tuple, tuple] | None:
@@ -361,15 +346,14 @@ def _fill_entry(conn, row: Mapping, at_ms: int) -> bool:
     if trades is None:
         return False
     (ts_y, _, ref_y), (ts_x, _, ref_x) = trades
-    units_y, units_x = leg_units(float(row["notional"]), float(row["beta"]), ref_y, ref_x,
-                                 bool(row["log_prices"]))
-    qty_y, qty_x = _signed(row["side"], units_y, units_x)
+    units_y, units_x = backtest.leg_units(float(row["notional"]), float(row["beta"]), ref_y,
+                                          ref_x, bool(row["log_prices"]))
     # Entry fills and fee do not depend on the exit prices: price them as an exit at entry.
     pnl = backtest.position_pnl(row["side"], units_y, units_x, ref_y, ref_x, ref_y, ref_x,
                                 float(row["fee_bps"]), float(row["slippage_bps"]))
     filled = database.update_paper_position(
         conn, int(row["id"]), expect_status="opening", status="open", entry_ts_y=ts_y,
-        entry_ts_x=ts_x, entry_ref_y=ref_y, entry_ref_x=ref_x, qty_y=qty_y, qty_x=qty_x,
+        entry_ts_x=ts_x, entry_ref_y=ref_y, entry_ref_x=ref_x, qty_y=pnl.qty_y, qty_x=pnl.qty_x,
         entry_fill_y=pnl.entry_fill_y, entry_fill_x=pnl.entry_fill_x,
         entry_fee=pnl.entry_fee)
     if filled and _optional(row.get("notify")):
@@ -388,6 +372,7 @@ def _notify(conn, row: Mapping, at_ms: int, what: str, value: float, text: str) 
         rule_name=f"paper position {int(row['id'])}", metric="paper",
         subject=f"{row['y_symbol']}/{row['x_symbol']}", comparison=what)
     log.warning("%s", message)
+
 
 def _fill_exit(conn, row: Mapping, at_ms: int) -> bool:
     trades = _next_trades(conn, row, "exit")

@@ -23,6 +23,7 @@ from backtest import (
     PositionPnl,
     backtest,
     elapsed_periods_per_year,
+    leg_units,
     max_drawdown,
     periods_per_year,
     position_pnl,
@@ -661,6 +662,18 @@ def test_position_pnl_matches_hand_computation():
     assert (result.exit_fill_y, result.exit_fill_x) == (pytest.approx(90.18),
                                                        pytest.approx(5.489))
     assert result.traded_notional == pytest.approx(694.93, rel=1e-12)
+    # per leg: short y = -2 units, long x = +30; -2*(90.18 - 99.8) = 19.24, 30*0.479 = 14.37
+    assert (result.qty_y, result.qty_x) == (-2.0, 30.0)
+    assert result.gross_y == pytest.approx(19.24, rel=1e-12)
+    assert result.gross_x == pytest.approx(14.37, rel=1e-12)
+
+
+def test_leg_units_follow_the_sizing_rule():
+    # log prices: 10,000 of y at 2,000 = 5 y; β 1.2 -> 12,000 of x at 80,000 = 0.15 x
+    assert leg_units(10_000.0, 1.2, 2_000.0, 80_000.0, True) == (5.0, pytest.approx(0.15))
+    # raw prices: β is x per y: 0.05 x per y -> 0.25 x; a negative β flips the x leg
+    assert leg_units(10_000.0, 0.05, 2_000.0, 80_000.0, False) == (5.0, pytest.approx(0.25))
+    assert leg_units(10_000.0, -1.2, 2_000.0, 80_000.0, True)[1] == pytest.approx(-0.15)
 
 
 def test_position_pnl_long_with_a_negative_hedge_buys_x():
