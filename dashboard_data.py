@@ -1180,25 +1180,6 @@ def to_csv_bytes(frame: pd.DataFrame, tz: str, ts_column: str | None = None) -> 
     return buffer.getvalue().encode("utf-8")
 
 
-def bars_csv(bars_by_symbol: Mapping[str, pd.DataFrame], tz: str) -> bytes:
-    """Bars of several symbols in one CSV with a ``symbol`` column."""
-    frames = [bars.assign(symbol=symbol) for symbol, bars in bars_by_symbol.items()]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return to_csv_bytes(pd.DataFrame(columns=["symbol", *analytics.BAR_COLUMNS],
-                                         index=pd.Index([], name="ts", dtype=np.int64)), tz)
-    joined = pd.concat(frames)
-    joined = joined[["symbol", *[c for c in joined.columns if c != "symbol"]]]
-    return to_csv_bytes(joined, tz)
-
-
-def ticks_csv(ticks_by_symbol: Mapping[str, pd.DataFrame], tz: str) -> bytes:
-    frames = [ticks.assign(symbol=symbol) for symbol, ticks in ticks_by_symbol.items()]
-    joined = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["symbol", *database.TICK_COLUMNS])
-    return to_csv_bytes(joined, tz, ts_column="ts")
-
-
 # --------------------------------------------------------------------------------------
 # Uploads
 # --------------------------------------------------------------------------------------
