@@ -34,3 +34,50 @@ def make_collector():
     yield make
     for c in made:
         c.stop()
+
+
+# ---- PostgreSQL: one throwaway cluster per test session (tests/pg_cluster.py) ------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A PostgreSQL server on 127.0.0.1 for the session; skipped (with the reason) only when
+    none can be started here, and a failure instead when ``CI`` is set."""
+    import pg_cluster
+
+    try:
+        cluster = pg_cluster.start()
+    except pg_cluster.ClusterUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests, but no server starts: {exc}")
+        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster):
+    """``postgresql://postgres@127.0.0.1:PORT/postgres`` of the session's server."""
+    return postgres_cluster.url
+
+
+_DATABASES = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def postgres_db(postgres_cluster):
+    """The URL of a new, empty database on the session's server (one per test)."""
+    import psycopg
+
+    name = f"test_{os.getpid()}_{next(_DATABASES)}"
+    with psycopg.connect(postgres_cluster.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")  # a generated name, never user text
+    return postgres_cluster.url_of(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request, tmp_path):
+    """Where the storage tests write: a SQLite file, then a PostgreSQL database URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "test.db")
+    return request.getfixturevalue("postgres_db")
