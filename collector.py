@@ -65,6 +65,11 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
+import writer_lock  # standard library only
+
+if __name__ == "__main__":  # refuse a locked --db before the heavy imports below (seconds)
+    writer_lock.exit_if_locked(sys.argv[1:])
+
 import orjson
 import websocket
 

@@ -93,6 +93,7 @@ import numpy as np
 import pandas as pd
 
 from analytics import TIMEFRAME_MS
+from writer_lock import WriterLock, WriterLockError  # noqa: F401 (part of this API)
 
 log = logging.getLogger(__name__)
 
@@ -485,84 +486,6 @@ def _create_schema(conn: sqlite3.Connection, path: str) -> None:
         raise RuntimeError(
             f"database {path!r} has schema version {version}; this program reads version "
             f"{SCHEMA_VERSION}: use a new file (CRYPTO_DB_PATH) or the matching program")
-
-
-class WriterLockError(RuntimeError):
-    """Another process writes this SQLite file; the message names the file and the process."""
-
-    def __init__(self, db_path: str, holder: str) -> None:
-        self.db_path = db_path
-        self.holder = holder
-        super().__init__(f"database {db_path} is locked: it is being written by another "
-                         f"process ({holder}); one writer per file - stop that process, or "
-                         "use another --db / CRYPTO_DB_PATH (viewing it read-only is fine)")
-
-
-class WriterLock:
-    """One writing process per SQLite file: an OS lock on ``<db>.writer.lock``.
-
-    SQLite itself lets two processes write one file in turns, which silently interleaves two
-    collectors' ticks (two simulations in one ``demo.db``: sawtooth candles). The collector
-    therefore holds ``fcntl.flock(LOCK_EX | LOCK_NB)`` on a lock file next to the database for
-    as long as it writes. The kernel releases it when the process ends in any way (kill -9
-    included), so a crash never leaves a stale lock; the file itself stays and only says
-    who held it last (pid, host, command, since). Readers take no lock.
-
-    ``flock`` locks belong to an open file, so a second collector in the *same* process is
-    refused too; the page shares one collector per process and never gets here twice.
-    """
-
-    def __init__(self, db_path: str) -> None:
-        self.db_path = os.fspath(db_path)
-        self.path = self.db_path + ".writer.lock"
-        self._fd: int | None = None
-
-    @classmethod
-    def acquire(cls, db_path: str) -> WriterLock:
-        """Take the lock or raise ``WriterLockError`` naming the process that holds it."""
-        import fcntl  # POSIX only; imported here so that readers never need it
-
-        lock = cls(db_path)
-        os.makedirs(os.path.dirname(os.path.abspath(lock.path)), exist_ok=True)
-        fd = os.open(lock.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-            finally:
-                os.close(fd)
-            raise WriterLockError(lock.db_path, _describe_holder(holder)) from None
-        lock._fd = fd
-        lock._write_holder()
-        return lock
-
-    def _write_holder(self) -> None:
-        import socket
-        import sys
-
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "command": " ".join(sys.argv)[:300], "since_ms": int(time.time() * 1000)}
-        try:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, json.dumps(holder).encode(), 0)
-        except OSError as exc:  # a full disk: the lock holds, only the description is missing
-            log.warning("could not describe the writer in %s: %s", self.path, exc)
-
-    def release(self) -> None:
-        """Release the lock (the file stays: removing it would race with a new holder)."""
-        if self._fd is not None:
-            os.close(self._fd)  # closing the last descriptor releases the flock
-            self._fd = None
-
-
-def _describe_holder(text: str) -> str:
-    """'pid 123 on host x: python collector.py ...' from the lock file's JSON."""
-    try:
-        holder = json.loads(text)
-        return f"pid {holder['pid']} on {holder['host']}: {holder['command']}"
-    except (ValueError, KeyError, TypeError):
-        return "a process that did not describe itself"
 
 
 def database_size_bytes(path: str | os.PathLike) -> int:
