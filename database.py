@@ -1,5 +1,9 @@
 """SQLite storage: ticks, 1-second bars, trade-id gaps and uploaded bars.
 
+Given a ``postgresql://`` URL instead of a file path, ``connect`` returns a PostgreSQL
+connection and the same functions store and read the same tables on a server: see
+``database_postgres`` (partitioned ticks, many writers). The notes below are SQLite's.
+
 One writer thread owns one connection and calls ``TickWriter.write(batch)`` once per batch;
 every page reads on its own connections (``connect(path, readonly=True)``). The file is in
 WAL mode, so readers never block the writer and the writer never blocks readers; two writers
@@ -92,6 +96,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+import database_postgres
 from analytics import TIMEFRAME_MS
 from writer_lock import WriterLock, WriterLockError  # noqa: F401 (part of this API)
 
@@ -255,26 +260,28 @@ _BAR_VALUES = """INSERT INTO bars_1s
 
 # Adds a partial bar (trades new to the table) to the stored one. In an UPDATE every
 # right-hand side sees the old row, so the CASEs compare against the stored first/last.
-_MERGE_BAR = _BAR_VALUES + """
+# The stored row is named ``bar`` (PostgreSQL refuses unqualified names here as ambiguous;
+# the same SQL runs on both backends).
+_MERGE_BAR = _BAR_VALUES.replace("INSERT INTO bars_1s", "INSERT INTO bars_1s AS bar", 1) + """
     ON CONFLICT (symbol, ts) DO UPDATE SET
-        open = CASE WHEN (excluded.first_ts, excluded.first_id) < (first_ts, first_id)
-                    THEN excluded.open ELSE open END,
-        first_ts = CASE WHEN (excluded.first_ts, excluded.first_id) < (first_ts, first_id)
-                        THEN excluded.first_ts ELSE first_ts END,
-        first_id = CASE WHEN (excluded.first_ts, excluded.first_id) < (first_ts, first_id)
-                        THEN excluded.first_id ELSE first_id END,
-        close = CASE WHEN (excluded.last_ts, excluded.last_id) > (last_ts, last_id)
-                     THEN excluded.close ELSE close END,
-        last_ts = CASE WHEN (excluded.last_ts, excluded.last_id) > (last_ts, last_id)
-                       THEN excluded.last_ts ELSE last_ts END,
-        last_id = CASE WHEN (excluded.last_ts, excluded.last_id) > (last_ts, last_id)
-                       THEN excluded.last_id ELSE last_id END,
-        high = max(high, excluded.high),
-        low = min(low, excluded.low),
-        volume = volume + excluded.volume,
-        buy_volume = buy_volume + excluded.buy_volume,
-        trades = trades + excluded.trades,
-        notional = notional + excluded.notional"""
+        open = CASE WHEN (excluded.first_ts, excluded.first_id) < (bar.first_ts, bar.first_id)
+                    THEN excluded.open ELSE bar.open END,
+        first_ts = CASE WHEN (excluded.first_ts, excluded.first_id) < (bar.first_ts, bar.first_id)
+                        THEN excluded.first_ts ELSE bar.first_ts END,
+        first_id = CASE WHEN (excluded.first_ts, excluded.first_id) < (bar.first_ts, bar.first_id)
+                        THEN excluded.first_id ELSE bar.first_id END,
+        close = CASE WHEN (excluded.last_ts, excluded.last_id) > (bar.last_ts, bar.last_id)
+                     THEN excluded.close ELSE bar.close END,
+        last_ts = CASE WHEN (excluded.last_ts, excluded.last_id) > (bar.last_ts, bar.last_id)
+                       THEN excluded.last_ts ELSE bar.last_ts END,
+        last_id = CASE WHEN (excluded.last_ts, excluded.last_id) > (bar.last_ts, bar.last_id)
+                       THEN excluded.last_id ELSE bar.last_id END,
+        high = CASE WHEN excluded.high > bar.high THEN excluded.high ELSE bar.high END,
+        low = CASE WHEN excluded.low < bar.low THEN excluded.low ELSE bar.low END,
+        volume = bar.volume + excluded.volume,
+        buy_volume = bar.buy_volume + excluded.buy_volume,
+        trades = bar.trades + excluded.trades,
+        notional = bar.notional + excluded.notional"""
 
 _MERGE_BAR_1M = _MERGE_BAR.replace("INSERT INTO bars_1s", "INSERT INTO bars_1m", 1)
 
@@ -423,6 +430,8 @@ def connect(path: str | os.PathLike, *, readonly: bool = False,
     schema version.
     """
     path = os.fspath(path)
+    if database_postgres.is_url(path):  # a server: see database_postgres
+        return database_postgres.connect(path, readonly=readonly)
     if path == ":memory:" or not path:
         raise ValueError(f"path ({path!r}) must name a file: WAL mode needs one")
     if busy_timeout_ms < 0:
@@ -486,6 +495,13 @@ def _create_schema(conn: sqlite3.Connection, path: str) -> None:
         raise RuntimeError(
             f"database {path!r} has schema version {version}; this program reads version "
             f"{SCHEMA_VERSION}: use a new file (CRYPTO_DB_PATH) or the matching program")
+
+
+def database_exists(target: str | os.PathLike) -> bool:
+    """True when ``target`` is a PostgreSQL URL (the server answers at ``connect``) or an
+    existing SQLite file: where callers used ``os.path.exists`` before a read-only open."""
+    target = os.fspath(target)
+    return database_postgres.is_url(target) or os.path.exists(target)
 
 
 def database_size_bytes(path: str | os.PathLike) -> int:
@@ -610,7 +626,10 @@ class TickWriter:
             return WriteStats(0, 0, 0, 0)
         ids_by_symbol = _ids_by_symbol(trades, seen)
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        if database_postgres.is_postgres(conn):  # + day partitions and per-symbol locks
+            database_postgres.begin_write(conn, trades, ids_by_symbol)
+        else:
+            conn.execute("BEGIN IMMEDIATE")
         try:
             # Tracking starts from the state before this batch is inserted.
             bases = {symbol: self._tracked(symbol) for symbol in ids_by_symbol}
@@ -866,6 +885,10 @@ def _insert_ticks_and_bars(conn: sqlite3.Connection, trades: list[tuple]) -> int
     redone with only the rows that are neither repeated in the batch nor stored already,
     so no trade is counted twice and no second has to be re-read from ``ticks``.
     """
+    if database_postgres.is_postgres(conn):  # COPY + INSERT ... RETURNING the new rows
+        trades = database_postgres.insert_new_ticks(conn, trades)
+        _merge_bars(conn, trades)
+        return len(trades)
     conn.execute("SAVEPOINT tick_batch")
     before = conn.total_changes
     _insert_rows(conn, trades)
@@ -878,12 +901,17 @@ def _insert_ticks_and_bars(conn: sqlite3.Connection, trades: list[tuple]) -> int
         inserted = conn.total_changes - before
         if inserted != len(trades):  # only if the table's keys differ from the schema's
             raise RuntimeError(f"inserted {inserted} of {len(trades)} rows checked as new")
-    if inserted:
+    _merge_bars(conn, trades if inserted else [])
+    conn.execute("RELEASE tick_batch")
+    return inserted
+
+
+def _merge_bars(conn, trades: list[tuple]) -> None:
+    """Add exactly ``trades`` (rows new to ``ticks``) to their 1 s and 1 min bars."""
+    if trades:
         seconds = _aggregate_seconds(trades)
         conn.executemany(_MERGE_BAR, _bar_rows(seconds))
         conn.executemany(_MERGE_BAR_1M, _bar_rows(_minutes_of(seconds)))
-    conn.execute("RELEASE tick_batch")
-    return inserted
 
 
 def _rows_not_stored(conn: sqlite3.Connection, trades: list[tuple]) -> list[tuple]:
@@ -971,6 +999,8 @@ def prune(conn: sqlite3.Connection, older_than_ms: int, *, max_rows: int = 5_000
     """
     if max_rows < 1:
         raise ValueError(f"max_rows ({max_rows}) must be >= 1")
+    if database_postgres.is_postgres(conn):  # whole day partitions, every symbol at once
+        return database_postgres.prune(conn, older_than_ms)
     older_than_ms = int(older_than_ms)
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -1219,7 +1249,7 @@ def read_ticks(conn: sqlite3.Connection, symbol: str, start_ms: int,
     end = _MAX_TS if end_ms is None else int(end_ms)
     sql = _READ_TICKS_NEWEST if latest else _READ_TICKS_OLDEST
     rows = conn.execute(sql, (symbol.upper(), int(start_ms), end,
-                              -1 if limit is None else int(limit))).fetchall()
+                              _MAX_TS if limit is None else int(limit))).fetchall()
     if latest:
         rows.reverse()
     if rows:
@@ -2058,16 +2088,22 @@ def save_klines(conn: sqlite3.Connection, symbol: str, rows: Iterable[Sequence])
     if not values:
         return 0
     with _Transaction(conn):
-        conn.executemany(
-            "INSERT OR REPLACE INTO klines_1m (symbol, ts, open, high, low, close, volume, "
-            "buy_volume, trades, notional) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+        conn.executemany(_UPSERT_KLINES, values)
         _bump_history_version(conn)
     return len(values)
 
 
+# An upsert, not INSERT OR REPLACE: the same SQL on both backends.
+_UPSERT_KLINES = """INSERT INTO klines_1m (symbol, ts, open, high, low, close, volume,
+    buy_volume, trades, notional) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (symbol, ts) DO UPDATE SET open = excluded.open, high = excluded.high,
+    low = excluded.low, close = excluded.close, volume = excluded.volume,
+    buy_volume = excluded.buy_volume, trades = excluded.trades, notional = excluded.notional"""
+
+
 def _bump_history_version(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO UPDATE "
-                 "SET value = CAST(value AS INTEGER) + 1", (_HISTORY_VERSION_KEY,))
+                 "SET value = CAST(meta.value AS INTEGER) + 1", (_HISTORY_VERSION_KEY,))
 
 
 def history_version(conn: sqlite3.Connection) -> int:
@@ -2078,6 +2114,8 @@ def history_version(conn: sqlite3.Connection) -> int:
 
 
 def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    if database_postgres.is_postgres(conn):
+        return database_postgres.table_exists(conn, name)
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                         (name,)).fetchone() is not None
 
@@ -2158,6 +2196,8 @@ def open_gaps(conn: sqlite3.Connection, symbols: Iterable[str]
     names = [s.upper() for s in symbols]
     if not names:
         return []
+    if database_postgres.is_postgres(conn):
+        return database_postgres.open_gaps(conn, names)
     rows = conn.execute(
         "SELECT symbol, from_id, to_id, from_ts, to_ts FROM gaps WHERE symbol IN "
         "(SELECT value FROM json_each(?)) ORDER BY from_id DESC", (json.dumps(names),)
@@ -2169,8 +2209,9 @@ def note_gap(conn: sqlite3.Connection, symbol: str, from_id: int, to_id: int, re
              *, repaired: bool = False) -> None:
     """Record why a gap stays open, or that REST repaired it (shown in the Health tab)."""
     conn.execute(
-        "INSERT OR REPLACE INTO gap_notes (symbol, from_id, to_id, repaired, reason, noted_ms) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO gap_notes (symbol, from_id, to_id, repaired, reason, noted_ms) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (symbol, from_id, to_id) DO UPDATE SET "
+        "repaired = excluded.repaired, reason = excluded.reason, noted_ms = excluded.noted_ms",
         (symbol.upper(), int(from_id), int(to_id), int(repaired), reason, _now_ms()))
 
 
@@ -2231,7 +2272,7 @@ class BackfillLedger:
 
     def _exists(self) -> bool:
         """Reads and notes never create the file (a feed that never connected leaves none)."""
-        return self._conn is not None or os.path.exists(self.path)
+        return self._conn is not None or database_exists(self.path)
 
     def last_trade(self, symbol: str, received_before_ms: int | None = None
                    ) -> tuple[int, int] | None:

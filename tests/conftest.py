@@ -52,6 +52,9 @@ def postgres_cluster():
             pytest.fail(f"CI must run the PostgreSQL tests, but no server starts: {exc}")
         pytest.skip(f"no PostgreSQL server can be started here: {exc}")
     yield cluster
+    import database_postgres
+
+    database_postgres.close_pools()  # before the server goes: no pool reconnects to nothing
     cluster.stop()
 
 
