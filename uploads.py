@@ -532,7 +532,9 @@ def _as_text(series: pd.Series) -> pd.Series:
     return series.astype("str").fillna("").str.strip()
 
 
-def _is_empty(column: pd.Series) -> np.ndarray:
+def _is_empty(column: pd.Series | _NumberCells) -> np.ndarray:
+    if isinstance(column, _NumberCells):
+        return column.empty
     if pd.api.types.is_numeric_dtype(column.dtype):
         return column.isna().to_numpy()
     return (column == "").to_numpy(dtype=bool)
@@ -544,9 +546,15 @@ def _valid_symbols(symbol: pd.Series) -> np.ndarray:
     return symbol.str.lower().str.fullmatch(pattern).fillna(False).to_numpy(dtype=bool)
 
 
-def _to_float(column: pd.Series) -> np.ndarray:
-    """Writable float64 array of a column of numbers (NDJSON numbers) or of Arrow text
-    (every reader's cells are "str" columns); unreadable cells are NaN."""
+def _to_float(column: pd.Series | _NumberCells) -> np.ndarray:
+    """Writable float64 array of a column of numbers (NDJSON numbers, ``_NumberCells``) or
+    of Arrow text ("str" columns); unreadable cells are NaN.
+
+    ``_NumberCells`` give their own array, not a copy (8 MB a million rows): the columns
+    are the validator's private input, and _check_numbers' edit (inf -> NaN, after the
+    "not finite" reason) is what every later reader of the column wants."""
+    if isinstance(column, _NumberCells):
+        return column.values
     if pd.api.types.is_float_dtype(column.dtype):
         return np.array(column.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
     return _arrow_text_to_float(pa.array(column.array))
@@ -601,8 +609,8 @@ class _Reasons:
         for piece in pieces:
             if isinstance(piece, str):
                 columns.append(repeat(piece, len(positions)))
-            elif isinstance(piece, pd.Series):
-                columns.append(piece.iloc[positions].astype(str).tolist())
+            elif isinstance(piece, (pd.Series, _NumberCells)):
+                columns.append(_cell_texts(piece, positions))
             elif callable(piece):  # computed for the flagged rows only
                 columns.append(piece(positions))
             else:
@@ -663,32 +671,94 @@ def _check_numbers(
 
 
 @dataclass
+class _NumberCells:
+    """A numeric column kept as numbers instead of text (8 bytes a cell instead of the text
+    and its 8-byte Arrow offset): ``values`` is float64, NaN where the cell is empty or not a
+    number (+-inf kept, so that "not finite" can be said); ``empty`` marks empty cells; the
+    cells' own text, for the few rows a message quotes, comes from ``texts(positions)``."""
+
+    values: np.ndarray
+    empty: np.ndarray
+    texts: Callable[[np.ndarray], list[str]]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def take(self, keep: np.ndarray) -> _NumberCells:
+        """The rows where ``keep`` is True (texts still found by the new positions)."""
+        kept, texts = np.flatnonzero(keep), self.texts
+        return _NumberCells(self.values[kept], self.empty[kept],
+                            lambda positions: texts(kept[np.asarray(positions)]))
+
+    def head(self, n: int) -> _NumberCells:
+        # A copy: a validator may edit its values (see _to_float), the full one runs later.
+        return _NumberCells(self.values[:n].copy(), self.empty[:n], self.texts)
+
+
+def _cell_texts(column: pd.Series | _NumberCells, positions: np.ndarray) -> list[str]:
+    """The stripped text of ``column``'s cells at ``positions``."""
+    if isinstance(column, _NumberCells):
+        return column.texts(positions)
+    return column.iloc[positions].astype(str).tolist()
+
+
+def _head(column: pd.Series | _NumberCells | None, n: int):
+    if column is None or isinstance(column, _NumberCells):
+        return None if column is None else column.head(n)
+    return column.iloc[:n].reset_index(drop=True)
+
+
+@dataclass
 class _CsvTable:
+    """A CSV file split into cells. ``columns`` holds the columns the caller asked to keep
+    (by position; all of them unless the reader was told otherwise) as stripped Arrow text
+    ("str" Series) or ``_NumberCells``; ``row_texts`` gives every cell of any row as text
+    (for the rejected table and the raw lines), read again from the file's bytes by the
+    fast reader, so columns nobody validates never stay in memory."""
+
     header: list[str]  # stripped names as written in the file
-    cells: pd.DataFrame  # stripped text cells (Arrow-backed "str"), columns 0..len(header)-1
-    lines: np.ndarray  # int64 line number of each row of cells
+    columns: dict[int, pd.Series | _NumberCells]
+    lines: np.ndarray  # int64 line number of each row
     ragged: list[tuple[int, str, list[str]]]  # (line, reason, fields) of rows of bad width
     n_blank: int
+    row_texts: Callable[[np.ndarray], list[list[str]]]  # positions -> stripped cells, padded
 
     def head(self, n: int) -> _CsvTable:
         """The first ``n`` rows (and the ragged rows among their lines)."""
         last = int(self.lines[n - 1]) if len(self.lines) >= n else np.iinfo(np.int64).max
         return _CsvTable(
-            self.header, self.cells.iloc[:n].reset_index(drop=True), self.lines[:n],
-            [row for row in self.ragged if row[0] <= last], 0,
+            self.header, {i: _head(c, n) for i, c in self.columns.items()}, self.lines[:n],
+            [row for row in self.ragged if row[0] <= last], 0, self.row_texts,
         )
+
+    def rows(self, keep: np.ndarray) -> _CsvTable:
+        """The rows where ``keep`` is True (ragged rows and blank count unchanged)."""
+        kept, row_texts = np.flatnonzero(keep), self.row_texts
+        columns = {
+            i: c.take(keep) if isinstance(c, _NumberCells) else c[keep].reset_index(drop=True)
+            for i, c in self.columns.items()
+        }
+        return _CsvTable(self.header, columns, self.lines[kept], self.ragged, self.n_blank,
+                         lambda positions: row_texts(kept[np.asarray(positions)]))
+
+    def __len__(self) -> int:
+        return len(self.lines)
 
 
 _CSV_CHUNK_ROWS = 50_000
+_CSV_BLOCK_BYTES = 1 << 20  # the fast reader's block: its transient cells stay ~1 MB
 
 
-def _read_csv_table(raw: bytes) -> _CsvTable:
-    """Split CSV (UTF-8 bytes) into header and string cells, keeping each row's first line
-    number. The cells are Arrow-backed text columns (about the file's size in memory).
+def _read_csv_table(
+    raw: bytes, kinds_of: Callable[[list[str]], dict[int, str] | None] | None = None
+) -> _CsvTable:
+    """Split CSV (UTF-8 bytes) into header and cells, keeping each row's first line number.
 
     A file without quotes, where every line is one row, is read by pyarrow's CSV reader
-    and never becomes per-cell Python objects; a file with quotes (cells that may hold
-    the delimiter or a newline) goes through Python's csv module, 50,000 rows at a time."""
+    block by block, never becomes per-cell Python objects, and keeps only the columns
+    ``kinds_of(header)`` asks for, numbers as float64 (see ``_read_unquoted_csv``). A file
+    with quotes (cells that may hold the delimiter or a newline) goes through Python's csv
+    module, 50,000 rows at a time, and keeps every column as Arrow text."""
     if b"\r" in raw:
         raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     first_line = next((line for line in raw[:65_536].split(b"\n") if line.strip()), b"")
@@ -696,7 +766,7 @@ def _read_csv_table(raw: bytes) -> _CsvTable:
     if b"," not in first_line:
         delimiter = ";" if b";" in first_line else ("\t" if b"\t" in first_line else ",")
     if b'"' not in raw:
-        table = _read_unquoted_csv(raw, delimiter)
+        table = _read_unquoted_csv(raw, delimiter, kinds_of)
         if table is not None:
             return table
     return _read_quoted_csv(raw, delimiter)
@@ -756,63 +826,120 @@ def _read_quoted_csv(raw: bytes, delimiter: str) -> _CsvTable:
             for i, chunks in enumerate(column_chunks)
         }
     )
-    return _CsvTable(header, cells, np.frombuffer(lines, dtype=np.int64), ragged, n_blank)
+
+    def row_texts(positions) -> list[list[str]]:
+        return cells.iloc[np.asarray(positions, dtype=np.int64)].astype(object).values.tolist()
+
+    return _CsvTable(header, {i: cells[i] for i in range(width)},
+                     np.frombuffer(lines, dtype=np.int64), ragged, n_blank, row_texts)
 
 
-_NEWLINE_SCAN_BYTES = 1 << 24  # newline positions are found 16 MB at a time
+_NEWLINE_SCAN_BYTES = 1 << 20  # newline positions are found 1 MB at a time
 
 
-def _line_ends(raw: bytes) -> np.ndarray:
-    """Offsets of every b"\\n" in ``raw`` (int64), scanned in blocks so the temporary
-    boolean mask stays small."""
+def _newline_blocks(raw: bytes):
+    """Offsets (int64) of the b"\\n" bytes of ``raw``, one array per 1 MB block: nothing
+    of the size of the whole file is built (an array of every line's offset would cost 8
+    bytes a line, and freeing such temporaries does not give the memory back at once)."""
     buffer = np.frombuffer(raw, dtype=np.uint8)
-    parts = [
-        np.flatnonzero(buffer[at:at + _NEWLINE_SCAN_BYTES] == 10) + at
-        for at in range(0, len(buffer), _NEWLINE_SCAN_BYTES)
-    ]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    for at in range(0, len(buffer), _NEWLINE_SCAN_BYTES):
+        yield np.flatnonzero(buffer[at:at + _NEWLINE_SCAN_BYTES] == 10) + at
 
 
-def _read_unquoted_csv(raw: bytes, delimiter: str) -> _CsvTable | None:
+def _line_stats(raw: bytes) -> tuple[int, np.ndarray, int]:
+    """Number of lines of ``raw``, 1-based numbers of its empty lines, longest line (bytes).
+
+    A last line without a newline counts; an empty file has no lines."""
+    n_lines, previous_end, longest = 0, -1, 0
+    empty: list[np.ndarray] = []
+    for ends in _newline_blocks(raw):
+        if len(ends):
+            lengths = np.diff(ends, prepend=previous_end) - 1
+            longest = max(longest, int(lengths.max()))
+            empty.append(np.flatnonzero(lengths == 0) + n_lines + 1)
+            n_lines += len(ends)
+            previous_end = int(ends[-1])
+    if previous_end + 1 < len(raw):
+        longest = max(longest, len(raw) - previous_end - 1)
+        n_lines += 1
+    return n_lines, np.concatenate(empty) if empty else np.zeros(0, np.int64), longest
+
+
+def _line_spans(raw: bytes, numbers: np.ndarray) -> dict[int, tuple[int, int]]:
+    """(start, end) byte offsets of the lines with the given 1-based numbers (end excludes
+    the newline). One scan, stopped after the last line asked for."""
+    wanted = np.unique(np.asarray(numbers, dtype=np.int64))
+    spans: dict[int, tuple[int, int]] = {}
+    n_before, previous_end, found = 0, -1, 0
+    for ends in _newline_blocks(raw):
+        if found == len(wanted):
+            break
+        if not len(ends):
+            continue
+        last = n_before + len(ends)
+        upto = int(np.searchsorted(wanted, last, side="right"))
+        for number in wanted[found:upto].tolist():
+            k = number - n_before - 1
+            start = int(ends[k - 1]) + 1 if k else previous_end + 1
+            spans[number] = (start, int(ends[k]))
+        found, n_before, previous_end = upto, last, int(ends[-1])
+    for number in wanted[found:].tolist():  # the last line, without a newline
+        spans[number] = (previous_end + 1, len(raw))
+    return spans
+
+
+def _read_unquoted_csv(
+    raw: bytes, delimiter: str, kinds_of: Callable[[list[str]], dict[int, str] | None] | None = None
+) -> _CsvTable | None:
     """Fast reader for files without quotes: one line = one row, parsed by pyarrow.
 
     Reproduces the exact reader's rules (header = first non-blank line; blank lines are
     empty or hold only spaces and delimiters; rows of another width are "ragged" unless the
     extra cells are empty). Line numbers come from the newline offsets. Returns None when
-    pyarrow cannot give line numbers, so the caller falls back to the exact reader."""
-    ends = _line_ends(raw)
-    starts = np.concatenate([[0], ends + 1])
-    if len(raw) and raw[-1:] != b"\n":
-        ends = np.concatenate([ends, [len(raw)]])
-    starts = starts[: len(ends)]
-    if len(ends) and int((ends - starts).max()) > csv.field_size_limit():
+    pyarrow cannot give line numbers, so the caller falls back to the exact reader.
+
+    ``kinds_of(header)`` says which columns to keep and how: position -> "text" or
+    "number" (``_NumberCells``); other columns are not kept (their cells stay readable
+    through ``row_texts``). None, or a None answer, keeps every column as text. The file is
+    read 4 MB at a time and each block's cells are turned into the kept form at once, so the
+    whole file never exists as text cells."""
+    n_lines, empty_lines, longest = _line_stats(raw)
+    if longest > csv.field_size_limit():
         return None  # the exact reader names the line with the oversized cell
-    header_index = None
-    for index in range(len(starts)):  # the first non-blank line: usually the first line
-        line = raw[starts[index]:ends[index]].decode("utf-8")
+    header_index, start = None, 0
+    for index in range(n_lines):  # the first non-blank line: usually the first line
+        end = raw.find(b"\n", start)
+        end = len(raw) if end < 0 else end
+        line = raw[start:end].decode("utf-8")
         if line.replace(delimiter, "").strip():
             header_index = index
             break
+        start = end + 1
     if header_index is None:
         raise _UploadError("the file is empty")
     header = [name.strip() for name in line.split(delimiter)]
     width = len(header)
+    kinds = (kinds_of(header) if kinds_of is not None else None) or dict.fromkeys(
+        range(width), "text")
     names = [f"c{i}" for i in range(width)]
-    body_start = int(ends[header_index]) + 1
-    lines_after_header = len(ends) - header_index - 1
+    body_start = end + 1
+    lines_after_header = n_lines - header_index - 1
+    first_body_line = header_index + 2  # 1-based number of the line after the header
+    empty = empty_lines[empty_lines >= first_body_line]
     handled: list[tuple[int, str]] = []  # (line number, text) of rows pyarrow refused
 
     def refuse(row) -> str:
         handled.append((row.number, row.text))
         return "skip"
 
-    columns = {name: pa.array([], pa.large_string()) for name in names}
+    parts: dict[int, list] = {i: [] for i in kinds}  # kept columns, block by block
+    blank_parts: list[np.ndarray] = []
+    n_arrow_rows = 0
     if lines_after_header > 0 and body_start < len(raw):
-        body = pa.py_buffer(raw)[body_start:]
-        arrow = pa_csv.read_csv(
-            pa.BufferReader(body),
+        reader = pa_csv.open_csv(
+            pa.BufferReader(pa.py_buffer(raw)[body_start:]),
             read_options=pa_csv.ReadOptions(
-                column_names=names, use_threads=False, block_size=1 << 22
+                column_names=names, use_threads=False, block_size=_CSV_BLOCK_BYTES
             ),
             parse_options=pa_csv.ParseOptions(
                 delimiter=delimiter, quote_char=False, ignore_empty_lines=True,
@@ -823,13 +950,17 @@ def _read_unquoted_csv(raw: bytes, delimiter: str) -> _CsvTable | None:
                 strings_can_be_null=False,
             ),
         )
-        columns = {name: arrow.column(name) for name in names}
-        del arrow  # the columns are all that is kept
+        for batch in reader:
+            n_arrow_rows += batch.num_rows
+            cells, all_blank = _stripped_cells(batch.columns)
+            blank_parts.append(all_blank)
+            filled = pa.array(~all_blank) if all_blank.any() else None
+            for i, kind in kinds.items():
+                column = cells[i] if filled is None else cells[i].filter(filled)
+                parts[i].append(_kept_cells(column, kind))
+            del batch, cells
     if any(number is None for number, _ in handled):
         return None
-    first_body_line = header_index + 2  # 1-based number of the line after the header
-    body_lengths = ends[header_index + 1:] - starts[header_index + 1:]
-    empty = np.flatnonzero(body_lengths == 0) + first_body_line
     ragged, extra_rows, blank_lines = [], [], []
     for number, text in handled:
         line_number = first_body_line + number - 1
@@ -841,41 +972,94 @@ def _read_unquoted_csv(raw: bytes, delimiter: str) -> _CsvTable | None:
         else:
             ragged.append((line_number, f"expected {width} fields, found {len(fields)}", fields))
     refused = np.asarray([first_body_line + n - 1 for n, _ in handled], dtype=np.int64)
-    all_lines = np.arange(first_body_line, first_body_line + lines_after_header, dtype=np.int64)
-    row_lines = np.setdiff1d(all_lines, np.concatenate([empty, refused]), assume_unique=True)
-    n_arrow_rows = len(columns[names[0]])
-    if len(row_lines) != n_arrow_rows:
+    # The rows pyarrow gave, in order: the body lines but the empty and the refused ones.
+    is_row = np.ones(max(lines_after_header, 0), dtype=bool)
+    is_row[np.concatenate([empty, refused]) - first_body_line] = False
+    if int(is_row.sum()) != n_arrow_rows:
         return None  # pyarrow saw the lines differently: let the exact reader decide
+    all_blank = np.concatenate(blank_parts) if blank_parts else np.zeros(0, dtype=bool)
+    n_blank = len(empty) + len(blank_lines) + int(all_blank.sum())
+    if all_blank.any():
+        is_row[np.flatnonzero(is_row)[all_blank]] = False
+    row_lines = np.flatnonzero(is_row) + first_body_line
+    del is_row
+    order = None
     if extra_rows:
+        # Rows with trailing delimiters go back to their place among the others.
         extra_lines = np.asarray([line for line, _ in extra_rows], dtype=np.int64)
         order = np.argsort(np.concatenate([row_lines, extra_lines]), kind="stable")
-        columns = {
-            name: pa.concat_arrays(
-                [pa.concat_arrays(columns[name].chunks) if isinstance(columns[name],
-                 pa.ChunkedArray) else columns[name],
-                 pa.array([fields[i] for _, fields in extra_rows], pa.large_string())]
-            ).take(pa.array(order))
-            for i, name in enumerate(names)
-        }
         row_lines = np.concatenate([row_lines, extra_lines])[order]
-    # Cells are stripped once here (the validators read them as stripped text). Rows whose
-    # cells are all blank are blank lines (",,,," or spaces between delimiters).
-    all_blank = np.ones(len(row_lines), dtype=bool)
-    for name in names:
-        padded = pa_compute.match_substring_regex(columns[name], r"^\s|\s$")
-        if pa_compute.any(padded).as_py():
-            columns[name] = pa_compute.utf8_trim_whitespace(columns[name])
+        for i, kind in kinds.items():
+            extra = pa.array([fields[i].strip() for _, fields in extra_rows], pa.large_string())
+            parts[i].append(_kept_cells(extra, kind))
+    columns = {i: _joined_cells(parts.pop(i), kind, order) for i, kind in kinds.items()}
+    row_texts = _line_row_texts(raw, row_lines, delimiter, width)
+    for i, kind in kinds.items():
+        if kind == "number":
+            columns[i] = _NumberCells(*columns[i], texts=_column_texts(row_texts, i))
+    return _CsvTable(header, columns, row_lines, ragged, n_blank, row_texts)
+
+
+def _stripped_cells(columns: list) -> tuple[list, np.ndarray]:
+    """A block's text columns with surrounding spaces removed, and which rows are blank
+    (every cell empty: ",,,," or spaces between delimiters)."""
+    all_blank = np.ones(len(columns[0]) if columns else 0, dtype=bool)
+    out = []
+    for column in columns:
+        if pa_compute.any(pa_compute.match_substring_regex(column, r"^\s|\s$")).as_py():
+            column = pa_compute.utf8_trim_whitespace(column)
         if all_blank.any():
-            empty_cell = pa_compute.equal(columns[name], "").to_numpy(zero_copy_only=False)
-            all_blank &= np.asarray(empty_cell)
-    n_blank = len(empty) + len(blank_lines) + int(all_blank.sum())
-    cells = pd.DataFrame(
-        {i: pd.Series(pd.array(columns[name], dtype="str")) for i, name in enumerate(names)}
-    )
-    if all_blank.any():
-        cells = cells[~all_blank].reset_index(drop=True)
-        row_lines = row_lines[~all_blank]
-    return _CsvTable(header, cells, row_lines, ragged, n_blank)
+            all_blank &= np.asarray(pa_compute.equal(column, "").to_numpy(zero_copy_only=False))
+        out.append(column)
+    return out, all_blank
+
+
+def _kept_cells(column, kind: str):
+    """One block of one column in its kept form: Arrow text, or (float64 values, empty)."""
+    if kind == "text":
+        return column
+    values = _arrow_text_to_float(column)
+    empty = np.asarray(pa_compute.equal(column, "").to_numpy(zero_copy_only=False), dtype=bool)
+    return values, empty
+
+
+def _joined_cells(blocks: list, kind: str, order: np.ndarray | None):
+    """The blocks of one column as one ("str" Series, or (values, empty)), in ``order``."""
+    if kind == "text":
+        chunks = [c.chunks if isinstance(c, pa.ChunkedArray) else [c] for c in blocks]
+        joined = pa.chunked_array([a for c in chunks for a in c], pa.large_string())
+        if order is not None:
+            joined = joined.take(pa.array(order))
+        return pd.Series(pd.array(joined, dtype="str"))
+    values = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros(0)
+    empty = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, dtype=bool)
+    if order is not None:
+        values, empty = values[order], empty[order]
+    return values, empty
+
+
+def _line_row_texts(raw: bytes, row_lines: np.ndarray, delimiter: str, width: int
+                    ) -> Callable[[np.ndarray], list[list[str]]]:
+    """Every cell of the rows at some positions, read again from their lines in ``raw``
+    (for the few rows a message or the rejected table shows): each call scans the file for
+    the newlines up to the last row asked for, so no offset of every line is ever kept."""
+    def row_texts(positions) -> list[list[str]]:
+        numbers = row_lines[np.asarray(positions, dtype=np.int64)]
+        if not len(numbers):
+            return []
+        spans = _line_spans(raw, numbers)
+        out = []
+        for number in numbers.tolist():
+            start, end = spans[number]
+            fields = [f.strip() for f in raw[start:end].decode("utf-8").split(delimiter)]
+            out.append((fields + [""] * width)[:width])
+        return out
+
+    return row_texts
+
+
+def _column_texts(row_texts: Callable, column: int) -> Callable[[np.ndarray], list[str]]:
+    return lambda positions: [row[column] for row in row_texts(positions)]
 
 
 def _looks_like_data(header: list[str]) -> bool:
@@ -1179,13 +1363,13 @@ def parse_ohlc_csv(
                 "the file is NDJSON (one JSON object per line), not CSV: upload it as trades "
                 "(ticks)"
             )
-        table = _read_csv_table(raw)
-        del raw  # the table holds the cells: free the file's bytes before validating
-        if len(table.cells) + len(table.ragged) > 2 * _PROBE_ROWS:
+        table = _read_csv_table(raw, _ohlc_kinds)
+        del raw  # the table's row_texts keeps what it needs
+        if len(table) + len(table.ragged) > 2 * _PROBE_ROWS:
             _refuse_if_hopeless(
                 lambda: _validate_ohlc(table.head(_PROBE_ROWS), filename, naive_timezone,
                                        default_symbol, timeframe, wanted_ms),
-                len(table.cells) + len(table.ragged),
+                len(table) + len(table.ragged),
             )
         result = _validate_ohlc(table, filename, naive_timezone, default_symbol, timeframe,
                                 wanted_ms)
@@ -1197,6 +1381,17 @@ def parse_ohlc_csv(
     except (ValueError, TypeError, ArithmeticError, RecursionError, UnicodeError) as exc:
         # A defect of this parser, not of the file: said as such instead of a traceback.
         return _failed_ohlc(filename, _internal_error(exc), 0)
+
+
+def _ohlc_kinds(header: list[str]) -> dict[int, str] | None:
+    """The columns the OHLC validator reads (numbers as numbers); None = keep all as text
+    (a header the validator refuses: it says why with the row count)."""
+    try:
+        columns, _, _ = _resolve_ohlc_columns(header, 0)
+    except _UploadError:
+        return None
+    text = {"time", "symbol", "timeframe"}
+    return {position: "text" if name in text else "number" for name, position in columns.items()}
 
 
 def _resolve_ohlc_columns(header: list[str], n_rows: int) -> tuple[dict[str, int], list[str], bool]:
@@ -1292,7 +1487,7 @@ def _validate_ohlc(
     timeframe: str | None,
     wanted_ms: int | None,
 ) -> OhlcUpload:
-    n_rows = len(table.cells) + len(table.ragged)
+    n_rows = len(table) + len(table.ragged)
     columns, ignored, is_price_file = _resolve_ohlc_columns(table.header, n_rows)
     if "symbol" not in columns and default_symbol is None:
         raise _UploadError(
@@ -1304,37 +1499,38 @@ def _validate_ohlc(
         raise _UploadError("the file has a header but no data rows")
 
     warnings: list[str] = []
-    cells, lines = table.cells, table.lines
     declared_ms, n_skipped = wanted_ms, 0
-    if "timeframe" in columns and len(cells):
+    if "timeframe" in columns and len(table):
         keep, declared_ms = _select_timeframe(
-            _as_text(cells[columns["timeframe"]]), timeframe, wanted_ms, n_rows
+            _as_text(table.columns[columns["timeframe"]]), timeframe, wanted_ms, n_rows
         )
         n_skipped = int((~keep).sum())
         if n_skipped:
-            cells, lines = cells[keep].reset_index(drop=True), lines[keep]
+            table = table.rows(keep)
             warnings.append(
                 f"kept timeframe {timeframe}: {n_skipped:,} rows of other timeframes skipped"
             )
-    n = len(cells)
-    text = {name: cells[position] for name, position in columns.items()}  # already stripped
+    lines = table.lines
+    n = len(table)
+    # Stripped text, or _NumberCells for the numeric columns of a file read by the fast reader.
+    text = {name: table.columns[position] for name, position in columns.items()}
     reasons = _Reasons(n)
 
     times = _parse_times(text["time"], lines, naive_timezone, reasons)
     warnings.extend(_time_warnings(times, naive_timezone))
+    # A column is dropped once its checks are done (the rejected table reads rows again).
+    del text["time"]
+    table.columns.pop(columns["time"])
 
-    if "symbol" in columns:
-        symbol = text["symbol"].str.upper()
-        if default_symbol is not None:
-            symbol = symbol.where(symbol != "", default_symbol)
-    else:
-        symbol = pd.Series([default_symbol] * n, dtype="str")
-    symbol_ok = (symbol != "").to_numpy(dtype=bool)
+    codes, names = _symbol_codes(text.get("symbol"), n, default_symbol)
+    symbol_ok = (names != "")[codes]
     reasons.add(~symbol_ok, "symbol is missing")
     if "symbol" in columns:
-        invalid = symbol_ok & ~_valid_symbols(symbol)
+        invalid = symbol_ok & ~_valid_symbols(pd.Series(names, dtype="str"))[codes]
         reasons.add(invalid, "symbol '", text["symbol"], _SYMBOL_RULE)
         symbol_ok = symbol_ok & ~invalid
+        del text["symbol"]
+        table.columns.pop(columns["symbol"])
 
     prices = _check_prices(text, table.header, columns, is_price_file, reasons, warnings)
     volume = np.full(n, np.nan)
@@ -1345,24 +1541,12 @@ def _validate_ohlc(
 
     # Duplicates: among all rows with a readable time and symbol, the first row owns the time.
     keyed = times.ok & symbol_ok
-    frame = pd.DataFrame(
-        # Categorical: the grouping below works on small integer codes, not on a million
-        # strings hashed again by every groupby.
-        {"symbol": pd.Categorical(symbol.array), "ts": times.ts_ms, "line": lines}
-    )
-    duplicate = np.zeros(n, dtype=bool)
-    if keyed.any():
-        keys = frame[keyed]
-        rows = np.flatnonzero(keyed)
-        duplicate[rows[keys.duplicated(["symbol", "ts"], keep="first").to_numpy()]] = True
-        if duplicate.any():  # the owner's line is looked up only when there is a duplicate
-            first_line = np.zeros(n, dtype=np.int64)
-            owner = keys.groupby(["symbol", "ts"], sort=False, observed=True)["line"]
-            first_line[rows] = owner.transform("first")
-            reasons.add(duplicate, "duplicate time of line ", first_line)
+    duplicate, first_line = _duplicate_times(codes, times.ts_ms, lines, keyed)
+    reasons.add(duplicate, "duplicate time of line ", first_line)
+    del first_line
 
     valid = ~reasons.flagged() & times.ok & symbol_ok
-    late, late_line, descending = _out_of_order(frame, valid)
+    late, late_line, descending = _out_of_order(codes, times.ts_ms, lines, valid, names)
     reasons.add(late, "out of order: time earlier than line ", late_line)
     for name in descending:
         warnings.append(f"rows of {name} are newest first: read in ascending time order")
@@ -1372,7 +1556,7 @@ def _validate_ohlc(
     if "vwap" in columns:
         vwap = _usable_vwap(text["vwap"], prices, accepted, lines, warnings)
     if "volume" in columns:
-        empty_volume = accepted & (text["volume"] == "").to_numpy(dtype=bool)
+        empty_volume = accepted & _is_empty(text["volume"])
         if empty_volume.any():
             warnings.append(f"volume is empty on {int(empty_volume.sum()):,} rows: left as NaN")
     if ignored:
@@ -1383,23 +1567,23 @@ def _validate_ohlc(
     # The grid and spacing describe the file: judged on every readable, non-duplicate row.
     # (Before the bars are built: the grid's temporary copies and the bars never coexist.)
     structural = keyed & ~duplicate
-    grid = _grid_report(frame[structural].assign(accepted=accepted[structural]), declared_ms)
+    grid = _grid_report(codes[structural], times.ts_ms[structural], lines[structural],
+                        accepted[structural], names, declared_ms)
     warnings.extend(grid.warnings)
-    rejected = _rejected_bars_table(reasons, cells, lines, table)
-    # The text cells (about twice the file) are no longer needed: release them before the
-    # bars are built. The table is this function's private input; nobody reads it after.
-    table.cells = table.cells.iloc[:0]
-    del reasons, cells, text, structural
+    rejected = _rejected_bars_table(reasons, lines, table)
+    # The cells are no longer needed: release them before the bars are built. The table is
+    # this function's private input; nobody reads it after.
+    table.columns = {}
+    del reasons, text, structural
 
     # Accepted rows in (symbol, ts) order, ties in file order; built in that order column by
     # column instead of sorting a finished frame (which would copy every column at once).
     picked = np.flatnonzero(accepted)
-    codes = frame["symbol"].cat.codes.to_numpy()  # categories are sorted names
-    del frame
-    order = picked[np.lexsort((times.ts_ms[picked], codes[picked]))]
+    order = picked[np.lexsort((times.ts_ms[picked], codes[picked]))]  # names are sorted
+    symbol_names = pa.array(names.tolist(), pa.large_string())
     bars = pd.DataFrame(
         {
-            "symbol": pd.array(symbol.array[order], dtype="str"),
+            "symbol": pd.array(symbol_names.take(pa.array(codes[order])), dtype="str"),
             "ts": times.ts_ms[order],
             **{name: prices[name][order] for name in OHLC_COLUMNS},
             "volume": volume[order],
@@ -1470,11 +1654,10 @@ def _check_prices(
     return prices
 
 
-def _pick_cells(first: np.ndarray, positions: np.ndarray, a: pd.Series, b: pd.Series
-                ) -> list[str]:
+def _pick_cells(first: np.ndarray, positions: np.ndarray, a, b) -> list[str]:
     """Cell of ``a`` where ``first`` else of ``b``, at ``positions``."""
-    return np.where(first, a.iloc[positions].to_numpy(dtype=object),
-                    b.iloc[positions].to_numpy(dtype=object)).astype(str).tolist()
+    return [x if pick else y for pick, x, y in
+            zip(first.tolist(), _cell_texts(a, positions), _cell_texts(b, positions))]
 
 
 def _usable_vwap(
@@ -1511,8 +1694,59 @@ def _usable_vwap(
     return vwap
 
 
+def _symbol_codes(
+    column: pd.Series | None, n: int, default_symbol: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's upper-case symbol as ``names[codes]``: ``names`` is sorted and unique (an
+    object array of str; "" = no symbol), ``codes`` is int32 — 4 bytes a row instead of a
+    text column, and the symbol rules run once per distinct symbol. Empty symbols become
+    ``default_symbol`` when one is given; without a symbol column every row has it."""
+    if column is None:
+        return np.zeros(n, dtype=np.int32), np.array([default_symbol], dtype=object)
+    row_codes, uniques = pd.factorize(column)
+    upper = [str(name).upper() for name in uniques]
+    if default_symbol is not None:
+        upper = [name or default_symbol for name in upper]
+    names, merged = np.unique(np.array(upper, dtype=object), return_inverse=True)
+    return merged.astype(np.int32)[row_codes], names
+
+
+# A readable time is in [2000, 2100): below 2**42 ms, so (symbol code, ts) packs into one
+# int64 key whose order is (symbol, time).
+_TS_BITS = 42
+
+
+def _symbol_time_keys(codes: np.ndarray, ts_ms: np.ndarray) -> np.ndarray:
+    return (codes.astype(np.int64) << _TS_BITS) | ts_ms
+
+
+def _duplicate_times(
+    codes: np.ndarray, ts_ms: np.ndarray, lines: np.ndarray, keyed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (among ``keyed``) repeating the (symbol, time) of an earlier row, and for them
+    the line of the first row with that (symbol, time). A stable sort by the packed key
+    puts equal keys side by side in file order: no hash table of a million keys."""
+    n = len(ts_ms)
+    duplicate = np.zeros(n, dtype=bool)
+    first_line = np.zeros(n, dtype=np.int64)
+    rows = np.flatnonzero(keyed)
+    if not len(rows):
+        return duplicate, first_line
+    order = rows[np.argsort(_symbol_time_keys(codes[rows], ts_ms[rows]), kind="stable")]
+    key = _symbol_time_keys(codes[order], ts_ms[order])
+    repeat = np.zeros(len(order), dtype=bool)
+    repeat[1:] = key[1:] == key[:-1]
+    del key
+    if repeat.any():
+        duplicate[order[repeat]] = True
+        run_start = np.maximum.accumulate(np.where(repeat, 0, np.arange(len(order))))
+        first_line[order[repeat]] = lines[order[run_start[repeat]]]
+    return duplicate, first_line
+
+
 def _out_of_order(
-    frame: pd.DataFrame, valid: np.ndarray
+    codes: np.ndarray, ts_ms: np.ndarray, lines: np.ndarray, valid: np.ndarray,
+    names: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Rows earlier than the previous valid row of their symbol.
 
@@ -1524,26 +1758,41 @@ def _out_of_order(
         For those rows, the line of the latest earlier row of the symbol.
     descending : list of str
         Symbols whose valid rows only ever go back in time: read reversed, not rejected.
+
+    Notes
+    -----
+    Works on the valid rows sorted by symbol (file order within a symbol, a stable sort):
+    the running maximum of the packed (symbol, time) key is each symbol's running maximum
+    time, because a new symbol's first key exceeds every key before it.
     """
-    n = len(frame)
+    n = len(ts_ms)
     late = np.zeros(n, dtype=bool)
     late_line = np.zeros(n, dtype=np.int64)
-    rows = frame[valid]
-    if rows.empty:
+    rows = np.flatnonzero(valid)
+    if not len(rows):
         return late, late_line, []
-    by_symbol = rows.groupby("symbol", sort=False)["ts"]
-    steps = by_symbol.diff()
-    rises = (steps > 0).groupby(rows["symbol"]).any()
-    falls = (steps < 0).groupby(rows["symbol"]).any()
-    descending = sorted(rises.index[~rises & falls].tolist())
-    running_max = by_symbol.cummax()
-    previous_max = running_max.groupby(rows["symbol"]).shift()
-    line_of_max = rows["line"].where(rows["ts"] == running_max).groupby(rows["symbol"]).ffill()
-    previous_max_line = line_of_max.groupby(rows["symbol"]).shift()
-    is_late = ((rows["ts"] < previous_max) & ~rows["symbol"].isin(descending)).to_numpy()
-    positions = np.flatnonzero(valid)[is_late]
-    late[positions] = True
-    late_line[positions] = previous_max_line.to_numpy()[is_late].astype(np.int64)
+    order = rows[np.argsort(codes[rows], kind="stable")]
+    code, ts = codes[order], ts_ms[order]
+    same = np.zeros(len(order), dtype=bool)  # same symbol as the row before
+    same[1:] = code[1:] == code[:-1]
+    step = np.zeros(len(order), dtype=np.int64)
+    step[1:] = ts[1:] - ts[:-1]
+    rises = np.zeros(len(names), dtype=bool)
+    rises[code[same & (step > 0)]] = True
+    falls = np.zeros(len(names), dtype=bool)
+    falls[code[same & (step < 0)]] = True
+    del step
+    reversed_code = falls & ~rises
+    descending = sorted(str(names[c]) for c in np.flatnonzero(reversed_code))
+    running = np.maximum.accumulate(_symbol_time_keys(code, ts)) & ((1 << _TS_BITS) - 1)
+    is_late = np.zeros(len(order), dtype=bool)
+    is_late[1:] = same[1:] & (ts[1:] < running[:-1]) & ~reversed_code[code[1:]]
+    if is_late.any():
+        # The latest row (so far) holding its symbol's running maximum; never crosses a
+        # symbol, as a symbol's first row holds its own maximum.
+        holder = np.maximum.accumulate(np.where(ts == running, np.arange(len(order)), 0))
+        late[order[is_late]] = True
+        late_line[order[is_late]] = lines[order[holder[np.flatnonzero(is_late) - 1]]]
     return late, late_line, descending
 
 
@@ -1554,23 +1803,42 @@ class _GridReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def _grid_report(structural: pd.DataFrame, declared_ms: int | None) -> _GridReport:
+def _grid_report(
+    codes: np.ndarray, ts_ms: np.ndarray, lines: np.ndarray, accepted: np.ndarray,
+    names: np.ndarray, declared_ms: int | None,
+) -> _GridReport:
     """Bar spacing per symbol (median step), rows off the grid, rows closer than a bar.
 
-    ``structural`` has symbol, ts, line and accepted for every readable, non-duplicate row.
-    The grid of a symbol is its most common ``ts % bar`` phase, so a file whose bars all
-    start at :41 s is one offset grid (said once), not 200 misaligned rows."""
-    if structural.empty:
+    The arguments describe every readable, non-duplicate row (``names[codes]`` = symbol).
+    The grid of a symbol is its most common ``ts % bar`` phase (a tie goes to the phase
+    seen first in time), so a file whose bars all start at :41 s is one offset grid (said
+    once), not 200 misaligned rows. Numpy on rows sorted by (symbol, time): no frame copies
+    and no group-by tables of a million rows."""
+    if not len(ts_ms):
         return _GridReport({})
-    ordered = structural.sort_values(["symbol", "ts"], kind="stable")
-    steps = ordered.groupby("symbol", sort=True)["ts"].diff()
-    medians = steps[steps > 0].groupby(ordered["symbol"]).median()
-    report = _GridReport({str(s): int(round(v)) for s, v in medians.items()})
+    order = np.lexsort((ts_ms, codes))  # by symbol, then time; ties in file order
+    code, ts = codes[order], ts_ms[order]
+    n = len(order)
+    same = np.zeros(n, dtype=bool)  # same symbol as the row before (in this order)
+    same[1:] = code[1:] == code[:-1]
+    step = np.zeros(n, dtype=np.int64)
+    step[1:] = ts[1:] - ts[:-1]
+    positive = same & (step > 0)
+    by_step = np.lexsort((step[positive], code[positive]))
+    step_code, sorted_steps = code[positive][by_step], step[positive][by_step]
+    group_codes, group_start, group_size = np.unique(step_code, return_index=True,
+                                                     return_counts=True)
+    middle_low = group_start + (group_size - 1) // 2
+    middle_high = group_start + group_size // 2
+    medians = (sorted_steps[middle_low] + sorted_steps[middle_high]) / 2.0
+    report = _GridReport({str(names[c]): int(round(float(m)))
+                          for c, m in zip(group_codes.tolist(), medians.tolist())})
     if len(set(report.timeframe_by_symbol.values())) > 1:
         listed = ", ".join(
             f"{s} {_format_duration(ms)}" for s, ms in report.timeframe_by_symbol.items()
         )
         report.warnings.append(f"symbols have different bar spacing: {listed}")
+    bar_of_code = np.zeros(len(names), dtype=np.int64)  # 0 = no bar size known
     if declared_ms is not None:
         unlike = {s: ms for s, ms in report.timeframe_by_symbol.items() if ms != declared_ms}
         if unlike:
@@ -1578,46 +1846,60 @@ def _grid_report(structural: pd.DataFrame, declared_ms: int | None) -> _GridRepo
             report.warnings.append(
                 f"bars are spaced unlike the timeframe {_format_duration(declared_ms)}: {listed}"
             )
-        bar_of_symbol = dict.fromkeys(ordered["symbol"].unique(), declared_ms)
+        bar_of_code[np.unique(code)] = declared_ms
     else:
-        bar_of_symbol = report.timeframe_by_symbol
-    bar = ordered["symbol"].map(bar_of_symbol)
-    has_bar = bar.notna().to_numpy()
+        for c in group_codes.tolist():
+            bar_of_code[c] = report.timeframe_by_symbol[str(names[c])]
+    bar = bar_of_code[code]
+    has_bar = bar > 0
     if not has_bar.any():
         return report
-    part, bar, steps = ordered[has_bar], bar[has_bar].astype(np.int64), steps[has_bar]
-    phase = part["ts"] % bar
-    usual = phase.groupby(part["symbol"]).agg(lambda p: p.value_counts().idxmax())
-    off_grid = (phase != part["symbol"].map(usual)).to_numpy()
-    for name, offset in usual.items():
-        if offset:
+    part = np.flatnonzero(has_bar)
+    code, ts, bar = code[part], ts[part], bar[part]
+    close = same[part] & (step[part] < bar)
+    line = lines[order[part]]
+    kept = accepted[order[part]]
+    del same, step
+    phase = ts % bar
+    # Most common phase per symbol: runs of equal (symbol, phase) after a stable sort.
+    by_phase = np.lexsort((phase, code))
+    run_code, run_phase = code[by_phase], phase[by_phase]
+    new_run = np.ones(len(by_phase), dtype=bool)
+    new_run[1:] = (run_code[1:] != run_code[:-1]) | (run_phase[1:] != run_phase[:-1])
+    starts = np.flatnonzero(new_run)
+    counts = np.diff(np.append(starts, len(by_phase)))
+    first_seen = by_phase[starts]  # stable sort: a run's first row is its earliest
+    best = np.lexsort((first_seen, -counts, run_code[starts]))
+    best = best[np.r_[True, run_code[starts][best][1:] != run_code[starts][best][:-1]]]
+    usual = np.zeros(len(names), dtype=np.int64)
+    usual[run_code[starts][best]] = run_phase[starts][best]
+    off_grid = phase != usual[code]
+    for c in np.unique(code).tolist():
+        if usual[c]:
             report.warnings.append(
-                f"bars of {name} start {_format_duration(int(offset))} after the "
-                f"{_format_duration(int(bar_of_symbol[name]))} boundary"
+                f"bars of {names[c]} start {_format_duration(int(usual[c]))} after the "
+                f"{_format_duration(int(bar_of_code[c]))} boundary"
             )
     report.n_misaligned = int(off_grid.sum())
-    line = part["line"].to_numpy()
-    for size in sorted(set(bar.tolist())):
-        hit = off_grid & (bar == size).to_numpy()
+    for size in np.unique(bar).tolist():
+        hit = off_grid & (bar == size)
         if hit.any():
-            n_kept = int(part["accepted"].to_numpy()[hit].sum())
+            n_kept = int(kept[hit].sum())
             report.warnings.append(
                 f"{int(hit.sum()):,} rows not aligned to {_format_duration(size)} (first at line "
                 f"{int(line[hit].min())}; {n_kept:,} of them accepted)"
             )
-    close = (steps < bar).to_numpy()
     if close.any():
         report.warnings.append(
             f"{int(close.sum()):,} rows start less than one bar "
-            f"({_format_duration(int(bar[close].iloc[0]))}) after the previous row of their "
+            f"({_format_duration(int(bar[close][0]))}) after the previous row of their "
             f"symbol (first at line {int(line[close].min())}): the file may mix bar sizes"
         )
     return report
 
 
-def _rejected_bars_table(
-    reasons: _Reasons, cells: pd.DataFrame, lines: np.ndarray, table: _CsvTable
-) -> pd.DataFrame:
+def _rejected_bars_table(reasons: _Reasons, lines: np.ndarray, table: _CsvTable
+                         ) -> pd.DataFrame:
     """row, reason and the raw cells under the file's column names."""
     names = [
         f"raw_{name or i + 1}" if not name or name.lower() in ("row", "reason") else name
@@ -1626,8 +1908,7 @@ def _rejected_bars_table(
     joined = reasons.joined()
     positions = joined.index.to_numpy(dtype=np.int64)
     out = pd.DataFrame({"row": lines[positions], "reason": joined.to_numpy(dtype=object)})
-    raw = cells.iloc[positions].reset_index(drop=True).astype(object)
-    raw.columns = names
+    raw = pd.DataFrame(table.row_texts(positions), columns=names, dtype=object)
     out = pd.concat([out, raw], axis=1)
     if table.ragged:
         width = len(names)
@@ -1691,8 +1972,8 @@ class _TickColumns:
 
     symbol: pd.Series  # stripped text
     time: pd.Series  # stripped text
-    price: pd.Series  # text, or numbers when NDJSON carried numbers
-    qty: pd.Series
+    price: pd.Series | _NumberCells  # text, or numbers (NDJSON numbers, fast CSV reader)
+    qty: pd.Series | _NumberCells
     side: pd.Series | None  # stripped text
     qty_name: str  # the file's name for the size, used in messages
     lines: np.ndarray
@@ -1705,12 +1986,9 @@ class _TickColumns:
         """The first ``n`` rows (and the early rejects among their lines)."""
         last = int(self.lines[n - 1]) if len(self.lines) >= n else np.iinfo(np.int64).max
 
-        def first(column: pd.Series | None) -> pd.Series | None:
-            return None if column is None else column.iloc[:n].reset_index(drop=True)
-
         return _TickColumns(
-            first(self.symbol), first(self.time), first(self.price), first(self.qty),
-            first(self.side), self.qty_name, self.lines[:n], self.raw_for,
+            _head(self.symbol, n), _head(self.time, n), _head(self.price, n),
+            _head(self.qty, n), _head(self.side, n), self.qty_name, self.lines[:n], self.raw_for,
             [row for row in self.early_rejects if row[0] <= last], self.ignored, 0,
         )
 
@@ -1957,12 +2235,22 @@ def _json_time_text(values: pd.Series) -> pd.Series:
     return _as_text(values)
 
 
-def _read_tick_csv(raw: bytes) -> _TickColumns:
-    table = _read_csv_table(raw)
-    n_rows = len(table.cells) + len(table.ragged)
-    lowered = [name.lower() for name in table.header]
-    found = ", ".join(table.header)
-    if _looks_like_data(table.header):
+def _tick_kinds(header: list[str]) -> dict[int, str] | None:
+    """The columns the tick validator reads (price and size as numbers); None = keep all as
+    text (a header it refuses: it says why with the row count)."""
+    try:
+        positions = _tick_positions(header, 0)
+    except _UploadError:
+        return None
+    return {position: "number" if name in ("price", "qty") else "text"
+            for name, position in positions.items() if position is not None}
+
+
+def _tick_positions(header: list[str], n_rows: int) -> dict[str, int | None]:
+    """Column position of each tick field (None = absent); errors for an unusable header."""
+    lowered = [name.lower() for name in header]
+    found = ", ".join(header)
+    if _looks_like_data(header):
         raise _UploadError(
             "the first line looks like data, not column names: add a header such as "
             "symbol,ts,price,size",
@@ -1978,12 +2266,19 @@ def _read_tick_csv(raw: bytes) -> _TickColumns:
     for name, wanted in (("symbol", "symbol"), ("time", "ts"), ("price", "price"), ("qty", "size")):
         if positions[name] is None:
             raise _UploadError(f"missing required column '{wanted}' (found: {found})", n_rows)
-    cells = table.cells
+    return positions
+
+
+def _read_tick_csv(raw: bytes) -> _TickColumns:
+    table = _read_csv_table(raw, _tick_kinds)
+    n_rows = len(table) + len(table.ragged)
+    positions = _tick_positions(table.header, n_rows)
+    cells = table.columns
     used = {p for p in positions.values() if p is not None}
+    row_texts = table.row_texts
 
     def raw_for(rows: np.ndarray) -> list[str]:
-        chosen = cells.iloc[rows].itertuples(index=False)
-        return [",".join(map(str, fields))[:_RAW_LINE_LIMIT] for fields in chosen]
+        return [",".join(fields)[:_RAW_LINE_LIMIT] for fields in row_texts(rows)]
 
     return _TickColumns(
         symbol=cells[positions["symbol"]],
@@ -1991,7 +2286,7 @@ def _read_tick_csv(raw: bytes) -> _TickColumns:
         price=cells[positions["price"]],
         qty=cells[positions["qty"]],
         side=cells[positions["side"]] if positions["side"] is not None else None,
-        qty_name=lowered[positions["qty"]],
+        qty_name=table.header[positions["qty"]].lower(),
         lines=table.lines,
         raw_for=raw_for,
         early_rejects=[
