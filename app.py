@@ -677,10 +677,29 @@ def live_strip(c: dd.Controls) -> None:
     status = dd.feed_status(feed.health())
     if c.live and status.builtin:
         st.warning(f"**{status.label}.** {status.detail}")
+    values_area, chart_area = st.container(), st.empty()
+    if not st.session_state.get("strip_drawn"):
+        # A session's first run: a placeholder chart before the view is read, so that a
+        # newly opened browser fetches and compiles Plotly's 4.7 MB script (~1 s or more
+        # of its main thread) while the server reads and computes, not after.
+        st.session_state["strip_drawn"] = True
+        chart_area.plotly_chart(viz.empty_figure("reading the stored bars…").update_layout(
+            height=220), theme=None, config={"displaylogo": False})
     view = current_view(c)
     if view is None:
-        waiting(c)
+        with values_area:
+            waiting(c)
+        chart_area.empty()
         return
+    with values_area:
+        strip_values(c, view, status)
+    with chart_area.container():
+        strip_chart(c, view)
+    show_toasts()
+
+
+def strip_values(c: dd.Controls, view: dd.PairView, status: dd.FeedStatus) -> None:
+    """The strip's metrics (last prices, spread, z, β, correlation, alerts) and caption."""
     values = dd.live_values(view)
     columns = st.columns([2.8, 1.1, 0.9, 1.0, 1.1, 1.0])
     with columns[0]:
@@ -707,6 +726,10 @@ def live_strip(c: dd.Controls) -> None:
                f"{c.window}-bar window, {c.tf_label} bars · last bar {last} · "
                f"{count} · drag a box on a chart to zoom all time charts (a refresh cuts "
                "a slow drag on a live chart short: pause first)")
+
+
+def strip_chart(c: dd.Controls, view: dd.PairView) -> None:
+    """The strip's z-score chart, or why it is not drawn yet."""
     signals = view.signals
     if signals.enough_data:
         fig = viz.zscore_figure(signals.frame["z"], c.entry, c.exit, tz=c.tz,
@@ -717,7 +740,6 @@ def live_strip(c: dd.Controls) -> None:
                                uirevision=c.chart_key("live_z"))
     fig.update_layout(height=220)
     chart(fig, "live_z", link=c.chart_key("time"))
-    show_toasts()
 
 
 def last_prices(c: dd.Controls, last_y: float, last_x: float) -> None:

@@ -219,6 +219,40 @@ def test_only_the_open_tab_runs(recorded_db):
     assert not candles  # Prices is closed now
 
 
+def test_a_sessions_first_run_draws_a_chart_before_it_reads_the_view(recorded_db,
+                                                                       monkeypatch):
+    """A newly opened browser fetches Plotly's script (4.7 MB) when it sees the first chart:
+    the strip's placeholder goes out before the view is read, and the z chart replaces it
+    (bench/bench_backfill.py page)."""
+    from streamlit.elements.plotly_chart import PlotlyMixin
+
+    events = []
+    draw, load = PlotlyMixin.plotly_chart, dd.load_pair_view
+    monkeypatch.setattr(PlotlyMixin, "plotly_chart",
+                        lambda self, fig, *a, **k: events.append(("chart", k.get("key")))
+                        or draw(self, fig, *a, **k))
+    monkeypatch.setattr(dd, "load_pair_view",
+                        lambda *a, **k: events.append(("view", None)) or load(*a, **k))
+    at = run(new_app(lookback="15 min"))
+
+    assert events[:2] == [("chart", None), ("view", None)]  # the placeholder has no key
+    assert len([c for c in at.get("plotly_chart") if c.proto.id.endswith("live_z")]) == 1
+    assert not [c for c in at.get("plotly_chart") if "reading the stored bars" in
+                c.proto.spec]  # the z chart replaced the placeholder
+
+    events.clear()
+    at.run()  # later runs of the session draw no placeholder
+    assert ("chart", None) not in events
+
+
+def test_the_first_runs_placeholder_leaves_no_chart_without_data(app_env):
+    at = run(new_app())
+
+    assert dd.WAITING_MESSAGE in texts(at)
+    assert not [c for c in at.get("plotly_chart") if "reading the stored bars" in
+                c.proto.spec]
+
+
 # --------------------------------------------------------------------------------------
 # recorded trades: numbers on screen equal a pandas recomputation
 # --------------------------------------------------------------------------------------
