@@ -75,6 +75,7 @@ import websocket
 
 import binance_rest
 import database
+import database_postgres
 import market
 import spill
 from config import DEFAULT_FUTURES_URL, DEFAULT_SPOT_URL, ConfigError, Settings, default_db_path
@@ -572,10 +573,13 @@ class Collector:
         Refused when another process writes that file: the collector then stops collecting
         (state READ_ONLY, ``read_only_reason`` names the file and the process) and the page
         keeps showing the file through its read-only connections.
+        A PostgreSQL URL takes no lock: many collectors may write one server database.
         """
         if self._writer_lock is not None and self._writer_lock.db_path == db_path:
             return True
         self._release_writer_lock()
+        if database_postgres.is_url(db_path):
+            return True
         try:
             self._writer_lock = database.WriterLock.acquire(db_path)
         except database.WriterLockError as exc:
@@ -694,7 +698,7 @@ class Collector:
         if feed != "demo":  # a replay serves what it has streamed (its own past)
             return {"rest_weight_limit": market.DEMO_REST_WEIGHT_LIMIT}
         trades_s, klines_s = s.backfill, s.backfill_klines
-        if os.path.exists(db_path):
+        if database.database_exists(db_path):
             try:
                 conn = database.connect(db_path, readonly=True)
                 try:
@@ -741,7 +745,7 @@ class Collector:
         backfiller.ledger.freeze()
         self._backfill_final = backfiller.health()
         try:  # REST may have filled gaps since the writer last counted them
-            if os.path.exists(self.db_path):
+            if database.database_exists(self.db_path):
                 conn = database.connect(self.db_path, readonly=True)
                 try:
                     self.gaps_open = database.count_open_gaps(conn)
@@ -802,7 +806,8 @@ class Collector:
         log.warning("no data from Binance (%s): switching to the built-in simulated market",
                     reason)
         db_path = None
-        if self.settings.explicit_db_path:  # never mix simulated ticks into a real file
+        if self.settings.explicit_db_path and not database_postgres.is_url(
+                self.settings.db_path):  # never mix simulated ticks into a real file
             stem, ext = os.path.splitext(self.settings.db_path)
             db_path = f"{stem}-demo{ext or '.db'}"
         if not self._take_writer_lock(db_path or default_db_path("demo")):
@@ -1343,6 +1348,8 @@ def _read_in_chunks(ws: websocket.WebSocket) -> None:
 
 
 def _set_busy_timeout(conn: sqlite3.Connection, milliseconds: int) -> None:
+    if database_postgres.is_postgres(conn):  # SQLite's file lock wait; a server has none
+        return
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(milliseconds)}")
     except sqlite3.Error as exc:  # the next write will tell whether the connection is usable
@@ -1442,7 +1449,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--symbols", help="comma-separated, e.g. btcusdt,ethusdt")
     parser.add_argument("--stream", help="aggTrade | trade")
     parser.add_argument("--ws-url", dest="ws_url", help="base URL override, e.g. ws://127.0.0.1:9000")
-    parser.add_argument("--db", dest="db_path", help="SQLite file (default data/<feed>.db)")
+    parser.add_argument("--db", dest="db_path", help="SQLite file (default data/<feed>.db) "
+                        "or postgresql://user@host:port/dbname")
     parser.add_argument("--silence-timeout", dest="silence_timeout", type=float,
                         help="seconds without data before reconnecting (default 30)")
     parser.add_argument("--duration", type=float, help="stop after this many seconds")

@@ -42,7 +42,8 @@ ENV_VARS = {
     "CRYPTO_SYMBOLS": "symbols",
     "CRYPTO_STREAM": "stream",
     "BINANCE_WS_URL": "ws_url",
-    "CRYPTO_DB_PATH": "db_path",
+    "CRYPTO_DB_PATH": "db_path",        # a SQLite file or a postgresql:// URL
+    "CRYPTO_DB_URL": "db_path",         # the same; wins when both are set
     "CRYPTO_REPLAY_FILE": "replay_file",
     "CRYPTO_REPLAY_SPEED": "replay_speed",
     "CRYPTO_BATCH_SIZE": "batch_size",

@@ -143,7 +143,7 @@ def database_ready(path: str) -> bool:
     A file once found ready is remembered (a schema is never dropped), so later calls cost
     one ``stat``, not a connection: the page's fragments call this several times a run.
     """
-    if not path or not os.path.exists(path):
+    if not path or not database.database_exists(path):  # a file, or a postgresql:// URL
         return False
     if path in _READY_PATHS:
         return True

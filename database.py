@@ -1469,8 +1469,11 @@ DELIVERY_OK = "ok"
 _EVALUATOR_LEASE_KEY = "alert_evaluator"
 
 _ALERT_RULE_COLUMNS_SQL = ", ".join(ALERT_RULE_FIELDS)
+# RETURNING id (SQLite >= 3.35 and PostgreSQL) instead of cursor.lastrowid, which only
+# sqlite3 has.
 _INSERT_ALERT_RULE = (f"INSERT INTO alert_rules ({_ALERT_RULE_COLUMNS_SQL}, created_ms, "
-                      f"updated_ms) VALUES ({', '.join('?' * len(ALERT_RULE_FIELDS))}, ?, ?)")
+                      f"updated_ms) VALUES ({', '.join('?' * len(ALERT_RULE_FIELDS))}, ?, ?) "
+                      "RETURNING id")
 _LIST_ALERT_RULES = f"""SELECT r.id, {', '.join('r.' + f for f in ALERT_RULE_FIELDS)},
         r.created_ms, r.updated_ms, s.state, s.value, s.checked_ms, s.detail, s.armed,
         s.last_fired_ms, s.previous_value, s.as_of_ts,
@@ -1481,7 +1484,7 @@ _UPSERT_ALERT_STATUS = f"""INSERT INTO alert_status (rule_id, {', '.join(ALERT_S
     ON CONFLICT (rule_id) DO UPDATE SET
     {', '.join(f'{f} = excluded.{f}' for f in ALERT_STATUS_FIELDS)}"""
 _INSERT_ALERT_EVENT = f"""INSERT INTO alert_events ({', '.join(ALERT_EVENT_COLUMNS[1:])})
-    VALUES ({', '.join('?' * (len(ALERT_EVENT_COLUMNS) - 1))})"""
+    VALUES ({', '.join('?' * (len(ALERT_EVENT_COLUMNS) - 1))}) RETURNING id"""
 # The lease row is taken over only by its owner or once it has expired: one statement, so two
 # processes cannot both win.
 _CLAIM_LEASE = """INSERT INTO meta (key, value) VALUES (:key, :value)
@@ -1590,7 +1593,7 @@ def save_alert_rule(conn: sqlite3.Connection, rule) -> int:
                          "use update_alert_rule to change a stored rule")
     now = _now_ms()
     cursor = conn.execute(_INSERT_ALERT_RULE, (*_alert_rule_row(fields), now, now))
-    return int(cursor.lastrowid)
+    return int(cursor.fetchall()[0][0])
 
 
 def save_alert_rules_once(conn: sqlite3.Connection, key: str, rules: Sequence) -> list[int]:
@@ -1618,7 +1621,7 @@ def save_alert_rules_once(conn: sqlite3.Connection, key: str, rules: Sequence) -
                                 (key, str(now))).rowcount
         if not inserted:
             return []
-        return [int(conn.execute(_INSERT_ALERT_RULE, (*row, now, now)).lastrowid)
+        return [int(conn.execute(_INSERT_ALERT_RULE, (*row, now, now)).fetchall()[0][0])
                 for row in rows]
 
 
@@ -1779,7 +1782,7 @@ def insert_alert_event(conn: sqlite3.Connection, *, rule_id: int, ts: int, value
         int(rule_id), int(ts), None if as_of_ts is None else int(as_of_ts), str(rule_name),
         str(metric), str(subject), str(comparison), float(value), float(threshold),
         str(message), str(delivered), 0, None))
-    return int(cursor.lastrowid)
+    return int(cursor.fetchall()[0][0])
 
 
 def set_alert_event_delivery(conn: sqlite3.Connection, event_id: int, delivered: str, *,
@@ -1825,7 +1828,7 @@ def list_alert_events(conn: sqlite3.Connection, *, since_id: int | None = None,
         clauses.append("rule_id = ?")
         params.append(int(rule_id))
     where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-    params.append(-1 if limit is None else int(limit))
+    params.append(_MAX_TS if limit is None else int(limit))
     rows = conn.execute(f"SELECT {', '.join(ALERT_EVENT_COLUMNS)} FROM alert_events{where} "
                         "ORDER BY id DESC LIMIT ?", params).fetchall()
     return _typed_frame(rows, ALERT_EVENT_COLUMNS, _EVENT_DTYPES)
@@ -1933,11 +1936,18 @@ _PAPER_SCHEMA = ("CREATE TABLE IF NOT EXISTS paper_positions (id INTEGER PRIMARY
                              for name in PAPER_POSITION_FIELDS) + ")")
 
 
+def _column_names(conn: sqlite3.Connection, table: str) -> set[str]:
+    """The columns of ``table`` (empty when it does not exist)."""
+    if database_postgres.is_postgres(conn):
+        return database_postgres.column_names(conn, table)
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}  # our names only
+
+
 def ensure_paper_tables(conn: sqlite3.Connection) -> None:
     """Create the paper-position table if missing, and add the columns a file written by
     an older version lacks (idempotent; a writable connection)."""
     conn.execute(_PAPER_SCHEMA)
-    present = {row[1] for row in conn.execute("PRAGMA table_info(paper_positions)")}
+    present = _column_names(conn, "paper_positions")
     for name in PAPER_POSITION_FIELDS:
         if name not in present:  # names and types come from the constants above
             conn.execute(f"ALTER TABLE paper_positions ADD COLUMN {name} "
@@ -1954,8 +1964,9 @@ def insert_paper_position(conn: sqlite3.Connection, **fields) -> int:
     ensure_paper_tables(conn)
     names = list(fields)
     cursor = conn.execute(f"INSERT INTO paper_positions ({', '.join(names)}) VALUES "
-                          f"({', '.join('?' for _ in names)})", [fields[n] for n in names])
-    return int(cursor.lastrowid)
+                          f"({', '.join('?' for _ in names)}) RETURNING id",
+                          [fields[n] for n in names])
+    return int(cursor.fetchall()[0][0])
 
 
 def update_paper_position(conn: sqlite3.Connection, position_id: int, *,
@@ -1984,7 +1995,7 @@ def list_paper_positions(conn: sqlite3.Connection, *, statuses: Sequence[str] | 
     Reads only (a read-only connection will do): without the table, an empty frame; columns
     a table from an older version lacks read as missing values.
     """
-    present = {row[1] for row in conn.execute("PRAGMA table_info(paper_positions)")}
+    present = _column_names(conn, "paper_positions")
     clauses, params = [], []
     if statuses is not None:
         clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
@@ -1993,7 +2004,7 @@ def list_paper_positions(conn: sqlite3.Connection, *, statuses: Sequence[str] | 
         clauses.append("id = ?")
         params.append(int(position_id))
     where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-    params.append(-1 if limit is None else int(limit))
+    params.append(_MAX_TS if limit is None else int(limit))
     columns = ("id", *PAPER_POSITION_FIELDS)
     rows = []
     if present:  # names come from PAPER_POSITION_FIELDS, never from input

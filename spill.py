@@ -35,6 +35,8 @@ import os
 
 import orjson
 
+import database_postgres  # standard library only: is_url and the journal name of a URL
+
 log = logging.getLogger("collector.spill")
 
 READ_BLOCK_BYTES = 1 << 20
@@ -47,7 +49,15 @@ def journal_path(db_path: str, spill_dir: str | None = None) -> str:
     'data/demo.db.spill'
     >>> journal_path("data/demo.db", "/var/spill")
     '/var/spill/demo.db.spill'
+
+    A PostgreSQL URL has no directory: its journal is local, under ``data/`` by default.
+
+    >>> journal_path("postgresql://me@db.example:5432/ticks")
+    'data/db.example_5432_ticks.spill'
     """
+    if database_postgres.is_url(db_path):
+        directory = spill_dir if spill_dir else "data"
+        return os.path.join(directory, database_postgres.spill_name(db_path) + ".spill")
     directory = spill_dir if spill_dir else os.path.dirname(db_path)
     return os.path.join(directory, os.path.basename(db_path) + ".spill")
 

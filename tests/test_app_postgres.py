@@ -1,0 +1,69 @@
+"""The page on PostgreSQL: ``CRYPTO_DB_PATH=postgresql://...`` (or ``CRYPTO_DB_URL``) shows
+that database. test_app.py's page tests run here again, unchanged, with its ``app_env``
+pointing the page (and its collector) at a database on the session's throwaway server; the
+recorded trades are imported into it through ``database`` exactly as test_app.py does into
+SQLite, and the numbers on screen are checked against the same pandas recomputation.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from config import Settings
+import streamlit as st
+
+import alerts
+import collector
+import dashboard_data as dd
+import database
+from test_app import (  # noqa: F401  (imported tests run here on PostgreSQL)
+    closed_port, new_app, recorded_db, reference_trades, run,
+    test_every_tab_renders_with_recorded_trades,
+    test_recorded_trades_give_the_expected_bars_and_statistics,
+    test_timeframe_changes_the_bars_shown,
+)
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch, closed_port, postgres_db):  # noqa: F811
+    """test_app's environment with the live database on PostgreSQL."""
+    paths = {"db": postgres_db, "uploads": str(tmp_path / "uploads.db")}
+    for name in ("CRYPTO_DEMO_SEED", "CRYPTO_REPLAY_FILE", "CRYPTO_STREAM", "CRYPTO_DB_PATH",
+                 "CRYPTO_DB_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CRYPTO_FEED", "binance-futures")
+    monkeypatch.setenv("BINANCE_WS_URL", f"ws://127.0.0.1:{closed_port}")
+    monkeypatch.setenv("CRYPTO_SYMBOLS", "btcusdt,ethusdt")
+    monkeypatch.setenv("CRYPTO_DB_PATH", paths["db"])
+    monkeypatch.setenv("CRYPTO_UPLOAD_DB", paths["uploads"])
+    monkeypatch.setenv("CRYPTO_DISPLAY_TZ", "UTC")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield paths
+    collector.stop()
+    alerts.stop_evaluator()
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def test_the_page_reads_the_server_database_it_was_given(recorded_db):
+    at = run(new_app(lookback="15 min"))
+    assert not at.error, [e.value for e in at.error]
+    trades = reference_trades()
+    source = dd.DataSource("live", recorded_db["db"])
+    assert dd.database_ready(recorded_db["db"])
+    assert dd.stored_symbols(source) == ["BTCUSDT", "ETHUSDT"]
+    conn = database.connect(recorded_db["db"], readonly=True)
+    try:
+        newest = database.latest_bar_version(conn, "BTCUSDT")
+    finally:
+        conn.close()
+    btc = trades[trades["symbol"] == "BTCUSDT"]
+    assert newest[0] == btc["ts"].max() - btc["ts"].max() % 1000
+    assert dd.data_version(source, ("BTCUSDT", "ETHUSDT"))[0][0] == newest
+
+
+def test_crypto_db_url_names_the_database_too(postgres_db):
+    assert Settings.from_env({"CRYPTO_DB_URL": postgres_db}).db_path == postgres_db
+    both = {"CRYPTO_DB_PATH": "data/other.db", "CRYPTO_DB_URL": postgres_db}
+    assert Settings.from_env(both).db_path == postgres_db  # the URL wins
