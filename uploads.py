@@ -932,7 +932,12 @@ def _read_unquoted_csv(
         handled.append((row.number, row.text))
         return "skip"
 
-    parts: dict[int, list] = {i: [] for i in kinds}  # kept columns, block by block
+    # Kept columns, block by block: text as Arrow chunks, numbers straight into arrays
+    # sized for every body line (no per-block pieces to join and free afterwards).
+    parts: dict[int, list | _NumberColumnBuilder] = {
+        i: _NumberColumnBuilder(lines_after_header) if kind == "number" else []
+        for i, kind in kinds.items()
+    }
     blank_parts: list[np.ndarray] = []
     n_arrow_rows = 0
     if lines_after_header > 0 and body_start < len(raw):
@@ -948,16 +953,15 @@ def _read_unquoted_csv(
             convert_options=pa_csv.ConvertOptions(
                 column_types=dict.fromkeys(names, pa.large_string()), null_values=[],
                 strings_can_be_null=False,
-            ),
+            )
         )
         for batch in reader:
             n_arrow_rows += batch.num_rows
             cells, all_blank = _stripped_cells(batch.columns)
             blank_parts.append(all_blank)
             filled = pa.array(~all_blank) if all_blank.any() else None
-            for i, kind in kinds.items():
-                column = cells[i] if filled is None else cells[i].filter(filled)
-                parts[i].append(_kept_cells(column, kind))
+            for i in kinds:
+                parts[i].append(cells[i] if filled is None else cells[i].filter(filled))
             del batch, cells
     if any(number is None for number, _ in handled):
         return None
@@ -989,14 +993,18 @@ def _read_unquoted_csv(
         extra_lines = np.asarray([line for line, _ in extra_rows], dtype=np.int64)
         order = np.argsort(np.concatenate([row_lines, extra_lines]), kind="stable")
         row_lines = np.concatenate([row_lines, extra_lines])[order]
-        for i, kind in kinds.items():
+        for i in kinds:
             extra = pa.array([fields[i].strip() for _, fields in extra_rows], pa.large_string())
-            parts[i].append(_kept_cells(extra, kind))
-    columns = {i: _joined_cells(parts.pop(i), kind, order) for i, kind in kinds.items()}
+            parts[i].append(extra)
     row_texts = _line_row_texts(raw, row_lines, delimiter, width)
-    for i, kind in kinds.items():
-        if kind == "number":
-            columns[i] = _NumberCells(*columns[i], texts=_column_texts(row_texts, i))
+    columns: dict[int, pd.Series | _NumberCells] = {}
+    for i in kinds:
+        built = parts.pop(i)
+        if isinstance(built, _NumberColumnBuilder):
+            values, empty_cells = built.finish(order)
+            columns[i] = _NumberCells(values, empty_cells, _column_texts(row_texts, i))
+        else:
+            columns[i] = _joined_text(built, order)
     return _CsvTable(header, columns, row_lines, ragged, n_blank, row_texts)
 
 
@@ -1006,36 +1014,48 @@ def _stripped_cells(columns: list) -> tuple[list, np.ndarray]:
     all_blank = np.ones(len(columns[0]) if columns else 0, dtype=bool)
     out = []
     for column in columns:
-        if pa_compute.any(pa_compute.match_substring_regex(column, r"^\s|\s$")).as_py():
+        padded = pa_compute.match_substring_regex(column, r"^\s|\s$")
+        if pa_compute.any(padded).as_py():
             column = pa_compute.utf8_trim_whitespace(column)
         if all_blank.any():
-            all_blank &= np.asarray(pa_compute.equal(column, "").to_numpy(zero_copy_only=False))
+            empty = pa_compute.equal(column, "")
+            all_blank &= np.asarray(empty.to_numpy(zero_copy_only=False))
         out.append(column)
     return out, all_blank
 
 
-def _kept_cells(column, kind: str):
-    """One block of one column in its kept form: Arrow text, or (float64 values, empty)."""
-    if kind == "text":
-        return column
-    values = _arrow_text_to_float(column)
-    empty = np.asarray(pa_compute.equal(column, "").to_numpy(zero_copy_only=False), dtype=bool)
-    return values, empty
+class _NumberColumnBuilder:
+    """A numeric column filled block by block into arrays sized for the whole file."""
 
+    def __init__(self, capacity: int):
+        self.values = np.empty(capacity, dtype=np.float64)
+        self.empty = np.empty(capacity, dtype=bool)
+        self.size = 0
 
-def _joined_cells(blocks: list, kind: str, order: np.ndarray | None):
-    """The blocks of one column as one ("str" Series, or (values, empty)), in ``order``."""
-    if kind == "text":
-        chunks = [c.chunks if isinstance(c, pa.ChunkedArray) else [c] for c in blocks]
-        joined = pa.chunked_array([a for c in chunks for a in c], pa.large_string())
+    def append(self, text) -> None:
+        """Add a block of (stripped) Arrow text cells."""
+        end = self.size + len(text)
+        self.values[self.size:end] = _arrow_text_to_float(text)
+        self.empty[self.size:end] = pa_compute.equal(text, "").to_numpy(
+            zero_copy_only=False)
+        self.size = end
+
+    def finish(self, order: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(values, empty) of the rows appended, in ``order`` when given."""
+        values, empty = self.values[:self.size], self.empty[:self.size]
+        self.values = self.empty = None
         if order is not None:
-            joined = joined.take(pa.array(order))
-        return pd.Series(pd.array(joined, dtype="str"))
-    values = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros(0)
-    empty = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, dtype=bool)
+            values, empty = values[order], empty[order]
+        return values, empty
+
+
+def _joined_text(blocks: list, order: np.ndarray | None) -> pd.Series:
+    """The Arrow text blocks of one column as one "str" Series, in ``order`` when given."""
+    chunks = [c.chunks if isinstance(c, pa.ChunkedArray) else [c] for c in blocks]
+    joined = pa.chunked_array([a for c in chunks for a in c], pa.large_string())
     if order is not None:
-        values, empty = values[order], empty[order]
-    return values, empty
+        joined = joined.take(pa.array(order))
+    return pd.Series(pd.array(joined, dtype="str"))
 
 
 def _line_row_texts(raw: bytes, row_lines: np.ndarray, delimiter: str, width: int
@@ -1581,16 +1601,21 @@ def _validate_ohlc(
     picked = np.flatnonzero(accepted)
     order = picked[np.lexsort((times.ts_ms[picked], codes[picked]))]  # names are sorted
     symbol_names = pa.array(names.tolist(), pa.large_string())
-    bars = pd.DataFrame(
-        {
-            "symbol": pd.array(symbol_names.take(pa.array(codes[order])), dtype="str"),
-            "ts": times.ts_ms[order],
-            **{name: prices[name][order] for name in OHLC_COLUMNS},
-            "volume": volume[order],
-            "vwap": vwap[order],
-        }
-    )
-    symbols = tuple(sorted(bars["symbol"].unique().tolist()))
+    out = {
+        "symbol": pd.array(symbol_names.take(pa.array(codes[order])), dtype="str"),
+        "ts": times.ts_ms[order],
+    }
+    # Each input column is released once its ordered copy exists, and copy=False keeps
+    # pandas from copying all the float columns into one block: one column at a time.
+    for name in OHLC_COLUMNS:
+        out[name] = prices.pop(name)[order]
+    out["volume"] = volume[order]
+    del volume
+    out["vwap"] = vwap[order]
+    time_format = times.time_format
+    del vwap, times
+    bars = pd.DataFrame(out, copy=False)
+    symbols = tuple(str(names[c]) for c in np.unique(codes[order]))  # names are sorted
     spacing = {s: ms for s, ms in grid.timeframe_by_symbol.items() if s in symbols}
     n_accepted = len(bars)
     return OhlcUpload(
@@ -1605,7 +1630,7 @@ def _validate_ohlc(
         symbols=symbols,
         timeframe_ms=next(iter(set(spacing.values()))) if len(set(spacing.values())) == 1 else None,
         timeframe_ms_by_symbol=spacing,
-        time_format=times.time_format,
+        time_format=time_format,
         warnings=tuple(warnings),
         ok=n_accepted > 0,
         error=None if n_accepted else f"no row passed validation ({len(rejected):,} rejected)",
@@ -2314,18 +2339,31 @@ def _validate_ticks(
     times = _parse_times(columns.time, columns.lines, naive_timezone, time_reasons)
     reasons = _Reasons(n)
     reasons.merge(time_reasons, live)  # a placeholder's time does not matter
-    symbol = columns.symbol.str.upper()
-    present = (symbol != "").to_numpy(dtype=bool)
+    del time_reasons
+    # A column is dropped once its checks are done (the raw lines are read again).
+    columns.time = None
+    codes, names = _symbol_codes(columns.symbol, n, None)
+    present = (names != "")[codes]
     reasons.add(live & ~present, "symbol is missing")
-    reasons.add(live & present & ~_valid_symbols(symbol), "symbol '", columns.symbol, _SYMBOL_RULE)
+    valid_name = _valid_symbols(pd.Series(names, dtype="str"))
+    reasons.add(live & present & ~valid_name[codes], "symbol '", columns.symbol, _SYMBOL_RULE)
+    columns.symbol = None
     for column, name in ((columns.price, "price"), (columns.qty, columns.qty_name)):
         _check_numbers(column, name, reasons, required=True, rule="positive", active=live)
-    side = pd.array([pd.NA] * n, dtype="Int8")
+    columns.price = columns.qty = None  # price and qty hold the values
+    side, side_known = np.zeros(n, dtype=np.int8), np.zeros(n, dtype=bool)
     if columns.side is not None:
-        known = columns.side.str.lower().map(_SIDE_VALUES)
-        bad = live & (columns.side != "").to_numpy(dtype=bool) & known.isna().to_numpy()
+        lowered = pa_compute.utf8_lower(pa.array(columns.side.array))
+        is_true = pa_compute.is_in(lowered, value_set=pa.array(
+            [k for k, v in _SIDE_VALUES.items() if v == 1])).to_numpy(zero_copy_only=False)
+        is_false = pa_compute.is_in(lowered, value_set=pa.array(
+            [k for k, v in _SIDE_VALUES.items() if v == 0])).to_numpy(zero_copy_only=False)
+        del lowered
+        side_known = np.asarray(is_true | is_false, dtype=bool)
+        side[np.asarray(is_true, dtype=bool)] = 1
+        bad = live & ~_is_empty(columns.side) & ~side_known
         reasons.add(bad, "is_buyer_maker '", columns.side, "' is not true/false")
-        side = pd.array(known.to_numpy(dtype=object, na_value=pd.NA), dtype="Int8")
+        columns.side = None
     accepted = live & ~reasons.flagged() & times.ok
 
     joined = reasons.joined()
@@ -2342,25 +2380,53 @@ def _validate_ticks(
         rejected = pd.concat([rejected, early], ignore_index=True)
     rejected["line"] = rejected["line"].astype(np.int64)
     rejected = rejected.sort_values("line", kind="stable").reset_index(drop=True)
-    # The text columns (and an NDJSON file's bytes, kept for the raw lines) are no longer
-    # needed: release them before the trades are built. The columns are this function's
-    # private input; nobody reads them after.
-    columns.symbol = columns.time = columns.price = columns.qty = columns.side = None
+    # The bytes kept for the raw lines are no longer needed: released before the trades
+    # are built. The columns are this function's private input; nobody reads them after.
     columns.raw_for = None
 
+    # The trades' columns one at a time, each input released once taken.
+    kept = np.flatnonzero(accepted)
+    ts = times.ts_ms[kept]
+    warnings = _time_warnings(times, naive_timezone)
+    time_format = times.time_format
+    del times
+    symbol_code = codes[kept]
+    del codes
+    price, qty = price[kept], qty[kept]
+    side, side_known = side[kept], side_known[kept]
+    # File order within each symbol: one stable sort serves the trade ids and the check for
+    # trades earlier than their symbol's previous one (no group-by on a million strings).
+    by_symbol = np.argsort(symbol_code, kind="stable")
+    ordered_code = symbol_code[by_symbol]
+    new_symbol = np.ones(len(kept), dtype=bool)
+    new_symbol[1:] = ordered_code[1:] != ordered_code[:-1]
+    del ordered_code
+    first = np.flatnonzero(new_symbol)
+    rank = np.arange(len(kept), dtype=np.int64)
+    rank -= np.repeat(first, np.diff(np.append(first, len(kept))))
+    trade_id = np.empty(len(kept), dtype=np.int64)
+    trade_id[by_symbol] = rank + 1
+    del rank
+    ordered_ts = ts[by_symbol]
+    back = np.zeros(len(kept), dtype=bool)
+    back[1:] = ~new_symbol[1:] & (ordered_ts[1:] < ordered_ts[:-1])
+    going_back = by_symbol[back]  # positions among the accepted trades
+    del ordered_ts, new_symbol, back, by_symbol
+    n_repeated = _count_repeats(symbol_code, ts, price, qty)
+    counts = np.bincount(symbol_code, minlength=len(names))
+    symbol_names = pa.array(names.tolist(), pa.large_string())
     trades = pd.DataFrame(
         {
-            "symbol": pd.array(symbol.array[accepted], dtype="str"),
-            "ts": times.ts_ms[accepted],
-            "price": price[accepted],
-            "qty": qty[accepted],
-        }
+            "symbol": pd.array(symbol_names.take(pa.array(symbol_code)), dtype="str"),
+            "trade_id": trade_id,
+            "ts": ts,
+            "price": price,
+            "qty": qty,
+            "is_buyer_maker": pd.arrays.IntegerArray(side, ~side_known),
+        },
+        copy=False,  # fresh arrays: no need to copy the int and float columns into blocks
     )
-    per_symbol_order = trades.groupby("symbol", sort=False).cumcount().to_numpy(np.int64)
-    trades.insert(1, "trade_id", per_symbol_order + 1)
-    trades["is_buyer_maker"] = side[accepted]
-
-    warnings = _time_warnings(times, naive_timezone)
+    del symbol_code, trade_id, ts, price, qty, side
     n_filtered_zero = int(placeholder.sum())
     if n_filtered_zero:
         warnings.append(
@@ -2368,23 +2434,21 @@ def _validate_ticks(
             "(placeholder frames, not trades)"
         )
     n_accepted = len(trades)
-    n_unknown_side = int(trades["is_buyer_maker"].isna().sum())
+    n_unknown_side = int((~side_known).sum())
     if n_unknown_side:
         warnings.append(
             f"side unknown on {n_unknown_side:,} trades: buy/sell imbalance and taker-buy "
             "volume are meaningless for this upload (is_buyer_maker stored as 0)"
         )
-    n_repeated = _count_repeats(trades)
     if n_repeated:
         warnings.append(
             f"{n_repeated:,} trades repeat an earlier trade's symbol, time, price and "
             f"{columns.qty_name}: kept as distinct trades (the file has no trade ids)"
         )
-    going_back = (trades.groupby("symbol", sort=False)["ts"].diff() < 0).to_numpy()
-    if going_back.any():
-        first = int(columns.lines[np.flatnonzero(accepted)[going_back][0]])
+    if len(going_back):
+        first = int(columns.lines[kept[going_back.min()]])
         warnings.append(
-            f"{int(going_back.sum()):,} trades are earlier than the previous trade of their "
+            f"{len(going_back):,} trades are earlier than the previous trade of their "
             f"symbol (first at line {first}): kept; bars use each trade's own time"
         )
     if columns.ignored:
@@ -2393,7 +2457,6 @@ def _validate_ticks(
     if columns.n_blank:
         warnings.append(f"{columns.n_blank:,} blank lines skipped")
 
-    counts = trades["symbol"].value_counts()
     error = None
     if not n_accepted:
         error = (
@@ -2408,11 +2471,11 @@ def _validate_ticks(
         n_rejected=len(rejected),
         n_filtered_zero=n_filtered_zero,
         n_repeated=n_repeated,
-        trades_by_symbol={str(k): int(v) for k, v in sorted(counts.items())},
-        symbols=tuple(sorted(str(s) for s in counts.index)),
+        trades_by_symbol={str(names[c]): int(counts[c]) for c in np.flatnonzero(counts)},
+        symbols=tuple(str(names[c]) for c in np.flatnonzero(counts)),  # names are sorted
         format=fmt,
         side_known=n_accepted > 0 and n_unknown_side == 0,
-        time_format=times.time_format,
+        time_format=time_format,
         warnings=tuple(warnings),
         ok=n_accepted > 0,
         error=error,
@@ -2420,19 +2483,15 @@ def _validate_ticks(
     )
 
 
-def _count_repeats(trades: pd.DataFrame) -> int:
+def _count_repeats(symbol_code: np.ndarray, ts: np.ndarray, price: np.ndarray,
+                   qty: np.ndarray) -> int:
     """Trades equal in (symbol, ts, price, qty) to an earlier one: the same count as
     ``trades.duplicated([...]).sum()`` without pandas' hash tables of four columns (about
     90 MB for a million trades). Sorting by the four keys puts equal trades side by side;
     every row equal to its predecessor in that order repeats an earlier trade."""
-    if len(trades) < 2:
+    if len(ts) < 2:
         return 0
-    keys = [
-        pd.factorize(trades["symbol"])[0],
-        trades["ts"].to_numpy(np.int64),
-        trades["price"].to_numpy(np.float64),
-        trades["qty"].to_numpy(np.float64),
-    ]
+    keys = [symbol_code, ts, price, qty]
     order = np.lexsort(keys[::-1])
     same = np.ones(len(order) - 1, dtype=bool)
     for key in keys:

@@ -1270,4 +1270,6 @@ def test_repeat_count_equals_pandas_duplicated():
             "qty": rng.choice([0.5, 1.0], n),
         })
         expected = int(trades.duplicated(["symbol", "ts", "price", "qty"]).sum())
-        assert _count_repeats(trades) == expected
+        codes = pd.factorize(trades["symbol"])[0]
+        assert _count_repeats(codes, trades["ts"].to_numpy(), trades["price"].to_numpy(),
+                              trades["qty"].to_numpy()) == expected
