@@ -1189,8 +1189,11 @@ class Evaluator:
     -----
     One tick: open (once) a read/write connection with ``database.connect``; take the
     evaluator lease (``database.claim_alert_evaluator``: one evaluator per database file
-    even across processes - a second one stands by); load the enabled rules and their
-    stored ``RuleState``; compute each distinct subject and settings once
+    or PostgreSQL database even across processes and machines - a second one stands by
+    and takes over at its next tick once the holder stops: on SQLite when the lease row
+    expires or is released, on PostgreSQL as soon as the holder's session ends, since the
+    lease is an advisory lock of the evaluator's own connection); load the enabled rules
+    and their stored ``RuleState``; compute each distinct subject and settings once
     (``compute_metric`` with a shared cache) for rules whose bar has not been evaluated
     yet; ``evaluate``; then in ONE transaction store the events and statuses of rules that
     were not edited or deleted meanwhile. After the commit: a WARNING log line per event
@@ -1326,8 +1329,10 @@ class Evaluator:
         if self._conn is not None and path != self._conn_path:
             self._close()
         if self._conn is None:
-            if not os.path.exists(path):
-                return None  # the collector creates it with its first trades
+            if not database.database_exists(path):
+                return None  # the collector creates the file with its first trades
+            # The evaluator's own connection, kept while it runs: on PostgreSQL its session
+            # holds the evaluator lease (database.claim_alert_evaluator).
             self._conn = database.connect(path)
             self._conn_path = path
             self.db_path = path
@@ -1349,6 +1354,10 @@ class Evaluator:
             database.release_alert_evaluator(conn, self.owner)
         except sqlite3.Error as exc:
             log.warning("could not release the alert evaluator lease: %s", exc)
+            if getattr(conn, "raw", None) is not None:
+                # PostgreSQL: this session may still hold the lock; closing it (instead of
+                # handing it back to the pool) makes the server end the lock with it.
+                conn.raw.close()
         finally:
             conn.close()
 

@@ -1468,13 +1468,15 @@ DELIVERY_PENDING = "pending"
 DELIVERY_OK = "ok"
 _EVALUATOR_LEASE_KEY = "alert_evaluator"
 
-_ALERT_RULE_COLUMNS_SQL = ", ".join(ALERT_RULE_FIELDS)
+# Column names quoted in SQL: "window" is a reserved word in PostgreSQL (SQLite accepts it).
+_QUOTED_RULE_COLUMNS = {name: f'"{name}"' for name in ALERT_RULE_FIELDS}
+_ALERT_RULE_COLUMNS_SQL = ", ".join(_QUOTED_RULE_COLUMNS.values())
 # RETURNING id (SQLite >= 3.35 and PostgreSQL) instead of cursor.lastrowid, which only
 # sqlite3 has.
 _INSERT_ALERT_RULE = (f"INSERT INTO alert_rules ({_ALERT_RULE_COLUMNS_SQL}, created_ms, "
                       f"updated_ms) VALUES ({', '.join('?' * len(ALERT_RULE_FIELDS))}, ?, ?) "
                       "RETURNING id")
-_LIST_ALERT_RULES = f"""SELECT r.id, {', '.join('r.' + f for f in ALERT_RULE_FIELDS)},
+_LIST_ALERT_RULES = f"""SELECT r.id, {', '.join('r.' + c for c in _QUOTED_RULE_COLUMNS.values())},
         r.created_ms, r.updated_ms, s.state, s.value, s.checked_ms, s.detail, s.armed,
         s.last_fired_ms, s.previous_value, s.as_of_ts,
         (SELECT count(*) FROM alert_events AS e WHERE e.rule_id = r.id) AS events
@@ -1652,8 +1654,9 @@ def update_alert_rule(conn: sqlite3.Connection, rule_id: int, **fields) -> None:
         return
     names = list(fields)
     with _Transaction(conn):
-        current = conn.execute(f"SELECT {', '.join(names)} FROM alert_rules WHERE id = ?",
-                               (int(rule_id),)).fetchone()
+        current = conn.execute(
+            f"SELECT {', '.join(_QUOTED_RULE_COLUMNS[n] for n in names)} FROM alert_rules "
+            "WHERE id = ?", (int(rule_id),)).fetchone()
         if current is None:
             raise ValueError(f"rule_id ({rule_id!r}) does not exist")
         new_values = dict(zip(ALERT_RULE_FIELDS, _alert_rule_row(
@@ -1662,7 +1665,7 @@ def update_alert_rule(conn: sqlite3.Connection, rule_id: int, **fields) -> None:
         if not changed:
             return
         # Column names come from ALERT_RULE_FIELDS (checked above), never from user text.
-        assignments = ", ".join(f"{name} = ?" for name in changed)
+        assignments = ", ".join(f"{_QUOTED_RULE_COLUMNS[name]} = ?" for name in changed)
         conn.execute(f"UPDATE alert_rules SET {assignments}, updated_ms = ? WHERE id = ?",
                      (*[new_values[name] for name in changed], _now_ms(), int(rule_id)))
         if _ALERT_STATE_FIELDS.intersection(changed):
@@ -1878,8 +1881,20 @@ def claim_alert_evaluator(conn: sqlite3.Connection, owner: str, now_ms: int,
     -----
     One evaluator per process is guaranteed by ``alerts.start_evaluator``; the lease covers
     two processes (two Streamlit servers) on one database, which would otherwise fire every
-    alert twice. An evaluator that dies without releasing blocks others for ``ttl_ms``.
+    alert twice.
+
+    SQLite: a row in ``meta`` that expires; an evaluator that dies without releasing blocks
+    others for ``ttl_ms``.
+
+    PostgreSQL (many pages and collectors on one server): a session-level advisory lock held
+    by ``conn``'s session, so ``conn`` must be the evaluator's own connection, kept for as
+    long as it evaluates. ``now_ms`` and ``ttl_ms`` are not used: the server ends the lock
+    with the session - ``release_alert_evaluator``, the connection closed, the process killed
+    or its machine gone (once TCP notices) - and a standby takes it at its next call. The
+    holder's id is kept in ``meta`` only to answer "who evaluates".
     """
+    if database_postgres.is_postgres(conn):
+        return _claim_evaluator_lock(conn, owner)
     value = json.dumps({"owner": owner, "until_ms": int(now_ms) + int(ttl_ms)})
     conn.execute(_CLAIM_LEASE, {"key": _EVALUATOR_LEASE_KEY, "value": value, "owner": owner,
                                 "now": int(now_ms)})
@@ -1889,9 +1904,77 @@ def claim_alert_evaluator(conn: sqlite3.Connection, owner: str, now_ms: int,
 
 
 def release_alert_evaluator(conn: sqlite3.Connection, owner: str) -> None:
-    """Give the lease up (only when ``owner`` holds it)."""
+    """Give the lease up (only when ``owner`` holds it; on PostgreSQL: when ``conn``'s
+    session holds the lock, after rolling back a transaction left open)."""
+    if database_postgres.is_postgres(conn):
+        _release_evaluator_lock(conn, owner)
+        return
     conn.execute("DELETE FROM meta WHERE key = ? AND json_extract(value, '$.owner') = ?",
                  (_EVALUATOR_LEASE_KEY, owner))
+
+
+# PostgreSQL's evaluator lease: a session-level advisory lock on the two-int key space
+# (``pg_locks.objsubid = 2``), apart from the bigint keys database_postgres takes for schema
+# DDL and per-symbol writers. Advisory locks are per database: one evaluator per database.
+_EVALUATOR_LOCK_KEY = (0x7E1C, 0xA1E7)
+_EVALUATOR_LOCK_HOLDER = """SELECT pid, pid = pg_backend_pid() FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND objsubid = 2
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND classid::bigint = ? AND objid::bigint = ?"""
+_UPSERT_META = """INSERT INTO meta (key, value) VALUES (?, ?)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
+
+
+def _claim_evaluator_lock(conn, owner: str) -> str | None:
+    """``claim_alert_evaluator`` on PostgreSQL: the lock held by this session or taken now.
+
+    Never takes the lock twice (advisory locks nest: a second take would need a second
+    unlock), so ``pg_locks`` is asked first. Returns ``owner``, the holder's id from ``meta``,
+    ``"postgresql backend PID"`` before a new holder has written its id, or None when the
+    lock was released between the look and the try (the next call takes it).
+    """
+    holder = conn.execute(_EVALUATOR_LOCK_HOLDER, _EVALUATOR_LOCK_KEY).fetchone()
+    if holder is not None and holder[1]:
+        return owner
+    if holder is None:
+        taken, pid = conn.execute("SELECT pg_try_advisory_lock(?::integer, ?::integer), "
+                                  "pg_backend_pid()", _EVALUATOR_LOCK_KEY).fetchone()
+        if taken:
+            conn.execute(_UPSERT_META, (_EVALUATOR_LEASE_KEY,
+                                        json.dumps({"owner": owner, "pid": pid})))
+            return owner
+        holder = conn.execute(_EVALUATOR_LOCK_HOLDER, _EVALUATOR_LOCK_KEY).fetchone()
+        if holder is None:
+            return None
+    _, stored = _stored_evaluator_lease(conn)
+    if stored.get("pid") == holder[0] and stored.get("owner"):
+        return stored["owner"]
+    return f"postgresql backend {holder[0]}"
+
+
+def _release_evaluator_lock(conn, owner: str) -> None:
+    if conn.in_transaction:  # a failed statement left one open: the unlock would fail too
+        conn.execute("ROLLBACK")
+    holder = conn.execute(_EVALUATOR_LOCK_HOLDER, _EVALUATOR_LOCK_KEY).fetchone()
+    if holder is None or not holder[1]:
+        return
+    value, stored = _stored_evaluator_lease(conn)
+    if stored.get("owner") == owner:
+        conn.execute("DELETE FROM meta WHERE key = ? AND value = ?",
+                     (_EVALUATOR_LEASE_KEY, value))
+    conn.execute("SELECT pg_advisory_unlock(?::integer, ?::integer)", _EVALUATOR_LOCK_KEY)
+
+
+def _stored_evaluator_lease(conn) -> tuple[str | None, dict]:
+    """The lease's ``meta`` value as stored and parsed (``{}`` when absent or unreadable)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?",
+                       (_EVALUATOR_LEASE_KEY,)).fetchone()
+    value = row[0] if row else None
+    try:
+        parsed = json.loads(value) if value else {}
+    except ValueError:
+        return value, {}
+    return value, parsed if isinstance(parsed, dict) else {}
 
 
 # --------------------------------------------------------------------------------------

@@ -41,8 +41,10 @@ Z_RTOL = 1e-6  # bounded read vs full history: same windows, rolling sums in ano
 
 
 @pytest.fixture
-def db_path(tmp_path):
-    return str(tmp_path / "alerts.db")
+def db_path(db_target):
+    """A SQLite file, then a PostgreSQL database (conftest's ``db_target``): every test that
+    takes it runs on both backends."""
+    return db_target
 
 
 @pytest.fixture
@@ -550,6 +552,64 @@ def test_a_second_evaluator_on_the_same_file_stands_by(conn, db_path, make_evalu
     second.tick()
     assert not second.status()["standby"]
     assert len(events(conn)) == 1  # disarmed: the still-true condition does not fire again
+
+
+# An evaluator in its own process that says when it holds the lease, then runs until killed.
+LEASE_HOLDER_SCRIPT = """
+import sys, time
+import alerts
+evaluator = alerts.Evaluator(sys.argv[1], interval=float(sys.argv[2])).start()
+while not (evaluator.status()["ticks"] and not evaluator.status()["standby"]):
+    time.sleep(0.02)
+print("evaluating", flush=True)
+time.sleep(600)
+"""
+
+
+def test_postgresql_lease_passes_to_a_survivor_within_seconds_of_a_kill(postgres_db,
+                                                                        make_evaluator):
+    interval = 0.2
+    conn = database.connect(postgres_db)
+    write_prices(conn, "BTCUSDT", [100])  # in 2025: stale from the first tick on
+    rule_id = alerts.create_rule(conn, metric="last_trade_age", symbol="BTCUSDT",
+                                 comparison=">", threshold=1, cooldown_s=0)
+
+    def status():
+        return database.read_alert_status(conn).get(rule_id)
+
+    owner = subprocess.Popen([sys.executable, "-c", LEASE_HOLDER_SCRIPT, postgres_db,
+                              str(interval)], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "evaluating", owner.stderr.read()
+        survivor = make_evaluator(postgres_db, interval=interval).start()
+        assert wait_until(lambda: survivor.status()["standby"], 10)
+        checked = status()["checked_ms"]
+        time.sleep(5 * interval)
+        assert status()["checked_ms"] > checked  # the owner evaluates ...
+        assert survivor.status()["ticks"] == 0 and survivor.status()["standby"]  # alone
+        assert len(events(conn)) == 1 and not status()["armed"]  # fired once, disarmed
+    finally:
+        owner.kill()  # SIGKILL: no release; the server ends the session and its lock
+        owner.wait(10)
+    killed_ms = alerts.now_ms()
+    assert wait_until(lambda: survivor.status()["ticks"] >= 1, 5), survivor.status()
+    took_over_s = (survivor.status()["last_tick_ms"] - killed_ms) / 1000
+    assert not survivor.status()["standby"] and took_over_s < 3
+    assert wait_until(lambda: survivor.status()["ticks"] >= 5, 5)
+    # It continues from the stored state: the condition still holds but the rule is
+    # disarmed, so the owner's firing is not repeated.
+    assert len(events(conn)) == 1 and status()["checked_ms"] >= killed_ms
+    # A fresh trade re-arms the rule (age < 1 s); a second later it fires, once, here.
+    now = alerts.now_ms()
+    database.import_ticks(conn, [trade("BTCUSDT", 2, now, 101)])
+    assert wait_until(lambda: len(events(conn)) == 2, 5), status()
+    time.sleep(5 * interval)
+    survivor.stop()
+    stored = events(conn)
+    assert len(stored) == 2 and survivor.status()["events_fired"] == 1
+    assert stored["ts"].iloc[0] >= now + 1000 and stored["ts"].iloc[1] < killed_ms
+    conn.close()
 
 
 def test_invalid_stored_rule_reports_an_error_and_others_still_run(conn, db_path,
