@@ -68,12 +68,14 @@ DEFAULT_WINDOWS: dict[str, int] = {"1s": 300, "5s": 120, "10s": 90, "30s": 60, "
 METHODS = {"OLS": "ols", "TLS": "tls", "Huber": "huber", "Theil–Sen": "theil-sen",
            "Kalman": "kalman"}
 LIVE_STRIP_EVERY_S = 0.5  # the live strip's fragment period
-# CRYPTO_LIVE_PRICE_EVERY=0.25: the strip's two last prices rerun on their own, faster (one
-# index seek per leg for the newest stored trade) while the rest of the strip keeps its
-# 0.5 s. Off by default (0: prices refresh with the strip): on the shared 2-core machine it
-# raised the page's idle server CPU by ~24 % (21.6 -> 26.7 % of a core, bench_app.py tick
-# --compare-prices, load ~18) without a lower latency there; the bound was 10 %.
-LIVE_PRICE_EVERY_S = float(os.environ.get("CRYPTO_LIVE_PRICE_EVERY", "0"))
+# The strip's two last prices rerun on their own every 0.25 s (one index seek per leg for
+# the newest stored trade) while the rest of the strip keeps its 0.5 s: a trade reaches the
+# screen within the collector's 50 ms flush + <= 0.25 s + a small rerun (issue 17: p95 <=
+# 500 ms). CRYPTO_LIVE_PRICE_EVERY=0 folds them back into the strip. The extra reruns cost
+# less than Streamlit's forced gc.collect(2) after every run did, now off
+# (.streamlit/config.toml): README Performance has both in one run (bench_app.py tick
+# --compare-prices).
+LIVE_PRICE_EVERY_S = float(os.environ.get("CRYPTO_LIVE_PRICE_EVERY", "0.25"))
 NO_TRADES_WARNING_S = 10.0  # a subscribed symbol silent this long gets a warning
 HEATMAP_MIN_PERIODS = 30  # common returns per pair before a correlation is shown
 ALERT_RULE_TABLE = ("id", "name", "enabled", "state", "value", "detail", "metric", "symbol",

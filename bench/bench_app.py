@@ -67,7 +67,11 @@ Tick-to-screen (``tick``)
     marker, so that the last 1 s bar's close - the strip's "BTCUSDT last" - shows it. The
     page polls the metric on every animation frame and returns ``Date.now()`` when the
     price appears; latency = that - the wall time right after the marker frame was sent
-    (same machine clock). Feed ``binance-futures`` at the scripted server.
+    (same machine clock). Feed ``binance-futures`` at the scripted server. With
+    ``--idle-seconds`` the Streamlit server's CPU time is then measured while the page
+    stays open on the same feed, nobody touching it. ``--compare-prices`` first runs the
+    page as it was before (``BEFORE_TICK_ENV``: last prices with the 0.5 s strip, Streamlit's
+    gc.collect after every run), then with the defaults, and prints both side by side.
 
 Memory (``memory``)
     ``python market.py --speed 2000/110 --seed 3`` (BTC 40/s + ETH 70/s at speed 1, so
@@ -563,16 +567,23 @@ def fragments_bench(db_path: Path, tail_path: Path, meta: dict, reruns: int,
 # --------------------------------------------------------------------------------------
 
 
+# ``tick --compare-prices`` runs these first: the page as it was before issue 17's
+# tick-to-screen work (last prices refreshed with the 0.5 s strip; Streamlit's default
+# gc.collect(2) after every run, which .streamlit/config.toml now turns off).
+BEFORE_TICK_ENV = {"CRYPTO_LIVE_PRICE_EVERY": "0", "STREAMLIT_RUNNER_POST_SCRIPT_GC": "true"}
+
+
 def tick_bench(samples: int, tick_rate: float, marker_every: float,
-               idle_seconds: float = 0.0, price_every: str | None = None) -> None:
+               idle_seconds: float = 0.0, extra_env: dict | None = None) -> dict:
     """Tick-to-screen latency; with ``idle_seconds`` also the Streamlit server's CPU while
-    the page sits open on that feed afterwards. ``price_every`` sets
-    CRYPTO_LIVE_PRICE_EVERY ("0": last prices refresh with the strip, as before 0.25 s)."""
+    the page sits open on that feed afterwards (percent of a core, also returned).
+    ``extra_env`` is added to the server's environment (e.g. ``BEFORE_TICK_ENV``)."""
     from tests.loopback import ScriptedServer, trade_frame
 
+    extra = dict(extra_env or {})
+    settings = " ".join(f"{k}={v}" for k, v in extra.items()) or "the defaults"
     print(f"\n== tick-to-screen (scripted feed, {tick_rate:g} trades/s per symbol, a marker "
-          f"price every ~{marker_every:g} s; CRYPTO_LIVE_PRICE_EVERY="
-          f"{price_every if price_every is not None else 'default'}) ==")
+          f"price every ~{marker_every:g} s; {settings}) ==")
     sent: dict[str, float] = {}  # strip text of the marker price -> wall time after send
     stop = threading.Event()
     armed = threading.Event()  # set once the page is drawn: markers start after that
@@ -601,10 +612,9 @@ def tick_bench(samples: int, tick_rate: float, marker_every: float,
                                                   price, event="aggTrade"))
             await asyncio.sleep(1.0 / tick_rate)
 
-    latencies = []
+    latencies, cpu_percent = [], None
     with tempfile.TemporaryDirectory(prefix="bench_app_") as workdir, \
             ScriptedServer(script) as feed:
-        extra = {} if price_every is None else {"CRYPTO_LIVE_PRICE_EVERY": price_every}
         env = app_env(os.path.join(workdir, "live.db"), os.path.join(workdir, "uploads.db"),
                       CRYPTO_FEED="binance-futures", BINANCE_WS_URL=feed.url, **extra)
         server = StreamlitServer(env, workdir)
@@ -633,13 +643,15 @@ def tick_bench(samples: int, tick_rate: float, marker_every: float,
                     time.sleep(idle_seconds)
                     after = process.cpu_times()
                     cpu = (after.user + after.system - before.user - before.system)
+                    cpu_percent = cpu / idle_seconds * 100
                     print(f"  server CPU with the page open and idle: "
-                          f"{cpu / idle_seconds * 100:.1f} % of a core over {idle_seconds:g} s "
+                          f"{cpu_percent:.1f} % of a core over {idle_seconds:g} s "
                           f"(load average {os.getloadavg()[0]:.2f})", flush=True)
         finally:
             stop.set()
             server.stop()
     print(f"  send -> on screen: {percentiles(latencies)} ms")
+    return {"latencies": latencies, "cpu_percent": cpu_percent}
 
 
 # --------------------------------------------------------------------------------------
@@ -732,8 +744,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=0.0,
                         help="tick: then measure the server's CPU this long, page open")
     parser.add_argument("--compare-prices", action="store_true",
-                        help="tick: run first with CRYPTO_LIVE_PRICE_EVERY=0 (last prices "
-                             "refreshed with the strip, as before), then as configured")
+                        help="tick: run first as the page was before (CRYPTO_LIVE_PRICE_EVERY=0"
+                             ": last prices with the 0.5 s strip; Streamlit's gc.collect after "
+                             "every run), then with the defaults")
     parser.add_argument("--minutes", type=float, default=30.0, help="memory run length")
     parser.add_argument("--interval", type=float, default=30.0, help="memory sample period, s")
     parser.add_argument("--trades-per-s", type=float, default=2000.0, help="memory run feed")
@@ -746,10 +759,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.what in ("all", "fragments"):
             fragments_bench(db_path, tail_path, meta, args.reruns, args.minute_reruns)
     if args.what in ("all", "tick"):
+        before = None
         if args.compare_prices:
-            tick_bench(args.samples, args.tick_rate, args.marker_every, args.idle_seconds,
-                       price_every="0")
-        tick_bench(args.samples, args.tick_rate, args.marker_every, args.idle_seconds)
+            before = tick_bench(args.samples, args.tick_rate, args.marker_every,
+                                args.idle_seconds, extra_env=BEFORE_TICK_ENV)
+        now = tick_bench(args.samples, args.tick_rate, args.marker_every, args.idle_seconds)
+        if before and before["cpu_percent"] and now["cpu_percent"] is not None:
+            change = now["cpu_percent"] / before["cpu_percent"] * 100 - 100
+            print(f"\n  idle server CPU, defaults against before: {now['cpu_percent']:.1f} % vs "
+                  f"{before['cpu_percent']:.1f} % of a core ({change:+.0f} %); p95 "
+                  f"{np.percentile(now['latencies'], 95):.0f} ms vs "
+                  f"{np.percentile(before['latencies'], 95):.0f} ms", flush=True)
     if args.what == "memory":
         memory_bench(args.minutes, args.interval, args.trades_per_s)
     return 0

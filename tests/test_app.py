@@ -245,6 +245,30 @@ def test_a_sessions_first_run_draws_a_chart_before_it_reads_the_view(recorded_db
     assert ("chart", None) not in events
 
 
+def test_last_prices_are_a_fragment_of_their_own_on_a_faster_timer(recorded_db,
+                                                                    monkeypatch):
+    """The strip's last prices rerun by themselves every 0.25 s, inside the 0.5 s strip
+    (AppTest does not tick timers: the registered periods are what is checked; the browser
+    test sees the price change by itself)."""
+    periods = {}
+    real_fragment = st.fragment
+
+    def recording_fragment(func=None, **options):
+        def register(function):
+            periods[function.__name__] = options.get("run_every")
+            return real_fragment(function, **options)
+        return register if func is None else register(func)
+
+    monkeypatch.setattr(st, "fragment", recording_fragment)
+    at = run(new_app(lookback="15 min"))
+
+    assert periods["live_strip"] == dd.LIVE_STRIP_EVERY_S == 0.5
+    assert periods["last_prices"] == dd.LIVE_PRICE_EVERY_S == 0.25
+    newest = dd.newest_prices(recorded_db["db"], ("ETHUSDT", "BTCUSDT"))
+    assert metric(at, "ETHUSDT last") == dd.format_price(newest[0])
+    assert metric(at, "BTCUSDT last") == dd.format_price(newest[1])
+
+
 def test_the_first_runs_placeholder_leaves_no_chart_without_data(app_env):
     at = run(new_app())
 

@@ -177,6 +177,28 @@ def test_live_z_score_changes_by_itself(server, page, tmp_path):
     assert_server_log_clean(server, snap(page, shot))
 
 
+def test_last_price_changes_by_itself(server, page, tmp_path):
+    """The strip's last prices are a fragment of their own (0.25 s, nested in the 0.5 s
+    strip): in a browser its timer ticks and the newest trade's price replaces the last."""
+    shot = tmp_path / "last_price.png"
+    wait_for(page, shot, "a price in 'BTCUSDT last'",
+             """() => { for (const m of document.querySelectorAll('[data-testid="stMetric"]'))
+                  if (m.innerText.startsWith('BTCUSDT last'))
+                    return /\\d/.test(m.querySelector('[data-testid="stMetricValue"]')
+                                       .innerText);
+                return false; }""")
+    first = metric_value(page, "BTCUSDT last")
+    changed = wait_for(
+        page, shot, f"'BTCUSDT last' to change from {first}",
+        """first => { for (const m of document.querySelectorAll('[data-testid="stMetric"]'))
+             if (m.innerText.startsWith('BTCUSDT last')) {
+               const v = m.querySelector('[data-testid="stMetricValue"]').innerText.trim();
+               return /\\d/.test(v) && v !== first ? v : false; }
+           return false; }""", first, timeout_s=30).json_value()
+    assert changed != first, f"{first} -> {changed} (screenshot {snap(page, shot)})"
+    assert_no_error(page, shot, "last prices")
+
+
 def test_every_tab_renders_without_errors(server, page, tmp_path):
     shot = tmp_path / "tabs.png"
     label = page.locator('[data-testid="stMain"] [data-testid="stAlert"]',

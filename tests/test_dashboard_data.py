@@ -344,6 +344,22 @@ def test_alert_z_equals_the_page_z_at_the_same_bar(tmp_path, method):
     assert checked == len(picks)
 
 
+@pytest.mark.parametrize("kind, paused, every", [
+    ("live", False, 0.25), ("live", True, None), ("uploaded", False, None)])
+def test_live_prices_refresh_on_their_own_quarter_second_by_default(kind, paused, every):
+    """Issue 17: a trade is on screen within 500 ms (p95) only if the last prices do not
+    wait for the 0.5 s strip (bench/bench_app.py tick)."""
+    controls = dd.Controls(
+        source=dd.DataSource(kind, "x.db", "" if kind == "live" else "f.csv"), y="BTCUSDT",
+        x="ETHUSDT", tf_label="1s", timeframe="1s", lookback_label="1 h",
+        lookback_ms=3_600_000, method_label="OLS", method="ols", window=60, log_prices=True,
+        entry=2.0, exit=0.0, tz="UTC", refresh_s=2.0, paused=paused)
+
+    assert dd.LIVE_PRICE_EVERY_S == 0.25
+    assert controls.price_every == every
+    assert controls.fast_every == (None if paused else dd.LIVE_STRIP_EVERY_S)
+
+
 def test_newest_prices_are_the_newest_stored_trades_by_time_then_id(tmp_path):
     path = str(tmp_path / "live.db")
     assert all(math.isnan(p) for p in dd.newest_prices(path, ("BTCUSDT",)))  # no file yet
