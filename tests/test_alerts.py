@@ -807,12 +807,12 @@ def test_rules_events_and_state_survive_a_process_restart(conn, db_path, make_ev
 # ------------------------------------------------------------------------ built-in market
 
 
-def test_rule_fires_on_the_built_in_market_with_no_page_open(tmp_path):
+def test_rule_fires_on_the_built_in_market_with_no_page_open(db_target):
     import collector  # tests only: alerts.py never imports the collector
 
     # No REST backfill: the reference below recomputes from the final database, and history
     # stored behind the live edge while the evaluator runs would change the past it saw.
-    settings = Settings(feed="demo", db_path=str(tmp_path / "demo.db"), demo_seed=11,
+    settings = Settings(feed="demo", db_path=db_target, demo_seed=11,
                         flush_interval=0.1, backfill="0", backfill_klines="0")
     market = collector.Collector(settings).start()
     evaluator = None
