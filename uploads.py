@@ -750,13 +750,13 @@ _CSV_BLOCK_BYTES = 1 << 20  # the fast reader's block: its transient cells stay 
 
 
 def _read_csv_table(
-    raw: bytes, kinds_of: Callable[[list[str]], dict[int, str] | None] | None = None
+    raw: bytes, kinds_of: Callable[[list[str], list[str]], dict[int, str] | None] | None = None
 ) -> _CsvTable:
     """Split CSV (UTF-8 bytes) into header and cells, keeping each row's first line number.
 
     A file without quotes, where every line is one row, is read by pyarrow's CSV reader
     block by block, never becomes per-cell Python objects, and keeps only the columns
-    ``kinds_of(header)`` asks for, numbers as float64 (see ``_read_unquoted_csv``). A file
+    ``kinds_of`` asks for, numbers as float64 (see ``_read_unquoted_csv``). A file
     with quotes (cells that may hold the delimiter or a newline) goes through Python's csv
     module, 50,000 rows at a time, and keeps every column as Arrow text."""
     if b"\r" in raw:
@@ -889,7 +889,9 @@ def _line_spans(raw: bytes, numbers: np.ndarray) -> dict[int, tuple[int, int]]:
 
 
 def _read_unquoted_csv(
-    raw: bytes, delimiter: str, kinds_of: Callable[[list[str]], dict[int, str] | None] | None = None
+    raw: bytes,
+    delimiter: str,
+    kinds_of: Callable[[list[str], list[str]], dict[int, str] | None] | None = None,
 ) -> _CsvTable | None:
     """Fast reader for files without quotes: one line = one row, parsed by pyarrow.
 
@@ -898,8 +900,9 @@ def _read_unquoted_csv(
     extra cells are empty). Line numbers come from the newline offsets. Returns None when
     pyarrow cannot give line numbers, so the caller falls back to the exact reader.
 
-    ``kinds_of(header)`` says which columns to keep and how: position -> "text" or
-    "number" (``_NumberCells``); other columns are not kept (their cells stay readable
+    ``kinds_of(header, first_row)`` (the stripped cells of the first data line, [] if
+    none) says which columns to keep and how: position -> "text" or "number"
+    (``_NumberCells``); other columns are not kept (their cells stay readable
     through ``row_texts``). None, or a None answer, keeps every column as text. The file is
     read 4 MB at a time and each block's cells are turned into the kept form at once, so the
     whole file never exists as text cells."""
@@ -919,7 +922,8 @@ def _read_unquoted_csv(
         raise _UploadError("the file is empty")
     header = [name.strip() for name in line.split(delimiter)]
     width = len(header)
-    kinds = (kinds_of(header) if kinds_of is not None else None) or dict.fromkeys(
+    first_row = _first_data_fields(raw, end + 1, delimiter)
+    kinds = (kinds_of(header, first_row) if kinds_of is not None else None) or dict.fromkeys(
         range(width), "text")
     names = [f"c{i}" for i in range(width)]
     body_start = end + 1
@@ -1006,6 +1010,29 @@ def _read_unquoted_csv(
         else:
             columns[i] = _joined_text(built, order)
     return _CsvTable(header, columns, row_lines, ragged, n_blank, row_texts)
+
+
+def _first_data_fields(raw: bytes, start: int, delimiter: str) -> list[str]:
+    """Stripped cells of the first non-blank line at or after ``start`` (among the next
+    100 lines), or [] when there is none."""
+    for _ in range(100):
+        if start >= len(raw):
+            break
+        end = raw.find(b"\n", start)
+        end = len(raw) if end < 0 else end
+        fields = [f.strip() for f in raw[start:end].decode("utf-8").split(delimiter)]
+        if any(fields):
+            return fields
+        start = end + 1
+    return []
+
+
+def _time_kind(first_row: list[str], position: int) -> str:
+    """How to keep a time column: as numbers when the first data row holds an epoch number
+    (8 bytes a row; the few cells that are not numbers are read again as text), else as
+    text (ISO-8601 strings). A file mixing both is refused either way."""
+    cell = first_row[position] if position < len(first_row) else ""
+    return "number" if re.fullmatch(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", cell) else "text"
 
 
 def _stripped_cells(columns: list) -> tuple[list, np.ndarray]:
@@ -1112,13 +1139,15 @@ class _ParsedTimes:
 
 
 def _parse_times(
-    text: pd.Series, lines: np.ndarray, naive_timezone: str, reasons: _Reasons
+    text: pd.Series | _NumberCells, lines: np.ndarray, naive_timezone: str, reasons: _Reasons
 ) -> _ParsedTimes:
     """Epoch s / epoch ms / ISO-8601 text -> int64 epoch ms UTC (rules: module docstring).
 
-    Adds a reason for every unusable row; raises _UploadError for mixed or too-fine units."""
+    Adds a reason for every unusable row; raises _UploadError for mixed or too-fine units.
+    ``text`` may be ``_NumberCells`` (a column of epoch numbers, whose values this edits
+    in place): the cells that are not numbers are then read as text for the ISO rules."""
     n = len(text)
-    missing = (text == "").to_numpy(dtype=bool)
+    missing = _is_empty(text)
     numbers = _to_float(text)
     is_number = ~np.isnan(numbers)
     is_string = ~missing & ~is_number
@@ -1130,8 +1159,12 @@ def _parse_times(
 
     if is_string.any():
         string_rows = np.flatnonzero(is_string)
-        # All rows strings (the usual case): no copy of a million cells.
-        iso = text if len(string_rows) == n else text.iloc[string_rows].reset_index(drop=True)
+        if isinstance(text, _NumberCells):
+            iso = pd.Series(text.texts(string_rows), dtype="str")
+        elif len(string_rows) == n:  # all rows strings (the usual case): no copy
+            iso = text
+        else:
+            iso = text.iloc[string_rows].reset_index(drop=True)
         utc_word = iso.str.contains(r"(?i)(?:UTC|GMT)$", regex=True).to_numpy(dtype=bool)
         if utc_word.any():
             iso = iso.copy()  # never edit the caller's column
@@ -1141,25 +1174,28 @@ def _parse_times(
         parsed = np.zeros(len(iso), dtype=bool)
         unreadable = np.zeros(len(iso), dtype=bool)
         if aware.any():
-            stamps = _to_datetime_in_chunks(iso[aware], utc=True, format="ISO8601")
+            stamps = _to_datetime_in_chunks(_rows_of(iso, aware), utc=True, format="ISO8601")
             good = stamps.notna().to_numpy()
             rows = np.flatnonzero(aware)
-            parsed_us[rows[good]] = stamps[good].dt.as_unit("us").astype("int64").to_numpy()
+            parsed_us[rows[good]] = _epoch_us(stamps)[good]
+            del stamps
             parsed[rows[good]] = True
             unreadable[rows[~good]] = True
             if good.any():
                 formats.append("ISO-8601 with zone")
         if (~aware).any():
             rows = np.flatnonzero(~aware)
-            wall = _to_datetime_in_chunks(iso[~aware], format="ISO8601")
+            wall = _to_datetime_in_chunks(_rows_of(iso, ~aware), format="ISO8601")
             if isinstance(wall.dtype, pd.DatetimeTZDtype):
                 raise _UploadError("could not tell times with a zone from times without one")
-            local = wall.dt.tz_localize(naive_timezone, ambiguous="NaT", nonexistent="NaT")
+            if naive_timezone == "UTC":  # wall-clock time is UTC: nothing to localize
+                local = wall
+            else:
+                local = wall.dt.tz_localize(naive_timezone, ambiguous="NaT", nonexistent="NaT")
             good = local.notna().to_numpy()
             wall_ok = wall.notna().to_numpy()
-            parsed_us[rows[good]] = (
-                local[good].dt.tz_convert("UTC").dt.as_unit("us").astype("int64").to_numpy()
-            )
+            parsed_us[rows[good]] = _epoch_us(local)[good]
+            del local
             parsed[rows[good]] = True
             unreadable[rows[~wall_ok]] = True
             n_naive = int(good.sum())
@@ -1226,19 +1262,46 @@ def _parse_times(
         )
         usable = is_number & ~outside
         if present:
-            as_ms = numbers[usable] / _EPOCH_UNITS_PER_MS[present[0]]
-            whole_ms = np.floor(as_ms + 1e-3)  # seconds * 1000 may land a hair below the ms
-            fraction_us = np.clip(np.round((as_ms - whole_ms) * 1000.0), 0, 999)
-            ts_us[usable] = whole_ms.astype(np.int64) * 1000 + fraction_us.astype(np.int64)
+            # In place, on one array (numbers is not read after this): a million times cost
+            # 8 MB here instead of a temporary per arithmetic step.
+            as_ms = numbers if usable.all() else numbers[usable]
+            del numbers
+            if _EPOCH_UNITS_PER_MS[present[0]] != 1.0:
+                as_ms /= _EPOCH_UNITS_PER_MS[present[0]]
+            whole_ms = as_ms + 1e-3  # seconds * 1000 may land a hair below the ms
+            np.floor(whole_ms, out=whole_ms)
+            as_ms -= whole_ms  # the fraction of a millisecond ...
+            as_ms *= 1000.0  # ... in microseconds
+            np.clip(np.round(as_ms, out=as_ms), 0, 999, out=as_ms)
+            micros = whole_ms.astype(np.int64)
+            del whole_ms
+            micros *= 1000
+            micros += as_ms.astype(np.int64)
+            del as_ms
+            ts_us[usable] = micros
+            del micros
             ok |= usable
             formats.append(f"epoch {present[0]}")
 
     in_window = (ts_us >= PLAUSIBLE_START_MS * 1000) & (ts_us < PLAUSIBLE_END_MS * 1000)
     reasons.add(ok & ~in_window, "time '", text, "' is outside 2000-01-01 .. 2100-01-01")
     ok &= in_window
-    ts_ms = np.where(ok, ts_us // 1000, 0).astype(np.int64)
+    del in_window
     n_submillisecond = int((ok & (ts_us % 1000 != 0)).sum())
-    return _ParsedTimes(ts_ms, ok, " + ".join(formats) or "none", n_naive, n_submillisecond)
+    ts_us //= 1000  # now milliseconds
+    ts_us[~ok] = 0
+    return _ParsedTimes(ts_us, ok, " + ".join(formats) or "none", n_naive, n_submillisecond)
+
+
+def _rows_of(column: pd.Series, mask: np.ndarray) -> pd.Series:
+    """``column[mask]``, or the column itself when every row is in the mask (no copy)."""
+    return column if mask.all() else column[mask]
+
+
+def _epoch_us(stamps: pd.Series) -> np.ndarray:
+    """int64 microseconds since the epoch of datetime stamps, naive (read as UTC) or
+    zoned; a NaT gives a meaningless number, so callers pick the rows they know are set."""
+    return stamps.array.as_unit("us").asi8
 
 
 _DATETIME_CHUNK_ROWS = 100_000
@@ -1403,15 +1466,17 @@ def parse_ohlc_csv(
         return _failed_ohlc(filename, _internal_error(exc), 0)
 
 
-def _ohlc_kinds(header: list[str]) -> dict[int, str] | None:
+def _ohlc_kinds(header: list[str], first_row: list[str]) -> dict[int, str] | None:
     """The columns the OHLC validator reads (numbers as numbers); None = keep all as text
     (a header the validator refuses: it says why with the row count)."""
     try:
         columns, _, _ = _resolve_ohlc_columns(header, 0)
     except _UploadError:
         return None
-    text = {"time", "symbol", "timeframe"}
-    return {position: "text" if name in text else "number" for name, position in columns.items()}
+    kinds = {position: "text" if name in ("symbol", "timeframe") else "number"
+             for name, position in columns.items()}
+    kinds[columns["time"]] = _time_kind(first_row, columns["time"])
+    return kinds
 
 
 def _resolve_ohlc_columns(header: list[str], n_rows: int) -> tuple[dict[str, int], list[str], bool]:
@@ -2260,15 +2325,17 @@ def _json_time_text(values: pd.Series) -> pd.Series:
     return _as_text(values)
 
 
-def _tick_kinds(header: list[str]) -> dict[int, str] | None:
+def _tick_kinds(header: list[str], first_row: list[str]) -> dict[int, str] | None:
     """The columns the tick validator reads (price and size as numbers); None = keep all as
     text (a header it refuses: it says why with the row count)."""
     try:
         positions = _tick_positions(header, 0)
     except _UploadError:
         return None
-    return {position: "number" if name in ("price", "qty") else "text"
-            for name, position in positions.items() if position is not None}
+    kinds = {position: "number" if name in ("price", "qty") else "text"
+             for name, position in positions.items() if position is not None}
+    kinds[positions["time"]] = _time_kind(first_row, positions["time"])
+    return kinds
 
 
 def _tick_positions(header: list[str], n_rows: int) -> dict[str, int | None]:
