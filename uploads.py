@@ -1652,8 +1652,7 @@ def _validate_ohlc(
     # The grid and spacing describe the file: judged on every readable, non-duplicate row.
     # (Before the bars are built: the grid's temporary copies and the bars never coexist.)
     structural = keyed & ~duplicate
-    grid = _grid_report(codes[structural], times.ts_ms[structural], lines[structural],
-                        accepted[structural], names, declared_ms)
+    grid = _grid_report(codes, times.ts_ms, lines, accepted, structural, names, declared_ms)
     warnings.extend(grid.warnings)
     rejected = _rejected_bars_table(reasons, lines, table)
     # The cells are no longer needed: release them before the bars are built. The table is
@@ -1895,40 +1894,56 @@ class _GridReport:
 
 def _grid_report(
     codes: np.ndarray, ts_ms: np.ndarray, lines: np.ndarray, accepted: np.ndarray,
-    names: np.ndarray, declared_ms: int | None,
+    rows: np.ndarray, names: np.ndarray, declared_ms: int | None,
 ) -> _GridReport:
     """Bar spacing per symbol (median step), rows off the grid, rows closer than a bar.
 
-    The arguments describe every readable, non-duplicate row (``names[codes]`` = symbol).
-    The grid of a symbol is its most common ``ts % bar`` phase (a tie goes to the phase
-    seen first in time), so a file whose bars all start at :41 s is one offset grid (said
-    once), not 200 misaligned rows. Numpy on rows sorted by (symbol, time): no frame copies
-    and no group-by tables of a million rows."""
-    if not len(ts_ms):
+    ``rows`` marks every readable, non-duplicate row (``names[codes]`` = symbol). The grid
+    of a symbol is its most common ``ts % bar`` phase (a tie goes to the phase seen first
+    in time), so a file whose bars all start at :41 s is one offset grid (said once), not
+    200 misaligned rows. Numpy on the rows sorted by their packed (symbol, time) key: a
+    few arrays of the rows' size, no frame copies and no group-by tables."""
+    rows = np.flatnonzero(rows)
+    if not len(rows):
         return _GridReport({})
-    order = np.lexsort((ts_ms, codes))  # by symbol, then time; ties in file order
-    code, ts = codes[order], ts_ms[order]
-    n = len(order)
-    same = np.zeros(n, dtype=bool)  # same symbol as the row before (in this order)
+    key = codes[rows].astype(np.int64)
+    key <<= _TS_BITS
+    key |= ts_ms[rows]
+    order = np.argsort(key)  # keys are unique here: duplicates were left out
+    rows = rows[order]  # the rows in (symbol, time) order
+    key = key[order]
+    del order
+    code = (key >> _TS_BITS).astype(np.int32)
+    key &= (1 << _TS_BITS) - 1
+    ts = key  # times, in the same order
+    del key
+    n = len(rows)
+    same = np.zeros(n, dtype=bool)  # same symbol as the row before
     same[1:] = code[1:] == code[:-1]
     step = np.zeros(n, dtype=np.int64)
-    step[1:] = ts[1:] - ts[:-1]
-    positive = same & (step > 0)
-    by_step = np.lexsort((step[positive], code[positive]))
-    step_code, sorted_steps = code[positive][by_step], step[positive][by_step]
-    group_codes, group_start, group_size = np.unique(step_code, return_index=True,
-                                                     return_counts=True)
-    middle_low = group_start + (group_size - 1) // 2
-    middle_high = group_start + group_size // 2
-    medians = (sorted_steps[middle_low] + sorted_steps[middle_high]) / 2.0
-    report = _GridReport({str(names[c]): int(round(float(m)))
-                          for c, m in zip(group_codes.tolist(), medians.tolist())})
+    np.subtract(ts[1:], ts[:-1], out=step[1:])
+    # Median step per symbol: steps within a symbol are positive (one row per time).
+    spacing = code[same].astype(np.int64)
+    spacing <<= _TS_BITS
+    spacing |= step[same]
+    spacing.sort()
+    spacing_code = (spacing >> _TS_BITS).astype(np.int32)
+    starts = np.flatnonzero(np.r_[True, spacing_code[1:] != spacing_code[:-1]]) if len(
+        spacing) else np.zeros(0, dtype=np.int64)
+    sizes = np.diff(np.append(starts, len(spacing)))
+    low = spacing[starts + (sizes - 1) // 2] & ((1 << _TS_BITS) - 1)
+    high = spacing[starts + sizes // 2] & ((1 << _TS_BITS) - 1)
+    group_codes = spacing_code[starts]
+    del spacing, spacing_code
+    report = _GridReport({str(names[c]): int(round((float(a) + float(b)) / 2.0))
+                          for c, a, b in zip(group_codes.tolist(), low.tolist(), high.tolist())})
     if len(set(report.timeframe_by_symbol.values())) > 1:
         listed = ", ".join(
             f"{s} {_format_duration(ms)}" for s, ms in report.timeframe_by_symbol.items()
         )
         report.warnings.append(f"symbols have different bar spacing: {listed}")
     bar_of_code = np.zeros(len(names), dtype=np.int64)  # 0 = no bar size known
+    present = np.unique(code)
     if declared_ms is not None:
         unlike = {s: ms for s, ms in report.timeframe_by_symbol.items() if ms != declared_ms}
         if unlike:
@@ -1936,33 +1951,40 @@ def _grid_report(
             report.warnings.append(
                 f"bars are spaced unlike the timeframe {_format_duration(declared_ms)}: {listed}"
             )
-        bar_of_code[np.unique(code)] = declared_ms
+        bar_of_code[present] = declared_ms
     else:
         for c in group_codes.tolist():
             bar_of_code[c] = report.timeframe_by_symbol[str(names[c])]
-    bar = bar_of_code[code]
-    has_bar = bar > 0
-    if not has_bar.any():
-        return report
-    part = np.flatnonzero(has_bar)
-    code, ts, bar = code[part], ts[part], bar[part]
-    close = same[part] & (step[part] < bar)
-    line = lines[order[part]]
-    kept = accepted[order[part]]
+    bar_sizes = np.unique(bar_of_code[present])
+    if len(bar_sizes) == 1:  # the usual case: one bar size, no per-row array of it
+        bar = int(bar_sizes[0])
+        if not bar:
+            return report
+    else:
+        bar = bar_of_code[code]
+        has_bar = bar > 0
+        if not has_bar.any():
+            return report
+        if not has_bar.all():
+            part = np.flatnonzero(has_bar)
+            rows, code, ts, bar = rows[part], code[part], ts[part], bar[part]
+            same, step = same[part], step[part]
+            del part
+    close = same & (step < bar)
     del same, step
-    phase = ts % bar
-    # Most common phase per symbol: runs of equal (symbol, phase) after a stable sort.
-    by_phase = np.lexsort((phase, code))
-    run_code, run_phase = code[by_phase], phase[by_phase]
-    new_run = np.ones(len(by_phase), dtype=bool)
-    new_run[1:] = (run_code[1:] != run_code[:-1]) | (run_phase[1:] != run_phase[:-1])
-    starts = np.flatnonzero(new_run)
-    counts = np.diff(np.append(starts, len(by_phase)))
-    first_seen = by_phase[starts]  # stable sort: a run's first row is its earliest
-    best = np.lexsort((first_seen, -counts, run_code[starts]))
-    best = best[np.r_[True, run_code[starts][best][1:] != run_code[starts][best][:-1]]]
+    phase = np.remainder(ts, bar, out=ts)  # ts is not needed any more
+    # Most common phase per symbol, ties to the earliest: np.unique on packed (symbol,
+    # phase) keys gives each pair's count and first position (the rows are in time order).
+    pair = code.astype(np.int64)
+    pair <<= _TS_BITS
+    pair |= phase
+    pairs, first_seen, counts = np.unique(pair, return_index=True, return_counts=True)
+    del pair
+    pair_code = pairs >> _TS_BITS
+    best = np.lexsort((first_seen, -counts, pair_code))
+    best = best[np.r_[True, pair_code[best][1:] != pair_code[best][:-1]]]
     usual = np.zeros(len(names), dtype=np.int64)
-    usual[run_code[starts][best]] = run_phase[starts][best]
+    usual[pair_code[best]] = pairs[best] & ((1 << _TS_BITS) - 1)
     off_grid = phase != usual[code]
     for c in np.unique(code).tolist():
         if usual[c]:
@@ -1974,16 +1996,17 @@ def _grid_report(
     for size in np.unique(bar).tolist():
         hit = off_grid & (bar == size)
         if hit.any():
-            n_kept = int(kept[hit].sum())
+            n_kept = int(accepted[rows[hit]].sum())
             report.warnings.append(
                 f"{int(hit.sum()):,} rows not aligned to {_format_duration(size)} (first at line "
-                f"{int(line[hit].min())}; {n_kept:,} of them accepted)"
+                f"{int(lines[rows[hit]].min())}; {n_kept:,} of them accepted)"
             )
     if close.any():
+        first_bar = bar if np.isscalar(bar) else bar[np.argmax(close)]
         report.warnings.append(
             f"{int(close.sum()):,} rows start less than one bar "
-            f"({_format_duration(int(bar[close][0]))}) after the previous row of their "
-            f"symbol (first at line {int(line[close].min())}): the file may mix bar sizes"
+            f"({_format_duration(int(first_bar))}) after the previous row of their "
+            f"symbol (first at line {int(lines[rows[close]].min())}): the file may mix bar sizes"
         )
     return report
 
