@@ -908,10 +908,15 @@ def _insert_ticks_and_bars(conn: sqlite3.Connection, trades: list[tuple]) -> int
 
 def _merge_bars(conn, trades: list[tuple]) -> None:
     """Add exactly ``trades`` (rows new to ``ticks``) to their 1 s and 1 min bars."""
-    if trades:
-        seconds = _aggregate_seconds(trades)
-        conn.executemany(_MERGE_BAR, _bar_rows(seconds))
-        conn.executemany(_MERGE_BAR_1M, _bar_rows(_minutes_of(seconds)))
+    if not trades:
+        return
+    seconds = _aggregate_seconds(trades)
+    if database_postgres.is_postgres(conn):  # one statement per table, not one per bar
+        database_postgres.merge_bars(conn, _MERGE_BAR, _bar_rows(seconds))
+        database_postgres.merge_bars(conn, _MERGE_BAR_1M, _bar_rows(_minutes_of(seconds)))
+        return
+    conn.executemany(_MERGE_BAR, _bar_rows(seconds))
+    conn.executemany(_MERGE_BAR_1M, _bar_rows(_minutes_of(seconds)))
 
 
 def _rows_not_stored(conn: sqlite3.Connection, trades: list[tuple]) -> list[tuple]:

@@ -497,6 +497,40 @@ def insert_new_ticks(conn: PgConnection, trades: Sequence[tuple]) -> list[tuple]
         raise _as_sqlite_error(exc) from exc
 
 
+_BAR_VALUES_CLAUSE = "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def merge_bars(conn: PgConnection, merge_sql: str, rows: list[tuple]) -> None:
+    """Run ``database``'s bar upsert (``merge_sql``) for all ``rows`` in one statement.
+
+    The rows are COPYed into a temporary table shaped like the target (``incoming_bars_1s``
+    / ``incoming_bars_1m``) and the same ON CONFLICT merge reads them with a SELECT instead
+    of its VALUES row: one round trip per table instead of one upsert per bar (a batch of
+    sparse trades touches ~one second per trade), and COPY instead of per-parameter
+    dumping. ``rows`` hold one bar per (symbol, ts), as one upsert statement requires.
+    """
+    if not rows:
+        return
+    table = re.match(r"\s*INSERT INTO (bars_1[sm])\b", merge_sql)
+    if table is None or _BAR_VALUES_CLAUSE not in merge_sql:
+        raise ValueError("merge_sql is not database's bar upsert with one VALUES row")
+    staging = f"incoming_{table.group(1)}"  # one of two fixed names
+    import psycopg
+
+    raw = conn._usable()
+    try:
+        with raw.cursor() as cursor:
+            cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} "
+                           f"(LIKE {table.group(1)}) ON COMMIT DELETE ROWS")
+            with cursor.copy(f"COPY {staging} FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+    except psycopg.Error as exc:
+        raise _as_sqlite_error(exc) from exc
+    conn.execute(merge_sql.replace(_BAR_VALUES_CLAUSE, f"SELECT * FROM {staging}", 1))
+    conn.execute(f"DELETE FROM {staging}")  # a second merge in this transaction starts empty
+
+
 # --------------------------------------------------------------------------------------
 # Retention
 # --------------------------------------------------------------------------------------
