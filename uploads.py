@@ -2244,31 +2244,26 @@ def _read_ndjson(raw: bytes) -> _TickColumns:
     alias_of = {key: name for name, keys in _NDJSON_KEYS.items() for key in keys}
     chunks: dict[str, list[pd.Series]] = {}  # key -> column chunks (aliases of our fields)
     seen_keys: dict[str, None] = {}  # every key in order of first appearance
-    starts: list[np.ndarray] = []
-    ends: list[np.ndarray] = []
-    kept_numbers: list[np.ndarray] = []
+    kept_numbers: list[np.ndarray] = []  # line number of each object, chunk by chunk
     early: list[tuple[int, str, str]] = []
     n_rows = n_objects = 0
     records: list[dict] = []
-    spans: list[tuple[int, int, int]] = []
+    numbers: list[int] = []  # line numbers of the objects in ``records``
 
     def flush() -> None:
-        if not spans:
+        if not numbers:
             return
         keys_here = dict.fromkeys(k for record in records for k in record)
         seen_keys.update(keys_here)
         for key in list(chunks) + [k for k in keys_here if k in alias_of and k not in chunks]:
             column = _json_cells([record.get(key) for record in records])
             if key not in chunks:  # first chunk holding this key: earlier rows lack it
-                done = sum(len(c) for c in starts)
+                done = sum(len(c) for c in kept_numbers)
                 chunks[key] = [pd.Series([""] * done, dtype="str")] if done else []
             chunks[key].append(column)
-        span = np.asarray(spans, dtype=np.int64)
-        kept_numbers.append(span[:, 0])
-        starts.append(span[:, 1])
-        ends.append(span[:, 2])
+        kept_numbers.append(np.asarray(numbers, dtype=np.int64))
         records.clear()
-        spans.clear()
+        numbers.clear()
 
     for number, start, end in _iter_lines(raw):
         line = raw[start:end].strip()
@@ -2285,9 +2280,9 @@ def _read_ndjson(raw: bytes) -> _TickColumns:
             early.append((number, "not a JSON object", line.decode("utf-8")[:_RAW_LINE_LIMIT]))
         elif record is not None:
             records.append(record)
-            spans.append((number, start, end))
+            numbers.append(number)
             n_objects += 1
-        if len(spans) >= _JSON_CHUNK_LINES:
+        if len(numbers) >= _JSON_CHUNK_LINES:
             flush()
         if n_rows == _PROBE_ROWS and n_objects == 0:
             raise _UploadError(
@@ -2312,29 +2307,41 @@ def _read_ndjson(raw: bytes) -> _TickColumns:
         if picked[name] is None:
             found = ", ".join(map(str, seen_keys))
             raise _UploadError(f"missing required key '{wanted}' (found: {found})", n_rows)
-    line_start = np.concatenate(starts)
-    line_end = np.concatenate(ends)
+    lines = np.concatenate(kept_numbers)
+    del kept_numbers
 
     def raw_for(positions: np.ndarray) -> list[str]:
-        return [
-            raw[line_start[i]:line_end[i]].decode("utf-8").strip()[:_RAW_LINE_LIMIT]
-            for i in positions
-        ]
+        """The lines of some objects, found again in the bytes (no offsets kept)."""
+        asked = lines[np.asarray(positions, dtype=np.int64)]
+        spans = _line_spans(raw, asked) if len(asked) else {}
+        return [raw[spans[k][0]:spans[k][1]].decode("utf-8").strip()[:_RAW_LINE_LIMIT]
+                for k in asked.tolist()]
 
-    columns = {name: _concat_cells(chunks[key]) for name, key in picked.items() if key}
+    columns = {name: _concat_cells(chunks.pop(key)) for name, key in picked.items() if key}
     return _TickColumns(
         symbol=_as_text(columns["symbol"]),
-        time=_json_time_text(columns["time"]),
+        time=_json_times(columns.pop("time")),
         price=columns["price"],
         qty=columns["qty"],
         side=_as_text(columns["side"]) if "side" in columns else None,
         qty_name=picked["qty"],
-        lines=np.concatenate(kept_numbers),
+        lines=lines,
         raw_for=raw_for,
         early_rejects=early,
         ignored=[str(c) for c in seen_keys if c not in picked.values()],
         n_blank=0,
     )
+
+
+def _json_times(values: pd.Series) -> pd.Series | _NumberCells:
+    """An NDJSON file's times: a column of JSON numbers stays float64 (``_NumberCells``;
+    the text a message quotes is written as ``_json_time_text`` does, for those rows only)
+    instead of a million numbers turned into text and parsed back; anything else is text."""
+    if not pd.api.types.is_float_dtype(values.dtype):
+        return _json_time_text(values)
+    numbers = np.array(values.to_numpy(dtype=np.float64))  # writable: _parse_times edits it
+    return _NumberCells(numbers, np.zeros(len(numbers), dtype=bool),
+                        lambda positions: _json_time_text(values.iloc[positions]).tolist())
 
 
 def _json_time_text(values: pd.Series) -> pd.Series:
