@@ -16,6 +16,7 @@ import alerts
 import collector
 import dashboard_data as dd
 import database
+import services
 from test_app import (  # noqa: F401  (imported tests run here on PostgreSQL)
     closed_port, new_app, recorded_db, reference_trades, run,
     test_every_tab_renders_with_recorded_trades,
@@ -42,6 +43,7 @@ def app_env(tmp_path, monkeypatch, closed_port, postgres_db):  # noqa: F811
     yield paths
     collector.stop()
     alerts.stop_evaluator()
+    services.stop_all()  # the paper monitor too: it holds a connection to this database
     st.cache_data.clear()
     st.cache_resource.clear()
 

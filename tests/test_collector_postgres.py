@@ -21,6 +21,7 @@ import threading
 import pandas as pd
 
 import database
+import database_postgres
 from helpers import wait_until
 from loopback import ScriptedServer, hold_open, trade_frame
 from test_database import assert_bars_equal, reference_bars_1s, stored_bars_1s, stored_ticks
@@ -151,3 +152,44 @@ def test_standby_pair_on_the_same_symbols_loses_nothing_when_one_is_killed(postg
     assert sorted(zip(ticks.symbol, ticks.trade_id)) == expected
     assert_bars_equal(bars, reference_bars_1s(ticks))
     assert gaps.empty
+
+
+def test_retention_drops_old_day_partitions_while_collecting(postgres_db, tmp_path,
+                                                             make_collector, monkeypatch):
+    import collector
+    from config import Settings
+
+    day = 86_400_000
+    conn = database.connect(postgres_db)
+    old = [("BTCUSDT", i, T0 - 3 * day + i, 1.0, 1.0, 0, T0) for i in range(1, 501)]
+    database.import_ticks(conn, old)
+    conn.close()
+    monkeypatch.setattr(collector, "PRUNE_EVERY_S", 0.1)
+    frames = [trade_frame("BTCUSDT", 1000 + i, T0 + i, 2.0) for i in range(50)]
+
+    async def script(connection, index):
+        if index == 0:
+            for frame in frames:
+                await connection.send(frame)
+        await hold_open(connection, 30)
+
+    def old_partitions():
+        check = database.connect(postgres_db, readonly=True)
+        try:
+            return [name for name, _, high in database_postgres.list_partitions(check)
+                    if high <= T0 - day]
+        finally:
+            check.close()
+
+    assert old_partitions() == [database_postgres.partition_name(T0 - 3 * day - T0 % day)]
+    with ScriptedServer(script) as server:
+        c = make_collector(Settings(feed="binance-futures", ws_url=server.url, stream="trade",
+                                    db_path=postgres_db, flush_interval=0.05,
+                                    retention_days=1)).start()
+        assert wait_until(lambda: c.stored == 50, 10)
+        assert wait_until(lambda: old_partitions() == [], 10)
+    c.stop()
+    ticks, bars, _ = read_back(postgres_db)
+    assert ticks["ts"].min() >= T0 and len(ticks) == 50
+    assert bars["ts"].min() >= T0 - T0 % day
+    assert_bars_equal(bars, reference_bars_1s(ticks))
