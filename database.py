@@ -510,13 +510,24 @@ def database_size_bytes(path: str | os.PathLike) -> int:
     Parameters
     ----------
     path : str or os.PathLike
-        The database file; missing files count as 0.
+        The database file; missing files count as 0. A PostgreSQL URL: the server's
+        ``pg_database_size`` of that database (0, with a warning, when it cannot be asked).
 
     Returns
     -------
     int
     """
     path = os.fspath(path)
+    if database_postgres.is_url(path):
+        try:
+            conn = connect(path, readonly=True)
+            try:
+                return database_postgres.database_size_bytes(conn)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:  # the Health tab shows 0 rather than failing
+            log.warning("size of %s unknown: %s", database_postgres.describe(path), exc)
+            return 0
     total = 0
     for name in (path, path + "-wal", path + "-shm"):
         try:

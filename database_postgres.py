@@ -585,6 +585,11 @@ def open_gaps(conn: PgConnection, names: list[str]) -> list[tuple]:
     return [tuple(row) for row in rows]
 
 
+def database_size_bytes(conn: PgConnection) -> int:
+    """Bytes the server uses for the connection's database (tables, indexes, partitions)."""
+    return int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+
+
 def spill_name(url: str) -> str:
     """A file name for the collector's spill journal of ``url`` (``host_port_dbname``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", describe(url)) or "postgresql"

@@ -238,3 +238,12 @@ def test_klines_history_version_and_gap_notes_on_both_backends(db_target):
         assert database.last_stored_trade(conn, "BTCUSDT") == (5, BASE_MS + 50)
     finally:
         conn.close()
+
+
+def test_database_size_is_the_servers_and_grows_with_ticks(db_path, conn, monkeypatch):
+    empty = database.database_size_bytes(db_path)
+    database.TickWriter(conn).write(make_trades(20_000, seed=3))
+    assert database.database_size_bytes(db_path) > empty > 1_000_000  # pages of the catalog
+    monkeypatch.setattr(database_postgres, "POOL_TIMEOUT_S", 1.0)
+    assert database.database_size_bytes(
+        f"postgresql://postgres@127.0.0.1:{free_port()}/gone") == 0  # asked, no answer
