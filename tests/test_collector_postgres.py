@@ -193,3 +193,44 @@ def test_retention_drops_old_day_partitions_while_collecting(postgres_db, tmp_pa
     assert ticks["ts"].min() >= T0 and len(ticks) == 50
     assert bars["ts"].min() >= T0 - T0 % day
     assert_bars_equal(bars, reference_bars_1s(ticks))
+
+
+def test_sessions_killed_mid_stream_lose_nothing(postgres_db, tmp_path, make_collector):
+    """The server ends every session of the database while trades stream in (a restart, a
+    failover): the writer's batch fails, goes to the spill journal, and is replayed on a
+    new connection - every trade stored once, bars exact."""
+    from config import Settings
+
+    frames = [trade_frame("BTCUSDT", i, T0 + 10 * i, 87000.0 + i % 50) for i in range(1, 801)]
+    halfway = threading.Event()
+
+    async def script(connection, index):
+        if index == 0:
+            for n, frame in enumerate(frames):
+                await connection.send(frame)
+                if n % 20 == 19:
+                    await asyncio.sleep(0.03)
+                if n == len(frames) // 2:
+                    halfway.set()
+        await hold_open(connection, 60)
+
+    with ScriptedServer(script) as server:
+        c = make_collector(Settings(feed="binance-futures", ws_url=server.url, stream="trade",
+                                    db_path=postgres_db, flush_interval=0.05,
+                                    spill_dir=str(tmp_path))).start()
+        assert halfway.wait(30)
+        admin = database.connect(postgres_db)
+        try:
+            ended = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+        finally:
+            admin.close()
+        assert ended >= 1  # the collector's writer session at least
+        assert wait_until(lambda: c.stored == len(frames), 30)
+    final = c.stop()
+    assert final["write_errors"] >= 1 and final["duplicates"] == 0
+    ticks, bars, gaps = read_back(postgres_db)
+    assert sorted(ticks.trade_id) == list(range(1, len(frames) + 1))
+    assert_bars_equal(bars, reference_bars_1s(ticks))
+    assert gaps.empty

@@ -247,3 +247,25 @@ def test_database_size_is_the_servers_and_grows_with_ticks(db_path, conn, monkey
     monkeypatch.setattr(database_postgres, "POOL_TIMEOUT_S", 1.0)
     assert database.database_size_bytes(
         f"postgresql://postgres@127.0.0.1:{free_port()}/gone") == 0  # asked, no answer
+
+
+def test_a_writer_whose_session_was_killed_fails_once_then_reconnects(db_path, conn):
+    """A server restart or an administrator ending the session: the batch in flight fails
+    as sqlite3.OperationalError (the collector then spills it) and the same writer's next
+    write runs on a fresh pooled connection, nothing lost or counted twice."""
+    writer = database.TickWriter(conn)
+    trades = make_trades(2_000, seed=9)
+    writer.write(trades[:1_000])
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    admin = database.connect(db_path)
+    try:
+        assert admin.execute("SELECT pg_terminate_backend(?)", (pid,)).fetchone()[0]
+    finally:
+        admin.close()
+    with pytest.raises(sqlite3.OperationalError):
+        writer.write(trades[1_000:])
+    assert writer.write(trades[900:]) == database.WriteStats(1_000, 100, 0, 0)
+    assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+    ticks = stored_ticks(conn)
+    assert sorted(map(tuple, ticks.itertuples(index=False, name=None))) == sorted(trades)
+    assert_bars_equal(stored_bars_1s(conn), reference_bars_1s(ticks))
