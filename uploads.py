@@ -905,10 +905,11 @@ def _read_unquoted_csv(
     pyarrow cannot give line numbers, so the caller falls back to the exact reader.
 
     ``kinds_of(header, first_row)`` (the stripped cells of the first data line, [] if
-    none) says which columns to keep and how: position -> "text" or "number"
-    (``_NumberCells``); other columns are not kept (their cells stay readable
+    none) says which columns to keep and how: position -> "text", "number"
+    (``_NumberCells``) or "category" (few distinct values, such as symbols: a pandas
+    Categorical, 1-4 bytes a row); other columns are not kept (their cells stay readable
     through ``row_texts``). None, or a None answer, keeps every column as text. The file is
-    read 4 MB at a time and each block's cells are turned into the kept form at once, so the
+    read 1 MB at a time and each block's cells are turned into the kept form at once, so the
     whole file never exists as text cells."""
     n_lines, empty_lines, longest = _line_stats(raw)
     if longest > csv.field_size_limit():
@@ -968,8 +969,9 @@ def _read_unquoted_csv(
             cells, all_blank = _stripped_cells(batch.columns)
             blank_parts.append(all_blank)
             filled = pa.array(~all_blank) if all_blank.any() else None
-            for i in kinds:
-                parts[i].append(cells[i] if filled is None else cells[i].filter(filled))
+            for i, kind in kinds.items():
+                column = cells[i] if filled is None else cells[i].filter(filled)
+                parts[i].append(_encoded(column, kind))
             del batch, cells
     if any(number is None for number, _ in handled):
         return None
@@ -993,7 +995,8 @@ def _read_unquoted_csv(
     n_blank = len(empty) + len(blank_lines) + int(all_blank.sum())
     if all_blank.any():
         is_row[np.flatnonzero(is_row)[all_blank]] = False
-    row_lines = np.flatnonzero(is_row) + first_body_line
+    row_lines = np.flatnonzero(is_row)
+    row_lines += first_body_line
     del is_row
     order = None
     if extra_rows:
@@ -1001,9 +1004,9 @@ def _read_unquoted_csv(
         extra_lines = np.asarray([line for line, _ in extra_rows], dtype=np.int64)
         order = np.argsort(np.concatenate([row_lines, extra_lines]), kind="stable")
         row_lines = np.concatenate([row_lines, extra_lines])[order]
-        for i in kinds:
+        for i, kind in kinds.items():
             extra = pa.array([fields[i].strip() for _, fields in extra_rows], pa.large_string())
-            parts[i].append(extra)
+            parts[i].append(_encoded(extra, kind))
     row_texts = _line_row_texts(raw, row_lines, delimiter, width)
     columns: dict[int, pd.Series | _NumberCells] = {}
     for i in kinds:
@@ -1011,6 +1014,8 @@ def _read_unquoted_csv(
         if isinstance(built, _NumberColumnBuilder):
             values, empty_cells = built.finish(order)
             columns[i] = _NumberCells(values, empty_cells, _column_texts(row_texts, i))
+        elif kinds[i] == "category":
+            columns[i] = _joined_category(built, order)
         else:
             columns[i] = _joined_text(built, order)
     return _CsvTable(header, columns, row_lines, ragged, n_blank, row_texts)
@@ -1083,6 +1088,20 @@ class _NumberColumnBuilder:
         if order is not None:
             values, empty = values[order], empty[order]
         return values, empty
+
+
+def _encoded(column, kind: str):
+    """A block of a kept text column as kept: dictionary-encoded for "category"."""
+    return pa_compute.dictionary_encode(column) if kind == "category" else column
+
+
+def _joined_category(blocks: list, order: np.ndarray | None) -> pd.Series:
+    """Dictionary-encoded blocks of one column as one categorical Series (categories are
+    the column's distinct stripped texts), in ``order`` when given."""
+    joined = pa.chunked_array(blocks, pa.dictionary(pa.int32(), pa.large_string()))
+    if order is not None:
+        joined = joined.take(pa.array(order))
+    return pd.Series(joined.to_pandas(), dtype="category").reset_index(drop=True)
 
 
 def _joined_text(blocks: list, order: np.ndarray | None) -> pd.Series:
@@ -1482,9 +1501,12 @@ def _ohlc_kinds(header: list[str], first_row: list[str]) -> dict[int, str] | Non
         columns, _, _ = _resolve_ohlc_columns(header, 0)
     except _UploadError:
         return None
-    kinds = {position: "text" if name in ("symbol", "timeframe") else "number"
-             for name, position in columns.items()}
+    kinds = {position: "number" for position in columns.values()}
     kinds[columns["time"]] = _time_kind(first_row, columns["time"])
+    if "symbol" in columns:
+        kinds[columns["symbol"]] = "category"
+    if "timeframe" in columns:
+        kinds[columns["timeframe"]] = "text"
     return kinds
 
 
@@ -1801,7 +1823,10 @@ def _symbol_codes(
     ``default_symbol`` when one is given; without a symbol column every row has it."""
     if column is None:
         return np.zeros(n, dtype=np.int32), np.array([default_symbol], dtype=object)
-    row_codes, uniques = pd.factorize(column)
+    if isinstance(column.dtype, pd.CategoricalDtype):  # the fast reader's symbols
+        row_codes, uniques = column.cat.codes.to_numpy(), column.cat.categories
+    else:
+        row_codes, uniques = pd.factorize(column)
     upper = [str(name).upper() for name in uniques]
     if default_symbol is not None:
         upper = [name or default_symbol for name in upper]
@@ -2373,6 +2398,7 @@ def _tick_kinds(header: list[str], first_row: list[str]) -> dict[int, str] | Non
         return None
     kinds = {position: "number" if name in ("price", "qty") else "text"
              for name, position in positions.items() if position is not None}
+    kinds[positions["symbol"]] = "category"
     kinds[positions["time"]] = _time_kind(first_row, positions["time"])
     return kinds
 
