@@ -1,7 +1,8 @@
 """collector.py writing PostgreSQL (``--db postgresql://...``) on the session's throwaway
 server: exact ticks and bars from the built-in market's replay, restarts and re-sent trades
 stored once, and a standby pair (two collectors on the same symbols, one killed mid-stream)
-losing nothing.
+losing nothing. test_collector.py's scripted-server tests that count only what is stored run
+here again on PostgreSQL (fixture ``collector_tests_write_postgresql``).
 
 References: the recording the replay serves (tests/data), the frames a scripted loopback
 server sends, and 1 s bars recomputed with pandas from the ticks PostgreSQL holds
@@ -20,16 +21,48 @@ import threading
 
 import pandas as pd
 
+import pytest
+
 import database
 import database_postgres
+import test_collector
 from helpers import wait_until
 from loopback import ScriptedServer, hold_open, trade_frame
+from test_collector import (  # noqa: F401  (imported tests run here on PostgreSQL)
+    test_exact_count_then_stop_stores_everything_and_leaves_no_thread,
+    test_happy_path_both_framings_and_stream_kinds,
+    test_malformed_frames_are_counted_and_skipped_without_reconnect,
+    test_replayed_trades_after_reconnect_are_stored_once,
+)
 from test_database import assert_bars_equal, reference_bars_1s, stored_bars_1s, stored_ticks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDING = os.path.join(ROOT, "tests", "data",
                          "market_futures_2025-12-15T0843Z_head2000.ndjson")
 T0 = 1_765_800_000_000  # 2025-12-15 12:00:00 UTC
+
+
+def count_ticks(url, table: str = "ticks") -> int:
+    """test_collector's ``count_rows`` for a PostgreSQL URL."""
+    conn = database.connect(url, readonly=True)
+    try:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # a fixed name
+    finally:
+        conn.close()
+
+
+@pytest.fixture(autouse=True)
+def collector_tests_write_postgresql(request, monkeypatch):
+    """test_collector's scripted-server tests imported above run unchanged with their
+    database on PostgreSQL: its ``settings_for`` gets this test's database URL and its
+    ``count_rows`` counts there."""
+    if request.node.function.__module__ != "test_collector":
+        return
+    url = request.getfixturevalue("postgres_db")
+    settings_for = test_collector.settings_for
+    monkeypatch.setattr(test_collector, "settings_for", lambda server_url, tmp_path, **changes:
+                        settings_for(server_url, tmp_path, **{"db_path": url, **changes}))
+    monkeypatch.setattr(test_collector, "count_rows", count_ticks)
 
 
 def run_cli(args, cwd, timeout=90) -> dict:
@@ -105,9 +138,8 @@ def test_standby_pair_on_the_same_symbols_loses_nothing_when_one_is_killed(postg
                 await asyncio.sleep(0.02)  # ~1,000 frames/s: the kill lands mid-stream
             if index == 0 and n == len(frames) // 2:
                 halfway.set()
-        if index == 1:
-            for frame in frames[:200]:  # the survivor's server re-sends old trades
-                await connection.send(frame)
+        for frame in frames[:200]:  # the server re-sends old trades (to the survivor)
+            await connection.send(frame)
         await hold_open(connection, 60)
 
     args = ["--feed", "binance-futures", "--stream", "trade", "--symbols", "btcusdt,ethusdt",
@@ -186,8 +218,8 @@ def test_retention_drops_old_day_partitions_while_collecting(postgres_db, tmp_pa
         c = make_collector(Settings(feed="binance-futures", ws_url=server.url, stream="trade",
                                     db_path=postgres_db, flush_interval=0.05,
                                     retention_days=1)).start()
-        assert wait_until(lambda: c.stored == 50, 10)
-        assert wait_until(lambda: old_partitions() == [], 10)
+        assert wait_until(lambda: c.stored == 50, 30)
+        assert wait_until(lambda: old_partitions() == [], 30)
     c.stop()
     ticks, bars, _ = read_back(postgres_db)
     assert ticks["ts"].min() >= T0 and len(ticks) == 50
