@@ -494,6 +494,9 @@ def insert_new_ticks(conn: PgConnection, trades: Sequence[tuple]) -> list[tuple]
             cursor.execute(_INSERT_NEW_TICKS)
             return cursor.fetchall()
     except psycopg.Error as exc:
+        # Perhaps a partition this process knows was dropped by another one's retention:
+        # forget the known days, so the retry of this batch creates what it needs.
+        _PARTITION_DAYS.pop(conn.url, None)
         raise _as_sqlite_error(exc) from exc
 
 

@@ -269,3 +269,17 @@ def test_a_writer_whose_session_was_killed_fails_once_then_reconnects(db_path, c
     ticks = stored_ticks(conn)
     assert sorted(map(tuple, ticks.itertuples(index=False, name=None))) == sorted(trades)
     assert_bars_equal(stored_bars_1s(conn), reference_bars_1s(ticks))
+
+
+def test_a_partition_dropped_by_another_process_is_created_again_on_retry(db_path, conn):
+    writer = database.TickWriter(conn)
+    writer.write([trade(1)])  # this process now knows the day's partition exists
+    other = database.connect(db_path)  # another process's retention, as far as we know
+    try:
+        other.execute(f"DROP TABLE {database_postgres.partition_name(BASE_MS)}")
+    finally:
+        other.close()
+    with pytest.raises(sqlite3.IntegrityError, match="no partition"):
+        writer.write([trade(2)])
+    assert writer.write([trade(2)]).inserted == 1  # the retry (the collector's) succeeds
+    assert stored_ticks(conn)["trade_id"].tolist() == [2]
