@@ -11,9 +11,11 @@ and call the PostgreSQL version in this module.
 
 Why an adapter and not a second copy of every function: most statements (reads, gap
 tracking, cursors, upserts with ``ON CONFLICT``) are the same SQL in both dialects; only the
-placeholder style differs. The adapter translates exactly that (plus ``BEGIN IMMEDIATE`` ->
-``BEGIN`` and ``INSERT OR IGNORE`` -> ``ON CONFLICT DO NOTHING``); anything else that is
-SQLite-only is dispatched explicitly, never rewritten.
+placeholder style differs. The adapter translates exactly that, plus a short fixed list
+(``translate``: ``BEGIN IMMEDIATE``, ``INSERT OR IGNORE``, the reserved column name
+``window``, and SQLite's column types in ``database``'s own ``CREATE TABLE`` / ``ALTER
+TABLE``); anything else that is SQLite-only (``PRAGMA``, ``json_each``, ``sqlite_master``,
+the savepoint-and-redo insert, row-by-row pruning) is dispatched explicitly.
 
 Errors are raised as the DB-API classes of the ``sqlite3`` module (``OperationalError`` for
 a lost server or a missing table, ``IntegrityError``, ``DatabaseError`` otherwise) with the
@@ -33,15 +35,17 @@ schema, in PostgreSQL types (``bigint`` epoch ms and ids, ``double precision`` p
   ``(symbol, trade_id)`` serves the writer's "highest id stored" look-up.
 - ``bars_1s``, ``bars_1m``, ``gaps`` (plus an identity ``rowid`` the gap carving deletes by),
   ``trade_id_cursor``, ``meta``, ``klines_1m``, ``gap_notes``, ``uploaded_bars`` and the alert
-  tables as in SQLite.
+  tables as in SQLite; ``paper_positions`` and ``watchlist`` come from ``database``'s own
+  DDL, translated, when first used.
 
 Write path (``TickWriter.write`` on a ``PgConnection``): the batch's day partitions exist
-(``ensure_partitions``), ``BEGIN``, an advisory transaction lock per symbol (``lock_symbols``:
+(``ensure_partitions``), ``BEGIN``, an advisory transaction lock per symbol (``begin_write``:
 writers of the same symbols - a standby pair - take turns per batch; writers of disjoint
 symbols never wait), COPY into a temporary table, then one
-``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING`` whose returned rows - exactly the
-trades new to the table - are aggregated into the 1 s and 1 min bar upserts, gap tracking
-and the id cursor, all in the same transaction. A trade re-sent by a reconnect or received
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING`` (``insert_new_ticks``) whose
+returned rows - exactly the trades new to the table - are aggregated into 1 s and 1 min
+bars by ``database``'s own code and merged by one upsert per table (``merge_bars``), then
+gap tracking and the id cursor, all in the same transaction. A trade re-sent by a reconnect or received
 by both collectors of a standby pair is returned by neither second insert, so it never
 counts twice, whichever collector stored it first.
 """
