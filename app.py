@@ -677,24 +677,12 @@ def live_strip(c: dd.Controls) -> None:
     status = dd.feed_status(feed.health())
     if c.live and status.builtin:
         st.warning(f"**{status.label}.** {status.detail}")
-    values_area, chart_area = st.container(), st.empty()
-    if not st.session_state.get("strip_drawn"):
-        # A session's first run: a placeholder chart before the view is read, so that a
-        # newly opened browser fetches and compiles Plotly's 4.7 MB script (~1 s or more
-        # of its main thread) while the server reads and computes, not after.
-        st.session_state["strip_drawn"] = True
-        chart_area.plotly_chart(viz.empty_figure("reading the stored bars…").update_layout(
-            height=220), theme=None, config={"displaylogo": False})
     view = current_view(c)
     if view is None:
-        with values_area:
-            waiting(c)
-        chart_area.empty()
+        waiting(c)
         return
-    with values_area:
-        strip_values(c, view, status)
-    with chart_area.container():
-        strip_chart(c, view)
+    strip_values(c, view, status)
+    strip_chart(c, view)
     show_toasts()
 
 
@@ -1732,10 +1720,21 @@ def tab_pairs(c: dd.Controls) -> None:
 # --------------------------------------------------------------------------------------
 
 if IN_SESSION:
+    first_chart = st.empty()
+    if not st.session_state.get("plotly_requested"):
+        # A session's first run: a placeholder chart before anything else, so that a newly
+        # opened browser fetches and compiles Plotly's 4.7 MB script (a second or more of
+        # its main thread) while the server builds the sidebar and reads the view; the
+        # live strip's chart replaces it.
+        st.session_state["plotly_requested"] = True
+        first_chart.plotly_chart(viz.empty_figure("reading the stored bars…").update_layout(
+            height=220), theme=None, config={"displaylogo": False})
     with st.sidebar:
         st.header("Pairs analytics")
         st.fragment(run_every=None if st.session_state.get("paused") else 1.0)(sidebar_status)()
         controls = sidebar_controls()
+    if controls is None or controls.y == controls.x:
+        first_chart.empty()
     if controls is None:
         st.stop()
     if controls.y == controls.x:
@@ -1743,6 +1742,7 @@ if IN_SESSION:
         st.stop()
 
     st.fragment(run_every=controls.fast_every)(live_strip)(controls)
+    first_chart.empty()
 
     TIMED_TABS = {"Prices": tab_prices, "Spread & z-score": tab_spread}
     PLAIN_TABS = {"Statistics": tab_statistics, "Correlation": tab_correlation,

@@ -222,8 +222,8 @@ def test_only_the_open_tab_runs(recorded_db):
 def test_a_sessions_first_run_draws_a_chart_before_it_reads_the_view(recorded_db,
                                                                        monkeypatch):
     """A newly opened browser fetches Plotly's script (4.7 MB) when it sees the first chart:
-    the strip's placeholder goes out before the view is read, and the z chart replaces it
-    (bench/bench_backfill.py page)."""
+    a placeholder goes out first, before the view is read, and is gone once the strip is
+    drawn (bench/bench_backfill.py page)."""
     from streamlit.elements.plotly_chart import PlotlyMixin
 
     events = []
@@ -238,7 +238,7 @@ def test_a_sessions_first_run_draws_a_chart_before_it_reads_the_view(recorded_db
     assert events[:2] == [("chart", None), ("view", None)]  # the placeholder has no key
     assert len([c for c in at.get("plotly_chart") if c.proto.id.endswith("live_z")]) == 1
     assert not [c for c in at.get("plotly_chart") if "reading the stored bars" in
-                c.proto.spec]  # the z chart replaced the placeholder
+                c.proto.spec]  # the placeholder is gone
 
     events.clear()
     at.run()  # later runs of the session draw no placeholder
