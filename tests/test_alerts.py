@@ -1,4 +1,5 @@
-"""Tests of alerts.py (rules, trigger logic, metrics, evaluator, webhooks) on real SQLite files.
+"""Tests of alerts.py (rules, trigger logic, metrics, evaluator, webhooks) on real SQLite files
+and, for every test taking ``db_path`` or ``db_target``, a real PostgreSQL server as well.
 
 Reference values: expected firing indices of hand-made series are worked out by hand in the
 comments next to them; metric values are recomputed with ``analytics`` (``align``,
@@ -609,6 +610,37 @@ def test_postgresql_lease_passes_to_a_survivor_within_seconds_of_a_kill(postgres
     stored = events(conn)
     assert len(stored) == 2 and survivor.status()["events_fired"] == 1
     assert stored["ts"].iloc[0] >= now + 1000 and stored["ts"].iloc[1] < killed_ms
+    conn.close()
+
+
+def test_postgresql_lease_survives_the_holder_losing_its_connection(postgres_db,
+                                                                    make_evaluator):
+    # The server ends the holder's session (a network cut, an admin's pg_terminate_backend):
+    # its lock goes with it; whichever evaluator claims first at the next tick holds it
+    # (the old holder reconnects and may win), and again exactly one evaluates.
+    conn = database.connect(postgres_db)
+    write_prices(conn, "BTCUSDT", [100])
+    rule_id = alerts.create_rule(conn, metric="last_trade_age", symbol="BTCUSDT",
+                                 comparison=">", threshold=1, cooldown_s=0)
+    pair = [make_evaluator(postgres_db, interval=0.2).start() for _ in range(2)]
+
+    def one_evaluates():
+        before = [e.status()["ticks"] for e in pair]
+        time.sleep(1.0)
+        grew = [e.status()["ticks"] > b for e, b in zip(pair, before)]
+        standby = [e.status()["standby"] for e in pair]
+        return grew.count(True) == 1 and standby == [not g for g in grew]
+
+    assert wait_until(lambda: any(e.status()["ticks"] for e in pair), 10)
+    assert one_evaluates()
+    holder_pid = json.loads(conn.execute("SELECT value FROM meta WHERE key = ?",
+                                         ("alert_evaluator",)).fetchone()[0])["pid"]
+    assert conn.execute("SELECT pg_terminate_backend(?)", (holder_pid,)).fetchone()[0]
+    cut_ms = alerts.now_ms()
+    assert wait_until(
+        lambda: database.read_alert_status(conn)[rule_id]["checked_ms"] > cut_ms + 500, 5)
+    assert one_evaluates()
+    assert len(events(conn)) == 1  # the firing before the cut, not repeated after it
     conn.close()
 
 
