@@ -976,8 +976,15 @@ def _read_unquoted_csv(
     if any(number is None for number, _ in handled):
         return None
     ragged, extra_rows, blank_lines = [], [], []
-    for number, text in handled:
-        line_number = first_body_line + number - 1
+    # pyarrow numbers rows without the empty lines it skips: row k is the k-th non-empty
+    # body line, i.e. k - 1 plus the empty lines before it.
+    nonempty_before = (empty - first_body_line) - np.arange(len(empty))
+    refused_lines = [
+        first_body_line + number - 1
+        + int(np.searchsorted(nonempty_before, number - 1, side="right"))
+        for number, _ in handled
+    ]
+    for line_number, (_, text) in zip(refused_lines, handled):
         fields = text.split(delimiter)
         if not text.strip() or all(not f.strip() for f in fields):
             blank_lines.append(line_number)
@@ -985,7 +992,7 @@ def _read_unquoted_csv(
             extra_rows.append((line_number, fields[:width]))  # trailing delimiters
         else:
             ragged.append((line_number, f"expected {width} fields, found {len(fields)}", fields))
-    refused = np.asarray([first_body_line + n - 1 for n, _ in handled], dtype=np.int64)
+    refused = np.asarray(refused_lines, dtype=np.int64)
     # The rows pyarrow gave, in order: the body lines but the empty and the refused ones.
     is_row = np.ones(max(lines_after_header, 0), dtype=bool)
     is_row[np.concatenate([empty, refused]) - first_body_line] = False

@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from uploads import OhlcUpload, TickUpload, parse_ohlc_csv, parse_tick_file
@@ -182,3 +183,112 @@ def test_fast_and_exact_csv_readers_agree_on_the_corpus():
                 index, name)
             compared += 1
     assert compared > 100
+
+
+def test_the_fast_readers_kept_columns_hold_the_cells_the_exact_reader_reads():
+    """The fast reader keeps only the validated columns, numbers as float64 and symbols as
+    categories, and reads a row's cells again from the bytes: each kept column must hold
+    what the csv-module reader reads in that column (text, number or category alike)."""
+    import pyarrow as pa
+
+    from uploads import (_arrow_text_to_float, _cell_texts, _NumberCells, _ohlc_kinds,
+                         _read_quoted_csv, _read_unquoted_csv, _tick_kinds, _to_utf8)
+
+    compared = {"number": 0, "category": 0, "text": 0}
+    for index, name, data in cases():
+        try:
+            raw, _ = _to_utf8(data)
+            raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if b'"' in raw or not raw.strip():
+                continue
+            exact = _read_quoted_csv(raw, ",")
+        except Exception:  # unreadable: the previous tests cover what happens then
+            continue
+        for kinds_of in (_ohlc_kinds, _tick_kinds):
+            fast = _read_unquoted_csv(raw, ",", kinds_of)
+            if fast is None:
+                continue
+            assert fast.lines.tolist() == exact.lines.tolist(), (index, name)
+            everywhere = np.arange(len(fast.lines))
+            for position, column in fast.columns.items():
+                cells = exact.columns[position].astype(object).tolist()
+                if isinstance(column, _NumberCells):
+                    kind = "number"
+                    expected = _arrow_text_to_float(pa.array(exact.columns[position].array))
+                    np.testing.assert_array_equal(column.values, expected)
+                    assert column.empty.tolist() == [c == "" for c in cells], (index, name)
+                else:
+                    kind = "category" if column.dtype == "category" else "text"
+                assert _cell_texts(column, everywhere) == cells, (index, name, position)
+                compared[kind] += 1
+    assert min(compared.values()) > 50, compared
+
+
+def test_fast_and_exact_readers_give_the_same_parse_results(monkeypatch):
+    """End to end: every corpus file parses to the same bars, trades, rejected rows,
+    counts and warnings whether the fast reader (typed columns) or the exact reader (text
+    cells) split it."""
+    import uploads
+
+    def fields(result) -> dict:
+        frames = {k: v for k, v in vars(result).items() if isinstance(v, pd.DataFrame)}
+        others = {k: v for k, v in vars(result).items() if k not in frames}
+        return {**others, **{k: v.astype(object).where(v.notna(), None).values.tolist()
+                             for k, v in frames.items()}}
+
+    fast_reader = uploads._read_unquoted_csv
+    fast_tables = []
+
+    def counted(*args):
+        table = fast_reader(*args)
+        fast_tables.append(table is not None)
+        return table
+
+    monkeypatch.setattr(uploads, "_read_unquoted_csv", counted)
+    corpus = cases()[:100]  # a fifth of the fuzz test's time
+    results = [(fields(parse_ohlc_csv(data)), fields(parse_tick_file(data)))
+               for _, _, data in corpus]
+    assert sum(fast_tables) > 60  # the fast reader really split most of the corpus
+    monkeypatch.setattr(uploads, "_read_unquoted_csv", lambda *args: None)
+    for (index, name, data), (bars, ticks) in zip(corpus, results):
+        assert fields(parse_ohlc_csv(data)) == bars, (index, name)
+        assert fields(parse_tick_file(data)) == ticks, (index, name)
+
+
+def test_fast_reader_block_by_block_gives_the_same_results_as_the_exact_reader(monkeypatch):
+    """Files of many 2 KB blocks (the real reader uses 1 MB ones): a symbol first seen in a
+    late block, number columns that turn to text halfway, blank lines, trailing delimiters,
+    spaces and ragged rows must all come out as the exact reader's results."""
+    import uploads
+
+    rng = random.Random(SEED)
+    ohlc, ticks = ["time,symbol,open,high,low,close,volume,note"], ["ts,symbol,price,size,side"]
+    for i in range(3000):
+        symbol = rng.choice(["btcusdt", "ETHUSDT"] + (["solusdt", " xrpusdt "] if i > 2000 else []))
+        price = f"{100 + rng.random():.2f}"
+        bad = rng.random() < 0.02
+        cells = [str(1_765_839_780 + 60 * i), symbol, price, "abc" if bad else "101",
+                 "99", price, rng.choice(["1.5", "", " 2 "]), "x"]
+        row = ",".join(cells)
+        ohlc.append(rng.choice([row, row, row, row + ",,", "", ",,,", row + ",1"]))
+        tick = [str(1_765_839_780_000 + 7 * i), symbol, price if not bad else "",
+                rng.choice(["0.5", "1e-3", "-1"]), rng.choice(["true", "0", "maybe", ""])]
+        ticks.append(rng.choice([",".join(tick)] * 5 + [""]))
+    files = ["\n".join(ohlc).encode(), "\r\n".join(ticks).encode()]
+
+    def fields(result) -> dict:
+        frames = {k: v for k, v in vars(result).items() if isinstance(v, pd.DataFrame)}
+        others = {k: v for k, v in vars(result).items() if k not in frames}
+        return {**others, **{k: v.astype(object).where(v.notna(), None).values.tolist()
+                             for k, v in frames.items()}}
+
+    monkeypatch.setattr(uploads, "_CSV_BLOCK_BYTES", 2048)
+    for data, kinds_of in zip(files, (uploads._ohlc_kinds, uploads._tick_kinds)):
+        table = uploads._read_csv_table(data, kinds_of)
+        assert table.columns[1].dtype == "category"  # only the fast reader encodes symbols
+    fast = [fields(parse_ohlc_csv(files[0])), fields(parse_tick_file(files[1]))]
+    assert fast[0]["n_accepted"] > 1000 and fast[0]["n_rejected"] > 20
+    assert fast[1]["n_accepted"] > 500 and fast[1]["n_rejected"] > 500
+    monkeypatch.setattr(uploads, "_read_unquoted_csv", lambda *args: None)
+    assert fields(parse_ohlc_csv(files[0])) == fast[0]
+    assert fields(parse_tick_file(files[1])) == fast[1]
