@@ -1273,3 +1273,79 @@ def test_repeat_count_equals_pandas_duplicated():
         codes = pd.factorize(trades["symbol"])[0]
         assert _count_repeats(codes, trades["ts"].to_numpy(), trades["price"].to_numpy(),
                               trades["qty"].to_numpy()) == expected
+
+
+# -- the bar checks on sorted packed keys agree with plain pandas group-bys ------------------
+
+
+def _pandas_duplicates(frame: pd.DataFrame, keyed: np.ndarray):
+    """Reference: the first row of each (symbol, ts) owns it (pandas duplicated)."""
+    keys = frame[keyed]
+    duplicate = np.zeros(len(frame), dtype=bool)
+    rows = np.flatnonzero(keyed)
+    duplicate[rows[keys.duplicated(["symbol", "ts"], keep="first").to_numpy()]] = True
+    first_line = np.zeros(len(frame), dtype=np.int64)
+    if keyed.any():
+        owner = keys.groupby(["symbol", "ts"], sort=False, observed=True)["line"]
+        first_line[rows] = owner.transform("first")
+    return duplicate, np.where(duplicate, first_line, 0)
+
+
+def _pandas_out_of_order(frame: pd.DataFrame, valid: np.ndarray):
+    """Reference: a row earlier than the running maximum of its symbol's previous rows."""
+    late = np.zeros(len(frame), dtype=bool)
+    late_line = np.zeros(len(frame), dtype=np.int64)
+    rows = frame[valid]
+    if rows.empty:
+        return late, late_line, []
+    steps = rows.groupby("symbol", observed=True)["ts"].diff()
+    rises = (steps > 0).groupby(rows["symbol"], observed=True).any()
+    falls = (steps < 0).groupby(rows["symbol"], observed=True).any()
+    descending = sorted(rises.index[~rises & falls].tolist())
+    running_max = rows.groupby("symbol", observed=True)["ts"].cummax()
+    previous_max = running_max.groupby(rows["symbol"], observed=True).shift()
+    line_of_max = rows["line"].where(rows["ts"] == running_max)
+    line_of_max = line_of_max.groupby(rows["symbol"], observed=True).ffill()
+    previous_max_line = line_of_max.groupby(rows["symbol"], observed=True).shift()
+    is_late = ((rows["ts"] < previous_max) & ~rows["symbol"].isin(descending)).to_numpy()
+    positions = np.flatnonzero(valid)[is_late]
+    late[positions] = True
+    late_line[positions] = previous_max_line.to_numpy()[is_late].astype(np.int64)
+    return late, late_line, descending
+
+
+def _pandas_spacing(frame: pd.DataFrame, rows: np.ndarray) -> dict:
+    """Reference: the median positive step between a symbol's rows in time order."""
+    ordered = frame[rows].sort_values(["symbol", "ts"], kind="stable")
+    steps = ordered.groupby("symbol", observed=True)["ts"].diff()
+    medians = steps[steps > 0].groupby(ordered["symbol"], observed=True).median()
+    return {str(s): int(round(v)) for s, v in medians.items()}
+
+
+def test_duplicate_late_and_spacing_checks_agree_with_pandas_group_bys():
+    from uploads import PLAUSIBLE_START_MS, _duplicate_times, _grid_report, _out_of_order
+
+    rng = np.random.default_rng(11)
+    for _ in range(150):
+        n = int(rng.integers(0, 80))
+        names = np.array(["AAA", "BBB", "CCC"], dtype=object)
+        codes = rng.integers(0, 3, n).astype(np.int32)
+        # Few distinct times: many duplicates, steps back in time, ties of running maxima.
+        ts = PLAUSIBLE_START_MS + 60_000 * rng.integers(0, 12, n)
+        lines = np.arange(2, n + 2, dtype=np.int64)
+        keyed = rng.random(n) < 0.9
+        frame = pd.DataFrame({"symbol": pd.Categorical.from_codes(codes, names), "ts": ts,
+                              "line": lines})
+        duplicate, first_line = _duplicate_times(codes, ts, lines, keyed)
+        expected_duplicate, expected_line = _pandas_duplicates(frame, keyed)
+        assert duplicate.tolist() == expected_duplicate.tolist()
+        assert np.where(duplicate, first_line, 0).tolist() == expected_line.tolist()
+        valid = keyed & ~duplicate & (rng.random(n) < 0.9)
+        late, late_line, descending = _out_of_order(codes, ts, lines, valid, names)
+        expected = _pandas_out_of_order(frame, valid)
+        assert late.tolist() == expected[0].tolist()
+        assert np.where(late, late_line, 0).tolist() == expected[1].tolist()
+        assert descending == expected[2]
+        structural = keyed & ~duplicate
+        grid = _grid_report(codes, ts, lines, valid, structural, names, None)
+        assert grid.timeframe_by_symbol == _pandas_spacing(frame, structural)
