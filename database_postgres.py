@@ -378,13 +378,15 @@ def connect(url: str, *, readonly: bool = False) -> PgConnection:
     return conn
 
 
-def close_pools() -> None:
-    """Close every pool of this process (tests, benchmarks; a process exit does it too)."""
+def close_pools(url: str | None = None) -> None:
+    """Close the pool of ``url`` (None: every pool of this process) and forget what this
+    process knew about its database (tests, benchmarks; a process exit does it too)."""
     with _POOLS_LOCK:
-        pools = list(_POOLS.values())
-        _POOLS.clear()
-        _SCHEMA_READY.clear()
-        _PARTITION_DAYS.clear()
+        urls = list(_POOLS) if url is None else [url]
+        pools = [_POOLS.pop(name) for name in urls if name in _POOLS]
+        for name in urls:
+            _SCHEMA_READY.discard(name)
+            _PARTITION_DAYS.pop(name, None)
     for pool in pools:
         pool.close()
 

@@ -72,10 +72,14 @@ def postgres_db(postgres_cluster):
     """The URL of a new, empty database on the session's server (one per test)."""
     import psycopg
 
+    import database_postgres
+
     name = f"test_{os.getpid()}_{next(_DATABASES)}"
     with psycopg.connect(postgres_cluster.url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")  # a generated name, never user text
-    return postgres_cluster.url_of(name)
+    url = postgres_cluster.url_of(name)
+    yield url
+    database_postgres.close_pools(url)  # its connections and pool threads end with the test
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
