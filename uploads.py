@@ -52,9 +52,12 @@ Decisions (each one is tested in tests/test_uploads.py)
   nesting deeper than 1,024 are rejected lines with the reason. A defect of this module
   becomes an "internal error ..." message instead of a traceback (the fuzz test in
   tests/test_upload_fuzz.py asserts it never happens).
-- Bounded memory: a file over ``max_bytes`` is refused before it is read; cells are kept
-  as Arrow text (no Python object per cell); a file of more than 20,000 rows none of whose
-  first 10,000 rows is valid is refused after them instead of listing a million reasons.
+- Bounded memory: a file over ``max_bytes`` is refused before it is read; a CSV without
+  quotes is read 1 MB at a time and keeps only the columns validation reads, numbers as
+  float64 and symbols dictionary-encoded (``_read_unquoted_csv``); the text of the few cells
+  a message quotes is read again from the bytes. No Python object per cell anywhere (quoted
+  CSV keeps Arrow text). A file of more than 20,000 rows none of whose first 10,000 rows is
+  valid is refused after them instead of listing a million reasons.
 
 Seen in the real sample files: the spot 1m/5m bar files end with bars whose ``low`` is 0.0
 (a trade aggregation that let price-0 placeholders in); those rows are rejected as "low 0.0
