@@ -766,7 +766,9 @@ def _read_csv_table(
     ``kinds_of`` asks for, numbers as float64 (see ``_read_unquoted_csv``). A file
     with quotes (cells that may hold the delimiter or a newline) goes through Python's csv
     module, 50,000 rows at a time, and keeps every column as Arrow text."""
-    if b"\r" in raw:
+    if b"\r" in raw and raw.count(b"\r") != raw.count(b"\r\n"):
+        # Lone CRs (old Mac files) end lines too. CRLF alone needs no copy of the file: both
+        # readers take it, and a line of just "\r" is an empty line (_line_stats).
         raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     first_line = next((line for line in raw[:65_536].split(b"\n") if line.strip()), b"")
     delimiter = ","
@@ -856,14 +858,19 @@ def _newline_blocks(raw: bytes):
 def _line_stats(raw: bytes) -> tuple[int, np.ndarray, int]:
     """Number of lines of ``raw``, 1-based numbers of its empty lines, longest line (bytes).
 
-    A last line without a newline counts; an empty file has no lines."""
+    A last line without a newline counts; an empty file has no lines; a line holding only
+    "\r" (an empty line of a CRLF file) is empty."""
     n_lines, previous_end, longest = 0, -1, 0
     empty: list[np.ndarray] = []
+    buffer = np.frombuffer(raw, dtype=np.uint8)
     for ends in _newline_blocks(raw):
         if len(ends):
             lengths = np.diff(ends, prepend=previous_end) - 1
             longest = max(longest, int(lengths.max()))
-            empty.append(np.flatnonzero(lengths == 0) + n_lines + 1)
+            is_empty = lengths == 0
+            one_byte = np.flatnonzero(lengths == 1)
+            is_empty[one_byte] = buffer[ends[one_byte] - 1] == 13
+            empty.append(np.flatnonzero(is_empty) + n_lines + 1)
             n_lines += len(ends)
             previous_end = int(ends[-1])
     if previous_end + 1 < len(raw):
