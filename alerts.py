@@ -1340,11 +1340,16 @@ class Evaluator:
                 self._cleaned_paths.add(path)
                 if database.claim_alert_evaluator(self._conn, self.owner, self.clock(),
                                                   self.lease_ttl_ms) == self.owner:
-                    lost = database.mark_pending_deliveries_failed(
-                        self._conn, "the process stopped before the webhook was sent")
-                    if lost:
-                        log.warning("%d webhook deliveries of a previous run were lost", lost)
+                    self._fail_lost_deliveries(self._conn)
         return self._conn
+
+    def _fail_lost_deliveries(self, conn) -> None:
+        """Webhooks queued by an evaluator that stopped (a previous run, or the holder this
+        one took over from) were never sent: mark them failed instead of pending forever."""
+        lost = database.mark_pending_deliveries_failed(
+            conn, "the process stopped before the webhook was sent")
+        if lost:
+            log.warning("%d webhook deliveries of a stopped evaluator were lost", lost)
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
@@ -1378,6 +1383,8 @@ class Evaluator:
         if holder != self.owner:
             self.standby_owner = holder
             return []
+        if self.standby_owner is not None:  # took over: the holder stopped, its queue is gone
+            self._fail_lost_deliveries(conn)
         self.standby_owner = None
         rules = database.list_alert_rules(conn, enabled_only=True)
         stored = database.read_alert_status(conn)

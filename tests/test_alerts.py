@@ -793,6 +793,53 @@ def test_webhooks_body_retry_and_a_slow_endpoint_does_not_block(conn, db_path, h
     assert attempts == 2 and result.startswith("failed: ") and "timed out" in result
 
 
+def test_a_standby_taking_over_on_sqlite_fails_the_stopped_holders_queued_webhooks(
+        tmp_path, hooks, make_evaluator):
+    db = str(tmp_path / "alerts.db")
+    conn = database.connect(db)
+    write_prices(conn, "BTCUSDT", [100, 105])
+    alerts.create_rule(conn, metric="price", symbol="BTCUSDT", comparison=">", threshold=101,
+                       webhook_url=hooks.url + "/slow")
+    clock = [now_for(T0 + 1000)]
+    holder = make_evaluator(db, clock=lambda: clock[0], webhook_timeout=10.0,
+                            webhook_attempts=1)
+    standby = make_evaluator(db, clock=lambda: clock[0])
+    [event_id] = holder.tick()
+    assert standby.tick() == [] and standby.status()["standby"]
+    assert delivery(conn, event_id) == ("pending", 0)  # /slow answers after 5 s
+    # The holder stops renewing (as if killed); once its lease expired the standby takes it.
+    clock[0] += holder.lease_ttl_ms + 1
+    standby.tick()
+    assert not standby.status()["standby"]
+    assert delivery(conn, event_id)[0] == ("failed: the process stopped before the webhook "
+                                           "was sent")
+    conn.close()
+
+
+def test_a_standby_taking_over_on_postgresql_fails_the_killed_holders_queued_webhooks(
+        postgres_db, hooks, make_evaluator):
+    conn = database.connect(postgres_db)
+    write_prices(conn, "BTCUSDT", [100])
+    alerts.create_rule(conn, metric="last_trade_age", symbol="BTCUSDT", comparison=">",
+                       threshold=1, webhook_url=hooks.url + "/slow")
+    owner = subprocess.Popen([sys.executable, "-c", LEASE_HOLDER_SCRIPT, postgres_db, "0.2"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert owner.stdout.readline().strip() == "evaluating", owner.stderr.read()
+        [event_id] = events(conn)["id"].tolist()
+        assert delivery(conn, event_id) == ("pending", 0)  # /slow answers after 5 s
+        survivor = make_evaluator(postgres_db, interval=0.2).start()
+        assert wait_until(lambda: survivor.status()["standby"], 10)
+    finally:
+        owner.kill()
+        owner.wait(10)
+    assert wait_until(lambda: survivor.status()["ticks"] >= 1, 5), survivor.status()
+    assert delivery(conn, event_id)[0] == ("failed: the process stopped before the webhook "
+                                           "was sent")
+    conn.close()
+
+
 # ------------------------------------------------------------------------------ restart
 
 
