@@ -560,7 +560,10 @@ LEASE_HOLDER_SCRIPT = """
 import sys, time
 import alerts
 evaluator = alerts.Evaluator(sys.argv[1], interval=float(sys.argv[2])).start()
+deadline = time.monotonic() + 60  # never leave the test waiting on a silent process
 while not (evaluator.status()["ticks"] and not evaluator.status()["standby"]):
+    if time.monotonic() > deadline:
+        sys.exit(f"never evaluated: {evaluator.status()}")
     time.sleep(0.02)
 print("evaluating", flush=True)
 time.sleep(600)
