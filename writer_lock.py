@@ -107,7 +107,8 @@ def locked_database_message(argv: Sequence[str],
         The CLI's arguments (``sys.argv[1:]``); only ``--db PATH`` / ``--db=PATH`` is read,
         everything else is left to the real argument parser.
     environ : mapping, optional
-        Environment (default ``os.environ``): ``CRYPTO_DB_PATH`` when there is no ``--db``.
+        Environment (default ``os.environ``) when there is no ``--db``: ``CRYPTO_DB_URL``,
+        else ``CRYPTO_DB_PATH`` (config.Settings' order: the URL wins when both are set).
 
     Returns
     -------
@@ -121,15 +122,15 @@ def locked_database_message(argv: Sequence[str],
     races another one is still refused there (just later). A free lock is released at once,
     nothing is created (no lock file, no directory) and nothing is written into the lock file.
     The per-feed default database (``data/<feed>.db``) needs the full settings and is checked
-    by ``Collector.start`` only; so is a ``--db`` that names no local file (a lock file cannot
-    exist next to it).
+    by ``Collector.start`` only; a ``postgresql://`` URL has no lock file and passes.
     """
     import fcntl
 
     environ = os.environ if environ is None else environ
     db_path = _db_argument(argv)
-    if db_path is None:
-        db_path = (environ.get("CRYPTO_DB_PATH") or "").strip() or None
+    for variable in ("CRYPTO_DB_URL", "CRYPTO_DB_PATH"):
+        if db_path is None:
+            db_path = (environ.get(variable) or "").strip() or None
     if not db_path:
         return None
     try:

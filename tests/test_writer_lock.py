@@ -29,10 +29,15 @@ def test_a_held_lock_is_reported_with_the_file_and_the_holder(tmp_path):
                                                            + " ".join(sys.argv)[:300]))
         from_env = writer_lock.locked_database_message([], environ={"CRYPTO_DB_PATH": f" {db} "})
         assert from_env is not None and db in from_env
-        # --db wins over the environment, as in Settings.from_env
+        # --db wins over the environment, and CRYPTO_DB_URL over CRYPTO_DB_PATH, as in
+        # Settings.from_env: the database actually used is the one looked at
         other = str(tmp_path / "other.db")
         assert writer_lock.locked_database_message(["--db", other],
                                                    environ={"CRYPTO_DB_PATH": db}) is None
+        url = "postgresql://user@127.0.0.1:1/db"
+        assert writer_lock.locked_database_message(
+            [], environ={"CRYPTO_DB_URL": url, "CRYPTO_DB_PATH": db}) is None
+        assert writer_lock.locked_database_message([], environ={"CRYPTO_DB_URL": db}) is not None
     finally:
         lock.release()
 
