@@ -72,9 +72,8 @@ LIVE_STRIP_EVERY_S = 0.5  # the live strip's fragment period
 # the newest stored trade) while the rest of the strip keeps its 0.5 s: a trade reaches the
 # screen within the collector's 50 ms flush + <= 0.25 s + a small rerun (issue 17: p95 <=
 # 500 ms). CRYPTO_LIVE_PRICE_EVERY=0 folds them back into the strip. The extra reruns cost
-# less than Streamlit's forced gc.collect(2) after every run did, now off
-# (.streamlit/config.toml): README Performance has both in one run (bench_app.py tick
-# --compare-prices).
+# less than the page saved when its long-lived heap was frozen (app.freeze_long_lived_objects):
+# README Performance (bench_app.py tick --compare-prices).
 LIVE_PRICE_EVERY_S = float(os.environ.get("CRYPTO_LIVE_PRICE_EVERY", "0.25"))
 NO_TRADES_WARNING_S = 10.0  # a subscribed symbol silent this long gets a warning
 HEATMAP_MIN_PERIODS = 30  # common returns per pair before a correlation is shown

@@ -70,8 +70,8 @@ Tick-to-screen (``tick``)
     (same machine clock). Feed ``binance-futures`` at the scripted server. With
     ``--idle-seconds`` the Streamlit server's CPU time is then measured while the page
     stays open on the same feed, nobody touching it. ``--compare-prices`` first runs the
-    page as it was before (``BEFORE_TICK_ENV``: last prices with the 0.5 s strip, Streamlit's
-    gc.collect after every run), then with the defaults, and prints both side by side.
+    page with ``BEFORE_TICK_ENV`` (last prices with the 0.5 s strip, as before), then with
+    the defaults, and prints both side by side.
 
 Memory (``memory``)
     ``python market.py --speed 2000/110 --seed 3`` (BTC 40/s + ETH 70/s at speed 1, so
@@ -567,10 +567,10 @@ def fragments_bench(db_path: Path, tail_path: Path, meta: dict, reruns: int,
 # --------------------------------------------------------------------------------------
 
 
-# ``tick --compare-prices`` runs these first: the page as it was before issue 17's
-# tick-to-screen work (last prices refreshed with the 0.5 s strip; Streamlit's default
-# gc.collect(2) after every run, which .streamlit/config.toml now turns off).
-BEFORE_TICK_ENV = {"CRYPTO_LIVE_PRICE_EVERY": "0", "STREAMLIT_RUNNER_POST_SCRIPT_GC": "true"}
+# ``tick --compare-prices`` runs this first: the last prices refreshed with the 0.5 s strip
+# (the default before issue 17's tick-to-screen work), to set the price fragment's cost
+# against.
+BEFORE_TICK_ENV = {"CRYPTO_LIVE_PRICE_EVERY": "0"}
 
 
 def tick_bench(samples: int, tick_rate: float, marker_every: float,
@@ -744,9 +744,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=0.0,
                         help="tick: then measure the server's CPU this long, page open")
     parser.add_argument("--compare-prices", action="store_true",
-                        help="tick: run first as the page was before (CRYPTO_LIVE_PRICE_EVERY=0"
-                             ": last prices with the 0.5 s strip; Streamlit's gc.collect after "
-                             "every run), then with the defaults")
+                        help="tick: run first with CRYPTO_LIVE_PRICE_EVERY=0 (last prices "
+                             "with the 0.5 s strip, as before), then with the defaults")
     parser.add_argument("--minutes", type=float, default=30.0, help="memory run length")
     parser.add_argument("--interval", type=float, default=30.0, help="memory sample period, s")
     parser.add_argument("--trades-per-s", type=float, default=2000.0, help="memory run feed")
