@@ -728,7 +728,9 @@ class _CsvTable:
     lines: np.ndarray  # int64 line number of each row
     ragged: list[tuple[int, str, list[str]]]  # (line, reason, fields) of rows of bad width
     n_blank: int
-    row_texts: Callable[[np.ndarray], list[list[str]]]  # positions -> stripped cells, padded
+    # row_texts(positions) -> each row's stripped cells, padded to the header's width;
+    # row_texts(positions, column) -> that column's cell of each row
+    row_texts: Callable[..., list]
 
     def head(self, n: int) -> _CsvTable:
         """The first ``n`` rows (and the ragged rows among their lines)."""
@@ -746,7 +748,8 @@ class _CsvTable:
             for i, c in self.columns.items()
         }
         return _CsvTable(self.header, columns, self.lines[kept], self.ragged, self.n_blank,
-                         lambda positions: row_texts(kept[np.asarray(positions)]))
+                         lambda positions, column=None: row_texts(
+                             kept[np.asarray(positions, dtype=np.int64)], column))
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -836,8 +839,11 @@ def _read_quoted_csv(raw: bytes, delimiter: str) -> _CsvTable:
         }
     )
 
-    def row_texts(positions) -> list[list[str]]:
-        return cells.iloc[np.asarray(positions, dtype=np.int64)].astype(object).values.tolist()
+    def row_texts(positions, column: int | None = None) -> list:
+        positions = np.asarray(positions, dtype=np.int64)
+        if column is not None:
+            return cells[column].iloc[positions].astype(object).tolist()
+        return cells.iloc[positions].astype(object).values.tolist()
 
     return _CsvTable(header, {i: cells[i] for i in range(width)},
                      np.frombuffer(lines, dtype=np.int64), ragged, n_blank, row_texts)
@@ -879,27 +885,29 @@ def _line_stats(raw: bytes) -> tuple[int, np.ndarray, int]:
     return n_lines, np.concatenate(empty) if empty else np.zeros(0, np.int64), longest
 
 
-def _line_spans(raw: bytes, numbers: np.ndarray) -> dict[int, tuple[int, int]]:
-    """(start, end) byte offsets of the lines with the given 1-based numbers (end excludes
-    the newline). One scan, stopped after the last line asked for."""
-    wanted = np.unique(np.asarray(numbers, dtype=np.int64))
-    spans: dict[int, tuple[int, int]] = {}
+def _line_spans(raw: bytes, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end byte offsets (int64 arrays, end excludes the newline) of the lines with
+    the given 1-based numbers, in the order given. One scan, stopped after the last line
+    asked for; arrays, not a dict, so asking for a million lines costs 16 bytes each."""
+    wanted, inverse = np.unique(np.asarray(numbers, dtype=np.int64), return_inverse=True)
+    starts = np.empty(len(wanted), dtype=np.int64)
+    ends = np.empty(len(wanted), dtype=np.int64)
     n_before, previous_end, found = 0, -1, 0
-    for ends in _newline_blocks(raw):
+    for block_ends in _newline_blocks(raw):
         if found == len(wanted):
             break
-        if not len(ends):
+        if not len(block_ends):
             continue
-        last = n_before + len(ends)
+        last = n_before + len(block_ends)
         upto = int(np.searchsorted(wanted, last, side="right"))
-        for number in wanted[found:upto].tolist():
-            k = number - n_before - 1
-            start = int(ends[k - 1]) + 1 if k else previous_end + 1
-            spans[number] = (start, int(ends[k]))
-        found, n_before, previous_end = upto, last, int(ends[-1])
-    for number in wanted[found:].tolist():  # the last line, without a newline
-        spans[number] = (previous_end + 1, len(raw))
-    return spans
+        k = wanted[found:upto] - n_before - 1  # index of each line's newline in this block
+        ends[found:upto] = block_ends[k]
+        starts[found:upto] = np.where(k > 0, block_ends[np.maximum(k - 1, 0)],
+                                      previous_end) + 1
+        found, n_before, previous_end = upto, last, int(block_ends[-1])
+    starts[found:] = previous_end + 1  # the last line, without a newline
+    ends[found:] = len(raw)
+    return starts[inverse], ends[inverse]
 
 
 def _read_unquoted_csv(
@@ -1131,27 +1139,30 @@ def _joined_text(blocks: list, order: np.ndarray | None) -> pd.Series:
 
 
 def _line_row_texts(raw: bytes, row_lines: np.ndarray, delimiter: str, width: int
-                    ) -> Callable[[np.ndarray], list[list[str]]]:
-    """Every cell of the rows at some positions, read again from their lines in ``raw``
-    (for the few rows a message or the rejected table shows): each call scans the file for
-    the newlines up to the last row asked for, so no offset of every line is ever kept."""
-    def row_texts(positions) -> list[list[str]]:
+                    ) -> Callable[..., list]:
+    """The cells of the rows at some positions (all of them, or one column's), read again
+    from their lines in ``raw`` for the rows a message or the rejected table shows: each
+    call scans the file for the newlines up to the last row asked for, so no offset of
+    every line is ever kept."""
+    def row_texts(positions, column: int | None = None) -> list:
         numbers = row_lines[np.asarray(positions, dtype=np.int64)]
         if not len(numbers):
             return []
-        spans = _line_spans(raw, numbers)
+        starts, ends = _line_spans(raw, numbers)
         out = []
-        for number in numbers.tolist():
-            start, end = spans[number]
-            fields = [f.strip() for f in raw[start:end].decode("utf-8").split(delimiter)]
-            out.append((fields + [""] * width)[:width])
+        for start, end in zip(starts.tolist(), ends.tolist()):
+            fields = raw[start:end].decode("utf-8").split(delimiter)
+            if column is not None:
+                out.append(fields[column].strip() if column < len(fields) else "")
+            else:
+                out.append(([f.strip() for f in fields] + [""] * width)[:width])
         return out
 
     return row_texts
 
 
 def _column_texts(row_texts: Callable, column: int) -> Callable[[np.ndarray], list[str]]:
-    return lambda positions: [row[column] for row in row_texts(positions)]
+    return lambda positions: row_texts(positions, column)
 
 
 def _looks_like_data(header: list[str]) -> bool:
@@ -1204,8 +1215,12 @@ def _parse_times(
 
     if is_string.any():
         string_rows = np.flatnonzero(is_string)
-        if isinstance(text, _NumberCells):
-            iso = pd.Series(text.texts(string_rows), dtype="str")
+        if isinstance(text, _NumberCells):  # read again, as Arrow text 100,000 at a time
+            step = _DATETIME_CHUNK_ROWS
+            parts = [pa.array(text.texts(string_rows[at:at + step]), pa.large_string())
+                     for at in range(0, len(string_rows), step)]
+            iso = pd.Series(pd.array(pa.chunked_array(parts, pa.large_string()), dtype="str"))
+            del parts
         elif len(string_rows) == n:  # all rows strings (the usual case): no copy
             iso = text
         else:
@@ -2364,9 +2379,11 @@ def _read_ndjson(raw: bytes) -> _TickColumns:
     def raw_for(positions: np.ndarray) -> list[str]:
         """The lines of some objects, found again in the bytes (no offsets kept)."""
         asked = lines[np.asarray(positions, dtype=np.int64)]
-        spans = _line_spans(raw, asked) if len(asked) else {}
-        return [raw[spans[k][0]:spans[k][1]].decode("utf-8").strip()[:_RAW_LINE_LIMIT]
-                for k in asked.tolist()]
+        if not len(asked):
+            return []
+        starts, ends = _line_spans(raw, asked)
+        return [raw[start:end].decode("utf-8").strip()[:_RAW_LINE_LIMIT]
+                for start, end in zip(starts.tolist(), ends.tolist())]
 
     columns = {name: _concat_cells(chunks.pop(key)) for name, key in picked.items() if key}
     return _TickColumns(
