@@ -24,12 +24,12 @@ import pytest
 
 import database
 import database_postgres
+import test_database
 from helpers import free_port
 from test_database import (  # noqa: F401  (imported tests run here on PostgreSQL)
     BASE_MS, assert_bars_equal, gap_rows, make_trades, reference_bars_1s, stored_bars_1s,
     stored_ticks, trade, two_hours,
     test_bar_open_close_follow_ts_then_trade_id,
-    test_bars_equal_pandas_reference_under_disorder_and_duplicates,
     test_first_of_conflicting_repeats_is_stored_and_counted_once,
     test_history_far_below_is_late_not_a_new_sequence,
     test_id_jump_records_one_gap_with_times,
@@ -65,6 +65,15 @@ def conn(db_path):
     connection = database.connect(db_path)
     yield connection
     connection.close()
+
+
+@pytest.mark.parametrize("batch_size", [37, 400])
+@pytest.mark.parametrize("order", ["in_order", "shuffled", "late_batches"])
+def test_bars_equal_pandas_reference_under_disorder_and_duplicates(conn, order, batch_size):
+    """test_database's test without its one-trade batches (1,380 transactions: ~15 s each
+    here, and the same code path as 37)."""
+    test_database.test_bars_equal_pandas_reference_under_disorder_and_duplicates(
+        conn, order, batch_size)
 
 
 # ----------------------------------------------------------------------------- adapter
