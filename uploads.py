@@ -702,6 +702,20 @@ class _NumberCells:
         return _NumberCells(self.values[:n].copy(), self.empty[:n], self.texts)
 
 
+_TEXT_CHUNK_ROWS = 100_000
+
+
+def _text_column(texts_of: Callable[[np.ndarray], list[str]], positions: np.ndarray
+                 ) -> pd.Series:
+    """``texts_of(positions)`` as an Arrow "str" column, asked for 100,000 positions at a
+    time: only one chunk of Python strings exists at once (a million of them cost ~60 MB,
+    their Arrow text a third of it)."""
+    step = _TEXT_CHUNK_ROWS
+    parts = [pa.array(texts_of(positions[at:at + step]), pa.large_string())
+             for at in range(0, len(positions), step)]
+    return pd.Series(pd.array(pa.chunked_array(parts, pa.large_string()), dtype="str"))
+
+
 def _cell_texts(column: pd.Series | _NumberCells, positions: np.ndarray) -> list[str]:
     """The stripped text of ``column``'s cells at ``positions``."""
     if isinstance(column, _NumberCells):
@@ -1215,12 +1229,8 @@ def _parse_times(
 
     if is_string.any():
         string_rows = np.flatnonzero(is_string)
-        if isinstance(text, _NumberCells):  # read again, as Arrow text 100,000 at a time
-            step = _DATETIME_CHUNK_ROWS
-            parts = [pa.array(text.texts(string_rows[at:at + step]), pa.large_string())
-                     for at in range(0, len(string_rows), step)]
-            iso = pd.Series(pd.array(pa.chunked_array(parts, pa.large_string()), dtype="str"))
-            del parts
+        if isinstance(text, _NumberCells):  # the cells that are not numbers, read again
+            iso = _text_column(text.texts, string_rows)
         elif len(string_rows) == n:  # all rows strings (the usual case): no copy
             iso = text
         else:
@@ -2086,21 +2096,22 @@ def _rejected_bars_table(reasons: _Reasons, lines: np.ndarray, table: _CsvTable
     ]
     joined = reasons.joined()
     positions = joined.index.to_numpy(dtype=np.int64)
-    out = pd.DataFrame({"row": lines[positions], "reason": joined.to_numpy(dtype=object)})
-    raw = pd.DataFrame(table.row_texts(positions), columns=names, dtype=object)
-    out = pd.concat([out, raw], axis=1)
-    if table.ragged:
-        width = len(names)
-        ragged = pd.DataFrame(
-            [
-                [line, reason, *(fields + [""] * width)[:width]]
-                for line, reason, fields in table.ragged
-            ],
-            columns=["row", "reason", *names],
-            dtype=object,
-        )
-        out = pd.concat([out, ragged], ignore_index=True)
-    out["row"] = out["row"].astype(np.int64)
+    # Arrow text columns, built one column at a time: a file with half a million rejected
+    # rows would otherwise hold millions of Python strings here.
+    out = {"row": lines[positions], "reason": pd.Series(pd.array(joined.array, dtype="str"))}
+    del joined
+    for i, name in enumerate(names):
+        out[name] = _text_column(lambda rows, i=i: table.row_texts(rows, i), positions)
+    out = pd.DataFrame(out, copy=False)
+    if not table.ragged:
+        return out  # rows in file order already
+    width = len(names)
+    ragged = pd.DataFrame(
+        [[reason, *(fields + [""] * width)[:width]] for _, reason, fields in table.ragged],
+        columns=["reason", *names], dtype="str",
+    )
+    ragged.insert(0, "row", np.asarray([line for line, _, _ in table.ragged], dtype=np.int64))
+    out = pd.concat([out, ragged], ignore_index=True)
     return out.sort_values("row", kind="stable").reset_index(drop=True)
 
 
@@ -2537,15 +2548,19 @@ def _validate_ticks(
     rejected = pd.DataFrame(
         {
             "line": columns.lines[positions],
-            "reason": joined.to_numpy(dtype=object),
-            "raw": pd.Series(columns.raw_for(positions), dtype=object),
-        }
+            "reason": pd.Series(pd.array(joined.array, dtype="str")),
+            "raw": _text_column(columns.raw_for, positions),  # Arrow text, not objects
+        },
+        copy=False,
     )
+    del joined
     if columns.early_rejects:
-        early = pd.DataFrame(columns.early_rejects, columns=["line", "reason", "raw"], dtype=object)
+        early = pd.DataFrame([(reason, raw) for _, reason, raw in columns.early_rejects],
+                             columns=["reason", "raw"], dtype="str")
+        early.insert(0, "line", np.asarray([line for line, _, _ in columns.early_rejects],
+                                           dtype=np.int64))
         rejected = pd.concat([rejected, early], ignore_index=True)
-    rejected["line"] = rejected["line"].astype(np.int64)
-    rejected = rejected.sort_values("line", kind="stable").reset_index(drop=True)
+        rejected = rejected.sort_values("line", kind="stable").reset_index(drop=True)
     # The bytes kept for the raw lines are no longer needed: released before the trades
     # are built. The columns are this function's private input; nobody reads them after.
     columns.raw_for = None
