@@ -601,48 +601,67 @@ class _Reasons:
     """Reasons per row position, gathered check by check, joined with "; " in check order.
 
     ``add(mask, *pieces)`` builds the text only for the flagged rows; a piece is a str
-    (same for every row) or a column/array indexed by row position."""
+    (same for every row), a column (its cells' text), a callable (positions -> texts) or an
+    array indexed by row position. Texts are kept as Arrow arrays and joined by Arrow, so a
+    file with half a million rejected rows does not hold their reasons as Python strings."""
 
     def __init__(self, n: int):
         self.n = n
-        self._parts: list[pd.Series] = []
+        self._parts: list[tuple[np.ndarray, pa.Array]] = []  # (positions, their texts)
 
     def add(self, mask, *pieces) -> None:
         mask = np.asarray(mask, dtype=bool)
         if not mask.any():
             return
         positions = np.flatnonzero(mask)
-        columns = []
+        arrays = []
         for piece in pieces:
             if isinstance(piece, str):
-                columns.append(repeat(piece, len(positions)))
-            elif isinstance(piece, (pd.Series, _NumberCells)):
-                columns.append(_cell_texts(piece, positions))
+                arrays.append(pa.scalar(piece, pa.large_string()))
+                continue
+            if isinstance(piece, (pd.Series, _NumberCells)):
+                column = _text_column(lambda rows, piece=piece: _cell_texts(piece, rows),
+                                      positions)
             elif callable(piece):  # computed for the flagged rows only
-                columns.append(piece(positions))
+                column = _text_column(piece, positions)
             else:
-                columns.append(np.asarray(piece)[positions].astype(str).tolist())
-        texts = ["".join(parts) for parts in zip(*columns)]
-        self._parts.append(pd.Series(texts, index=positions, dtype=object))
+                column = pd.Series(np.asarray(piece)[positions].astype(str), dtype="str")
+            arrays.append(pa.array(column.array).cast(pa.large_string()))
+        if not any(isinstance(a, pa.Array) for a in arrays):  # a fixed text: one per row
+            arrays.append(pa.array([""] * len(positions), pa.large_string()))
+        self._parts.append((positions, pa_compute.binary_join_element_wise(
+            *arrays, pa.scalar("", pa.large_string()))))
 
     def merge(self, other: _Reasons, mask: np.ndarray) -> None:
         """Take over the reasons of ``other`` for the rows in ``mask``."""
-        for part in other._parts:
-            keep = mask[part.index.to_numpy()]
+        for positions, texts in other._parts:
+            keep = mask[positions]
             if keep.any():
-                self._parts.append(part[keep])
+                self._parts.append((positions[keep], texts.filter(pa.array(keep))))
 
     def flagged(self) -> np.ndarray:
         out = np.zeros(self.n, dtype=bool)
-        for part in self._parts:
-            out[part.index.to_numpy()] = True
+        for positions, _ in self._parts:
+            out[positions] = True
         return out
 
     def joined(self) -> pd.Series:
-        """Reason text per flagged position, sorted by position."""
+        """Reason text ("str") per flagged position, sorted by position."""
         if not self._parts:
-            return pd.Series([], dtype=object)
-        return pd.concat(self._parts).groupby(level=0, sort=True).agg("; ".join)
+            return pd.Series([], dtype="str")
+        flagged = np.unique(np.concatenate([positions for positions, _ in self._parts]))
+        text = None
+        for positions, texts in self._parts:  # check order: each part joins the ones before
+            slot = np.full(len(flagged), -1, dtype=np.int64)
+            slot[np.searchsorted(flagged, positions)] = np.arange(len(positions))
+            spread = texts.take(pa.array(slot, mask=slot < 0))  # null where not flagged here
+            if text is None:
+                text = spread
+            else:
+                both = pa_compute.binary_join_element_wise(
+                    text, spread, pa.scalar("; ", pa.large_string()))
+                text = pa_compute.coalesce(both, text, spread)
+        return pd.Series(pd.array(text, dtype="str"), index=flagged)
 
 
 def _check_numbers(
