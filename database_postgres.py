@@ -266,8 +266,11 @@ def _as_sqlite_error(exc: Exception) -> sqlite3.Error:
 
     if isinstance(exc, psycopg.IntegrityError):
         cls = sqlite3.IntegrityError
-    elif isinstance(exc, (psycopg.OperationalError, psycopg.ProgrammingError)):
-        cls = sqlite3.OperationalError  # lost server, missing table (SQLite: "no such table")
+    elif isinstance(exc, (psycopg.OperationalError, psycopg.ProgrammingError,
+                          psycopg.errors.ReadOnlySqlTransaction)):
+        # lost server, missing table, a write on a read-only connection: the same class as
+        # SQLite's "no such table" and "attempt to write a readonly database"
+        cls = sqlite3.OperationalError
     else:
         cls = sqlite3.DatabaseError
     return cls(f"PostgreSQL: {exc}")
@@ -285,8 +288,9 @@ class PgConnection:
 
     backend = "postgresql"
 
-    def __init__(self, url: str, pool) -> None:
+    def __init__(self, url: str, pool, *, readonly: bool = False) -> None:
         self.url = url
+        self.readonly = readonly
         self._pool = pool
         self.raw = self._getconn()
 
@@ -294,7 +298,14 @@ class PgConnection:
         import psycopg
 
         try:
-            return self._pool.getconn(timeout=POOL_TIMEOUT_S)
+            raw = self._pool.getconn(timeout=POOL_TIMEOUT_S)
+            if self.readonly:  # writes fail, as on a SQLite mode=ro connection
+                try:
+                    raw.execute("SET default_transaction_read_only = on")
+                except BaseException:
+                    self._pool.putconn(raw)
+                    raise
+            return raw
         except psycopg.Error as exc:
             raise _as_sqlite_error(exc) from exc
 
@@ -347,6 +358,13 @@ class PgConnection:
             self._pool.putconn(raw)
 
 
+def _reset_session(raw) -> None:
+    """A connection handed back to the pool: nothing of its session reaches the next user
+    (a reader's read-only mode, an advisory lock left held by mistake)."""
+    raw.execute("RESET ALL")
+    raw.execute("SELECT pg_advisory_unlock_all()")
+
+
 def _pool_for(url: str):
     from psycopg_pool import ConnectionPool
 
@@ -356,7 +374,8 @@ def _pool_for(url: str):
             pool = ConnectionPool(url, min_size=1, max_size=POOL_MAX_SIZE,
                                   kwargs={"autocommit": True}, open=True,
                                   check=ConnectionPool.check_connection,
-                                  timeout=POOL_TIMEOUT_S, name=describe(url))
+                                  reset=_reset_session, timeout=POOL_TIMEOUT_S,
+                                  name=describe(url))
             _POOLS[url] = pool
         return pool
 
@@ -364,10 +383,10 @@ def _pool_for(url: str):
 def connect(url: str, *, readonly: bool = False) -> PgConnection:
     """A pooled connection to ``url``; creates the schema at the first writable one.
 
-    ``readonly`` only skips the schema creation (the page never creates tables); the
-    server's permissions decide what a connection may write.
+    ``readonly``: no schema creation, and the session refuses writes
+    (``default_transaction_read_only``) like SQLite's ``mode=ro``.
     """
-    conn = PgConnection(url, _pool_for(url))
+    conn = PgConnection(url, _pool_for(url), readonly=readonly)
     if not readonly and url not in _SCHEMA_READY:
         try:
             create_schema(conn)

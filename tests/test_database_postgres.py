@@ -292,3 +292,32 @@ def test_a_partition_dropped_by_another_process_is_created_again_on_retry(db_pat
         writer.write([trade(2)])
     assert writer.write([trade(2)]).inserted == 1  # the retry (the collector's) succeeds
     assert stored_ticks(conn)["trade_id"].tolist() == [2]
+
+
+def test_a_read_only_connection_refuses_writes_on_both_backends(db_target, monkeypatch):
+    monkeypatch.setattr(database_postgres, "POOL_MAX_SIZE", 1)  # one session, reused
+    database.connect(db_target).close()  # the schema exists
+    reader = database.connect(db_target, readonly=True)
+    session = backend_pid(reader)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="read-only|readonly"):
+            reader.execute("INSERT INTO meta (key, value) VALUES ('x', '1')")
+        assert reader.execute("SELECT count(*) FROM meta WHERE key = 'x'").fetchone()[0] == 0
+    finally:
+        reader.close()
+    writer = database.connect(db_target)
+    # PostgreSQL: the pool (of one connection here) hands the reader's session to the
+    # writer; it was reset when handed back, so it writes.
+    assert backend_pid(writer) == session
+    try:
+        writer.execute("INSERT INTO meta (key, value) VALUES ('x', '1')")
+        assert writer.execute("SELECT value FROM meta WHERE key = 'x'").fetchone()[0] == "1"
+    finally:
+        writer.close()
+
+
+def backend_pid(conn):
+    """The PostgreSQL session of ``conn``; None for SQLite."""
+    if not database_postgres.is_postgres(conn):
+        return None
+    return conn.execute("SELECT pg_backend_pid()").fetchone()[0]
