@@ -35,6 +35,7 @@ DEFAULT_FUTURES_URL = "wss://fstream.binance.com"
 DEFAULT_SPOT_URL = "wss://stream.binance.com:9443"
 DEFAULT_SYMBOLS = ("btcusdt", "ethusdt")
 DATA_DIR = "data"
+DATABASE_URL_PREFIXES = ("postgresql://", "postgres://")  # a server, not a SQLite file
 
 # Environment variable -> Settings field. The CLI flags of collector.py use the field names.
 ENV_VARS = {
@@ -116,7 +117,9 @@ class Settings:
     queue_max: int = 100_000  # trades buffered between reader and writer
     auto_fallback: float = 10.0  # seconds 'auto' waits for Binance data before the demo
     demo_seed: int | None = None  # seed of the built-in market; None = a new one each start
-    upload_db_path: str = os.path.join(DATA_DIR, "uploads.db")  # uploads live apart from feeds
+    # Uploads live apart from the feeds: data/uploads.db, or with the live database on a
+    # PostgreSQL server (a URL) that same database, so every dashboard of the desk sees them.
+    upload_db_path: str | None = None
     upload_max_mb: float = 200.0  # larger uploaded files are refused before parsing (MB = 1e6 B)
     display_tz: str = "UTC"  # the page's default display zone (IANA name)
     # REST backfill (binance_rest.py): Binance's REST base (None: the feed's default, the
@@ -174,6 +177,10 @@ class Settings:
         object.__setattr__(self, "explicit_db_path", self.db_path is not None)
         if self.db_path is None:
             object.__setattr__(self, "db_path", default_db_path(self.feed, self.replay_file))
+        if self.upload_db_path is None:
+            object.__setattr__(self, "upload_db_path",
+                               self.db_path if self.db_path.startswith(DATABASE_URL_PREFIXES)
+                               else os.path.join(DATA_DIR, "uploads.db"))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:

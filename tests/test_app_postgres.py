@@ -7,6 +7,7 @@ SQLite, and the numbers on screen are checked against the same pandas recomputat
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from config import Settings
@@ -69,3 +70,30 @@ def test_crypto_db_url_names_the_database_too(postgres_db):
     assert Settings.from_env({"CRYPTO_DB_URL": postgres_db}).db_path == postgres_db
     both = {"CRYPTO_DB_PATH": "data/other.db", "CRYPTO_DB_URL": postgres_db}
     assert Settings.from_env(both).db_path == postgres_db  # the URL wins
+
+
+def test_uploads_live_in_the_server_database_too(tmp_path, postgres_db):
+    """Issue 13: bars, gaps, uploads, alerts... in the same database. With the live database
+    on a server and no CRYPTO_UPLOAD_DB, uploads go to that server; what is stored there
+    reads back bar for bar like the SQLite upload of the same file."""
+    import uploads
+    from test_app import GOOD_OHLC
+
+    settings = Settings.from_env({"CRYPTO_DB_URL": postgres_db})
+    assert settings.upload_db_path == postgres_db
+    local = Settings.from_env({"CRYPTO_DB_URL": postgres_db,
+                               "CRYPTO_UPLOAD_DB": str(tmp_path / "mine.db")})
+    assert local.upload_db_path == str(tmp_path / "mine.db")  # an explicit choice wins
+    parsed = uploads.parse_ohlc_csv(GOOD_OHLC.read_bytes(), filename=GOOD_OHLC.name)
+    assert parsed.ok, parsed.error
+    sqlite_path = str(tmp_path / "uploads.db")
+    for target in (postgres_db, sqlite_path):
+        assert dd.save_uploaded(target, GOOD_OHLC.name, parsed.bars) == len(parsed.bars)
+    assert list(dd.list_uploads(postgres_db)["source"].unique()) == [GOOD_OHLC.name]
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        on_server = dd.load_bars(dd.DataSource("uploaded", postgres_db, GOOD_OHLC.name),
+                                 symbol, "1min", None, None)
+        in_file = dd.load_bars(dd.DataSource("uploaded", sqlite_path, GOOD_OHLC.name),
+                               symbol, "1min", None, None)
+        assert len(on_server) > 400
+        pd.testing.assert_frame_equal(on_server, in_file)
