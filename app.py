@@ -131,8 +131,9 @@ def freeze_long_lived_objects() -> int:
     (``runner.postScriptGC``, which keeps memory flat under a fast feed). Walking this
     heap took ~45 ms per collection, four to five collections a second with one tab open:
     ~40 % of a core at idle (py-spy, ``bench_app.py tick``). Frozen, a collection only
-    walks what was created since, a fraction of a millisecond. What is frozen is never
-    freed: it lives as long as the process anyway.
+    walks what was created since, a fraction of a millisecond. Frozen objects are still
+    freed by reference counting; only reference cycles among them are never collected
+    (at most the first run's cyclic garbage, once).
     """
     gc.freeze()
     return gc.get_freeze_count()
@@ -1742,8 +1743,8 @@ if IN_SESSION:
     if not st.session_state.get("plotly_requested"):
         # A session's first run: a placeholder chart before anything else, so that a newly
         # opened browser fetches and compiles Plotly's 4.7 MB script (a second or more of
-        # its main thread) while the server builds the sidebar and reads the view; the
-        # live strip's chart replaces it.
+        # its main thread) while the server builds the sidebar and reads the view; it is
+        # cleared once the live strip is drawn.
         st.session_state["plotly_requested"] = True
         first_chart.plotly_chart(viz.empty_figure("reading the stored bars…").update_layout(
             height=220), theme=None, config={"displaylogo": False})
