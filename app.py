@@ -7,7 +7,8 @@ started once), alert rules in ``alerts``.
 How the page stays live without flicker
     * Sidebar controls rerun the whole script; nothing else does.
     * ``@st.fragment(run_every=...)`` reruns only the live parts: the sidebar feed status
-      every second, the live strip (values + z-score chart) twice a second, the open tab's
+      every second, the live strip (values + z-score chart) twice a second and its last
+      prices four times a second (``dd.LIVE_PRICE_EVERY_S``), the open tab's
       charts at the chosen refresh interval (for 1m/5m bars they draw closed bars only,
       so they change at a bar close: ``view_key``). Pause sets run_every=None.
     * Tabs are lazy (``on_change="rerun"``): only the open tab runs.
