@@ -18,7 +18,8 @@ page
     "—"), its z chart is drawn (Plotly's ``_fullLayout``) and its caption counts the bars
     the view should have (>= 1,400 one-minute bars for the day, >= 800 one-second bars for
     15 min). The time is measured from the ``streamlit run`` launch (process start, imports,
-    collector and market start, REST backfill, first render - all of it).
+    collector and market start, REST backfill, first render - all of it). Settings for the
+    page: ``BENCH_CRYPTO_<NAME>`` (see ``page_settings``).
 rest
     A collector on the demo feed in this process with the defaults (60 min of trades,
     24 h of klines); the Backfiller's own clock from its start to the end of the initial
@@ -56,6 +57,13 @@ LIVE_STRIP_JS = """() => {
 }"""
 
 
+def page_settings() -> dict:
+    """``BENCH_CRYPTO_X=v`` in this environment -> ``CRYPTO_X=v`` for the page, e.g.
+    ``BENCH_CRYPTO_BACKFILL=0`` to time the page without the trade backfill."""
+    return {name[len("BENCH_"):]: value for name, value in os.environ.items()
+            if name.startswith("BENCH_CRYPTO_")}
+
+
 def page_timing(tf: str, lookback: str, min_bars: int, timeout: float) -> dict:
     """Seconds from ``streamlit run`` to the live strip's z-score over a full view."""
     from playwright.sync_api import sync_playwright
@@ -67,7 +75,7 @@ def page_timing(tf: str, lookback: str, min_bars: int, timeout: float) -> dict:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         browser_s = time.perf_counter() - launch_started
         started = time.perf_counter()
-        server = StreamlitServer(demo_env(workdir), workdir)
+        server = StreamlitServer(demo_env(workdir, **page_settings()), workdir)
         try:
             healthy = server.wait_healthy()
             query = f"?tf={tf}&lookback={lookback.replace(' ', '+')}"
