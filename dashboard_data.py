@@ -332,8 +332,11 @@ class BarStore:
 
     ``bars(...)`` returns the bars whose open is in ``[anchor - lookback, ...)``; the first
     call reads the whole window, later calls read only from the last bar held (which may
-    have grown) with ``database.read_bars_since`` and drop what fell out of the window.
-    Thread-safe; holds at most ``max_windows`` windows (least recently used dropped).
+    have grown) with ``database.read_bars_since``. One window per (database, symbol,
+    timeframe): the page's pair view asks for a start that moves with every new bar (the
+    lookback plus the method's warm-up), so the window is kept by what it holds, not by the
+    span asked, and trimmed to twice the span of the latest call. Thread-safe; holds at
+    most ``max_windows`` windows (least recently used dropped).
     """
 
     def __init__(self, max_windows: int = 32) -> None:
@@ -343,7 +346,7 @@ class BarStore:
 
     def bars(self, db_path: str, symbol: str, timeframe: str, lookback_ms: int | None,
              anchor_ms: int | None) -> pd.DataFrame:
-        key = (db_path, symbol.upper(), timeframe, lookback_ms)
+        key = (db_path, symbol.upper(), timeframe)
         start = _window_start(anchor_ms, lookback_ms)
         with self._lock:
             window = self._windows.get(key)
@@ -354,9 +357,8 @@ class BarStore:
                 # asked and no past bars were stored since it was read.
                 reusable = window is not None and len(window.bars) > 0 and (
                     window.history == history) and (
-                    (start is None and window.start_ms is None)
-                    or (start is not None and window.start_ms is not None
-                        and window.start_ms <= start))
+                    window.start_ms is None
+                    or (start is not None and window.start_ms <= start))
                 if reusable:
                     fresh = database.read_bars_since(conn, symbol, int(window.bars.index[-1]),
                                                      timeframe)
@@ -364,15 +366,22 @@ class BarStore:
                         else window.bars
                     merged = pd.concat([kept, fresh]) if len(fresh) else kept
                 else:
-                    merged = database.read_bars(conn, symbol, start, None, timeframe)
+                    merged, window = database.read_bars(conn, symbol, start, None,
+                                                        timeframe), None
+            held_from = start if window is None else window.start_ms
+            if start is not None:
+                keep_from = start - int(lookback_ms)  # twice the span asked
+                if held_from is None or held_from < keep_from:
+                    held_from = keep_from
+                    merged = merged[merged.index >= keep_from]
+            self._windows[key] = _Window(held_from, merged, history)
+            self._windows.move_to_end(key)
+            while len(self._windows) > self.max_windows:
+                self._windows.popitem(last=False)
             if start is not None and len(merged):
                 size = analytics.TIMEFRAME_MS[timeframe]
                 first_full_bucket = -(-start // size) * size  # read_bars' rule
                 merged = merged[merged.index >= first_full_bucket]
-            self._windows[key] = _Window(start, merged, history)
-            self._windows.move_to_end(key)
-            while len(self._windows) > self.max_windows:
-                self._windows.popitem(last=False)
             return merged
 
 
