@@ -549,7 +549,7 @@ def fragments_bench(db_path: Path, tail_path: Path, meta: dict, reruns: int,
                         strip_ms = [r[3] for r in rows
                                     if r[1] == "live_strip" and r[2] == "fragment"]
                         caption = page.inner_text('[data-testid="stMain"]')
-                        bars = re.search(r"· (\d+) bars ·", caption)
+                        bars = re.search(r"· (\d+) bars\b", caption)
                         name = f"{tf_label} bars, {lookback} lookback, {tab}"
                         print(f"  {name:38s} tab fragment {percentiles(tab_ms)} ms")
                         print(f"  {'':38s} live strip   {percentiles(strip_ms)} ms")
