@@ -209,7 +209,7 @@ def stored_symbols(source: DataSource) -> list[str]:
         return []
     with reading(source.db_path) as conn:
         if source.kind == "live":
-            return database.list_symbols(conn)["symbol"].tolist()
+            return database.symbol_names(conn)
         uploads = database.list_uploads(conn)
     return uploads.loc[uploads["source"] == source.upload, "symbol"].tolist()
 

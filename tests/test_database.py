@@ -380,6 +380,20 @@ def test_list_symbols_from_bars(conn, two_hours):
     assert list(result.columns) == ["symbol", "first_ts", "last_ts", "trades"]
 
 
+def test_symbol_names_equal_list_symbols(conn, two_hours):
+    assert database.symbol_names(conn) == database.list_symbols(conn)["symbol"].tolist()
+    assert database.symbol_names(conn) == sorted(stored_ticks(conn)["symbol"].unique())
+
+
+def test_symbol_names_seek_the_index_instead_of_scanning_the_bars(conn, two_hours):
+    """The page asks for the symbols on every run: the answer must cost a few index seeks
+    per symbol, not a scan of every stored 1 s bar (which grows with the history kept)."""
+    plan = " | ".join(row[-1] for row in conn.execute(
+        "EXPLAIN QUERY PLAN " + database.SYMBOL_NAMES_SQL).fetchall())
+    assert "SCAN bars_1s" not in plan, plan
+    assert "SEARCH bars_1s" in plan, plan
+
+
 def test_database_size_counts_wal_and_shm(db_path, conn):
     database.TickWriter(conn).write(make_trades(500, seed=3))
     files = [db_path + suffix for suffix in ("", "-wal", "-shm")]

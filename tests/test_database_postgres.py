@@ -35,6 +35,7 @@ from test_database import (  # noqa: F401  (imported tests run here on PostgreSQ
     test_id_jump_records_one_gap_with_times,
     test_late_trades_shrink_split_and_fill_gaps,
     test_list_symbols_from_bars,
+    test_symbol_names_equal_list_symbols,
     test_minute_bars_follow_every_write_in_any_order_with_duplicates,
     test_minute_reads_equal_todays_aggregation_of_one_second_bars,
     test_out_of_order_within_a_batch_opens_no_gap_but_across_batches_it_does,
