@@ -27,6 +27,7 @@ AppTest facts used here (Streamlit 1.67)
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -73,11 +74,12 @@ def closed_port():
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def app_env(tmp_path, monkeypatch, closed_port):
-    """Environment of a page whose feed cannot connect; cleans up threads and caches."""
-    paths = {"db": str(tmp_path / "live.db"), "uploads": str(tmp_path / "uploads.db")}
-    for name in ("CRYPTO_DEMO_SEED", "CRYPTO_REPLAY_FILE", "CRYPTO_STREAM"):
+@contextlib.contextmanager
+def page_environment(monkeypatch, closed_port: int, db: str, uploads_db: str):
+    """Environment of a page whose feed cannot connect, its live database at ``db`` (a file
+    or a URL); yields the paths, then cleans up threads and caches."""
+    paths = {"db": db, "uploads": uploads_db}
+    for name in ("CRYPTO_DEMO_SEED", "CRYPTO_REPLAY_FILE", "CRYPTO_STREAM", "CRYPTO_DB_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CRYPTO_FEED", "binance-futures")
     monkeypatch.setenv("BINANCE_WS_URL", f"ws://127.0.0.1:{closed_port}")
@@ -92,6 +94,14 @@ def app_env(tmp_path, monkeypatch, closed_port):
     alerts.stop_evaluator()
     st.cache_data.clear()
     st.cache_resource.clear()
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch, closed_port):
+    """Environment of a page whose feed cannot connect; cleans up threads and caches."""
+    with page_environment(monkeypatch, closed_port, str(tmp_path / "live.db"),
+                          str(tmp_path / "uploads.db")) as paths:
+        yield paths
 
 
 @pytest.fixture

@@ -10,16 +10,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from config import Settings
-import streamlit as st
-
-import alerts
-import collector
 import dashboard_data as dd
 import database
 import services
+from config import Settings
 from test_app import (  # noqa: F401  (imported tests run here on PostgreSQL)
-    closed_port, new_app, recorded_db, reference_trades, run,
+    closed_port, new_app, page_environment, recorded_db, reference_trades, run,
     test_every_tab_renders_with_recorded_trades,
     test_recorded_trades_give_the_expected_bars_and_statistics,
     test_timeframe_changes_the_bars_shown,
@@ -29,24 +25,10 @@ from test_app import (  # noqa: F401  (imported tests run here on PostgreSQL)
 @pytest.fixture
 def app_env(tmp_path, monkeypatch, closed_port, postgres_db):  # noqa: F811
     """test_app's environment with the live database on PostgreSQL."""
-    paths = {"db": postgres_db, "uploads": str(tmp_path / "uploads.db")}
-    for name in ("CRYPTO_DEMO_SEED", "CRYPTO_REPLAY_FILE", "CRYPTO_STREAM", "CRYPTO_DB_PATH",
-                 "CRYPTO_DB_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("CRYPTO_FEED", "binance-futures")
-    monkeypatch.setenv("BINANCE_WS_URL", f"ws://127.0.0.1:{closed_port}")
-    monkeypatch.setenv("CRYPTO_SYMBOLS", "btcusdt,ethusdt")
-    monkeypatch.setenv("CRYPTO_DB_PATH", paths["db"])
-    monkeypatch.setenv("CRYPTO_UPLOAD_DB", paths["uploads"])
-    monkeypatch.setenv("CRYPTO_DISPLAY_TZ", "UTC")
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield paths
-    collector.stop()
-    alerts.stop_evaluator()
+    with page_environment(monkeypatch, closed_port, postgres_db,
+                          str(tmp_path / "uploads.db")) as paths:
+        yield paths
     services.stop_all()  # the paper monitor too: it holds a connection to this database
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 def test_the_page_reads_the_server_database_it_was_given(recorded_db):
