@@ -224,17 +224,20 @@ def test_the_fast_readers_kept_columns_hold_the_cells_the_exact_reader_reads():
     assert min(compared.values()) > 50, compared
 
 
+def parse_fields(result) -> dict:
+    """Every field of a parse result, its frames as lists of rows (NaN as None), so two
+    results compare with ==."""
+    frames = {k: v for k, v in vars(result).items() if isinstance(v, pd.DataFrame)}
+    others = {k: v for k, v in vars(result).items() if k not in frames}
+    return {**others, **{k: v.astype(object).where(v.notna(), None).values.tolist()
+                         for k, v in frames.items()}}
+
+
 def test_fast_and_exact_readers_give_the_same_parse_results(monkeypatch):
     """End to end: every corpus file parses to the same bars, trades, rejected rows,
     counts and warnings whether the fast reader (typed columns) or the exact reader (text
     cells) split it."""
     import uploads
-
-    def fields(result) -> dict:
-        frames = {k: v for k, v in vars(result).items() if isinstance(v, pd.DataFrame)}
-        others = {k: v for k, v in vars(result).items() if k not in frames}
-        return {**others, **{k: v.astype(object).where(v.notna(), None).values.tolist()
-                             for k, v in frames.items()}}
 
     fast_reader = uploads._read_unquoted_csv
     fast_tables = []
@@ -246,13 +249,13 @@ def test_fast_and_exact_readers_give_the_same_parse_results(monkeypatch):
 
     monkeypatch.setattr(uploads, "_read_unquoted_csv", counted)
     corpus = cases()[:100]  # a fifth of the fuzz test's time
-    results = [(fields(parse_ohlc_csv(data)), fields(parse_tick_file(data)))
+    results = [(parse_fields(parse_ohlc_csv(data)), parse_fields(parse_tick_file(data)))
                for _, _, data in corpus]
     assert sum(fast_tables) > 60  # the fast reader really split most of the corpus
     monkeypatch.setattr(uploads, "_read_unquoted_csv", lambda *args: None)
     for (index, name, data), (bars, ticks) in zip(corpus, results):
-        assert fields(parse_ohlc_csv(data)) == bars, (index, name)
-        assert fields(parse_tick_file(data)) == ticks, (index, name)
+        assert parse_fields(parse_ohlc_csv(data)) == bars, (index, name)
+        assert parse_fields(parse_tick_file(data)) == ticks, (index, name)
 
 
 def test_fast_reader_block_by_block_gives_the_same_results_as_the_exact_reader(monkeypatch):
@@ -276,19 +279,13 @@ def test_fast_reader_block_by_block_gives_the_same_results_as_the_exact_reader(m
         ticks.append(rng.choice([",".join(tick)] * 5 + [""]))
     files = ["\n".join(ohlc).encode(), "\r\n".join(ticks).encode()]
 
-    def fields(result) -> dict:
-        frames = {k: v for k, v in vars(result).items() if isinstance(v, pd.DataFrame)}
-        others = {k: v for k, v in vars(result).items() if k not in frames}
-        return {**others, **{k: v.astype(object).where(v.notna(), None).values.tolist()
-                             for k, v in frames.items()}}
-
     monkeypatch.setattr(uploads, "_CSV_BLOCK_BYTES", 2048)
     for data, kinds_of in zip(files, (uploads._ohlc_kinds, uploads._tick_kinds)):
         table = uploads._read_csv_table(data, kinds_of)
         assert table.columns[1].dtype == "category"  # only the fast reader encodes symbols
-    fast = [fields(parse_ohlc_csv(files[0])), fields(parse_tick_file(files[1]))]
+    fast = [parse_fields(parse_ohlc_csv(files[0])), parse_fields(parse_tick_file(files[1]))]
     assert fast[0]["n_accepted"] > 1000 and fast[0]["n_rejected"] > 20
     assert fast[1]["n_accepted"] > 500 and fast[1]["n_rejected"] > 500
     monkeypatch.setattr(uploads, "_read_unquoted_csv", lambda *args: None)
-    assert fields(parse_ohlc_csv(files[0])) == fast[0]
-    assert fields(parse_tick_file(files[1])) == fast[1]
+    assert parse_fields(parse_ohlc_csv(files[0])) == fast[0]
+    assert parse_fields(parse_tick_file(files[1])) == fast[1]
