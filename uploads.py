@@ -851,11 +851,10 @@ def _read_quoted_csv(raw: bytes, delimiter: str) -> _CsvTable:
                 column_chunks = [[] for _ in range(width)]
                 continue
             if len(fields) != width:
-                if len(fields) > width and all(not f.strip() for f in fields[width:]):
-                    fields = fields[:width]  # trailing delimiters left by spreadsheets
-                else:
+                if not _has_only_trailing_empties(fields, width):
                     ragged.append((start, f"expected {width} fields, found {len(fields)}", fields))
                     continue
+                fields = fields[:width]  # trailing delimiters left by spreadsheets
             rows.append(fields)
             lines.append(start)
             if len(rows) >= _CSV_CHUNK_ROWS:
@@ -880,6 +879,12 @@ def _read_quoted_csv(raw: bytes, delimiter: str) -> _CsvTable:
 
     return _CsvTable(header, {i: cells[i] for i in range(width)},
                      np.frombuffer(lines, dtype=np.int64), ragged, n_blank, row_texts)
+
+
+def _has_only_trailing_empties(fields: list[str], width: int) -> bool:
+    """Whether a row longer than the header holds only empty cells past it (trailing
+    delimiters left by spreadsheets): both readers then keep its first ``width`` cells."""
+    return len(fields) > width and all(not f.strip() for f in fields[width:])
 
 
 _NEWLINE_SCAN_BYTES = 1 << 20  # newline positions are found 1 MB at a time
@@ -1039,7 +1044,7 @@ def _read_unquoted_csv(
         fields = text.split(delimiter)
         if not text.strip() or all(not f.strip() for f in fields):
             blank_lines.append(line_number)
-        elif len(fields) > width and all(not f.strip() for f in fields[width:]):
+        elif _has_only_trailing_empties(fields, width):
             extra_rows.append((line_number, fields[:width]))  # trailing delimiters
         else:
             ragged.append((line_number, f"expected {width} fields, found {len(fields)}", fields))
