@@ -577,24 +577,24 @@ def _arrow_text_to_float(text, try_whole: bool = True) -> np.ndarray:
     ones matching ``_NUMBER_TEXT`` and leave the others NaN. Same values as pd.to_numeric.
     ``try_whole=False`` skips the cast of everything (a failing cast is slow: ~30 ms a
     1 MB block) when the caller knows the column holds text that is not a number."""
-    try:
-        if not try_whole:
-            raise pa.ArrowInvalid("not tried")
-        values = pa_compute.cast(text, pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        looks_numeric = pa_compute.match_substring_regex(text, _NUMBER_TEXT)
-        positions = np.flatnonzero(np.asarray(looks_numeric.to_numpy(zero_copy_only=False)))
-        out = np.full(len(text), np.nan)
-        if len(positions):  # a column of dates has none: nothing to cast
-            try:
-                picked = pa_compute.cast(text.take(pa.array(positions)), pa.float64())
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a form the regex let in
-                series = pd.Series(text.to_pylist(), dtype=object)
-                numbers = pd.to_numeric(series.where(series != "", None), errors="coerce")
-                return np.array(numbers.to_numpy(dtype=np.float64, na_value=np.nan))
-            out[positions] = picked.to_numpy(zero_copy_only=False)
-        return out
-    return np.array(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+    if try_whole:
+        try:
+            values = pa_compute.cast(text, pa.float64())
+            return np.array(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # some cells are not numbers: cast only those that look like one
+    looks_numeric = pa_compute.match_substring_regex(text, _NUMBER_TEXT)
+    positions = np.flatnonzero(np.asarray(looks_numeric.to_numpy(zero_copy_only=False)))
+    out = np.full(len(text), np.nan)
+    if len(positions):  # a column of dates has none: nothing to cast
+        try:
+            picked = pa_compute.cast(text.take(pa.array(positions)), pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a form the regex let in
+            series = pd.Series(text.to_pylist(), dtype=object)
+            numbers = pd.to_numeric(series.where(series != "", None), errors="coerce")
+            return np.array(numbers.to_numpy(dtype=np.float64, na_value=np.nan))
+        out[positions] = picked.to_numpy(zero_copy_only=False)
+    return out
 
 
 class _Reasons:
