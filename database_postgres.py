@@ -58,6 +58,7 @@ import logging
 import re
 import sqlite3
 import threading
+import weakref
 import zlib
 from collections.abc import Iterable, Sequence
 
@@ -495,10 +496,37 @@ def begin_write(conn: PgConnection, trades: Sequence[tuple], symbols: Iterable[s
     consistent; they are taken in one sorted order, so two writers never deadlock.
     """
     ensure_partitions(conn, {_day_start(trade[2]) for trade in trades})
+    _ensure_staging(conn)  # before BEGIN: created once per session, not once per batch
     conn.execute("BEGIN")
     keys = sorted({zlib.crc32(f"ticks:{symbol}".encode()) for symbol in symbols})
     conn.execute("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(?::bigint[]) AS k "
                  "ORDER BY 1) AS ordered", (keys,))
+
+
+# The session's staging tables for COPY: emptied at every COMMIT, so one set serves every batch.
+_STAGING_TABLES = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS incoming_ticks (LIKE ticks, "
+    "arrival bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DELETE ROWS",
+    *(f"CREATE TEMPORARY TABLE IF NOT EXISTS incoming_{table} (LIKE {table}) "
+      "ON COMMIT DELETE ROWS" for table in ("bars_1s", "bars_1m")),
+)
+_STAGED_SESSIONS: "weakref.WeakSet" = weakref.WeakSet()  # raw connections holding them
+
+
+def _ensure_staging(conn: PgConnection):
+    """The raw connection, with the staging tables created unless this session has them.
+
+    Recorded only when created outside a transaction: a rolled-back ``CREATE TEMPORARY
+    TABLE`` vanishes, so inside one the (cheap, idempotent) DDL is simply run again next
+    time. A replaced (broken) connection is a new object, so it creates its own.
+    """
+    raw = conn._usable()
+    if raw not in _STAGED_SESSIONS:
+        for statement in _STAGING_TABLES:
+            conn.execute(statement)
+        if not conn.in_transaction:
+            _STAGED_SESSIONS.add(raw)
+    return raw
 
 
 def insert_new_ticks(conn: PgConnection, trades: Sequence[tuple]) -> list[tuple]:
@@ -507,12 +535,9 @@ def insert_new_ticks(conn: PgConnection, trades: Sequence[tuple]) -> list[tuple]
     the table is emptied at COMMIT, and a rolled-back batch's rows vanish with it."""
     import psycopg
 
-    raw = conn._usable()
+    raw = _ensure_staging(conn)
     try:
         with raw.cursor() as cursor:
-            cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS incoming_ticks (LIKE ticks, "
-                           "arrival bigint GENERATED ALWAYS AS IDENTITY) "
-                           "ON COMMIT DELETE ROWS")
             with cursor.copy(f"COPY incoming_ticks ({TICK_INSERT_COLUMNS}) FROM STDIN") as copy:
                 for symbol, trade_id, ts, price, qty, maker, received in trades:
                     copy.write_row((symbol, trade_id, ts, price, qty, int(maker), received))
@@ -545,11 +570,9 @@ def merge_bars(conn: PgConnection, merge_sql: str, rows: list[tuple]) -> None:
     staging = f"incoming_{table.group(1)}"  # one of two fixed names
     import psycopg
 
-    raw = conn._usable()
+    raw = _ensure_staging(conn)
     try:
         with raw.cursor() as cursor:
-            cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} "
-                           f"(LIKE {table.group(1)}) ON COMMIT DELETE ROWS")
             with cursor.copy(f"COPY {staging} FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
