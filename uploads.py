@@ -743,8 +743,11 @@ def _cell_texts(column: pd.Series | _NumberCells, positions: np.ndarray) -> list
 
 
 def _head(column: pd.Series | _NumberCells | None, n: int):
-    if column is None or isinstance(column, _NumberCells):
-        return None if column is None else column.head(n)
+    """The first ``n`` rows of a column (None stays None: an optional column left out)."""
+    if column is None:
+        return None
+    if isinstance(column, _NumberCells):
+        return column.head(n)
     return column.iloc[:n].reset_index(drop=True)
 
 
