@@ -58,6 +58,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
+import bench_ingest  # noqa: E402  (bench/bench_ingest.py: start_market)
 import database  # noqa: E402
 import database_postgres  # noqa: E402
 import market  # noqa: E402
@@ -166,17 +167,10 @@ MARKET_START_MS = START_MS
 def start_market(symbols: str, trades: int, seed: int) -> tuple[subprocess.Popen, str]:
     """market.py at full speed: exactly ``trades`` aggTrade frames, the same ones for the
     same seed and symbols (fixed start, no placeholders, no REST history)."""
-    process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "market.py"), "--speed", "0", "--max-trades",
-         str(trades), "--seed", str(seed), "--symbols", symbols, "--start-ms",
-         str(MARKET_START_MS), "--na-probability", "0", "--history", "0",
-         "--kline-history", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    url = process.stdout.readline().strip()
-    if not url.startswith("ws://"):
-        process.kill()
-        raise RuntimeError(f"market did not start: {url!r}")
-    return process, url
+    return bench_ingest.start_market(
+        "--speed", "0", "--max-trades", str(trades), "--seed", str(seed), "--symbols", symbols,
+        "--start-ms", str(MARKET_START_MS), "--na-probability", "0", "--history", "0",
+        "--kline-history", "0")
 
 
 def start_collector(url: str, symbols: str, target: str, workdir: str) -> subprocess.Popen:
