@@ -1708,12 +1708,8 @@ def _validate_ohlc(
     table.columns.pop(columns["time"])
 
     codes, names = _symbol_codes(text.get("symbol"), n, default_symbol)
-    symbol_ok = (names != "")[codes]
-    reasons.add(~symbol_ok, "symbol is missing")
+    symbol_ok = _check_symbols(codes, names, text.get("symbol"), reasons)
     if "symbol" in columns:
-        invalid = symbol_ok & ~_valid_symbols(pd.Series(names, dtype="str"))[codes]
-        reasons.add(invalid, "symbol '", text["symbol"], _SYMBOL_RULE)
-        symbol_ok = symbol_ok & ~invalid
         del text["symbol"]
         table.columns.pop(columns["symbol"])
 
@@ -1881,6 +1877,21 @@ def _usable_vwap(
         )
     vwap[zero | unusable | outside | ~np.isfinite(vwap)] = np.nan
     return vwap
+
+
+def _check_symbols(codes: np.ndarray, names: np.ndarray, column: pd.Series | None,
+                   reasons: _Reasons, active: np.ndarray | None = None) -> np.ndarray:
+    """Add "symbol is missing" and, when the file has a symbol ``column``, "symbol '…' is
+    not valid" (the live rule) to the ``active`` rows; True where the symbol is usable.
+    The rule runs once per distinct name (``names[codes]``, see ``_symbol_codes``)."""
+    active = np.ones(len(codes), dtype=bool) if active is None else active
+    present = (names != "")[codes]
+    reasons.add(active & ~present, "symbol is missing")
+    if column is None:  # every row has the chosen default symbol
+        return present
+    usable = present & _valid_symbols(pd.Series(names, dtype="str"))[codes]
+    reasons.add(active & present & ~usable, "symbol '", column, _SYMBOL_RULE)
+    return usable
 
 
 def _symbol_codes(
@@ -2547,10 +2558,7 @@ def _validate_ticks(
     # A column is dropped once its checks are done (the raw lines are read again).
     columns.time = None
     codes, names = _symbol_codes(columns.symbol, n, None)
-    present = (names != "")[codes]
-    reasons.add(live & ~present, "symbol is missing")
-    valid_name = _valid_symbols(pd.Series(names, dtype="str"))
-    reasons.add(live & present & ~valid_name[codes], "symbol '", columns.symbol, _SYMBOL_RULE)
+    _check_symbols(codes, names, columns.symbol, reasons, active=live)
     columns.symbol = None
     for column, name in ((columns.price, "price"), (columns.qty, columns.qty_name)):
         _check_numbers(column, name, reasons, required=True, rule="positive", active=live)
