@@ -1256,66 +1256,9 @@ def _parse_times(
 
     if is_string.any():
         string_rows = np.flatnonzero(is_string)
-        if isinstance(text, _NumberCells):  # the cells that are not numbers, read again
-            iso = _text_column(text.texts, string_rows)
-        elif len(string_rows) == n:  # all rows strings (the usual case): no copy
-            iso = text
-        else:
-            iso = text.iloc[string_rows].reset_index(drop=True)
-        utc_word = iso.str.contains(r"(?i)(?:UTC|GMT)$", regex=True).to_numpy(dtype=bool)
-        if utc_word.any():
-            iso = iso.copy()  # never edit the caller's column
-            iso[utc_word] = iso[utc_word].str.replace(_UTC_WORD_SUFFIX, "+00:00", regex=True)
-        aware = iso.str.contains(_ZONE_SUFFIX, regex=True).to_numpy(dtype=bool)
-        parsed_us = np.zeros(len(iso), dtype=np.int64)
-        parsed = np.zeros(len(iso), dtype=bool)
-        unreadable = np.zeros(len(iso), dtype=bool)
-        if aware.any():
-            stamps = _to_datetime_in_chunks(_rows_of(iso, aware), utc=True, format="ISO8601")
-            good = stamps.notna().to_numpy()
-            rows = np.flatnonzero(aware)
-            parsed_us[rows[good]] = _epoch_us(stamps)[good]
-            del stamps
-            parsed[rows[good]] = True
-            unreadable[rows[~good]] = True
-            if good.any():
-                formats.append("ISO-8601 with zone")
-        if (~aware).any():
-            rows = np.flatnonzero(~aware)
-            wall = _to_datetime_in_chunks(_rows_of(iso, ~aware), format="ISO8601")
-            if isinstance(wall.dtype, pd.DatetimeTZDtype):
-                raise _UploadError("could not tell times with a zone from times without one")
-            if naive_timezone == "UTC":  # wall-clock time is UTC: nothing to localize
-                local = wall
-            else:
-                local = wall.dt.tz_localize(naive_timezone, ambiguous="NaT", nonexistent="NaT")
-            good = local.notna().to_numpy()
-            wall_ok = wall.notna().to_numpy()
-            parsed_us[rows[good]] = _epoch_us(local)[good]
-            del local
-            parsed[rows[good]] = True
-            unreadable[rows[~wall_ok]] = True
-            n_naive = int(good.sum())
-            if n_naive:
-                formats.append(f"ISO-8601 naive ({naive_timezone})")
-            dst = wall_ok & ~good
-            if dst.any():
-                # An ambiguous time survives when told which side to take; a missing one never.
-                retry = wall[dst].dt.tz_localize(
-                    naive_timezone, ambiguous=np.ones(int(dst.sum()), dtype=bool), nonexistent="NaT"
-                )
-                problem = string_rows[rows[dst]]
-                gap = np.zeros(n, dtype=bool)
-                overlap = np.zeros(n, dtype=bool)
-                gap[problem[retry.isna().to_numpy()]] = True
-                overlap[problem[retry.notna().to_numpy()]] = True
-                where = f"' does not exist in {naive_timezone} (clocks jump forward)"
-                reasons.add(gap, "local time '", text, where)
-                where = f"' is ambiguous in {naive_timezone} (clocks fall back)"
-                reasons.add(overlap, "local time '", text, where)
-        bad = np.zeros(n, dtype=bool)
-        bad[string_rows[unreadable]] = True
-        reasons.add(bad, "unparseable time '", text, "'")
+        parsed_us, parsed, iso_formats, n_naive = _parse_iso_times(
+            text, string_rows, naive_timezone, reasons)
+        formats.extend(iso_formats)
         ts_us[string_rows[parsed]] = parsed_us[parsed]
         ok[string_rows[parsed]] = True
 
@@ -1388,6 +1331,80 @@ def _parse_times(
     ts_us //= 1000  # now milliseconds
     ts_us[~ok] = 0
     return _ParsedTimes(ts_us, ok, " + ".join(formats) or "none", n_naive, n_submillisecond)
+
+
+def _parse_iso_times(
+    text: pd.Series | _NumberCells, string_rows: np.ndarray, naive_timezone: str,
+    reasons: _Reasons,
+) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """The ISO-8601 branch of ``_parse_times``, for the rows at ``string_rows`` (cells that
+    are neither empty nor numbers): (microseconds, parsed, formats seen, naive count), the
+    first two indexed like ``string_rows``. Adds the reasons of the rows it cannot use
+    (a local time in a DST gap or overlap, an unparseable time)."""
+    n = len(text)
+    formats: list[str] = []
+    n_naive = 0
+    if isinstance(text, _NumberCells):  # the cells that are not numbers, read again
+        iso = _text_column(text.texts, string_rows)
+    elif len(string_rows) == n:  # all rows strings (the usual case): no copy
+        iso = text
+    else:
+        iso = text.iloc[string_rows].reset_index(drop=True)
+    utc_word = iso.str.contains(r"(?i)(?:UTC|GMT)$", regex=True).to_numpy(dtype=bool)
+    if utc_word.any():
+        iso = iso.copy()  # never edit the caller's column
+        iso[utc_word] = iso[utc_word].str.replace(_UTC_WORD_SUFFIX, "+00:00", regex=True)
+    aware = iso.str.contains(_ZONE_SUFFIX, regex=True).to_numpy(dtype=bool)
+    parsed_us = np.zeros(len(iso), dtype=np.int64)
+    parsed = np.zeros(len(iso), dtype=bool)
+    unreadable = np.zeros(len(iso), dtype=bool)
+    if aware.any():
+        stamps = _to_datetime_in_chunks(_rows_of(iso, aware), utc=True, format="ISO8601")
+        good = stamps.notna().to_numpy()
+        rows = np.flatnonzero(aware)
+        parsed_us[rows[good]] = _epoch_us(stamps)[good]
+        del stamps
+        parsed[rows[good]] = True
+        unreadable[rows[~good]] = True
+        if good.any():
+            formats.append("ISO-8601 with zone")
+    if (~aware).any():
+        rows = np.flatnonzero(~aware)
+        wall = _to_datetime_in_chunks(_rows_of(iso, ~aware), format="ISO8601")
+        if isinstance(wall.dtype, pd.DatetimeTZDtype):
+            raise _UploadError("could not tell times with a zone from times without one")
+        if naive_timezone == "UTC":  # wall-clock time is UTC: nothing to localize
+            local = wall
+        else:
+            local = wall.dt.tz_localize(naive_timezone, ambiguous="NaT", nonexistent="NaT")
+        good = local.notna().to_numpy()
+        wall_ok = wall.notna().to_numpy()
+        parsed_us[rows[good]] = _epoch_us(local)[good]
+        del local
+        parsed[rows[good]] = True
+        unreadable[rows[~wall_ok]] = True
+        n_naive = int(good.sum())
+        if n_naive:
+            formats.append(f"ISO-8601 naive ({naive_timezone})")
+        dst = wall_ok & ~good
+        if dst.any():
+            # An ambiguous time survives when told which side to take; a missing one never.
+            retry = wall[dst].dt.tz_localize(
+                naive_timezone, ambiguous=np.ones(int(dst.sum()), dtype=bool), nonexistent="NaT"
+            )
+            problem = string_rows[rows[dst]]
+            gap = np.zeros(n, dtype=bool)
+            overlap = np.zeros(n, dtype=bool)
+            gap[problem[retry.isna().to_numpy()]] = True
+            overlap[problem[retry.notna().to_numpy()]] = True
+            where = f"' does not exist in {naive_timezone} (clocks jump forward)"
+            reasons.add(gap, "local time '", text, where)
+            where = f"' is ambiguous in {naive_timezone} (clocks fall back)"
+            reasons.add(overlap, "local time '", text, where)
+    bad = np.zeros(n, dtype=bool)
+    bad[string_rows[unreadable]] = True
+    reasons.add(bad, "unparseable time '", text, "'")
+    return parsed_us, parsed, formats, n_naive
 
 
 def _rows_of(column: pd.Series, mask: np.ndarray) -> pd.Series:
