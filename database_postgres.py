@@ -71,6 +71,19 @@ POOL_MAX_SIZE = 20            # connections per URL per process (writer, backfil
 POOL_TIMEOUT_S = 10.0         # how long connect waits for a connection (server down: error)
 _SCHEMA_LOCK_KEY = 0x7E1C_0001  # advisory lock serialising schema and partition DDL
 
+# The columns bars_1s, bars_1m and klines_1m share (bars add the first/last trade after them).
+_OHLCV_COLUMNS = """
+        symbol text NOT NULL,
+        ts bigint NOT NULL,
+        open double precision NOT NULL,
+        high double precision NOT NULL,
+        low double precision NOT NULL,
+        close double precision NOT NULL,
+        volume double precision NOT NULL,
+        buy_volume double precision NOT NULL,
+        trades integer NOT NULL,
+        notional double precision NOT NULL"""
+
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (
         key text PRIMARY KEY,
@@ -86,17 +99,7 @@ SCHEMA = (
         PRIMARY KEY (symbol, ts, trade_id)
     ) PARTITION BY RANGE (ts)""",
     "CREATE INDEX IF NOT EXISTS ticks_symbol_trade_id ON ticks (symbol, trade_id)",
-    *(f"""CREATE TABLE IF NOT EXISTS {table} (
-        symbol text NOT NULL,
-        ts bigint NOT NULL,
-        open double precision NOT NULL,
-        high double precision NOT NULL,
-        low double precision NOT NULL,
-        close double precision NOT NULL,
-        volume double precision NOT NULL,
-        buy_volume double precision NOT NULL,
-        trades integer NOT NULL,
-        notional double precision NOT NULL,
+    *(f"""CREATE TABLE IF NOT EXISTS {table} ({_OHLCV_COLUMNS},
         first_ts bigint NOT NULL,
         first_id bigint NOT NULL,
         last_ts bigint NOT NULL,
@@ -126,17 +129,7 @@ SCHEMA = (
         volume double precision,
         vwap double precision,
         PRIMARY KEY (source, symbol, ts))""",
-    """CREATE TABLE IF NOT EXISTS klines_1m (
-        symbol text NOT NULL,
-        ts bigint NOT NULL,
-        open double precision NOT NULL,
-        high double precision NOT NULL,
-        low double precision NOT NULL,
-        close double precision NOT NULL,
-        volume double precision NOT NULL,
-        buy_volume double precision NOT NULL,
-        trades integer NOT NULL,
-        notional double precision NOT NULL,
+    f"""CREATE TABLE IF NOT EXISTS klines_1m ({_OHLCV_COLUMNS},
         PRIMARY KEY (symbol, ts))""",
     """CREATE TABLE IF NOT EXISTS gap_notes (
         symbol text NOT NULL,
