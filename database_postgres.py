@@ -62,9 +62,10 @@ import weakref
 import zlib
 from collections.abc import Iterable, Sequence
 
+from config import DATABASE_URL_PREFIXES as URL_PREFIXES  # what Settings takes as a server
+
 log = logging.getLogger(__name__)
 
-URL_PREFIXES = ("postgresql://", "postgres://")
 DAY_MS = 86_400_000
 PARTITIONS_AHEAD = 2          # days after today created with the schema
 POOL_MAX_SIZE = 20            # connections per URL per process (writer, backfill, page reads)
