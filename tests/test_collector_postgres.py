@@ -124,6 +124,8 @@ def test_standby_pair_on_the_same_symbols_loses_nothing_when_one_is_killed(postg
                           qty=0.001 * (1 + i % 7), buyer_is_maker=bool(i % 3))
               for i in range(1, per_symbol + 1) for k, symbol in enumerate(("BTCUSDT",
                                                                              "ETHUSDT"))]
+    # A new trade after the re-sends: once it is stored, the survivor has received all.
+    last = trade_frame("BTCUSDT", per_symbol + 1, T0 + 10 * (per_symbol + 1), 87000.0)
     halfway = threading.Event()
     connected = [threading.Event(), threading.Event()]
 
@@ -140,6 +142,7 @@ def test_standby_pair_on_the_same_symbols_loses_nothing_when_one_is_killed(postg
                 halfway.set()
         for frame in frames[:200]:  # the server re-sends old trades (to the survivor)
             await connection.send(frame)
+        await connection.send(last)  # stored once the survivor has read the re-sends too
         await hold_open(connection, 60)
 
     args = ["--feed", "binance-futures", "--stream", "trade", "--symbols", "btcusdt,ethusdt",
@@ -161,7 +164,7 @@ def test_standby_pair_on_the_same_symbols_loses_nothing_when_one_is_killed(postg
                 conn = database.connect(postgres_db, readonly=True)
                 try:
                     return conn.execute("SELECT count(*) FROM ticks").fetchone()[0] == len(
-                        frames)
+                        frames) + 1
                 finally:
                     conn.close()
 
@@ -175,12 +178,13 @@ def test_standby_pair_on_the_same_symbols_loses_nothing_when_one_is_killed(postg
                     process.wait(10)
     assert survivor.returncode == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["received"] == len(frames) + 200
+    assert summary["received"] == len(frames) + 200 + 1
     # What the survivor did not store was stored by the other one or re-sent: duplicates.
-    assert summary["stored"] + summary["duplicates"] == len(frames) + 200
+    assert summary["stored"] + summary["duplicates"] == len(frames) + 200 + 1
     assert summary["duplicates"] >= 200
     ticks, bars, gaps = read_back(postgres_db)
-    expected = sorted((json.loads(f)["data"]["s"], json.loads(f)["data"]["t"]) for f in frames)
+    expected = sorted((json.loads(f)["data"]["s"], json.loads(f)["data"]["t"])
+                      for f in [*frames, last])
     assert sorted(zip(ticks.symbol, ticks.trade_id)) == expected
     assert_bars_equal(bars, reference_bars_1s(ticks))
     assert gaps.empty
