@@ -91,6 +91,63 @@ def build_all_time_figures(seed=0, n=600, inputs=None, **options):
 TIME_BUILDERS = ["candles", "overlay", "spread", "zscore", "beta", "correlation", "equity"]
 
 
+@pytest.fixture(autouse=True)
+def validated_figures(monkeypatch):
+    """Every figure built in this module goes through Plotly's property checks (the page
+    skips them, ``viz.VALIDATE_FIGURES``): a misspelt or invalid property fails here."""
+    monkeypatch.setattr(viz, "VALIDATE_FIGURES", True)
+
+
+def build_every_figure(seed=0):
+    """Every builder, in every style and with markers, crosshair and light colours."""
+    inputs = make_inputs(seed, 1_500)  # more bars than candles: aggregated candles too
+    figures = build_all_time_figures(inputs=inputs, tz="Europe/Berlin")
+    for style in viz.CHART_STYLES:
+        for log_y in (False, True):
+            figures[f"{style}|{log_y}"] = viz.candlestick_figure(
+                inputs["bars_y"], "ETHUSDT", style=style, log_y=log_y)
+    marked = viz.zscore_figure(inputs["s"], 2.0, 0.5)
+    viz.add_markers(marked, inputs["s"].index[[10, 500]], inputs["s"], "long entry",
+                    hover=["a", "b"])
+    figures["marked"] = viz.apply_colors(viz.add_crosshair(marked), "light")
+    figures["heatmap"] = viz.heatmap_figure(
+        pd.DataFrame([[1.0, np.nan], [0.3, 1.0]], index=["A", "B"], columns=["A", "B"]),
+        "corr", zmin=-1, zmax=1)
+    figures["empty"] = viz.empty_figure("nothing yet")
+    figures["zoomed"] = viz.show_time_range(viz.candlestick_figure(inputs["bars_y"], "E"),
+                                            [START_MS + 100_000.0, START_MS + 400_000.0])
+    return figures
+
+
+def test_figures_built_without_validation_serialise_exactly_as_validated_ones(monkeypatch):
+    # as parsed JSON: the order of keys inside a property may differ, nothing else
+    validated = {name: json.loads(fig.to_json()) for name, fig in build_every_figure().items()}
+    monkeypatch.setattr(viz, "VALIDATE_FIGURES", False)
+    unvalidated = build_every_figure()
+    assert not unvalidated["candles"]._validate  # the page's path: no property checks
+    assert set(unvalidated) == set(validated)
+    for name, fig in unvalidated.items():
+        assert json.loads(fig.to_json()) == validated[name], name
+
+
+def test_validation_is_on_in_these_tests_and_catches_a_bad_property():
+    with pytest.raises(ValueError, match="colour"):
+        viz.go.Scatter(_validate=viz.VALIDATE_FIGURES, colour="red")
+
+
+def test_crosshair_and_recolouring_equal_plotlys_axis_updates():
+    fig = viz.candlestick_figure(make_bars(50), "BTCUSDT")
+    expected = viz.go.Figure(fig)
+    expected.update_xaxes(showspikes=True, spikemode="across", spikesnap="cursor",
+                          spikethickness=1, spikedash="dot", spikecolor=viz.BAND_COLOR)
+    assert json.loads(viz.add_crosshair(fig).to_json()) == json.loads(expected.to_json())
+    expected.update_layout(template=viz._theme_layout("light", "x")["template"])
+    expected.update_xaxes(**viz._axis_style("light"))
+    expected.update_yaxes(**viz._axis_style("light"))
+    assert json.loads(viz.apply_colors(fig, "light").to_json()) == \
+        json.loads(expected.to_json())
+
+
 # --------------------------------------------------------------------------------------
 # figure contract: float epoch-ms x, date axis, no ISO strings, constant uirevision
 # --------------------------------------------------------------------------------------
