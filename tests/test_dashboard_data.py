@@ -373,3 +373,78 @@ def test_newest_prices_are_the_newest_stored_trades_by_time_then_id(tmp_path):
     conn.close()
     btc, eth, sol = dd.newest_prices(path, ("btcusdt", "ETHUSDT", "SOLUSDT"))
     assert (btc, eth) == (101.5, 3_000.25) and math.isnan(sol)
+
+
+# --------------------------------------------------------------------------------------
+# reused read-only connections (dd.reading)
+# --------------------------------------------------------------------------------------
+
+def _bar_count(db: str) -> int:  # rows written by _store_bar
+    with dd.reading(db) as conn:
+        return conn.execute("SELECT COUNT(*) FROM meta WHERE key LIKE 'test %'").fetchone()[0]
+
+
+def _store_bar(db: str, ts: int) -> None:
+    with dd.writing(db) as conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, '')", (f"test {ts}",))
+
+
+def test_a_reused_read_connection_sees_every_later_commit(tmp_path):
+    db = str(tmp_path / "live.db")
+    database.connect(db).close()
+    with dd.reading(db) as first:
+        pass
+    with dd.reading(db) as again:
+        assert again is first  # kept for the next read, not opened anew
+    for n in range(1, 4):
+        _store_bar(db, 1_000 * n)
+        assert _bar_count(db) == n
+
+
+def test_a_file_replaced_at_the_same_path_is_read_afresh(tmp_path):
+    db = str(tmp_path / "live.db")
+    database.connect(db).close()
+    _store_bar(db, 1_000)
+    assert _bar_count(db) == 1
+    other = str(tmp_path / "other.db")
+    database.connect(other).close()
+    for ts in (1_000, 2_000, 3_000):
+        _store_bar(other, ts)
+    for suffix in ("", "-wal", "-shm"):
+        if Path(other + suffix).exists():
+            Path(other + suffix).replace(db + suffix)
+        else:
+            Path(db + suffix).unlink(missing_ok=True)
+    assert _bar_count(db) == 3
+
+
+def test_a_read_that_raised_does_not_return_its_connection(tmp_path):
+    db = str(tmp_path / "live.db")
+    database.connect(db).close()
+    with pytest.raises(ZeroDivisionError):
+        with dd.reading(db) as broken:
+            conn = broken
+            1 / 0
+    with dd.reading(db) as fresh:
+        assert fresh is not conn
+    with pytest.raises(FileNotFoundError):
+        with dd.reading(str(tmp_path / "missing.db")):
+            pass
+
+
+def test_concurrent_reads_never_share_a_connection(tmp_path):
+    db = str(tmp_path / "live.db")
+    database.connect(db).close()
+    with dd.reading(db) as outer, dd.reading(db) as inner:
+        assert outer is not inner
+    kept = dd._READERS[db][1]
+    assert len(kept) == 2 and len(kept) <= dd.READERS_KEPT
+
+
+def test_connections_are_kept_for_a_few_files_only(tmp_path):
+    paths = [str(tmp_path / f"db{i}.db") for i in range(dd.READER_FILES_KEPT + 3)]
+    for db in paths:
+        database.connect(db).close()
+        assert _bar_count(db) == 0
+    assert list(dd._READERS)[-dd.READER_FILES_KEPT:] == paths[-dd.READER_FILES_KEPT:]
+    assert not set(paths[:3]) & set(dd._READERS)  # their connections are closed
