@@ -2654,19 +2654,54 @@ def _segmented_kalman(y: pd.Series, x: pd.Series, numbers: np.ndarray,
             continue
         key = None
         if cache is not None:
-            digest = hashlib.blake2b(digest_size=16)
-            for values in (y.to_numpy()[lo:hi], x.to_numpy()[lo:hi], numbers[lo:hi]):
-                digest.update(np.ascontiguousarray(values).tobytes())
-            key = ("kalman", bool(log_prices), k, digest.digest())
+            key = ("kalman", bool(log_prices), k, _rows_digest(y, x, numbers, lo, hi))
             if key in cache:
                 parts.append(cache[key].set_axis(y.index[mid:hi]))
                 continue
-        run = kalman_hedge(y.iloc[lo:hi], x.iloc[lo:hi], log_prices=log_prices).frame
+        run = _kalman_run(y, x, numbers, int(lo), int(hi), log_prices, cache, k)
         part = run.iloc[mid - lo:]
         if key is not None:
             cache[key] = part
         parts.append(part)
     return pd.concat(parts)
+
+
+def _rows_digest(y: pd.Series, x: pd.Series, numbers: np.ndarray, lo: int, hi: int) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for values in (y.to_numpy()[lo:hi], x.to_numpy()[lo:hi], numbers[lo:hi]):
+        digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.digest()
+
+
+def _kalman_run(y: pd.Series, x: pd.Series, numbers: np.ndarray, lo: int, hi: int,
+                log_prices: bool, cache: dict | None, segment_number: int) -> pd.DataFrame:
+    """``kalman_hedge(...).frame`` of rows ``[lo, hi)``, continued where possible.
+
+    With a ``cache``, the filter's state after all rows but the last is kept: the next
+    call whose rows start with the same ones (a live refresh adds bars and changes the
+    forming last one) filters only the rows after them. Exact, not an approximation: the
+    state after a row is all the filter carries to the next (``kalman_hedge(state=...)``).
+    """
+    if cache is None or hi - lo < 2:
+        return kalman_hedge(y.iloc[lo:hi], x.iloc[lo:hi], log_prices=log_prices).frame
+    first = np.array([y.to_numpy()[lo], x.to_numpy()[lo], numbers[lo]], dtype=np.float64)
+    key = ("kalman-run", bool(log_prices), segment_number, first.tobytes())
+    done, head, state = 0, None, None
+    held = cache.get(key)
+    if held is not None:
+        length, digest, frame, state_after = held
+        if lo + length < hi and digest == _rows_digest(y, x, numbers, lo, lo + length):
+            done, head, state = length, frame, state_after
+    settled = hi - 1  # the last row may be a forming bar: keep the state before it
+    if lo + done < settled:
+        rows = slice(lo + done, settled)
+        run = kalman_hedge(y.iloc[rows], x.iloc[rows], state=state) if state is not None \
+            else kalman_hedge(y.iloc[rows], x.iloc[rows], log_prices=log_prices)
+        head = run.frame if head is None else pd.concat([head, run.frame])
+        state = run.state
+        cache[key] = (settled - lo, _rows_digest(y, x, numbers, lo, settled), head, state)
+    last = kalman_hedge(y.iloc[settled:hi], x.iloc[settled:hi], state=state).frame
+    return pd.concat([head, last])
 
 
 def history_bars(method: str, window: int, z_window: int | None = None) -> int:

@@ -263,25 +263,28 @@ def test_fit_cache_changes_no_number_and_a_refresh_recomputes_only_the_newest_fi
     # Mistakes caught: a memo key that misses part of the input (a stale fit served for
     # other data), and a memo that never hits (every refresh refits the whole history).
     y, x = make_pair(n=5_000, beta=1.2, seed=12)
-    calls = []
+    calls = []  # rows given to each call (Kalman: rows filtered)
     original = getattr(analytics, fitter)
-    monkeypatch.setattr(analytics, fitter,
-                        lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    monkeypatch.setattr(analytics, fitter, lambda *args, **kwargs: calls.append(
+        len(args[0])) or original(*args, **kwargs))
     cache: dict = {}
     for n in (4_000, 4_001, 4_040):  # load, a refresh with one new bar, one 39 bars later
         calls.clear()
         memo = analytics.pair_signals(y.iloc[:n], x.iloc[:n], method=method, window=200,
                                       bar_ms=1000, fit_cache=cache).frame
-        memo_calls = len(calls)
+        memo_calls, memo_rows = len(calls), sum(calls)
         cold = analytics.pair_signals(y.iloc[:n], x.iloc[:n], method=method, window=200,
                                       bar_ms=1000).frame
         pd.testing.assert_frame_equal(memo, cold, check_exact=True)
         if n == 4_000:
             assert memo_calls >= fits_cold
         elif method == "kalman":
-            assert memo_calls == 1  # only the filter serving the newest segment re-runs
+            # only the filter serving the newest segment runs, from its state before the
+            # previous call's last row: over the new rows and that one
+            assert memo_rows == n - previous + 1
         else:
             assert memo_calls <= 1  # a fit uses bars before its refit bar: the newest one
+        previous = n
     # Different data of the same length hits no stale entry.
     y_other = y.iloc[:4_040] * 1.01
     pd.testing.assert_frame_equal(
@@ -289,3 +292,31 @@ def test_fit_cache_changes_no_number_and_a_refresh_recomputes_only_the_newest_fi
                                bar_ms=1000, fit_cache=cache).frame,
         analytics.pair_signals(y_other, x.iloc[:4_040], method=method, window=200,
                                bar_ms=1000).frame, check_exact=True)
+
+
+def test_kalman_continued_over_a_changing_forming_bar_and_gaps_equals_a_fresh_run(
+        monkeypatch):
+    # Mistake caught: a filter continued from a state that had absorbed the old value of
+    # the forming bar (a live refresh changes the last bar's close with every trade).
+    y, x = make_pair(n=3_000, beta=0.9, seed=21)
+    y.iloc[[500, 2_950]] = np.nan  # gaps: not absorbed, time passes
+    rows = []
+    original = analytics.kalman_hedge
+    monkeypatch.setattr(analytics, "kalman_hedge", lambda *a, **k: rows.append(len(a[0]))
+                        or original(*a, **k))
+    cache: dict = {}
+    steps = [(2_900, 1.0), (2_900, 1.0001), (2_901, 0.9999), (2_960, 1.0), (2_960, 1.0002)]
+    for n, forming in steps:
+        y_now = y.iloc[:n].copy()
+        y_now.iloc[-1] *= forming  # the forming bar's close moved
+        rows.clear()
+        memo = analytics.pair_signals(y_now, x.iloc[:n], method="kalman", window=60,
+                                      bar_ms=1000, fit_cache=cache).frame
+        filtered = sum(rows)
+        cold = analytics.pair_signals(y_now, x.iloc[:n], method="kalman", window=60,
+                                      bar_ms=1000).frame
+        pd.testing.assert_frame_equal(memo, cold, check_exact=True)
+        if n == 2_900 and forming == 1.0:
+            assert filtered == 2_900  # the first call filters everything
+        else:
+            assert filtered <= n - 2_899 + 1  # the rows after the first call's settled ones
