@@ -519,8 +519,8 @@ def chart(fig, key: str, link: str | None = None) -> None:
     window. A box on any of them sets the window of all (prices, spread, z, β, correlation,
     equity, the live strip), each y-axis fitted to the values inside it
     (``viz.show_time_range``), and the page reruns once so every chart shows it at once.
-    Linked charts get a crosshair with the unified hover. A figure is drawn in the
-    page's theme (light or dark).
+    Time charts come with a crosshair and the unified hover (``viz.CROSSHAIR``). A figure
+    is drawn in the page's theme (light or dark).
     """
     zoom_key = f"zoom|{link}" if link else f"zoom|{key}|{fig.layout.uirevision}"
     seen_key = f"zoom_seen|{key}"
@@ -541,8 +541,6 @@ def chart(fig, key: str, link: str | None = None) -> None:
         else:
             fig.update_layout({axis: {"range": bounds, "autorange": False}
                                for axis, bounds in zoom.items()})
-    if link:
-        viz.add_crosshair(fig)
     if page_theme() == "light":
         viz.apply_colors(fig, "light")
     fig.update_layout(dragmode="select")

@@ -76,6 +76,9 @@ RANGE_BUTTONS = (("15m", 15, "minute"), ("1h", 1, "hour"), ("6h", 6, "hour"),
 BAND_COLOR = "#8c8c8c"
 ENTRY_COLOR = "#ef8a3a"
 EXIT_COLOR = "#7f8c9a"
+# On every time axis: a vertical line through all subplots at the hovered time
+CROSSHAIR = dict(showspikes=True, spikemode="across", spikesnap="cursor", spikethickness=1,
+                 spikedash="dot", spikecolor=BAND_COLOR)
 
 _THEMES = {
     "dark": dict(
@@ -539,12 +542,14 @@ def time_axis_title(tz: str = "UTC") -> str:
 
 
 def _time_xaxis(tz: str) -> dict:
+    """A time axis: dates in zone ``tz`` and the crosshair (``CROSSHAIR``)."""
     return dict(
         type="date",
         title=dict(text=time_axis_title(tz)),
         hoverformat=TIME_HOVER_FORMAT,
         unifiedhovertitle=dict(text=f"%{{x|{TIME_HOVER_FORMAT}}} ({tz})"),
         rangeslider=dict(visible=False),
+        **CROSSHAIR,
     )
 
 
@@ -1333,10 +1338,9 @@ def show_time_range(fig: go.Figure, x_range, *, padding: float = 0.05) -> go.Fig
 
 def add_crosshair(fig: go.Figure) -> go.Figure:
     """A vertical crosshair line through every subplot at the hovered time (with the
-    figure's unified hover). Returns ``fig``, changed in place."""
-    spikes = dict(showspikes=True, spikemode="across", spikesnap="cursor", spikethickness=1,
-                  spikedash="dot", spikecolor=BAND_COLOR)
-    fig.update_layout({axis: spikes for axis in _axis_names(fig, "xaxis")})
+    figure's unified hover), for a figure not built here: the time charts built here have
+    it already. Returns ``fig``, changed in place."""
+    fig.update_layout({axis: CROSSHAIR for axis in _axis_names(fig, "xaxis")})
     return fig
 
 

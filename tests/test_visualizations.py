@@ -137,6 +137,7 @@ def test_validation_is_on_in_these_tests_and_catches_a_bad_property():
 
 def test_crosshair_and_recolouring_equal_plotlys_axis_updates():
     fig = viz.candlestick_figure(make_bars(50), "BTCUSDT")
+    fig.update_xaxes(showspikes=False)
     expected = viz.go.Figure(fig)
     expected.update_xaxes(showspikes=True, spikemode="across", spikesnap="cursor",
                           spikethickness=1, spikedash="dot", spikecolor=viz.BAND_COLOR)
@@ -919,10 +920,17 @@ def test_markers_sit_on_the_series_at_the_event_time():
         viz.add_markers(fig, events, z, "entry")
 
 
-def test_crosshair_spans_every_subplot():
-    fig = viz.add_crosshair(viz.candlestick_figure(make_bars(50), "BTCUSDT"))
+@pytest.mark.parametrize("name", TIME_BUILDERS)
+def test_every_time_chart_has_a_crosshair_across_its_subplots(name):
+    fig = build_all_time_figures()[name]
     assert fig.layout.xaxis.showspikes and fig.layout.xaxis.spikemode == "across"
     assert fig.layout.hovermode == "x unified"
+
+
+def test_crosshair_spans_every_subplot_of_a_figure_built_elsewhere():
+    fig = viz.go.Figure(layout=dict(xaxis=dict(domain=[0, 0.5]), xaxis2=dict(domain=[0.5, 1])))
+    viz.add_crosshair(fig)
+    assert fig.layout.xaxis.showspikes and fig.layout.xaxis2.spikemode == "across"
 
 
 def test_a_figure_recoloured_for_the_light_theme_keeps_its_layout():
