@@ -272,6 +272,48 @@ def test_align_forward_fills_levels_with_limit_and_reports_ages():
     assert frame.both_traded.tolist() == [False] + [True] * 4 + [False] * 10 + [True] * 5
 
 
+def _align_with_pandas(bars_y, bars_x, ffill_limit, bar_ms):
+    """The rule of ``analytics.align`` written with pandas reindex/ffill (its first form)."""
+    union = np.union1d(np.asarray(bars_y.index, dtype=np.int64),
+                       np.asarray(bars_x.index, dtype=np.int64))
+    index = pd.Index(union, dtype=np.int64, name="ts")
+    columns = {}
+    for leg, bars in (("y", bars_y), ("x", bars_x)):
+        bars = bars[~bars.index.duplicated(keep="last")]
+        traded = np.isfinite(bars["close"].to_numpy(dtype=float)) & ~(bars["trades"] <= 0)
+        traded = pd.Series(traded, index=bars.index).reindex(index, fill_value=False)
+        close = bars["close"].astype(float).reindex(index).where(traded)
+        last_trade_ts = pd.Series(np.where(traded, union, np.nan), index=index).ffill()
+        age = (union - last_trade_ts) / bar_ms
+        level = close.ffill()
+        if ffill_limit is not None:
+            level = level.where(age <= ffill_limit)
+        columns[leg], columns[f"{leg}_traded"], columns[f"{leg}_age_bars"] = level, traded, age
+    columns["both_traded"] = columns["y_traded"] & columns["x_traded"]
+    order = ("y", "x", "y_traded", "x_traded", "both_traded", "y_age_bars", "x_age_bars")
+    return pd.DataFrame({name: columns[name] for name in order}, index=index)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("ffill_limit", [None, 0, 5])
+def test_align_equals_the_pandas_formulation_on_sparse_legs(seed, ffill_limit):
+    # Sparse 1 s legs with gaps, re-sent (duplicate) bars, missing closes and zero-trade
+    # bars: every cell as the reindex/ffill formulation gives it.
+    rng = np.random.default_rng(seed)
+    legs = []
+    for share in (0.3, 0.8):
+        ts = np.flatnonzero(rng.random(3_000) < share).astype(np.int64) * 1_000 + 1_700_000_000_000
+        ts = np.sort(np.concatenate([ts, rng.choice(ts, 20)]))  # duplicates: last wins
+        close = np.exp(11.4 + np.cumsum(rng.normal(0, 1e-4, ts.size)))
+        close[rng.random(ts.size) < 0.02] = np.nan
+        trades = rng.integers(0, 5, ts.size)
+        legs.append(pd.DataFrame({"close": close, "trades": trades},
+                                 index=pd.Index(ts, name="ts")))
+    got = analytics.align(*legs, ffill_limit=ffill_limit, timeframe="1s").frame
+    pd.testing.assert_frame_equal(got, _align_with_pandas(*legs, ffill_limit, 1_000),
+                                  check_exact=True)
+
+
 def test_align_ffill_limit_zero_and_invalid():
     seconds = T0 + 1000 * np.arange(4)
     bars_y = bars_from_closes([1.0, 2, 3, 4], seconds)
