@@ -548,13 +548,24 @@ def build_pair_view(bars_y: pd.DataFrame, bars_x: pd.DataFrame, y_symbol: str, x
     """
     aligned = analytics.align(bars_y, bars_x, timeframe=timeframe)
     bar_ms = int(aligned.bar_ms)
-    signals = pair_history(aligned, method, window, z_window, log_prices)
+
+    def history(method: str, z_window: int | None) -> analytics.PairSignals:
+        # each method on the rows its values from display_from_ms on depend on (the
+        # loaded history reaches back to the Kalman anchor, up to 2 h more at 1 s bars)
+        rows = aligned
+        if display_from_ms is not None:
+            start = analytics.history_start(int(display_from_ms), bar_ms, method, window,
+                                            z_window)
+            rows = dataclasses.replace(aligned, frame=aligned.frame[aligned.frame.index >= start])
+        return pair_history(rows, method, window, z_window, log_prices)
+
+    signals = history(method, z_window)
     if method == "kalman":
         kalman = signals
-        rolling = pair_history(aligned, "ols", window, None, log_prices)
+        rolling = history("ols", None)
     else:
         rolling = signals
-        kalman = pair_history(aligned, "kalman", window, None, log_prices)
+        kalman = history("kalman", None)
     correlation = analytics.rolling_correlation(aligned.y, aligned.x, window,
                                                 co_traded=aligned.both_traded)
     # The filter spends its warm-up fitting its start: no β is drawn before it ends.

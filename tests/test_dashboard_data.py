@@ -175,8 +175,10 @@ def test_history_loaded_earlier_changes_no_value_shown(tmp_path):
         assert short.aligned.frame.index[0] >= newest - 40_000
         shown = short.signals.frame
         assert shown["z"].notna().sum() > 15, method
+        # equal up to the rounding of pandas' rolling sums, which depends on where the
+        # rows start (~1e-11 on a z near 0); a repainted value differs by orders more
         pd.testing.assert_frame_equal(shown, long.signals.frame.loc[shown.index],
-                                      check_exact=False, rtol=1e-9, atol=1e-12)
+                                      check_exact=False, rtol=1e-9, atol=1e-10)
 
 
 def test_the_pages_fit_memo_stays_bounded_and_changes_no_number():
