@@ -43,7 +43,8 @@ Fragment reruns (``fragments``)
     server runs a generated wrapper script (in a temporary directory) that replaces
     ``st.fragment`` by a version whose body is timed with ``time.perf_counter`` and then
     executes ``app.py`` unchanged in the script's namespace; each call appends
-    ``(time, function, kind, ms)`` to a log, kind = "fragment" for timer reruns and "full"
+    ``(time, function, kind, ms, CPU ms)`` to a log (CPU: ``time.thread_time``
+    of the script thread, so the difference is time spent waiting for the GIL or a core), kind = "fragment" for timer reruns and "full"
     for a whole-script run. The body is what a fragment rerun executes on the server:
     reading the newest bar times, the cached (or recomputed) pair view, building the
     Plotly figures and serialising them to the page; Streamlit's own bookkeeping around it
@@ -138,14 +139,15 @@ if not getattr(st.fragment, "bench_timed", False):
             def body(*args, **kwargs):
                 ctx = get_script_run_ctx()
                 kind = "fragment" if ctx is not None and ctx.fragment_ids_this_run else "full"
-                started = time.perf_counter()
+                started, started_cpu = time.perf_counter(), time.thread_time()
                 try:
                     return function(*args, **kwargs)
                 finally:
                     ms = (time.perf_counter() - started) * 1000
+                    cpu_ms = (time.thread_time() - started_cpu) * 1000
                     with open(log_path, "a") as handle:
                         handle.write(f"{{time.time():.3f}}\\t{{function.__name__}}\\t{{kind}}"
-                                     f"\\t{{ms:.2f}}\\n")
+                                     f"\\t{{ms:.2f}}\\t{{cpu_ms:.2f}}\\n")
             return real_fragment(body, **options)
         return decorate if func is None else decorate(func)
 
@@ -490,15 +492,17 @@ def time_first_render(page, url: str) -> tuple[float, float, float]:
 # --------------------------------------------------------------------------------------
 
 
-def read_timings(path: str, since: float) -> list[tuple[float, str, str, float]]:
+def read_timings(path: str, since: float) -> list[tuple[float, str, str, float, float]]:
+    """(time, function, kind, wall ms, CPU ms of the script thread) per fragment body."""
     rows = []
     if not os.path.exists(path):
         return rows
     with open(path) as handle:
         for line in handle:
             parts = line.rstrip("\n").split("\t")
-            if len(parts) == 4 and float(parts[0]) >= since:
-                rows.append((float(parts[0]), parts[1], parts[2], float(parts[3])))
+            if len(parts) == 5 and float(parts[0]) >= since:
+                rows.append((float(parts[0]), parts[1], parts[2], float(parts[3]),
+                             float(parts[4])))
     return rows
 
 
@@ -545,14 +549,19 @@ def fragments_bench(db_path: Path, tail_path: Path, meta: dict, reruns: int,
                                 break
                             page.wait_for_timeout(1000)
                         rows = read_timings(timing_file, since)
-                        tab_ms = [r[3] for r in rows if r[1] == function and r[2] == "fragment"]
-                        strip_ms = [r[3] for r in rows
-                                    if r[1] == "live_strip" and r[2] == "fragment"]
+                        tab_rows = [r for r in rows if r[1] == function and r[2] == "fragment"]
+                        strip_rows = [r for r in rows
+                                      if r[1] == "live_strip" and r[2] == "fragment"]
+                        tab_ms, strip_ms = [r[3] for r in tab_rows], [r[3] for r in strip_rows]
                         caption = page.inner_text('[data-testid="stMain"]')
                         bars = re.search(r"· (\d+) bars\b", caption)
                         name = f"{tf_label} bars, {lookback} lookback, {tab}"
                         print(f"  {name:38s} tab fragment {percentiles(tab_ms)} ms")
+                        print(f"  {'':38s}   its CPU    {percentiles([r[4] for r in tab_rows])}"
+                              " ms")
                         print(f"  {'':38s} live strip   {percentiles(strip_ms)} ms")
+                        print(f"  {'':38s}   its CPU    "
+                              f"{percentiles([r[4] for r in strip_rows])} ms")
                         print(f"  {'':38s} ({bars.group(1) if bars else '?'} bars in the "
                               "view)", flush=True)
             print(f"  appends during the run: {appender.written:,} trades, TickWriter.write "
