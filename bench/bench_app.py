@@ -225,10 +225,19 @@ def choose(page, key: str, option: str) -> None:
     takes the first (clicking an option is flaky: the sidebar's 1 s fragment re-renders the
     open list under the pointer).
     """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     box = page.locator(f".st-key-{key} [role='combobox']")
-    box.click()
-    box.fill(option)
-    page.get_by_role("option", name=option, exact=True).wait_for()
+    for attempt in range(3):  # a rerun can close the list as it opens: open it again
+        box.click()
+        box.fill(option)
+        try:
+            page.get_by_role("option", name=option, exact=True).wait_for(timeout=10_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+            box.press("Escape")
     box.press("Enter")
     page.wait_for_function(
         """([key, option]) => { const box = document.querySelector(
