@@ -580,8 +580,8 @@ def build_pair_view(bars_y: pd.DataFrame, bars_x: pd.DataFrame, y_symbol: str, x
 
 class _FitCache(dict):
     """``pair_signals``' memo (Huber / Theil-Sen fits and Kalman filter runs by a digest of
-    their exact inputs): a refresh that adds one bar refits one window and re-runs the
-    newest filters instead of all of them. Bounded: at most ``max_fits`` entries and the
+    their exact inputs, and the newest filter's state to continue from): a refresh that adds
+    one bar refits one window and filters the new bars instead of all of them. Bounded: at most ``max_fits`` entries and the
     ``max_kalman`` most recent filter runs (each up to 3,600 rows). Single dict reads and
     writes are atomic, so the page's threads share it; a lost race costs a recomputation.
     """
