@@ -574,6 +574,20 @@ def unchanged_window(fig, key: str, window: list):
     return fig
 
 
+def closed_bar_figure(c: dd.Controls, name: str, settings: tuple, build):
+    """``build()``, built once per closed-bar view: at 1m/5m bars the tabs rerun every
+    refresh over the same closed bars and would build the same figure each time. Returns a
+    copy (``chart`` and the markers change it); other timeframes build every time."""
+    if not c.charts_at_bar_close:
+        return build()
+    key = (view_key(c, closed_only=True), settings)
+    held = st.session_state.get(f"figure|{name}")
+    if held is None or held[0] != key:
+        held = (key, build())
+        st.session_state[f"figure|{name}"] = held
+    return viz.copy_figure(held[1])
+
+
 def page_theme() -> str:
     """"light" or "dark": the theme the browser shows (Settings ▸ Theme, or the system's);
     the figures are drawn to match. Dark (the configured base) until the browser says."""
@@ -783,16 +797,18 @@ def tab_prices(c: dd.Controls) -> None:
     signals_caption(c)
     for leg, symbol, bars in (("y", c.y, view.bars_y), ("x", c.x, view.bars_x)):
         style, log_y = chart_style_controls(leg, symbol)
-        fig = viz.candlestick_figure(bars, symbol, tz=c.tz,
-                                     uirevision=c.chart_key(f"candles_{leg}|{style}|{log_y}"),
-                                     empty_message=f"{symbol}: no bars yet", style=style,
-                                     log_y=log_y)
+        uirevision = c.chart_key(f"candles_{leg}|{style}|{log_y}")
+        fig = closed_bar_figure(c, f"candles_{leg}", (uirevision, c.tz), lambda: (
+            viz.candlestick_figure(bars, symbol, tz=c.tz, uirevision=uirevision,
+                                   empty_message=f"{symbol}: no bars yet", style=style,
+                                   log_y=log_y)))
         if leg == "y":
             mark_signals(fig, c, events, bars["close"])
         chart(fig, f"candles_{leg}", link=c.chart_key("time"))
-    chart(viz.normalised_overlay_figure(view.bars_y, view.bars_x, c.y, c.x, tz=c.tz,
-                                        uirevision=c.chart_key("overlay")), "overlay",
-          link=c.chart_key("time"))
+    overlay = closed_bar_figure(c, "overlay", (c.chart_key("overlay"), c.tz), lambda: (
+        viz.normalised_overlay_figure(view.bars_y, view.bars_x, c.y, c.x, tz=c.tz,
+                                      uirevision=c.chart_key("overlay"))))
+    chart(overlay, "overlay", link=c.chart_key("time"))
 
 
 def tab_spread(c: dd.Controls) -> None:
@@ -801,13 +817,13 @@ def tab_spread(c: dd.Controls) -> None:
         return
     signals = view.signals
     spread_name = "log spread" if c.log_prices else "spread"
+    settings = (c.entry, c.exit, c.tz)
     if signals.enough_data:
-        mean, upper, lower = dd.spread_bands(view, c.entry)
-        spread_fig = viz.spread_figure(signals.frame["spread"], mean, upper, lower,
-                                       name=spread_name, tz=c.tz,
-                                       uirevision=c.chart_key("spread"))
-        z_fig = viz.zscore_figure(signals.frame["z"], c.entry, c.exit, tz=c.tz,
-                                  uirevision=c.chart_key("zscore"))
+        spread_fig = closed_bar_figure(c, "spread", settings, lambda: viz.spread_figure(
+            signals.frame["spread"], *dd.spread_bands(view, c.entry), name=spread_name,
+            tz=c.tz, uirevision=c.chart_key("spread")))
+        z_fig = closed_bar_figure(c, "zscore", settings, lambda: viz.zscore_figure(
+            signals.frame["z"], c.entry, c.exit, tz=c.tz, uirevision=c.chart_key("zscore")))
         mark_signals(z_fig, c, signal_events(c, with_trades=True), signals.frame["z"])
     else:
         message = warming(c, view, signals.needed, signals.nobs)
@@ -821,11 +837,10 @@ def tab_spread(c: dd.Controls) -> None:
         signals_caption(c)
     chart(z_fig, "zscore", link=c.chart_key("time"))
     st.caption("β over time: the chosen method's trailing β and the Kalman prior β(t|t−1)")
-    chart(viz.beta_figure(view.rolling_beta, view.kalman_beta, tz=c.tz,
-                          uirevision=c.chart_key("beta"),
-                          empty_message="β: " + warming(c, view, c.window + 1,
-                                                        signals.nobs)), "beta",
-          link=c.chart_key("time"))
+    beta_fig = closed_bar_figure(c, "beta", settings, lambda: viz.beta_figure(
+        view.rolling_beta, view.kalman_beta, tz=c.tz, uirevision=c.chart_key("beta"),
+        empty_message="β: " + warming(c, view, c.window + 1, signals.nobs)))
+    chart(beta_fig, "beta", link=c.chart_key("time"))
 
 
 def statistics_live(c: dd.Controls) -> None:

@@ -1416,6 +1416,11 @@ def apply_colors(fig: go.Figure, theme: str) -> go.Figure:
     return fig
 
 
+def copy_figure(fig: go.Figure) -> go.Figure:
+    """An independent copy of ``fig`` (~1 ms: no property checks, see ``VALIDATE_FIGURES``)."""
+    return go.Figure(fig.to_dict(), _validate=VALIDATE_FIGURES)
+
+
 def newest_x(fig: go.Figure) -> float:
     """The largest x drawn in ``fig`` (display ms for time charts); -inf without data."""
     newest = -math.inf

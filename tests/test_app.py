@@ -201,6 +201,37 @@ def test_starts_on_an_empty_database(app_env):
     assert "Binance futures" in feed_words and "live —" not in feed_words
 
 
+@pytest.mark.parametrize("timeframe, tab, builder, keys", [
+    ("1m", "Prices", "candlestick_figure", ("candles_y", "candles_x")),
+    ("1m", "Spread & z-score", "zscore_figure", ("zscore",)),
+    ("1s", "Prices", "candlestick_figure", ("candles_y", "candles_x"))])
+def test_minute_charts_are_built_once_per_bar_close_not_every_refresh(
+        recorded_db, monkeypatch, timeframe, tab, builder, keys):
+    # Cost caught: at 1m bars a refresh between closes rebuilt the same figures each time.
+    import visualizations
+
+    built = []
+    original = getattr(visualizations, builder)
+    monkeypatch.setattr(visualizations, builder,
+                        lambda *a, **k: built.append(1) or original(*a, **k))
+    at = open_tab(run(new_app(lookback="15 min", timeframe=timeframe)), tab)
+    first = {key: chart_layout(at, key) | {"data": chart_data(at, key)} for key in keys}
+    built.clear()
+    at = run(at)  # a refresh: no new trade, so no new closed bar
+    assert {key: chart_layout(at, key) | {"data": chart_data(at, key)} for key in keys} == first
+    assert len(built) == (len(keys) if timeframe == "1s" else 0)
+    if tab == "Prices":  # a setting that changes the figure builds it again
+        at.radio(key="chart_style_y").set_value("line")
+        at = run(at)
+        assert chart_data(at, "candles_y")[0]["type"] == "scatter"
+        assert chart_data(at, "candles_x")[0]["type"] == "candlestick"
+
+
+def chart_data(at: AppTest, key: str) -> list:
+    charts = [c for c in at.get("plotly_chart") if c.proto.id.endswith(key)]
+    return json.loads(charts[0].proto.spec)["data"]
+
+
 @pytest.mark.parametrize("tab", TABS)
 def test_every_tab_renders_on_an_empty_database(app_env, tab):
     at = open_tab(run(new_app()), tab)

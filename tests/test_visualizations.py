@@ -948,3 +948,13 @@ def test_newest_x_is_the_last_time_drawn():
     fig = viz.zscore_figure(z, 2.0, 0.0, tz="Europe/Berlin")
     assert viz.newest_x(fig) == viz.to_display_ms(np.array([z.index[-1]]), "Europe/Berlin")[0]
     assert viz.newest_x(viz.empty_figure("nothing yet")) == -math.inf
+
+
+def test_a_copied_figure_is_independent_and_equal():
+    fig = viz.candlestick_figure(make_bars(50), "BTCUSDT")
+    copy = viz.copy_figure(fig)
+    assert json.loads(copy.to_json()) == json.loads(fig.to_json())
+    copy.update_layout(dragmode="select", xaxis={"range": [1, 2]})
+    copy.add_traces([viz.go.Scatter(x=[1], y=[2])])
+    assert fig.layout.dragmode == "zoom" and fig.layout.xaxis.range is None
+    assert len(fig.data) == 3
