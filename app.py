@@ -718,9 +718,30 @@ def live_strip(c: dd.Controls) -> None:
     show_toasts()
 
 
+# Seven numbers in one row: at Streamlit's metric size a BTC price ("88,364.12") and a
+# spread ("−10.4 bp") were cut short ("88,364…") in a 1400 px wide window.
+STRIP_STYLE = """<style>.st-key-strip_values [data-testid="stMetricValue"]
+{font-size: 1.6rem;}</style>"""
+
+
 def strip_values(c: dd.Controls, view: dd.PairView, status: dd.FeedStatus) -> None:
     """The strip's metrics (last prices, spread, z, β, correlation, alerts) and caption."""
     values = dd.live_values(view)
+    with st.container(key="strip_values"):
+        strip_metrics(c, values)
+    scale = "log" if c.log_prices else "raw"
+    last = (dd.display_times([values.last_ts], c.tz)[0].strftime("%H:%M:%S %Z")
+            if values.last_ts is not None else "—")
+    feed_words = status.label if c.live else c.source.label
+    # live: the count includes the forming bar, which the tabs' closed-bar counts do not
+    count = f"{len(view.aligned.frame)} bars" + (" incl. the forming one" if c.live else "")
+    st.caption(f"{feed_words} · {c.y} on {c.x} · {c.method_label}, {scale} prices, "
+               f"{c.window}-bar window, {c.tf_label} bars · last bar {last} · "
+               f"{count} · drag a box on a chart to zoom all time charts (a refresh cuts "
+               "a slow drag on a live chart short: pause first)")
+
+
+def strip_metrics(c: dd.Controls, values: dd.LiveValues) -> None:
     columns = st.columns([2.8, 1.1, 0.9, 1.0, 1.1, 1.0])
     with columns[0]:
         if c.price_every is None:
@@ -736,16 +757,6 @@ def strip_values(c: dd.Controls, view: dd.PairView, status: dd.FeedStatus) -> No
     columns[4].metric("correlation", dd.format_number(values.correlation, ".3f"))
     columns[5].metric("alerts firing / on",
                       dd.alert_summary(feed.db_path) if alerts_ready() else "—")
-    scale = "log" if c.log_prices else "raw"
-    last = (dd.display_times([values.last_ts], c.tz)[0].strftime("%H:%M:%S %Z")
-            if values.last_ts is not None else "—")
-    feed_words = status.label if c.live else c.source.label
-    # live: the count includes the forming bar, which the tabs' closed-bar counts do not
-    count = f"{len(view.aligned.frame)} bars" + (" incl. the forming one" if c.live else "")
-    st.caption(f"{feed_words} · {c.y} on {c.x} · {c.method_label}, {scale} prices, "
-               f"{c.window}-bar window, {c.tf_label} bars · last bar {last} · "
-               f"{count} · drag a box on a chart to zoom all time charts (a refresh cuts "
-               "a slow drag on a live chart short: pause first)")
 
 
 def strip_chart(c: dd.Controls, view: dd.PairView) -> None:
@@ -1774,6 +1785,7 @@ if IN_SESSION:
         st.warning("choose two different symbols for y and x")
         st.stop()
 
+    st.html(STRIP_STYLE)
     st.fragment(run_every=controls.fast_every)(live_strip)(controls)
     first_chart.empty()
 

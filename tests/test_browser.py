@@ -199,6 +199,29 @@ def test_last_price_changes_by_itself(server, page, tmp_path):
     assert_no_error(page, shot, "last prices")
 
 
+STRIP_TRUNCATED_JS = """() => {
+  const cut = [];
+  for (const m of document.querySelectorAll('[data-testid="stMain"] [data-testid="stMetric"]')) {
+    const value = m.querySelector('[data-testid="stMetricValue"]');
+    const text = value ? value.innerText.trim() : '';
+    if (!/\\d/.test(text)) return null;  // not every value is there yet
+    for (const el of [value, ...value.querySelectorAll('*')])
+      if (el.scrollWidth > el.clientWidth + 1) { cut.push(m.innerText.replace('\\n', ': ')); break; }
+  }
+  return cut;
+}"""
+
+
+def test_the_strips_numbers_are_shown_whole(server, page, tmp_path):
+    # Defect caught: "BTCUSDT last 88,364…" and "spread −10.4 …" cut at 1400 px wide.
+    shot = tmp_path / "strip_numbers.png"
+    wait_for(page, shot, "every strip metric with a number",
+             f"() => ({STRIP_TRUNCATED_JS})() !== null", timeout_s=60)
+    page.wait_for_timeout(1_000)
+    cut = page.evaluate(STRIP_TRUNCATED_JS)
+    assert cut == [], f"values cut short: {cut} (screenshot {snap(page, shot)})"
+
+
 def test_every_tab_renders_without_errors(server, page, tmp_path):
     shot = tmp_path / "tabs.png"
     label = page.locator('[data-testid="stMain"] [data-testid="stAlert"]',

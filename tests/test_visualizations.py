@@ -950,11 +950,19 @@ def test_newest_x_is_the_last_time_drawn():
     assert viz.newest_x(viz.empty_figure("nothing yet")) == -math.inf
 
 
-def test_a_copied_figure_is_independent_and_equal():
-    fig = viz.candlestick_figure(make_bars(50), "BTCUSDT")
+@pytest.mark.parametrize("validate", [True, False])
+def test_a_copied_figure_is_independent_and_equal(monkeypatch, validate):
+    monkeypatch.setattr(viz, "VALIDATE_FIGURES", validate)
+    bars = make_bars(50)
+    fig = viz.candlestick_figure(bars, "BTCUSDT")
     copy = viz.copy_figure(fig)
     assert json.loads(copy.to_json()) == json.loads(fig.to_json())
-    copy.update_layout(dragmode="select", xaxis={"range": [1, 2]})
+    # what the page does to a copy: zoom (reads the arrays), select-drag, markers
+    window = [START_MS + 10_000.0, START_MS + 30_000.0]
+    viz.show_time_range(copy, window)
+    fresh = viz.show_time_range(viz.candlestick_figure(bars, "BTCUSDT"), window)
+    assert json.loads(copy.to_json()) == json.loads(fresh.to_json())
+    copy.update_layout(dragmode="select")
     copy.add_traces([viz.go.Scatter(x=[1], y=[2])])
     assert fig.layout.dragmode == "zoom" and fig.layout.xaxis.range is None
-    assert len(fig.data) == 3
+    assert fig.layout.yaxis.range is None and len(fig.data) == 3
