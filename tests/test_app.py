@@ -1094,3 +1094,34 @@ def chart_spec_id(at: AppTest, key: str) -> str:
     """The element id Streamlit derives from the figure: it changes when the chart must be
     remounted."""
     return next(c.proto.id for c in at.get("plotly_chart") if c.proto.id.endswith(key))
+
+
+def test_the_strip_at_minute_bars_shows_the_whole_views_numbers(app_env):
+    # The strip at 1m bars shows the forming bar, the tabs the closed ones; mistake caught:
+    # the strip's numbers from another view than the one alerts and exports compute.
+    import market
+
+    start = (int(time.time() * 1000) // 60_000 - 5 * 60) * 60_000  # 5 hours, ending now
+    simulated = market.SimulatedMarket(("BTCUSDT", "ETHUSDT"), seed=4, start_ms=start, speed=0,
+                                       rates={"BTCUSDT": 0.5, "ETHUSDT": 0.5})
+    trades = simulated.generate(5 * 3600 - 30)
+    trades = trades[trades["status"] == "MARKET"]
+    columns = ["symbol", "trade_id", "ts", "price", "qty", "is_buyer_maker"]
+    conn = database.connect(app_env["db"])
+    try:
+        database.import_ticks(conn, uploads.to_trade_tuples(
+            trades[columns].astype({"symbol": str}), received_ms=1))
+    finally:
+        conn.close()
+    source = dd.DataSource("live", app_env["db"])
+    for method in ("OLS", "Kalman"):
+        at = run(new_app(timeframe="1m", lookback="6 h", method=method))
+        latest = dd.latest_bar_times(source, ("ETHUSDT", "BTCUSDT"))
+        whole = dd.load_pair_view(source, "ETHUSDT", "BTCUSDT", "1min", 6 * 3_600_000,
+                                  max(latest), dd.METHODS[method], 60, True)
+        values = dd.live_values(whole)
+        assert math.isfinite(values.z), method
+        assert metric(at, "z-score") == dd.format_number(values.z, ".2f"), method
+        assert metric(at, "β") == dd.format_number(values.beta, ".4f"), method
+        assert metric(at, "spread") == dd.format_spread(values.spread, True), method
+        assert metric(at, "correlation") == dd.format_number(values.correlation, ".3f"), method
