@@ -1315,7 +1315,10 @@ def tab_health(c: dd.Controls) -> None:
     cols = st.columns(7)
     for i, name in enumerate(counters):
         cols[i % 7].metric(name.replace("_", " "), f"{health[name]:,}")
-    show_table(dd.symbol_activity_table(health), width="stretch")
+    show_table(dd.symbol_activity_table(health), width="stretch", column_config={
+        "trades/s": st.column_config.NumberColumn("trades/s", format="%.1f"),
+        "age (s)": st.column_config.NumberColumn("age (s)", format="%.2f"),
+        "received": st.column_config.NumberColumn("received", format="localized")})
     sizes = {"collector database": health["db_path"], "upload database":
              settings.upload_db_path}
     st.write(" · ".join(f"{label} {path}: {database.database_size_bytes(path) / 1e6:,.1f} MB"
@@ -1351,8 +1354,7 @@ def backfill_health(health: dict, repaired: pd.DataFrame, tz: str) -> None:
             ("429 answers", backfill.get("throttled", 0)))):
         cols[i].metric(label, f"{value:,}")
     st.markdown(f"**Gaps repaired over REST** ({len(repaired)})")
-    st.dataframe(dd.with_time_column(repaired, tz, ts_column="noted_ms", name="repaired"),
-                 width="stretch", hide_index=True)
+    show_table(repaired, tz, width="stretch", hide_index=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -1411,8 +1413,7 @@ def paper_live(c: dd.Controls) -> None:
         cols[0].metric("realised P&L", f"{done['pnl'].sum():,.2f}")
         cols[1].metric("fees paid", f"{done['fees'].sum():,.2f}")
         cols[2].metric("positions", len(done))
-        st.dataframe(dd.with_time_column(history, c.tz, ts_column="requested_ms",
-                                         name="opened"), width="stretch", hide_index=True)
+        show_table(history, c.tz, width="stretch", hide_index=True)
 
 
 def paper_open_positions(c: dd.Controls) -> None:
@@ -1429,10 +1430,9 @@ def paper_open_positions(c: dd.Controls) -> None:
                    if len(filled) else "—")
     cols[2].metric("x legs", dd.format_number(float(filled["upnl_x"].sum()), ",.2f")
                    if len(filled) else "—")
-    st.dataframe(dd.with_time_column(table, c.tz, ts_column="requested_ms", name="opened"),
-                 width="stretch", hide_index=True)
-    st.caption("upnl: P&L if both legs closed at their last trade, after the four fees "
-               "and slippage; fees_so_far: the entry fee; holding_s: seconds since the click")
+    show_table(table, c.tz, width="stretch", hide_index=True)
+    st.caption("unrealised P&L: if both legs closed at their last trade, after the four "
+               "fees and slippage; fees so far: the entry fee; holding: since the click")
     ids = [int(i) for i in table.loc[table["status"] != "closing", "id"]]
     if ids:
         cols = st.columns([2, 1])

@@ -1334,12 +1334,24 @@ COLUMN_LABELS = {  # where "_" -> " " is not enough
     "cooldown_s": "cooldown (s)", "window": "window (bars)", "z_window": "z window (bars)",
     "log_prices": "log prices", "webhook_url": "webhook", "bars_held": "bars held",
     "volatility_per_bar": "volatility per bar", "trades/s": "trades/s", "age (s)": "age (s)",
+    # paper positions
+    "upnl": "unrealised P&L", "upnl_y": "y unrealised P&L", "upnl_x": "x unrealised P&L",
+    "pnl": "P&L", "gross_pnl": "gross P&L", "holding_s": "holding (s)",
+    "max_holding_s": "max holding (s)", "fee_bps": "fee (bps)", "slippage_bps": "slippage (bps)",
+    "qty_y": "y quantity", "qty_x": "x quantity", "last_y": "y last", "last_x": "x last",
+    "entry_fill_y": "y entry fill", "entry_fill_x": "x entry fill", "exit_fill_y": "y exit fill",
+    "exit_fill_x": "x exit fill", "entry_ref_y": "y entry reference",
+    "entry_ref_x": "x entry reference", "exit_ref_y": "y exit reference",
+    "exit_ref_x": "x exit reference",
 }
 TIME_COLUMN_LABELS = {"entry_ts": "entry time", "exit_ts": "exit time", "ts": "time",
                       "created_ms": "created", "updated_ms": "updated", "checked_ms": "checked",
                       "last_fired_ms": "last fired", "as_of_ts": "bar time",
                       "delivered_ms": "delivered", "detected_at": "detected",
-                      "first_ts": "first bar", "last_ts": "last bar"}
+                      "first_ts": "first bar", "last_ts": "last bar", "noted_ms": "repaired",
+                      "requested_ms": "opened", "closed_ms": "closed",
+                      "entry_ts_y": "y entry time", "entry_ts_x": "x entry time",
+                      "exit_ts_y": "y exit time", "exit_ts_x": "x exit time"}
 
 
 def column_label(name) -> str:

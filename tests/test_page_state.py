@@ -304,6 +304,27 @@ def test_tables_use_labels_and_display_times(recorded_db):
     assert all("_" not in label for label in labels.values()), labels
 
 
+def test_health_tables_use_labels_times_and_formats_for_their_numbers(recorded_db):
+    # Defects caught: the repaired-gaps table showed from_id, to_id and epoch-ms noted_ms;
+    # the activity table printed "38.9000" trades/s and "0.2670" s.
+    with dd.writing(recorded_db["db"]) as conn:
+        database.note_gap(conn, "BTCUSDT", 10, 19, "repaired over REST", repaired=True)
+        noted = conn.execute("SELECT noted_ms FROM gap_notes").fetchone()[0]
+    at = open_tab(run(new_app(lookback="15 min")), "Health")
+    repaired = next(f for f in at.dataframe if "noted_ms" in f.value.columns)
+    labels = visible_columns(repaired)
+    assert all("_" not in label for label in labels.values()), labels
+    assert "noted_ms" not in labels and "repaired" in labels.values(), labels
+    when = dd.display_times([noted], "UTC")[0].strftime("%Y-%m-%d %H:%M:%S")
+    assert repaired.value.iloc[0][next(k for k, v in labels.items() if v == "repaired")] == when
+    activity = next(f for f in at.dataframe if "trades/s" in f.value.columns)
+    config = json.loads(activity.proto.columns)
+    formats = {name: ((config.get(f"col:{name}") or config.get(name) or {})
+                      .get("type_config") or {}).get("format")
+               for name in ("trades/s", "age (s)", "received")}
+    assert formats == {"trades/s": "%.1f", "age (s)": "%.2f", "received": "localized"}
+
+
 def test_a_rule_that_fired_is_not_shown_as_not_checked():
     assert dd.rule_state_text("not checked yet", 2) == "fired (status pending)"
     assert dd.rule_state_text("not checked yet", 0) == "not checked yet"

@@ -6,6 +6,7 @@ tab and the start/stop collection buttons are driven with AppTest at the end."""
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import numpy as np
@@ -307,6 +308,7 @@ def test_page_opens_and_closes_a_paper_position(page_env, media):
                            87_000.0, 5.0, 2.0)
     assert metric(at, "unrealised P&L") == f"{hand['net']:,.2f}"
     assert metric(at, "y legs") == f"{hand['leg_y']:,.2f}"
+    assert_readable_table(at, "upnl", {"opened": click})
 
     at.selectbox(key="paper_close_choice").set_value(1)
     at.button(key="paper_close").click()
@@ -319,9 +321,27 @@ def test_page_opens_and_closes_a_paper_position(page_env, media):
     at = run(at)
     assert metric(at, "realised P&L") == f"{hand['net']:,.2f}"
     assert metric(at, "fees paid") == f"{hand['fees']:,.2f}"
+    assert_readable_table(at, "gross_pnl", {"opened": click, "y entry time": click + 300,
+                                            "x exit time": close_click + 200})
     history = pd.read_csv(io.BytesIO(download(at, media, "download_paper")))
     assert history["pnl"].iloc[0] == pytest.approx(hand["net"], rel=1e-12)
     assert history["close_reason"].iloc[0] == "manual"
+
+
+def assert_readable_table(at, column: str, times: dict) -> None:
+    """The Paper table holding ``column`` shows labels without "_", no epoch-ms column,
+    and the ``times`` (label -> epoch ms) as wall-clock times in the display zone (#15)."""
+    table = next(f for f in at.dataframe if column in f.value.columns)
+    config = json.loads(table.proto.columns or "{}")
+    shown = {}
+    for name in table.value.columns:
+        entry = config.get(f"col:{name}", config.get(str(name), {}))
+        if entry is not None and not entry.get("hidden"):
+            shown[entry.get("label") or str(name)] = str(name)
+    assert all("_" not in label for label in shown), sorted(shown)
+    for label, ms in times.items():
+        text = table.value[shown[label]].iloc[0]
+        assert text == dd.display_times([ms], "UTC")[0].strftime("%Y-%m-%d %H:%M:%S"), label
 
 
 def test_stop_and_start_collection_from_the_page(page_env):
