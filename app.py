@@ -860,7 +860,9 @@ def statistics_live(c: dd.Controls) -> None:
         return
     table = dd.price_stats_table({c.y: view.bars_y, c.x: view.bars_x}, view.bar_seconds)
     st.markdown(f"**Prices** over the lookback ({c.lookback_label}, {c.tf_label} bars)")
-    show_table(table.drop(index=["first_ts", "last_ts"]), width="stretch")
+    shown = dd.format_rows(table.drop(index=["first_ts", "last_ts"]))
+    show_table(shown, width="stretch", column_config={
+        symbol: st.column_config.Column(symbol, alignment="right") for symbol in shown.columns})
     spread = view.signals.frame["spread"]
     life = analytics.half_life(spread)
     hurst = analytics.hurst(spread)

@@ -296,6 +296,10 @@ def test_tables_use_labels_and_display_times(recorded_db):
     prices = next(f for f in at.dataframe if "vwap" in f.value.index)
     assert "volatility per bar" in prices.value.index
     assert not [r for r in prices.value.index if "_" in str(r)]
+    # each row in a format for its size: a per-bar volatility (~1e-4) was shown as "0"
+    shown = prices.value.loc["volatility per bar"]
+    assert all(re.fullmatch(r"\d\.\d{3}e-0[3-6]", text) for text in shown), shown.tolist()
+    assert all(re.fullmatch(r"[\d,]+", text) for text in prices.value.loc["bars"])
 
     at = open_tab(at, "Alerts")
     rules = next(f for f in at.dataframe if "comparison" in f.value.columns)
