@@ -834,26 +834,25 @@ def price_stats_table(bars_by_symbol: Mapping[str, pd.DataFrame],
     return pd.DataFrame(columns)
 
 
-def format_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """A table of measures by symbol (one row per measure) as text, each row in a format
-    for its own size: counts with separators and no decimals, prices with two decimals,
-    ratios with four, tiny values (a per-bar volatility, ~1e-4) in scientific notation.
-    One format per column would show a volatility of 0.0001 next to a price as "0"."""
-    def row_text(row: pd.Series) -> pd.Series:
+def row_formats(table: pd.DataFrame) -> dict:
+    """For a table of measures by symbol (one row per measure): each row's format spec for
+    its own size — counts with separators and no decimals, prices with two decimals, ratios
+    with four, tiny values (a per-bar volatility, ~1e-4) in scientific notation. One format
+    per column would show a volatility of 0.0001 next to a price as "0"."""
+    formats = {}
+    for name, row in table.iterrows():
         values = pd.to_numeric(row, errors="coerce").astype(float)
         finite = values[np.isfinite(values)]
         largest = float(finite.abs().max()) if len(finite) else 0.0
         if len(finite) and largest >= 1 and bool((finite == finite.round()).all()):
-            spec = ",.0f"
+            formats[name] = ",.0f"
         elif largest >= 1000:
-            spec = ",.2f"
+            formats[name] = ",.2f"
         elif largest >= 0.01 or largest == 0:
-            spec = ".4f"
+            formats[name] = ".4f"
         else:
-            spec = ".3e"
-        return values.map(lambda v: format(v, spec) if math.isfinite(v) else "—")
-
-    return table.apply(row_text, axis=1)
+            formats[name] = ".3e"
+    return formats
 
 
 def liquidity_table(bars_by_symbol: Mapping[str, pd.DataFrame], timeframe: str,

@@ -452,13 +452,9 @@ def test_connections_are_kept_for_a_few_files_only(tmp_path):
     assert not set(paths[:3]) & set(dd._READERS)  # their connections are closed
 
 
-def test_format_rows_gives_each_measure_a_format_for_its_size():
+def test_row_formats_give_each_measure_a_format_for_its_size():
     table = pd.DataFrame({"ETHUSDT": [3601, 3003.981, 1.58512, 1.2345e-4, math.nan],
                           "BTCUSDT": [3601, 87075.0, 1.36491, 6.5e-5, 0.0]},
                          index=["bars", "open", "change pct", "volatility per bar", "z"])
-    shown = dd.format_rows(table)
-    assert shown.loc["bars"].tolist() == ["3,601", "3,601"]
-    assert shown.loc["open"].tolist() == ["3,003.98", "87,075.00"]
-    assert shown.loc["change pct"].tolist() == ["1.5851", "1.3649"]
-    assert shown.loc["volatility per bar"].tolist() == ["1.234e-04", "6.500e-05"]
-    assert shown.loc["z"].tolist() == ["—", "0.0000"]
+    assert dd.row_formats(table) == {"bars": ",.0f", "open": ",.2f", "change pct": ".4f",
+                                     "volatility per bar": ".3e", "z": ".4f"}

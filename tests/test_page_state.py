@@ -280,6 +280,17 @@ def visible_columns(frame_element) -> dict[str, str]:
     return shown
 
 
+def styled_text(frame_element) -> pd.DataFrame:
+    """The text a styled table shows (pandas Styler display values sent to the page)."""
+    import pyarrow as pa
+
+    values = pa.ipc.open_stream(frame_element.proto.arrow_data.styler.display_values)
+    text = values.read_pandas()
+    text.index = frame_element.value.index
+    text.columns = frame_element.value.columns
+    return text
+
+
 def test_tables_use_labels_and_display_times(recorded_db):
     at = run(new_app(lookback="15 min", window=20, entry_z=1.0))
     at = open_tab(at, "Backtest")
@@ -297,9 +308,11 @@ def test_tables_use_labels_and_display_times(recorded_db):
     assert "volatility per bar" in prices.value.index
     assert not [r for r in prices.value.index if "_" in str(r)]
     # each row in a format for its size: a per-bar volatility (~1e-4) was shown as "0"
-    shown = prices.value.loc["volatility per bar"]
+    display = styled_text(prices)
+    shown = display.loc["volatility per bar"]
     assert all(re.fullmatch(r"\d\.\d{3}e-0[3-6]", text) for text in shown), shown.tolist()
-    assert all(re.fullmatch(r"[\d,]+", text) for text in prices.value.loc["bars"])
+    assert all(re.fullmatch(r"[\d,]+", text) for text in display.loc["bars"])
+    assert prices.value.loc["volatility per bar"].gt(0).all()  # the numbers stay numbers
 
     at = open_tab(at, "Alerts")
     rules = next(f for f in at.dataframe if "comparison" in f.value.columns)
