@@ -43,7 +43,6 @@ import pandas as pd
 import analytics
 import backtest
 import database
-import database_postgres
 
 BUILTIN_MARKET_LABEL = "Built-in simulated market — not real prices"
 REPLAY_LABEL = "Built-in market replaying a recorded file — not live prices"
@@ -127,12 +126,9 @@ def reading(path: str) -> Iterator[sqlite3.Connection]:
     raised or was left inside a transaction is closed, not reused. A file replaced by
     another one at the same path (another inode) gets new connections.
     """
-    if database_postgres.is_url(path):  # pooled by database_postgres
-        conn = database.connect(path, readonly=True)
-        try:
+    if database.is_server(path):  # pooled by database_postgres
+        with contextlib.closing(database.connect(path, readonly=True)) as conn:
             yield conn
-        finally:
-            conn.close()
         return
     conn, identity = _take_reader(path)
     try:
@@ -581,8 +577,9 @@ def build_pair_view(bars_y: pd.DataFrame, bars_x: pd.DataFrame, y_symbol: str, x
 class _FitCache(dict):
     """``pair_signals``' memo (Huber / Theil-Sen fits and Kalman filter runs by a digest of
     their exact inputs, and the newest filter's state to continue from): a refresh that adds
-    one bar refits one window and filters the new bars instead of all of them. Bounded: at most ``max_fits`` entries and the
-    ``max_kalman`` most recent filter runs (each up to 3,600 rows). Single dict reads and
+    one bar refits one window and filters the new bars instead of all of them. Bounded: at
+    most ``max_fits`` entries and the ``max_kalman`` most recent filter runs (each up to
+    3,600 rows). Single dict reads and
     writes are atomic, so the page's threads share it; a lost race costs a recomputation.
     """
 

@@ -497,6 +497,11 @@ def _create_schema(conn: sqlite3.Connection, path: str) -> None:
             f"{SCHEMA_VERSION}: use a new file (CRYPTO_DB_PATH) or the matching program")
 
 
+def is_server(target: str | os.PathLike) -> bool:
+    """True for a PostgreSQL URL (``database_postgres``), False for a SQLite file path."""
+    return database_postgres.is_url(os.fspath(target))
+
+
 def database_exists(target: str | os.PathLike) -> bool:
     """True when ``target`` is a PostgreSQL URL (the server answers at ``connect``) or an
     existing SQLite file: where callers used ``os.path.exists`` before a read-only open."""
