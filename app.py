@@ -478,12 +478,18 @@ def current_view(c: dd.Controls, closed_only: bool = False) -> dd.PairView | Non
 def tab_view(c: dd.Controls) -> dd.PairView | None:
     """The view a tab draws (closed bars only at live 1m/5m): None, after saying why,
     while there is no data; under live 1m/5m bars a note on the last bar close."""
-    view = current_view(c, closed_only=True)
+    return keyed_tab_view(c)[0]
+
+
+def keyed_tab_view(c: dd.Controls) -> tuple[dd.PairView | None, tuple | None]:
+    """``tab_view`` and the ``view_key`` it was read with (``closed_bar_figure``'s key)."""
+    key = view_key(c, closed_only=True)
+    view = None if key is None else dd.view_from_parts(cached_pair_view(*key))
     if view is None:
         waiting(c)
     elif c.charts_at_bar_close:
         bar_close_note(c, view)
-    return view
+    return view, key
 
 
 def bar_close_note(c: dd.Controls, view: dd.PairView) -> None:
@@ -574,13 +580,15 @@ def unchanged_window(fig, key: str, window: list):
     return fig
 
 
-def closed_bar_figure(c: dd.Controls, name: str, settings: tuple, build):
+def closed_bar_figure(c: dd.Controls, data_key: tuple, name: str, settings: tuple, build):
     """``build()``, built once per closed-bar view: at 1m/5m bars the tabs rerun every
-    refresh over the same closed bars and would build the same figure each time. Returns a
-    copy (``chart`` and the markers change it); other timeframes build every time."""
+    refresh over the same closed bars and would build the same figure each time. Keyed by
+    the ``view_key`` the tab read its view with (``keyed_tab_view``), so a figure is never
+    kept under the key of newer bars than it shows. Returns a copy (``chart`` and the
+    markers change it); other timeframes build every time."""
     if not c.charts_at_bar_close:
         return build()
-    key = (view_key(c, closed_only=True), settings)
+    key = (data_key, settings)
     held = st.session_state.get(f"figure|{name}")
     if held is None or held[0] != key:
         held = (key, build())
@@ -801,7 +809,7 @@ def chart_style_controls(leg: str, symbol: str) -> tuple[str, bool]:
 
 
 def tab_prices(c: dd.Controls) -> None:
-    view = tab_view(c)
+    view, key = keyed_tab_view(c)
     if view is None:
         return
     events = signal_events(c, with_trades=view.signals.enough_data)
@@ -809,31 +817,31 @@ def tab_prices(c: dd.Controls) -> None:
     for leg, symbol, bars in (("y", c.y, view.bars_y), ("x", c.x, view.bars_x)):
         style, log_y = chart_style_controls(leg, symbol)
         uirevision = c.chart_key(f"candles_{leg}|{style}|{log_y}")
-        fig = closed_bar_figure(c, f"candles_{leg}", (uirevision, c.tz), lambda: (
+        fig = closed_bar_figure(c, key, f"candles_{leg}", (uirevision, c.tz), lambda: (
             viz.candlestick_figure(bars, symbol, tz=c.tz, uirevision=uirevision,
                                    empty_message=f"{symbol}: no bars yet", style=style,
                                    log_y=log_y)))
         if leg == "y":
             mark_signals(fig, c, events, bars["close"])
         chart(fig, f"candles_{leg}", link=c.chart_key("time"))
-    overlay = closed_bar_figure(c, "overlay", (c.chart_key("overlay"), c.tz), lambda: (
+    overlay = closed_bar_figure(c, key, "overlay", (c.chart_key("overlay"), c.tz), lambda: (
         viz.normalised_overlay_figure(view.bars_y, view.bars_x, c.y, c.x, tz=c.tz,
                                       uirevision=c.chart_key("overlay"))))
     chart(overlay, "overlay", link=c.chart_key("time"))
 
 
 def tab_spread(c: dd.Controls) -> None:
-    view = tab_view(c)
+    view, key = keyed_tab_view(c)
     if view is None:
         return
     signals = view.signals
     spread_name = "log spread" if c.log_prices else "spread"
     settings = (c.entry, c.exit, c.tz)
     if signals.enough_data:
-        spread_fig = closed_bar_figure(c, "spread", settings, lambda: viz.spread_figure(
+        spread_fig = closed_bar_figure(c, key, "spread", settings, lambda: viz.spread_figure(
             signals.frame["spread"], *dd.spread_bands(view, c.entry), name=spread_name,
             tz=c.tz, uirevision=c.chart_key("spread")))
-        z_fig = closed_bar_figure(c, "zscore", settings, lambda: viz.zscore_figure(
+        z_fig = closed_bar_figure(c, key, "zscore", settings, lambda: viz.zscore_figure(
             signals.frame["z"], c.entry, c.exit, tz=c.tz, uirevision=c.chart_key("zscore")))
         mark_signals(z_fig, c, signal_events(c, with_trades=True), signals.frame["z"])
     else:
@@ -848,7 +856,7 @@ def tab_spread(c: dd.Controls) -> None:
         signals_caption(c)
     chart(z_fig, "zscore", link=c.chart_key("time"))
     st.caption("β over time: the chosen method's trailing β and the Kalman prior β(t|t−1)")
-    beta_fig = closed_bar_figure(c, "beta", settings, lambda: viz.beta_figure(
+    beta_fig = closed_bar_figure(c, key, "beta", settings, lambda: viz.beta_figure(
         view.rolling_beta, view.kalman_beta, tz=c.tz, uirevision=c.chart_key("beta"),
         empty_message="β: " + warming(c, view, c.window + 1, signals.nobs)))
     chart(beta_fig, "beta", link=c.chart_key("time"))
