@@ -869,11 +869,7 @@ def statistics_live(c: dd.Controls) -> None:
     table = dd.price_stats_table({c.y: view.bars_y, c.x: view.bars_x}, view.bar_seconds)
     st.markdown(f"**Prices** over the lookback ({c.lookback_label}, {c.tf_label} bars)")
     shown = table.drop(index=["first_ts", "last_ts"]).rename(index=dd.column_label)
-    styler = shown.style
-    for name, spec in dd.row_formats(shown).items():  # numbers kept, shown per row
-        styler = styler.format(lambda v, spec=spec: format(v, spec) if math.isfinite(v)
-                               else "—", subset=pd.IndexSlice[[name], :])
-    st.dataframe(styler, width="stretch", column_config={
+    st.dataframe(dd.styled_by_row(shown), width="stretch", column_config={
         "_index": st.column_config.Column(width=240)})
     spread = view.signals.frame["spread"]
     life = analytics.half_life(spread)

@@ -831,6 +831,16 @@ def price_stats_table(bars_by_symbol: Mapping[str, pd.DataFrame],
     return pd.DataFrame(columns)
 
 
+def styled_by_row(table: pd.DataFrame):
+    """``table`` (measures by symbol) as a pandas Styler showing each row in
+    ``row_formats`` (missing values "—"); the cells keep their numbers."""
+    styler = table.style
+    for name, spec in row_formats(table).items():
+        styler = styler.format(lambda v, spec=spec: format(v, spec) if math.isfinite(v)
+                               else "—", subset=pd.IndexSlice[[name], :])
+    return styler
+
+
 def row_formats(table: pd.DataFrame) -> dict:
     """For a table of measures by symbol (one row per measure): each row's format spec for
     its own size — counts with separators and no decimals, prices with two decimals, ratios
