@@ -1336,14 +1336,6 @@ def show_time_range(fig: go.Figure, x_range, *, padding: float = 0.05) -> go.Fig
     return fig
 
 
-def add_crosshair(fig: go.Figure) -> go.Figure:
-    """A vertical crosshair line through every subplot at the hovered time (with the
-    figure's unified hover), for a figure not built here: the time charts built here have
-    it already. Returns ``fig``, changed in place."""
-    fig.update_layout({axis: CROSSHAIR for axis in _axis_names(fig, "xaxis")})
-    return fig
-
-
 def _axis_names(fig: go.Figure, kind: str) -> list[str]:
     """"xaxis", "xaxis2", ... (``kind`` "xaxis" or "yaxis") in ``fig``'s layout. A direct
     ``update_layout`` of these is ~10x cheaper than ``update_xaxes``, which walks the
@@ -1417,10 +1409,10 @@ def apply_colors(fig: go.Figure, theme: str) -> go.Figure:
 
 
 def copy_figure(fig: go.Figure) -> go.Figure:
-    """A copy of ``fig`` whose properties can be changed without changing ``fig`` (~1 ms:
-    no property checks, see ``VALIDATE_FIGURES``). Its data arrays are ``fig``'s own numpy
-    arrays, shared, not copied (nothing here changes an array in place); ``to_dict`` would
-    turn them into base64 specs, which the time-range code cannot read."""
+    """An independent copy of ``fig`` (~1 ms for 1,000 candles against ~4 ms to build them:
+    no property checks, see ``VALIDATE_FIGURES``). Its data stay numpy arrays;
+    ``go.Figure(fig)`` goes through ``to_dict``, which turns them into base64 specs that the
+    time-range code (``show_time_range``, ``newest_x``) cannot read."""
     return go.Figure(data=[trace.to_plotly_json() for trace in fig.data],
                      layout=fig.layout.to_plotly_json(), _validate=VALIDATE_FIGURES)
 

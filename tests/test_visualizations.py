@@ -109,7 +109,7 @@ def build_every_figure(seed=0):
     marked = viz.zscore_figure(inputs["s"], 2.0, 0.5)
     viz.add_markers(marked, inputs["s"].index[[10, 500]], inputs["s"], "long entry",
                     hover=["a", "b"])
-    figures["marked"] = viz.apply_colors(viz.add_crosshair(marked), "light")
+    figures["marked"] = viz.apply_colors(marked, "light")
     figures["heatmap"] = viz.heatmap_figure(
         pd.DataFrame([[1.0, np.nan], [0.3, 1.0]], index=["A", "B"], columns=["A", "B"]),
         "corr", zmin=-1, zmax=1)
@@ -135,13 +135,9 @@ def test_validation_is_on_in_these_tests_and_catches_a_bad_property():
         viz.go.Scatter(_validate=viz.VALIDATE_FIGURES, colour="red")
 
 
-def test_crosshair_and_recolouring_equal_plotlys_axis_updates():
+def test_recolouring_equals_plotlys_axis_updates():
     fig = viz.candlestick_figure(make_bars(50), "BTCUSDT")
-    fig.update_xaxes(showspikes=False)
     expected = viz.go.Figure(fig)
-    expected.update_xaxes(showspikes=True, spikemode="across", spikesnap="cursor",
-                          spikethickness=1, spikedash="dot", spikecolor=viz.BAND_COLOR)
-    assert json.loads(viz.add_crosshair(fig).to_json()) == json.loads(expected.to_json())
     expected.update_layout(template=viz._theme_layout("light", "x")["template"])
     expected.update_xaxes(**viz._axis_style("light"))
     expected.update_yaxes(**viz._axis_style("light"))
@@ -923,14 +919,10 @@ def test_markers_sit_on_the_series_at_the_event_time():
 @pytest.mark.parametrize("name", TIME_BUILDERS)
 def test_every_time_chart_has_a_crosshair_across_its_subplots(name):
     fig = build_all_time_figures()[name]
-    assert fig.layout.xaxis.showspikes and fig.layout.xaxis.spikemode == "across"
+    axis = fig.layout.xaxis.to_plotly_json()
+    assert {key: axis.get(key) for key in viz.CROSSHAIR} == viz.CROSSHAIR
+    assert viz.CROSSHAIR["showspikes"] and viz.CROSSHAIR["spikemode"] == "across"
     assert fig.layout.hovermode == "x unified"
-
-
-def test_crosshair_spans_every_subplot_of_a_figure_built_elsewhere():
-    fig = viz.go.Figure(layout=dict(xaxis=dict(domain=[0, 0.5]), xaxis2=dict(domain=[0.5, 1])))
-    viz.add_crosshair(fig)
-    assert fig.layout.xaxis.showspikes and fig.layout.xaxis2.spikemode == "across"
 
 
 def test_a_figure_recoloured_for_the_light_theme_keeps_its_layout():
