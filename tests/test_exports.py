@@ -13,6 +13,7 @@ import openpyxl
 import pandas as pd
 import pytest
 
+import alerts
 import dashboard_data as dd
 import database
 import exports
@@ -135,8 +136,15 @@ def test_forming_bar_left_out_or_flagged(db):
 def live_page(tmp_path, monkeypatch):
     """A page on a database of trades up to a few seconds ago (the newest 1m bar forms)."""
     path = closed_feed_env(tmp_path, monkeypatch)
-    if dd.now_ms() % 60_000 > 45_000:  # the newest minute must still form during the test
-        time.sleep((60_000 - dd.now_ms() % 60_000) / 1000 + 0.1)
+    # The newest minute must still form during the test, and the one before it must have
+    # settled: in the first alerts.BAR_SETTLE_MS of a minute the bar that just ended counts
+    # as forming too (its last trades may still be written), and the exports leave it out.
+    settled_after_ms = alerts.BAR_SETTLE_MS + 1_000
+    into_minute = dd.now_ms() % 60_000
+    if into_minute > 45_000:
+        time.sleep((60_000 - into_minute + settled_after_ms) / 1000)
+    elif into_minute < settled_after_ms:
+        time.sleep((settled_after_ms - into_minute) / 1000)
     now = dd.now_ms()
     rows = []
     for k in range(1, 241):  # one trade per second and symbol over four minutes, up to now
