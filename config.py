@@ -60,6 +60,7 @@ ENV_VARS = {
     "BINANCE_REST_URL": "rest_url",
     "CRYPTO_BACKFILL": "backfill",
     "CRYPTO_BACKFILL_KLINES": "backfill_klines",
+    "CRYPTO_BACKFILL_PACE": "backfill_pace",
     "CRYPTO_SPILL_DIR": "spill_dir",
 }
 
@@ -128,6 +129,11 @@ class Settings:
     rest_url: str | None = None
     backfill: float | str = 3600.0
     backfill_klines: float | str = 86400.0
+    # Share of wall time the trade backfill may take for trades older than its newest 15
+    # minutes (those come at full speed), so a page starting meanwhile keeps the CPU and
+    # the GIL. None: 1 (full speed) for a headless collector, services.PAGE_BACKFILL_PACE
+    # when the page's process starts it.
+    backfill_pace: float | None = None
     spill_dir: str | None = None  # spill journal directory; None = next to the database
     explicit_db_path: bool = field(default=False, repr=False)
 
@@ -160,6 +166,8 @@ class Settings:
         _check_range("CRYPTO_QUEUE_MAX", self.queue_max, 100, 10_000_000)
         _check_range("CRYPTO_AUTO_FALLBACK", self.auto_fallback, 0.1, 600)
         _check_range("CRYPTO_UPLOAD_MAX_MB", self.upload_max_mb, 0.001, 100_000)
+        if self.backfill_pace is not None:
+            _check_range("CRYPTO_BACKFILL_PACE", self.backfill_pace, 0.01, 1)
         try:
             zoneinfo.ZoneInfo(self.display_tz)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -215,9 +223,10 @@ class Settings:
         return self.feed in ("demo", "replay")
 
     def with_changes(self, **changes) -> Settings:
-        """A copy with some fields replaced (validated again)."""
+        """A copy with some fields replaced (validated again). A default database path
+        stays a default one (derived again: it follows a changed feed)."""
         current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if not self.explicit_db_path and "feed" in changes and "db_path" not in changes:
+        if not self.explicit_db_path and "db_path" not in changes:
             current["db_path"] = None
         current.pop("explicit_db_path")
         current.update(changes)

@@ -54,6 +54,25 @@ def test_with_changes_revalidates_and_moves_the_default_db_with_the_feed():
         settings.with_changes(symbols="x")
 
 
+def test_a_copy_keeps_a_default_database_path_default():
+    # The collector keeps a demo's database next to the demo market unless a path was
+    # chosen (explicit_db_path): a copy with other changes must not turn the default
+    # path into a chosen one.
+    demo = Settings.from_env({"CRYPTO_FEED": "demo"})
+    assert not demo.with_changes(backfill_pace=0.5).explicit_db_path
+    assert not demo.with_changes(symbols="solusdt,bnbusdt").explicit_db_path
+    chosen = Settings.from_env({"CRYPTO_FEED": "demo", "CRYPTO_DB_PATH": "/tmp/x.db"})
+    assert chosen.with_changes(backfill_pace=0.5).db_path == "/tmp/x.db"
+    assert chosen.with_changes(backfill_pace=0.5).explicit_db_path
+
+
+def test_backfill_pace_is_checked():
+    assert Settings.from_env({"CRYPTO_BACKFILL_PACE": "0.5"}).backfill_pace == 0.5
+    assert Settings.from_env({}).backfill_pace is None  # the page or the CLI decides
+    with pytest.raises(ConfigError, match="CRYPTO_BACKFILL_PACE"):
+        Settings.from_env({"CRYPTO_BACKFILL_PACE": "0"})
+
+
 def test_each_replay_recording_gets_its_own_database(tmp_path):
     recording = tmp_path / "futures 2025-12-15.ndjson"
     recording.write_text("")
