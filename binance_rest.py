@@ -550,11 +550,24 @@ class Backfiller:
         Local time the recording started (default: now). Trades received before it are an
         earlier run's: the newest of them is where the start-up walk stops (the stream may
         have stored trades of this run before the walk begins).
+    urgent_s : float, default 900
+        The newest this many seconds of trades are fetched as fast as REST answers, and
+        readers are told the moment every symbol has them (``mark_history``): the views a
+        page opens on first. Pages older than that are paced by ``pace``.
+    pace : float, default 1
+        Share of wall time the walk may spend on pages older than ``urgent_s`` (fetching,
+        parsing and storing them): after such a page it waits ``(1 - pace) / pace`` times
+        as long as the page took (rate-limit waits not counted). ``1`` = no waiting. On a loopback market the walk
+        otherwise takes a whole core (and the GIL) while a page starts; against Binance the
+        weight limit spreads an hour over minutes anyway.
     """
 
     def __init__(self, client: RestClient, symbols, ledger, *, trade_history_s: float,
                  kline_history_s: float, repair: bool = True, trades_by_id: bool = True,
-                 poll_s: float = 1.0, started_ms: int | None = None):
+                 poll_s: float = 1.0, started_ms: int | None = None,
+                 urgent_s: float = 900.0, pace: float = 1.0):
+        if not 0 < pace <= 1:
+            raise ValueError(f"pace must be in (0, 1], not {pace!r}")
         self.client = client
         self.symbols = [check_symbol(s) for s in symbols]
         self.ledger = ledger
@@ -563,6 +576,8 @@ class Backfiller:
         self.repair = repair
         self.trades_by_id = trades_by_id
         self.poll_s = poll_s
+        self.urgent_ms = int(urgent_s * 1000)
+        self.pace = pace
         self.started_ms = _now_ms() if started_ms is None else int(started_ms)
         self.progress = {s: SymbolProgress() for s in self.symbols}
         self.state = "new"  # new | klines | trades | repairing | banned | failed | stopped
@@ -616,6 +631,7 @@ class Backfiller:
             "retries": stats.retries,
             "last_error": stats.last_error,
             "initial_done_s": self.initial_done_s,
+            "pace": self.pace,
             "symbols": {s: {"klines": p.klines, "trades": p.trades,
                             "fraction": round(p.fraction, 3), "state": p.state,
                             "detail": p.detail} for s, p in self.progress.items()},
@@ -707,6 +723,8 @@ class Backfiller:
         the writer has no earlier id to measure a gap from.
         """
         start_ms = self.trades_from_ms = now_ms - self.trade_history_ms
+        urgent_from_ms = now_ms - self.urgent_ms
+        urgent_announced = False
         walks = {}
         for symbol in self.symbols:
             last = self.ledger.last_trade(symbol, self.started_ms)
@@ -714,8 +732,13 @@ class Backfiller:
             walks[symbol] = _Walk(symbol, floor_id, start_ms, now_ms)
             self.progress[symbol].state = "trades"
         while walks:
+            if not urgent_announced and all(w.oldest_ms <= urgent_from_ms
+                                            for w in walks.values()):
+                self.ledger.mark_history()  # the views a page opens first are complete
+                urgent_announced = True
             for symbol in list(walks):
                 walk = walks[symbol]
+                step_started = time.monotonic() - self.client.stats.paced_s
                 try:
                     finished = self._walk_step(walk)
                     if finished:
@@ -729,6 +752,14 @@ class Backfiller:
                     finished = True
                 if finished:
                     del walks[symbol]
+                elif urgent_announced and self.pace < 1:
+                    self._pace_after(step_started)
+
+    def _pace_after(self, step_started: float) -> None:
+        """Wait ``(1 - pace) / pace`` times the page's own time (``step_started``: monotonic
+        time minus the client's rate-limit waits then, which are not the page's work)."""
+        took = time.monotonic() - self.client.stats.paced_s - step_started
+        self.client.stop.wait(took * (1 - self.pace) / self.pace)
 
     def _walk_up(self, walk: _Walk) -> None:
         """From above the newest REST page up to the first stored trade or the present."""
@@ -775,6 +806,7 @@ class Backfiller:
             if walk.top_id is None:
                 walk.top_id = rows[-1][1]
             walk.lowest_id = rows[0][1]
+            walk.oldest_ms = rows[0][2]
             span = max(1, walk.end_ms - walk.start_ms)
             progress.fraction = min(1.0, max(0.0, (walk.end_ms - rows[0][2]) / span))
         reached_window = not rows or rows[0][2] <= walk.start_ms
@@ -863,3 +895,4 @@ class _Walk:
     end_ms: int
     lowest_id: int | None = None
     top_id: int | None = None  # highest id of the first (newest) page
+    oldest_ms: float = math.inf  # exchange time of the oldest trade the walk has stored

@@ -728,7 +728,7 @@ class Collector:
         self._backfiller = binance_rest.Backfiller(
             client, self.endpoint.symbols, database.BackfillLedger(self.db_path),
             trade_history_s=s.backfill, kline_history_s=s.backfill_klines,
-            trades_by_id=s.stream == "aggTrade",
+            trades_by_id=s.stream == "aggTrade", pace=s.backfill_pace or 1.0,
             started_ms=self.started_ms if started_ms is None else started_ms).start()
         log.info("REST backfill from %s: %g s of trades, %g s of 1m klines%s", client.base_url,
                  s.backfill, s.backfill_klines,

@@ -97,9 +97,11 @@ def test_bars_without_klines_read_as_before(tmp_path):
 # --------------------------------------------------------------------------------------
 
 import sqlite3  # noqa: E402
+import threading  # noqa: E402
 
 import binance_rest  # noqa: E402
 import collector  # noqa: E402
+import services  # noqa: E402
 import market  # noqa: E402
 from config import Settings  # noqa: E402
 from tests.helpers import wait_until  # noqa: E402
@@ -176,6 +178,7 @@ def test_rest_and_stream_overlap_without_duplicates(tmp_path, live_market):
     c = make_collector(tmp_path, live_market, backfill="0").start()
     try:
         assert wait_until(lambda: c.stored > 150, 10)  # the stream alone, for a while
+        assert c.health()["backfill"]["pace"] == 1.0  # headless: full speed
         rest = binance_rest.RestClient(live_market.url.replace("ws://", "http://"))
         # Started after the stream stored trades, like a backfill behind a fast stream.
         late = binance_rest.Backfiller(rest, ["BTCUSDT", "ETHUSDT"],
@@ -295,6 +298,7 @@ def test_app_on_the_demo_feed_shows_a_day_at_1m_and_a_1s_zscore_soon(demo_app_en
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     feed = collector.running_collector()
+    assert feed.health()["backfill"]["pace"] == services.PAGE_BACKFILL_PACE  # the page's
     # The page drew without waiting; the backfill runs on its own thread meanwhile, newest
     # trades first: 30 % of the 60 minutes cover the 15-minute view below.
     def covered(fraction):
@@ -355,3 +359,62 @@ def test_browser_shows_a_day_at_1m_with_a_z_score_after_start(tmp_path):
             finally:
                 browser.close()
     assert result["bars"] >= 1400 and result["z"] != "—"
+
+
+def test_newest_trades_come_first_and_are_announced_then_the_rest_is_paced(tmp_path):
+    """The newest ``urgent_s`` of trades (what a page opens on) are fetched at full speed
+    and announced to readers the moment both legs have them; older pages then wait
+    ``(1 - pace) / pace`` times as long as each took (on the built-in market)."""
+    server = market.MarketServer(market.SimulatedMarket(seed=5), history_s=1200,
+                                 kline_history_s=0,
+                                 rest_weight_limit=market.DEMO_REST_WEIGHT_LIMIT)
+    server.start()
+    path = tmp_path / "paced.db"
+    announced: list[dict] = []
+
+    class RecordingLedger(database.BackfillLedger):
+        def mark_history(self):  # every announcement, with how far back each leg was
+            if self._unannounced:
+                announced.append({s: self.conn.execute(
+                    "SELECT min(ts) FROM ticks WHERE symbol = ?", (s,)).fetchone()[0]
+                    for s in ("BTCUSDT", "ETHUSDT")} | {"at": time.monotonic()})
+            super().mark_history()
+
+    waits: list[tuple[float, float]] = []
+
+    class RecordingStop(threading.Event):
+        def wait(self, timeout=None):
+            if timeout is not None:
+                waits.append((time.monotonic(), timeout))
+            return super().wait(timeout)
+
+    try:
+        rest = binance_rest.RestClient(server.url.replace("ws://", "http://"))
+        rest.stop = RecordingStop()
+        backfiller = binance_rest.Backfiller(
+            rest, ["BTCUSDT", "ETHUSDT"], RecordingLedger(path), trade_history_s=1200,
+            kline_history_s=0, repair=False, urgent_s=300, pace=0.25)
+        backfiller.start()
+        assert wait_until(lambda: backfiller.state == "done", 60), backfiller.health()
+        ended = time.monotonic()
+    finally:
+        server.stop()
+    window_start = backfiller.trades_from_ms
+    urgent_from = window_start + (1200 - 300) * 1000
+    # The first announcement with both legs' newest 5 minutes came as the later leg got
+    # there: that leg's walk was at most a page or two (< 2 min of trades) further back.
+    first = next(a for a in announced
+                 if a["BTCUSDT"] <= urgent_from and a["ETHUSDT"] <= urgent_from)
+    assert max(first["BTCUSDT"], first["ETHUSDT"]) > urgent_from - 120_000, first
+    assert min(first["BTCUSDT"], first["ETHUSDT"]) > window_start  # the rest came later
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        rows = stored(path, symbol)  # the whole window, each trade once, nothing missing
+        agg, _tid, ts, *_ = server.past.trades(symbol)
+        assert rows[0][0] == int(agg[ts >= window_start][0])
+        assert rows == server_rows(server, symbol, rows[0][0], rows[-1][0])
+    # Pages before the announcement: no waiting; after it: waits, 3x each page's time.
+    assert rest.stats.paced_s == 0  # no rate-limit waits: every wait is the Backfiller's
+    assert waits and all(at >= first["at"] for at, _ in waits)
+    paced_wall = ended - first["at"]
+    waited = sum(timeout for _, timeout in waits)
+    assert 0.6 < waited / paced_wall < 0.85, (waited, paced_wall)
