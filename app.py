@@ -1817,5 +1817,6 @@ if IN_SESSION:
             else:
                 PLAIN_TABS[name](controls)
     freeze_long_lived_objects()
+    services.page_served()
 else:  # imported by `streamlit run app.py`: the server, with the REST API (api.py)
     app = st.App(__file__, routes=api.routes(), lifespan=api.lifespan)

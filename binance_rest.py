@@ -554,6 +554,12 @@ class Backfiller:
         The newest this many seconds of trades are fetched as fast as REST answers, and
         readers are told the moment every symbol has them (``mark_history``): the views a
         page opens on first. Pages older than that are paced by ``pace``.
+    trades_after : threading.Event, optional
+        The trade walk waits (after the klines) until this is set, at most
+        ``trades_after_s`` seconds: the page's process sets it when its first page run is
+        over, so that the walk does not compete for the CPU and the GIL with serving the
+        browser its scripts and the page's first run (``services.page_served``).
+    trades_after_s : float, default 3
     pace : float, default 1
         Share of wall time the walk may spend on pages older than ``urgent_s`` (fetching,
         parsing and storing them): after such a page it waits ``(1 - pace) / pace`` times
@@ -565,7 +571,8 @@ class Backfiller:
     def __init__(self, client: RestClient, symbols, ledger, *, trade_history_s: float,
                  kline_history_s: float, repair: bool = True, trades_by_id: bool = True,
                  poll_s: float = 1.0, started_ms: int | None = None,
-                 urgent_s: float = 900.0, pace: float = 1.0):
+                 urgent_s: float = 900.0, pace: float = 1.0,
+                 trades_after: threading.Event | None = None, trades_after_s: float = 3.0):
         if not 0 < pace <= 1:
             raise ValueError(f"pace must be in (0, 1], not {pace!r}")
         self.client = client
@@ -578,9 +585,12 @@ class Backfiller:
         self.poll_s = poll_s
         self.urgent_ms = int(urgent_s * 1000)
         self.pace = pace
+        self.trades_after = trades_after
+        self.trades_after_s = trades_after_s
         self.started_ms = _now_ms() if started_ms is None else int(started_ms)
         self.progress = {s: SymbolProgress() for s in self.symbols}
-        self.state = "new"  # new | klines | trades | repairing | banned | failed | stopped
+        # new | klines | waiting for the page | trades | repairing | banned | failed | stopped
+        self.state = "new"
         self.detail = ""
         self.backfilled = 0  # rows stored from REST (new rows only)
         self.duplicates = 0  # rows REST delivered that were stored already (the overlap)
@@ -681,12 +691,27 @@ class Backfiller:
             for symbol in self.symbols:
                 self._backfill_klines(symbol, now_ms)
         if self.trades_by_id and self.trade_history_ms > 0:
+            self._wait_for_the_page()
             self.state = "trades"
             self._backfill_trades(now_ms)
         for progress in self.progress.values():
             if progress.state not in ("failed",):
                 progress.state = "done"
                 progress.fraction = 1.0
+
+    def _wait_for_the_page(self) -> None:
+        """Until ``trades_after`` is set, at most ``trades_after_s`` (or until stopped)."""
+        if self.trades_after is None:
+            return
+        self.state = "waiting for the page"
+        deadline = time.monotonic() + self.trades_after_s
+        while not (self.trades_after.is_set() or self.client.stop.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.trades_after.wait(min(left, 0.05))
+        if self.client.stop.is_set():
+            raise RestStopped("stopped")
 
     def _backfill_klines(self, symbol: str, now_ms: int) -> None:
         progress = self.progress[symbol]

@@ -367,8 +367,12 @@ class Collector:
 
     def __init__(self, settings: Settings, *, backoff_base: float = BACKOFF_BASE_S,
                  backoff_cap: float = BACKOFF_CAP_S, healthy_reset: float = HEALTHY_RESET_S,
-                 max_connection_age: float = MAX_CONNECTION_AGE_S, seed: int | None = None):
+                 max_connection_age: float = MAX_CONNECTION_AGE_S, seed: int | None = None,
+                 trades_after: threading.Event | None = None):
         self.settings = settings
+        # The REST trade backfill waits for this (at most a few seconds): the page's
+        # process sets it after its first page run (binance_rest.Backfiller).
+        self.trades_after = trades_after
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.healthy_reset = healthy_reset
@@ -729,6 +733,7 @@ class Collector:
             client, self.endpoint.symbols, database.BackfillLedger(self.db_path),
             trade_history_s=s.backfill, kline_history_s=s.backfill_klines,
             trades_by_id=s.stream == "aggTrade", pace=s.backfill_pace or 1.0,
+            trades_after=self.trades_after,
             started_ms=self.started_ms if started_ms is None else started_ms).start()
         log.info("REST backfill from %s: %g s of trades, %g s of 1m klines%s", client.base_url,
                  s.backfill, s.backfill_klines,
@@ -1398,17 +1403,18 @@ _PROCESS = sys.__dict__.setdefault("_pairs_dashboard_collector", {"lock": thread
                                                                   "collector": None})
 
 
-def start(settings: Settings | None = None) -> Collector:
+def start(settings: Settings | None = None, *,
+          trades_after: threading.Event | None = None) -> Collector:
     """Start this process's collector, or return the one already running.
 
     A running collector is returned as it is even when ``settings`` differ; call ``stop()``
-    first to change feed or database.
+    first to change feed or database. ``trades_after``: see ``Collector``.
     """
     with _PROCESS["lock"]:
         current = _PROCESS["collector"]
         if current is not None and current.running:
             return current
-        collector = Collector(settings or Settings.from_env())
+        collector = Collector(settings or Settings.from_env(), trades_after=trades_after)
         _PROCESS["collector"] = collector
         return collector.start()
 

@@ -441,7 +441,7 @@ class BarStore:
 def backfill_rows(health: Mapping) -> list[tuple[str, float, str]]:
     """(symbol, fraction done, label) per symbol while the REST backfill runs, else []."""
     backfill = health.get("backfill") or {}
-    if backfill.get("state") not in ("new", "klines", "trades"):
+    if backfill.get("state") not in ("new", "klines", "waiting for the page", "trades"):
         return []
     rows = []
     for symbol, progress in backfill.get("symbols", {}).items():

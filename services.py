@@ -27,7 +27,9 @@ from config import Settings
 PAGE_BACKFILL_PACE = 0.33
 
 _PROCESS = sys.__dict__.setdefault("_pairs_dashboard_services", {
-    "lock": threading.RLock(), "paused": False, "last_feed": None})
+    "lock": threading.RLock(), "paused": False, "last_feed": None,
+    "page_served": threading.Event()})
+_PROCESS.setdefault("page_served", threading.Event())  # a registry from before this key
 
 
 def start(settings: Settings) -> collector.Collector:
@@ -44,11 +46,20 @@ def start(settings: Settings) -> collector.Collector:
         elif feed is None:
             if settings.backfill_pace is None:
                 settings = settings.with_changes(backfill_pace=PAGE_BACKFILL_PACE)
-            feed = collector.start(settings)
+            feed = collector.start(settings, trades_after=_PROCESS["page_served"])
         _PROCESS["last_feed"] = feed
         alerts.start_evaluator(db_path)
         paper.start_monitor(db_path)
         return feed
+
+
+def page_served() -> None:
+    """A page run is over (``app.py`` calls this after each): from now on the REST trade
+    backfill takes the CPU without delaying a browser's first view. At server start it
+    waits for this (at most ``Backfiller.trades_after_s``): the browser is loading
+    Streamlit's scripts and Plotly's from this Python process, and the page's first run
+    needs the GIL."""
+    _PROCESS["page_served"].set()
 
 
 def current_feed() -> collector.Collector | None:
@@ -90,7 +101,7 @@ def resume_collection() -> collector.Collector:
             return running
         last = _PROCESS["last_feed"]
         settings = last.settings if last is not None else Settings.from_env()
-        feed = collector.start(settings)
+        feed = collector.start(settings, trades_after=_PROCESS["page_served"])
         _PROCESS["last_feed"] = feed
         return feed
 

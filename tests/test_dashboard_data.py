@@ -458,3 +458,12 @@ def test_row_formats_give_each_measure_a_format_for_its_size():
                          index=["bars", "open", "change pct", "volatility per bar", "z"])
     assert dd.row_formats(table) == {"bars": ",.0f", "open": ",.2f", "change pct": ".4f",
                                      "volatility per bar": ".3e", "z": ".4f"}
+
+
+def test_backfill_progress_shows_while_the_backfill_runs_or_waits_for_the_page():
+    symbols = {"BTCUSDT": {"klines": 1440, "trades": 0, "fraction": 0.0}}
+    for state in ("new", "klines", "waiting for the page", "trades"):
+        rows = dd.backfill_rows({"backfill": {"state": state, "symbols": symbols}})
+        assert rows == [("BTCUSDT", 0.0, "BTCUSDT history: 1,440 1m bars, 0 trades")], state
+    for state in ("repairing", "done", "failed", "off"):
+        assert dd.backfill_rows({"backfill": {"state": state, "symbols": symbols}}) == []

@@ -265,6 +265,50 @@ def test_gap_repair_stops_at_an_empty_page_and_keeps_the_rest_with_its_reason(tm
     conn.close()
 
 
+def _newest_trades_answer(now_ms):
+    """A REST side with klines and a page of trades just before ``now_ms``."""
+    def answer(path_, query):
+        if path_.endswith("/time"):
+            return ok({"serverTime": now_ms})
+        if path_.endswith("/exchangeInfo"):
+            return ok({"rateLimits": []})
+        if path_.endswith("/klines"):
+            return ok([])
+        if "fromId" in query:
+            return ok([])
+        return ok([agg_row(i, ts=now_ms - 1_000 + i) for i in range(1, 11)])
+    return answer
+
+
+@pytest.mark.parametrize("served_after_s", [0.4, None])
+def test_the_trade_walk_waits_for_the_page_at_most_trades_after_s(tmp_path, served_after_s):
+    """Klines at once; trades once the page's first run is over (the event), or after
+    ``trades_after_s`` when no page comes."""
+    import threading
+    page_served = threading.Event()
+    with ScriptedRest(default=_newest_trades_answer(1_700_000_000_000)) as server:
+        backfiller = Backfiller(client(server.url), ["BTCUSDT"],
+                                database.BackfillLedger(tmp_path / "gate.db"),
+                                trade_history_s=60, kline_history_s=60, repair=False,
+                                trades_after=page_served, trades_after_s=1.0)
+        started = time.monotonic()
+        backfiller.start()
+        assert wait_until(lambda: backfiller.state == "waiting for the page", 5)
+        if served_after_s is not None:
+            time.sleep(served_after_s - (time.monotonic() - started))
+            served = time.monotonic()
+            page_served.set()
+        assert wait_until(lambda: backfiller.state == "done", 5), backfiller.health()
+    klines = [t for t, path_, _ in server.log if path_.endswith("/klines")]
+    trades = [t for t, path_, _ in server.log if path_.endswith("/aggTrades")]
+    assert klines and trades and max(klines) < min(trades)
+    if served_after_s is None:
+        assert 1.0 <= min(trades) - started < 2.0  # the cap, then at once
+    else:
+        assert 0 <= min(trades) - served < 0.5  # at once after the page, not at the cap
+    assert backfiller.backfilled == 10
+
+
 def test_backfiller_reports_unreachable_rest_and_keeps_gaps(tmp_path):
     from tests.helpers import free_port
     path = tmp_path / "down.db"
