@@ -321,7 +321,9 @@ def test_page_opens_and_closes_a_paper_position(page_env, media):
     at = run(at)
     assert metric(at, "realised P&L") == f"{hand['net']:,.2f}"
     assert metric(at, "fees paid") == f"{hand['fees']:,.2f}"
-    assert_readable_table(at, "gross_pnl", {"opened": click, "y entry time": click + 300,
+    # entry: each leg's first trade after the click (y at +100 ms; the +300 ms one only
+    # marked the open position), exit: the first after the close request (x at +200 ms)
+    assert_readable_table(at, "gross_pnl", {"opened": click, "y entry time": click + 100,
                                             "x exit time": close_click + 200})
     history = pd.read_csv(io.BytesIO(download(at, media, "download_paper")))
     assert history["pnl"].iloc[0] == pytest.approx(hand["net"], rel=1e-12)
