@@ -560,12 +560,13 @@ class Backfiller:
         over, so that the walk does not compete for the CPU and the GIL with serving the
         browser its scripts and the page's first run (``services.page_served``).
     trades_after_s : float, default 3
+        The longest wait for ``trades_after`` (a server started with no browser yet).
     pace : float, default 1
         Share of wall time the walk may spend on pages older than ``urgent_s`` (fetching,
         parsing and storing them): after such a page it waits ``(1 - pace) / pace`` times
-        as long as the page took (rate-limit waits not counted). ``1`` = no waiting. On a loopback market the walk
-        otherwise takes a whole core (and the GIL) while a page starts; against Binance the
-        weight limit spreads an hour over minutes anyway.
+        as long as the page took (rate-limit waits not counted). ``1`` = no waiting. On a
+        loopback market the walk otherwise takes a whole core (and the GIL) while a page
+        starts; against Binance the weight limit spreads an hour over minutes anyway.
     """
 
     def __init__(self, client: RestClient, symbols, ledger, *, trade_history_s: float,
@@ -705,13 +706,11 @@ class Backfiller:
             return
         self.state = "waiting for the page"
         deadline = time.monotonic() + self.trades_after_s
-        while not (self.trades_after.is_set() or self.client.stop.is_set()):
-            left = deadline - time.monotonic()
-            if left <= 0:
+        while not self.trades_after.wait(0.05):  # short waits: a stop is seen at once
+            if self.client.stop.is_set():
+                raise RestStopped("stopped")
+            if time.monotonic() >= deadline:
                 return
-            self.trades_after.wait(min(left, 0.05))
-        if self.client.stop.is_set():
-            raise RestStopped("stopped")
 
     def _backfill_klines(self, symbol: str, now_ms: int) -> None:
         progress = self.progress[symbol]

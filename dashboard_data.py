@@ -579,8 +579,8 @@ class _FitCache(dict):
     their exact inputs, and the newest filter's state to continue from): a refresh that adds
     one bar refits one window and filters the new bars instead of all of them. Bounded: at
     most ``max_fits`` entries and the ``max_kalman`` most recent filter runs (each up to
-    3,600 rows). Single dict reads and
-    writes are atomic, so the page's threads share it; a lost race costs a recomputation.
+    3,600 rows). Single dict reads and writes are atomic, so the page's threads share it;
+    a lost race costs a recomputation.
     """
 
     def __init__(self, max_fits: int = 20_000, max_kalman: int = 48) -> None:

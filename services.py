@@ -27,9 +27,8 @@ from config import Settings
 PAGE_BACKFILL_PACE = 0.33
 
 _PROCESS = sys.__dict__.setdefault("_pairs_dashboard_services", {
-    "lock": threading.RLock(), "paused": False, "last_feed": None,
-    "page_served": threading.Event()})
-_PROCESS.setdefault("page_served", threading.Event())  # a registry from before this key
+    "lock": threading.RLock(), "paused": False, "last_feed": None})
+_PROCESS.setdefault("page_served", threading.Event())  # also in a registry made before it
 
 
 def start(settings: Settings) -> collector.Collector:
