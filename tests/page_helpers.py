@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -68,6 +69,18 @@ def page(**state) -> AppTest:
     for key, value in state.items():
         at.session_state[key] = value
     return run(at)
+
+
+def visible_columns(frame_element) -> dict[str, str]:
+    """{column: label} of the columns a table shows (hidden ones left out)."""
+    config = json.loads(frame_element.proto.columns or "{}")
+    shown = {}
+    for name in frame_element.value.columns:
+        entry = config.get(f"col:{name}", config.get(str(name), {}))
+        if entry is None or entry.get("hidden"):
+            continue
+        shown[str(name)] = entry.get("label") or str(name)
+    return shown
 
 
 def metric(at: AppTest, label: str) -> str:

@@ -17,6 +17,7 @@ import dashboard_data as dd
 import database
 import page_state
 import uploads
+from page_helpers import visible_columns
 from test_app import (DATA, GOOD_OHLC, app_env, closed_port, new_app,  # noqa: F401
                       open_tab, recorded_db, run, texts)
 
@@ -266,18 +267,6 @@ def test_health_says_what_the_fallback_did():
 # --------------------------------------------------------------------------------------
 # 8. tables and messages for people
 # --------------------------------------------------------------------------------------
-
-
-def visible_columns(frame_element) -> dict[str, str]:
-    """{column: label} of the columns a table shows (hidden ones left out)."""
-    config = json.loads(frame_element.proto.columns or "{}")
-    shown = {}
-    for name in frame_element.value.columns:
-        entry = config.get(f"col:{name}", config.get(str(name), {}))
-        if entry is None or entry.get("hidden"):
-            continue
-        shown[str(name)] = entry.get("label") or str(name)
-    return shown
 
 
 def styled_text(frame_element) -> pd.DataFrame:

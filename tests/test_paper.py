@@ -6,7 +6,6 @@ tab and the start/stop collection buttons are driven with AppTest at the end."""
 from __future__ import annotations
 
 import io
-import json
 import math
 
 import numpy as np
@@ -19,7 +18,7 @@ import database
 import paper
 import services
 from page_helpers import closed_feed_env, download, media, metric, page, run, \
-    stop_page_services  # noqa: F401  (media is a fixture)
+    stop_page_services, visible_columns  # noqa: F401  (media is a fixture)
 
 Y, X = "ETHUSDT", "BTCUSDT"
 T0 = 1_765_000_000_000  # epoch ms, a whole second
@@ -334,12 +333,7 @@ def assert_readable_table(at, column: str, times: dict) -> None:
     """The Paper table holding ``column`` shows labels without "_", no epoch-ms column,
     and the ``times`` (label -> epoch ms) as wall-clock times in the display zone (#15)."""
     table = next(f for f in at.dataframe if column in f.value.columns)
-    config = json.loads(table.proto.columns or "{}")
-    shown = {}
-    for name in table.value.columns:
-        entry = config.get(f"col:{name}", config.get(str(name), {}))
-        if entry is not None and not entry.get("hidden"):
-            shown[entry.get("label") or str(name)] = str(name)
+    shown = {label: name for name, label in visible_columns(table).items()}
     assert all("_" not in label for label in shown), sorted(shown)
     for label, ms in times.items():
         text = table.value[shown[label]].iloc[0]
