@@ -334,10 +334,11 @@ def write_view_to_url(c: dd.Controls) -> None:
         state["upload_name"] = c.source.upload
     wanted = page_state.url_params(state)
     current = st.query_params.to_dict()
+    changed = {name: value for name, value in wanted.items() if current.get(name) != value}
+    if changed:  # one message to the browser (each assignment would send its own)
+        st.query_params.update(changed)
     for name in page_state.URL_KEYS:
-        if name in wanted and current.get(name) != wanted[name]:
-            st.query_params[name] = wanted[name]
-        elif name not in wanted and name in current:
+        if name not in wanted and name in current:
             del st.query_params[name]
 
 
@@ -1775,12 +1776,12 @@ def tab_pairs(c: dd.Controls) -> None:
 
 if IN_SESSION:
     first_chart = st.empty()
-    if not st.session_state.get("plotly_requested"):
-        # A session's first run: a placeholder chart before anything else, so that a newly
-        # opened browser fetches and compiles Plotly's 4.7 MB script (a second or more of
-        # its main thread) while the server builds the sidebar and reads the view; it is
-        # cleared once the live strip is drawn.
-        st.session_state["plotly_requested"] = True
+    if services.first_page_pending():
+        # The server's first page: a placeholder chart before anything else, so that the
+        # browser, likely just opened, fetches and compiles Plotly's 4.7 MB script (a second
+        # or more of its main thread) while the server builds the sidebar and reads the
+        # view; it is cleared once the live strip is drawn. Later sessions skip it: there
+        # it is one more chart to draw and remove.
         first_chart.plotly_chart(viz.empty_figure("reading the stored bars…").update_layout(
             height=220), theme=None, config={"displaylogo": False})
     with st.sidebar:

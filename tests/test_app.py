@@ -33,6 +33,7 @@ import json
 import math
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +49,7 @@ import backtest
 import collector
 import dashboard_data as dd
 import database
+import services
 import uploads
 from page_helpers import media  # noqa: F401  (a fixture: download payloads)
 
@@ -263,10 +265,11 @@ def test_only_the_open_tab_runs(recorded_db):
 def test_a_sessions_first_run_draws_a_chart_before_it_reads_the_view(recorded_db,
                                                                        monkeypatch):
     """A newly opened browser fetches Plotly's script (4.7 MB) when it sees the first chart:
-    a placeholder goes out first, before the view is read, and is gone once the strip is
-    drawn (bench/bench_backfill.py page)."""
+    on the server's first page a placeholder goes out first, before the view is read, and
+    is gone once the strip is drawn (bench/bench_backfill.py page)."""
     from streamlit.elements.plotly_chart import PlotlyMixin
 
+    monkeypatch.setitem(services._PROCESS, "page_served", threading.Event())  # a new server
     events = []
     draw, load = PlotlyMixin.plotly_chart, dd.load_pair_view
     monkeypatch.setattr(PlotlyMixin, "plotly_chart",
@@ -283,6 +286,11 @@ def test_a_sessions_first_run_draws_a_chart_before_it_reads_the_view(recorded_db
 
     events.clear()
     at.run()  # later runs of the session draw no placeholder
+    assert ("chart", None) not in events
+
+    events.clear()
+    later = run(new_app(lookback="15 min"))  # nor does a later session: one chart less
+    assert [c for c in later.get("plotly_chart") if c.proto.id.endswith("live_z")]
     assert ("chart", None) not in events
 
 
