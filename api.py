@@ -2,9 +2,10 @@
 
 ``streamlit run app.py`` finds ``app = st.App(...)`` in app.py (Streamlit 1.67 discovers an
 ASGI app by reading the file) and serves it with uvicorn: the page at ``/``, these routes
-under ``/api/``, both on the page's port. ``lifespan`` starts the collector, the alert
-evaluator and the paper-trading monitor when the server starts (``services.start``), so
-recording, alerts and the API work with no browser tab open.
+under ``/api/``, both on the page's port (``server.ROUTES``, which imports this module in
+the background after the server starts). ``server.lifespan`` starts the collector, the
+alert evaluator and the paper-trading monitor (``services.start``), so recording, alerts
+and the API work with no browser tab open.
 
 Every endpoint reads or writes through the functions the page calls (``database``,
 ``dashboard_data``, ``alerts``, ``paper``, ``exports``); nothing here computes a number of
@@ -32,7 +33,6 @@ Rules every endpoint follows
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hmac
 import ipaddress
@@ -573,7 +573,7 @@ def resume_collection(request: Request) -> Response:
 
 
 # --------------------------------------------------------------------------------------
-# Routes, OpenAPI, lifespan
+# Routes and OpenAPI
 # --------------------------------------------------------------------------------------
 
 
@@ -713,6 +713,12 @@ def _answering(handler: Callable) -> Callable:
     return wrapped
 
 
+async def unknown_endpoint(scope, receive, send) -> None:
+    """ASGI answer for a path under ``/api/`` that no endpoint serves: 404 in JSON."""
+    message = f"no endpoint {scope.get('method', '')} {scope['path']} (see /api/openapi.json)"
+    await json_response({"error": message}, status=404)(scope, receive, send)
+
+
 def routes() -> list[Route]:
     """The Starlette routes of ``ENDPOINTS`` plus ``/api/openapi.json``.
 
@@ -725,14 +731,3 @@ def routes() -> list[Route]:
         table.append(Route(endpoint.path, _answering(endpoint.handler),
                            methods=[endpoint.method]))
     return table
-
-
-@contextlib.asynccontextmanager
-async def lifespan(app):
-    """Start the services when the server starts; stop them when it stops."""
-    try:
-        services.start(Settings.from_env())
-    except ConfigError as exc:  # the page shows the same error; the API answers 503
-        log.error("services not started: configuration error: %s", exc)
-    yield
-    services.stop_all()

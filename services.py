@@ -1,6 +1,6 @@
 """The process's background services: collector, alert evaluator, paper-trading monitor.
 
-One place starts them, so the server (``api.lifespan``, when ``streamlit run app.py``
+One place starts them, so the server (``server.lifespan``, when ``streamlit run app.py``
 starts) and the page (``app.start_services``, a fallback for AppTest, which has no server)
 start the same things the same way. Every start is idempotent per process.
 

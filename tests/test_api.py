@@ -16,6 +16,8 @@ import asyncio
 import io
 import json
 import math
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +31,7 @@ import analytics
 import api
 import dashboard_data as dd
 import database
-from browser import StreamlitServer, demo_env
+from browser import ROOT, StreamlitServer, demo_env
 from helpers import wait_until
 
 Y, X = "ETHUSDT", "BTCUSDT"
@@ -87,6 +89,23 @@ def test_health_without_any_page_open(server):
     assert health["collector"]["feed"] == "demo"
     assert health["alerts"]["running"] is True
     assert health["paper"]["running"] is True
+
+
+def test_an_unknown_api_path_is_a_json_404(server):
+    status, body = call(server, "/api/no-such-thing")
+    assert status == 404
+    assert "no endpoint GET /api/no-such-thing" in body["error"]
+
+
+def test_the_servers_import_of_app_py_stops_at_streamlit():
+    """`streamlit run` imports app.py before it listens: pandas and the project are
+    imported by server.lifespan's thread afterwards (README, Backfill benchmark)."""
+    probe = ("import sys; import app; print([m for m in ('pandas', 'api', 'analytics', "
+             "'collector', 'dashboard_data', 'services', 'visualizations') "
+             "if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
 
 
 def test_symbols(server):
