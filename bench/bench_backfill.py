@@ -19,7 +19,11 @@ page
     the view should have (>= 1,400 one-minute bars for the day, >= 800 one-second bars for
     15 min). The time is measured from the ``streamlit run`` launch (process start, imports,
     collector and market start, REST backfill, first render - all of it). Settings for the
-    page: ``BENCH_CRYPTO_<NAME>`` (see ``page_settings``).
+    page: ``BENCH_CRYPTO_<NAME>`` (see ``page_settings``). Each view is timed twice: with a
+    new browser profile (nothing cached: a browser's very first visit), and with a profile
+    that visited the page before on the same port (Streamlit's scripts, which it serves as
+    immutable, and Plotly's in the browser's cache: every start after the first on a
+    desk's machine; the filling visit is not printed).
 rest
     A collector on the demo feed in this process with the defaults (60 min of trades,
     24 h of klines); the Backfiller's own clock from its start to the end of the initial
@@ -42,7 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, StreamlitServer, demo_env  # noqa: E402
+from tests.browser import (CHROMIUM, CHROMIUM_ARGS, StreamlitServer, demo_env,  # noqa: E402
+                           free_port)
 
 LIVE_STRIP_JS = """() => {
   const metric = Array.from(document.querySelectorAll('[data-testid="stMetric"]'))
@@ -64,18 +69,29 @@ def page_settings() -> dict:
             if name.startswith("BENCH_CRYPTO_")}
 
 
-def page_timing(tf: str, lookback: str, min_bars: int, timeout: float) -> dict:
-    """Seconds from ``streamlit run`` to the live strip's z-score over a full view."""
+def page_timing(tf: str, lookback: str, min_bars: int, timeout: float,
+                profile: str | None = None, port: int | None = None) -> dict:
+    """Seconds from ``streamlit run`` to the live strip's z-score over a full view.
+
+    ``profile``: a Chromium user-data directory kept between runs (with ``port``, the same
+    origin each time), so the browser has Streamlit's and Plotly's scripts in its cache
+    from an earlier visit; None: a new profile, nothing cached."""
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as workdir, sync_playwright() as playwright:
         # The browser is already open, as a user's is; its launch is printed apart.
         launch_started = time.perf_counter()
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        viewport = {"width": 1400, "height": 1000}
+        if profile is None:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport=viewport)
+        else:
+            browser = playwright.chromium.launch_persistent_context(
+                profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, viewport=viewport)
+            page = browser.pages[0] if browser.pages else browser.new_page()
         browser_s = time.perf_counter() - launch_started
         started = time.perf_counter()
-        server = StreamlitServer(demo_env(workdir, **page_settings()), workdir)
+        server = StreamlitServer(demo_env(workdir, **page_settings()), workdir, port=port)
         try:
             healthy = server.wait_healthy()
             query = f"?tf={tf}&lookback={lookback.replace(' ', '+')}"
@@ -98,6 +114,15 @@ def page_timing(tf: str, lookback: str, min_bars: int, timeout: float) -> dict:
             "first_z_s": first_z,
             "full_s": full if state.get("bars", 0) >= min_bars else None,
             "bars": state.get("bars"), "z": state.get("z")}
+
+
+def print_page_timing(result: dict, browser: str = "new browser profile") -> None:
+    first = "—" if result["first_z_s"] is None else f"{result['first_z_s']:.1f} s"
+    full = "not reached" if result["full_s"] is None else f"{result['full_s']:.1f} s"
+    print(f"page {result['view']} ({browser}): (Chromium launched beforehand in "
+          f"{result['browser_s']:.1f} s) server healthy {result['healthy_s']:.1f} s, "
+          f"first z-score {first}, full view ({result['bars']} bars, z "
+          f"{result['z']}) {full} after `streamlit run`", flush=True)
 
 
 def rest_rate() -> dict:
@@ -131,13 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.exists(CHROMIUM):
             raise SystemExit(f"{CHROMIUM} is missing: apt-get install chromium")
         for tf, lookback, min_bars in (("1m", "24 h", 1400), ("1s", "15 min", 800)):
-            result = page_timing(tf, lookback, min_bars, args.timeout)
-            first = "—" if result["first_z_s"] is None else f"{result['first_z_s']:.1f} s"
-            full = "not reached" if result["full_s"] is None else f"{result['full_s']:.1f} s"
-            print(f"page {result['view']}: (Chromium launched beforehand in "
-                  f"{result['browser_s']:.1f} s) server healthy {result['healthy_s']:.1f} s, "
-                  f"first z-score {first}, full view ({result['bars']} bars, z "
-                  f"{result['z']}) {full} after `streamlit run`", flush=True)
+            print_page_timing(page_timing(tf, lookback, min_bars, args.timeout))
+            with tempfile.TemporaryDirectory() as profile:
+                port = free_port()
+                page_timing(tf, lookback, min_bars, args.timeout, profile, port)  # fills it
+                print_page_timing(page_timing(tf, lookback, min_bars, args.timeout, profile,
+                                              port), "browser cache from an earlier visit")
     if args.part in ("all", "rest"):
         r = rest_rate()
         print(f"rest: {r['rows']:,} trades + {r['klines']:,} klines in {r['seconds']:.1f} s = "
