@@ -2,8 +2,8 @@
 starts the services, with nothing heavier than Streamlit imported at server start.
 
 ``streamlit run`` imports app.py to find ``app = st.App(...)`` and starts listening only
-after that import. Importing the project there (pandas, Plotly, the API and everything it
-reads through: ~0.6 s on the benchmark machine) kept the browser from fetching even
+after that import. Importing the project there (pandas, the API and every module it reads
+through: ~0.6 s on the benchmark machine) kept the browser from fetching even
 Streamlit's own scripts for that long. So app.py's server import stops at Streamlit and
 this module, and ``lifespan`` does the rest in a thread while the browser loads its
 scripts:
@@ -11,7 +11,7 @@ scripts:
 1. ``api`` is imported (it imports ``services`` and the modules the page reads through),
 2. the services start (``services.start``: collector, alert evaluator, paper monitor), so
    recording, alerts and the API run with no browser tab open, exactly as before,
-3. ``visualizations`` is imported, so the first page run finds Plotly loaded.
+3. ``visualizations`` is imported, so the first page run finds the figure builders loaded.
 
 A page run that comes first starts the services itself (``app.start_services``; starting
 is idempotent) and waits for any import in progress (Python's import lock). ``/api/...``
