@@ -137,7 +137,7 @@ def test_happy_path_both_framings_and_stream_kinds(tmp_path, make_collector, com
         expected_path = "/public/stream" if event == "trade" else "/market/stream"
         assert server.paths[0].startswith(expected_path)
         assert f"btcusdt@{event}/ethusdt@{event}" in server.paths[0]
-    c.stop()
+        c.stop()  # before the server goes: its close would be a reconnect
     assert count_rows(settings.db_path) == 600
     assert (c.rejected, c.filtered, c.duplicates, c.reconnects) == (0, 0, 0, 0)
 
