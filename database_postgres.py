@@ -471,6 +471,8 @@ def list_partitions(conn: PgConnection) -> list[tuple[str, int, int]]:
     ).fetchall()
     parts = []
     for name, bound in rows:
+        if bound is None:  # dropped by another connection while this query ran: gone
+            continue
         # "FOR VALUES FROM ('1765497600000') TO ('1765584000000')"
         low, high = (int(v) for v in re.findall(r"\('?(-?\d+)'?\)", bound))
         parts.append((name, low, high))
