@@ -43,9 +43,7 @@ def start(settings: Settings) -> collector.Collector:
         if feed is None and _PROCESS["paused"] and _PROCESS["last_feed"] is not None:
             feed = _PROCESS["last_feed"]
         elif feed is None:
-            if settings.backfill_pace is None:
-                settings = settings.with_changes(backfill_pace=PAGE_BACKFILL_PACE)
-            feed = collector.start(settings, trades_after=_PROCESS["page_served"])
+            feed = _start_collector(settings)
         _PROCESS["last_feed"] = feed
         alerts.start_evaluator(db_path)
         paper.start_monitor(db_path)
@@ -104,10 +102,17 @@ def resume_collection() -> collector.Collector:
         if running is not None:
             return running
         last = _PROCESS["last_feed"]
-        settings = last.settings if last is not None else Settings.from_env()
-        feed = collector.start(settings, trades_after=_PROCESS["page_served"])
+        feed = _start_collector(last.settings if last is not None else Settings.from_env())
         _PROCESS["last_feed"] = feed
         return feed
+
+
+def _start_collector(settings: Settings) -> collector.Collector:
+    """The collector as the page's process runs it: its trade backfill paced
+    (``PAGE_BACKFILL_PACE`` unless the settings say) and waiting for the first page run."""
+    if settings.backfill_pace is None:
+        settings = settings.with_changes(backfill_pace=PAGE_BACKFILL_PACE)
+    return collector.start(settings, trades_after=_PROCESS["page_served"])
 
 
 def stop_all(timeout: float = 5.0) -> None:

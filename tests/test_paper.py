@@ -355,6 +355,16 @@ def test_stop_and_start_collection_from_the_page(page_env):
     assert any(m.value.startswith("**collection:** running") for m in at.markdown)
 
 
+def test_a_resumed_collector_is_paced_and_waits_for_the_page_like_a_started_one(
+        page_env, monkeypatch):
+    monkeypatch.setitem(services._PROCESS, "paused", True)
+    monkeypatch.setitem(services._PROCESS, "last_feed", None)  # nothing ran before
+    feed = services.resume_collection()
+    assert feed.running
+    assert feed.settings.backfill_pace == services.PAGE_BACKFILL_PACE
+    assert feed.trades_after is services._PROCESS["page_served"]
+
+
 def test_an_automatic_close_already_due_is_refused(feed):
     z = paper.current_signal(feed.path, Y, X, timeframe="1s", window=20, z_window=20,
                              method="ols", log_prices=True).z
