@@ -1781,21 +1781,10 @@ def tab_pairs(c: dd.Controls) -> None:
 # --------------------------------------------------------------------------------------
 
 if IN_SESSION:
-    first_chart = st.empty()
-    if services.first_page_pending():
-        # The server's first page: a placeholder chart before anything else, so that the
-        # browser, likely just opened, fetches and compiles Plotly's 4.7 MB script (a second
-        # or more of its main thread) while the server builds the sidebar and reads the
-        # view; it is cleared once the live strip is drawn. Later sessions skip it: there
-        # it is one more chart to draw and remove.
-        first_chart.plotly_chart(viz.empty_figure("reading the stored bars…").update_layout(
-            height=220), theme=None, config={"displaylogo": False})
     with st.sidebar:
         st.header("Pairs analytics")
         st.fragment(run_every=None if st.session_state.get("paused") else 1.0)(sidebar_status)()
         controls = sidebar_controls()
-    if controls is None or controls.y == controls.x:
-        first_chart.empty()
     if controls is None:
         st.stop()
     if controls.y == controls.x:
@@ -1804,7 +1793,6 @@ if IN_SESSION:
 
     st.html(STRIP_STYLE)
     st.fragment(run_every=controls.fast_every)(live_strip)(controls)
-    first_chart.empty()
 
     TIMED_TABS = {"Prices": tab_prices, "Spread & z-score": tab_spread}
     PLAIN_TABS = {"Statistics": tab_statistics, "Correlation": tab_correlation,

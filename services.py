@@ -59,11 +59,6 @@ def page_served() -> None:
     _PROCESS["page_served"].set()
 
 
-def first_page_pending() -> bool:
-    """True until the first page run of this process is over (``page_served``)."""
-    return not _PROCESS["page_served"].is_set()
-
-
 def current_feed() -> collector.Collector | None:
     """The running collector, or the paused one, or None before ``start``."""
     return collector.running_collector() or _PROCESS["last_feed"]
