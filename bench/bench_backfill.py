@@ -23,7 +23,10 @@ page
     new browser profile (nothing cached: a browser's very first visit), and with a profile
     that visited the page before on the same port (Streamlit's scripts, which it serves as
     immutable, and Plotly's in the browser's cache: every start after the first on a
-    desk's machine; the filling visit is not printed).
+    desk's machine; the filling visit is not printed). Also printed: what Streamlit's
+    server runs on (``server_stack``), and from the browser's resource timing how long
+    Streamlit's scripts took to fetch (the first request to the last response of the
+    ``/static/`` files the document loads) and when the document's load event came.
 rest
     A collector on the demo feed in this process with the defaults (60 min of trades,
     24 h of klines); the Backfiller's own clock from its start to the end of the initial
@@ -37,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 import time
@@ -60,6 +62,30 @@ LIVE_STRIP_JS = """() => {
       .filter(b => b !== null).map(b => parseInt(b.replace(/,/g, ''), 10));
   return {z: z, drawn: !!(plot && plot._fullLayout), bars: bars.length ? bars[0] : 0};
 }"""
+
+
+# The scripts of Streamlit's page: every /static/ file requested before the document's
+# load event (the lazy chunks it imports later, Plotly's among them, are left out).
+SCRIPTS_JS = """() => {
+  const nav = performance.getEntriesByType('navigation')[0];
+  const files = performance.getEntriesByType('resource')
+      .filter(r => r.name.includes('/static/') && r.startTime < nav.loadEventEnd);
+  return {files: files.length, fetch_ms: Math.max(...files.map(r => r.responseEnd))
+          - Math.min(...files.map(r => r.startTime)), load_ms: nav.loadEventEnd};
+}"""
+
+
+def server_stack() -> str:
+    """What uvicorn, Streamlit's server, runs on here ("auto", as Streamlit leaves it):
+    httptools and uvloop when installed (``streamlit[performance]``), else h11 and
+    asyncio (``pip uninstall httptools uvloop`` to time those)."""
+    import uvicorn
+
+    config = uvicorn.Config(lambda scope, receive, send: None, loop="auto", http="auto")
+    config.load()
+    http = "httptools" if "HttpTools" in config.http_protocol_class.__name__ else "h11"
+    loop = config.get_loop_factory().__module__.split(".")[0]
+    return f"{http}/{'uvloop' if loop == 'uvloop' else 'asyncio'}"
 
 
 def page_settings() -> dict:
@@ -107,13 +133,15 @@ def page_timing(tf: str, lookback: str, min_bars: int, timeout: float,
                     break
                 time.sleep(0.1)
             full = time.perf_counter() - started
+            scripts = page.evaluate(SCRIPTS_JS)
         finally:
             browser.close()
             server.stop()
     return {"view": f"{tf} over {lookback}", "healthy_s": healthy, "browser_s": browser_s,
             "first_z_s": first_z,
             "full_s": full if state.get("bars", 0) >= min_bars else None,
-            "bars": state.get("bars"), "z": state.get("z")}
+            "bars": state.get("bars"), "z": state.get("z"), "scripts": scripts["files"],
+            "scripts_s": scripts["fetch_ms"] / 1000, "document_s": scripts["load_ms"] / 1000}
 
 
 def print_page_timing(result: dict, browser: str = "new browser profile") -> None:
@@ -122,7 +150,9 @@ def print_page_timing(result: dict, browser: str = "new browser profile") -> Non
     print(f"page {result['view']} ({browser}): (Chromium launched beforehand in "
           f"{result['browser_s']:.1f} s) server healthy {result['healthy_s']:.1f} s, "
           f"first z-score {first}, full view ({result['bars']} bars, z "
-          f"{result['z']}) {full} after `streamlit run`", flush=True)
+          f"{result['z']}) {full} after `streamlit run`; Streamlit's {result['scripts']} "
+          f"scripts fetched in {result['scripts_s']:.2f} s, document loaded "
+          f"{result['document_s']:.2f} s after the browser asked for it", flush=True)
 
 
 def rest_rate() -> dict:
@@ -155,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("all", "page"):
         if not os.path.exists(CHROMIUM):
             raise SystemExit(f"{CHROMIUM} is missing: apt-get install chromium")
+        print(f"Streamlit's server (uvicorn) runs on {server_stack()}", flush=True)
         for tf, lookback, min_bars in (("1m", "24 h", 1400), ("1s", "15 min", 800)):
             print_page_timing(page_timing(tf, lookback, min_bars, args.timeout))
             with tempfile.TemporaryDirectory() as profile:

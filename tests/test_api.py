@@ -111,8 +111,7 @@ def test_the_servers_import_of_app_py_stops_at_streamlit():
 def test_the_page_server_runs_on_httptools_and_uvloop():
     """Streamlit leaves uvicorn's HTTP parser and event loop on "auto": with httptools and
     uvloop installed (``streamlit[performance]`` in requirements.txt) a new browser gets
-    Streamlit's ~60 scripts in ~0.15 s instead of ~0.45 s on h11 and asyncio (README,
-    Backfill benchmark)."""
+    Streamlit's ~60 scripts sooner than on h11 and asyncio (README, Backfill benchmark)."""
     import uvicorn
 
     async def asgi_app(scope, receive, send):  # never called: only the choice is checked
