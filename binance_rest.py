@@ -554,6 +554,10 @@ class Backfiller:
         The newest this many seconds of trades are fetched as fast as REST answers, and
         readers are told the moment every symbol has them (``mark_history``): the views a
         page opens on first. Pages older than that are paced by ``pace``.
+    first_s : float, default 180
+        Readers are told once before that, the moment every symbol has its newest
+        ``first_s`` of trades: 1 s bars get their z-score from 120 bars at the default
+        60-bar windows, so a page shows it while the rest of ``urgent_s`` comes in.
     trades_after : threading.Event, optional
         The trade walk waits (after the klines) until this is set, at most
         ``trades_after_s`` seconds: the page's process sets it when its first page run is
@@ -572,7 +576,7 @@ class Backfiller:
     def __init__(self, client: RestClient, symbols, ledger, *, trade_history_s: float,
                  kline_history_s: float, repair: bool = True, trades_by_id: bool = True,
                  poll_s: float = 1.0, started_ms: int | None = None,
-                 urgent_s: float = 900.0, pace: float = 1.0,
+                 urgent_s: float = 900.0, first_s: float = 180.0, pace: float = 1.0,
                  trades_after: threading.Event | None = None, trades_after_s: float = 3.0):
         if not 0 < pace <= 1:
             raise ValueError(f"pace must be in (0, 1], not {pace!r}")
@@ -585,6 +589,7 @@ class Backfiller:
         self.trades_by_id = trades_by_id
         self.poll_s = poll_s
         self.urgent_ms = int(urgent_s * 1000)
+        self.first_ms = int(min(first_s, urgent_s) * 1000)
         self.pace = pace
         self.trades_after = trades_after
         self.trades_after_s = trades_after_s
@@ -747,7 +752,9 @@ class Backfiller:
         the writer has no earlier id to measure a gap from.
         """
         start_ms = self.trades_from_ms = now_ms - self.trade_history_ms
-        urgent_from_ms = now_ms - self.urgent_ms
+        # readers are told when every symbol reaches back to each of these, oldest last
+        announce_from_ms = sorted({now_ms - self.first_ms, now_ms - self.urgent_ms},
+                                  reverse=True)
         urgent_announced = False
         walks = {}
         for symbol in self.symbols:
@@ -756,10 +763,11 @@ class Backfiller:
             walks[symbol] = _Walk(symbol, floor_id, start_ms, now_ms)
             self.progress[symbol].state = "trades"
         while walks:
-            if not urgent_announced and all(w.oldest_ms <= urgent_from_ms
-                                            for w in walks.values()):
-                self.ledger.mark_history()  # the views a page opens first are complete
-                urgent_announced = True
+            while announce_from_ms and all(w.oldest_ms <= announce_from_ms[0]
+                                           for w in walks.values()):
+                self.ledger.mark_history()  # a page's views re-read the past now
+                announce_from_ms.pop(0)
+                urgent_announced = not announce_from_ms
             for symbol in list(walks):
                 walk = walks[symbol]
                 step_started = time.monotonic() - self.client.stats.paced_s

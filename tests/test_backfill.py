@@ -418,3 +418,46 @@ def test_newest_trades_come_first_and_are_announced_then_the_rest_is_paced(tmp_p
     paced_wall = ended - first["at"]
     waited = sum(timeout for _, timeout in waits)
     assert 0.6 < waited / paced_wall < 0.85, (waited, paced_wall)
+
+
+def test_the_newest_minutes_are_announced_before_the_urgent_window_is_complete(tmp_path):
+    """Readers hear of the trades twice before the urgent window is over: as soon as both
+    legs have their newest ``first_s`` (enough for the 1 s z-score), and again at
+    ``urgent_s`` (a 1 s view need not wait for the requests of the whole 15 minutes)."""
+    server = market.MarketServer(market.SimulatedMarket(seed=5), history_s=1200,
+                                 kline_history_s=0,
+                                 rest_weight_limit=market.DEMO_REST_WEIGHT_LIMIT)
+    server.start()
+    announced: list[dict] = []
+
+    class RecordingLedger(database.BackfillLedger):
+        HISTORY_BUMP_EVERY_S = 3600.0  # only the announcements this test is about
+
+        def mark_history(self):
+            if self._unannounced:
+                announced.append({s: self.conn.execute(
+                    "SELECT min(ts) FROM ticks WHERE symbol = ?", (s,)).fetchone()[0]
+                    for s in ("BTCUSDT", "ETHUSDT")})
+            super().mark_history()
+
+    try:
+        rest = binance_rest.RestClient(server.url.replace("ws://", "http://"))
+        backfiller = binance_rest.Backfiller(
+            rest, ["BTCUSDT", "ETHUSDT"], RecordingLedger(tmp_path / "first.db"),
+            trade_history_s=1200, kline_history_s=0, repair=False, urgent_s=600, first_s=120)
+        backfiller.start()
+        assert wait_until(lambda: backfiller.state == "done", 60), backfiller.health()
+    finally:
+        server.stop()
+    now_ms = backfiller.trades_from_ms + 1200 * 1000
+    first_from, urgent_from = now_ms - 120_000, now_ms - 600_000
+    legs = ("BTCUSDT", "ETHUSDT")
+    reached = [a for a in announced if all(a[s] is not None for s in legs)]
+    # 1st: both legs back past first_s, the later one by at most a page or two
+    assert all(reached[0][s] <= first_from for s in legs), reached
+    assert max(reached[0][s] for s in legs) > first_from - 120_000, reached
+    assert min(reached[0][s] for s in legs) > urgent_from, reached  # long before urgent_s
+    # 2nd: the urgent window, in the same way; the rest once the walk is over
+    assert all(reached[1][s] <= urgent_from for s in legs), reached
+    assert max(reached[1][s] for s in legs) > urgent_from - 120_000, reached
+    assert len(reached) == 3, reached
