@@ -605,7 +605,18 @@ def closed_bar_figure(c: dd.Controls, data_key: tuple, name: str, settings: tupl
 
 def page_theme() -> str:
     """"light" or "dark": the theme the browser shows (Settings ▸ Theme, or the system's);
-    the figures are drawn to match. Dark (the configured base) until the browser says."""
+    the figures are drawn to match. Dark (the configured base) until the browser says.
+
+    A browser opening the page asks for the first run before it has applied the theme
+    configured here (``theme.base``, .streamlit/config.toml), so with no theme of its own
+    saved it reports its system's (light, on most desks). The first run of a session
+    therefore draws in the configured theme: drawn in the reported one, every chart came
+    again at its next refresh, redrawn in the other theme (bench_app.py render: a new
+    session's first render +0.25 s whenever the strip's refresh came during it). A user
+    who saved the other theme in Settings sees that one from the second run on."""
+    configured = st.get_option("theme.base")
+    if configured in ("light", "dark") and not st.session_state.get("theme_reported"):
+        return configured
     theme = getattr(getattr(st.context, "theme", None), "type", None)
     return "light" if theme == "light" else "dark"
 
@@ -1812,6 +1823,7 @@ if IN_SESSION:
             else:
                 PLAIN_TABS[name](controls)
     freeze_long_lived_objects()
+    st.session_state["theme_reported"] = True  # from the next run on (see page_theme)
     services.page_served()
 else:  # imported by `streamlit run app.py`: the server, with the REST API (server.py)
     app = st.App(__file__, routes=server.ROUTES, lifespan=server.lifespan)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -51,6 +52,7 @@ import dashboard_data as dd
 import database
 import services
 import uploads
+import visualizations as viz
 from page_helpers import media  # noqa: F401  (a fixture: download payloads)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -310,6 +312,26 @@ def test_last_prices_are_a_fragment_of_their_own_on_a_faster_timer(recorded_db,
     newest = dd.newest_prices(recorded_db["db"], ("ETHUSDT", "BTCUSDT"))
     assert metric(at, "ETHUSDT last") == dd.format_price(newest[0])
     assert metric(at, "BTCUSDT last") == dd.format_price(newest[1])
+
+
+def test_a_sessions_first_run_draws_in_the_configured_theme(recorded_db):
+    """A new browser reports its system's theme (light) with the first run, before it has
+    applied the page's own (dark, .streamlit/config.toml): the first run draws dark, as the
+    page shows, instead of drawing every chart light and again dark at its next refresh.
+    A browser that still reports light on the next run shows light: its user chose it."""
+    assert st.get_option("theme.base") == "dark"
+
+    def backgrounds(at: AppTest) -> set:
+        return {json.loads(c.proto.spec)["layout"]["template"]["layout"]["paper_bgcolor"]
+                for c in at.get("plotly_chart")}
+
+    dark, light = ({viz.apply_colors(go.Figure(), theme).layout.template.layout.paper_bgcolor}
+                   for theme in ("dark", "light"))
+    at = new_app(lookback="15 min")
+    at.context = {"theme": "light"}
+
+    assert backgrounds(run(at)) == dark
+    assert backgrounds(run(at)) == light
 
 
 def test_the_long_lived_heap_is_frozen_after_the_first_run(recorded_db):
