@@ -609,11 +609,11 @@ def page_theme() -> str:
 
     A browser opening the page asks for the first run before it has applied the theme
     configured here (``theme.base``, .streamlit/config.toml), so with no theme of its own
-    saved it reports its system's (light, on most desks). The first run of a session
-    therefore draws in the configured theme: drawn in the reported one, every chart came
-    again at its next refresh, redrawn in the other theme (bench_app.py render: a new
-    session's first render +0.25 s whenever the strip's refresh came during it). A user
-    who saved the other theme in Settings sees that one from the second run on."""
+    saved it reports its system's (often light). The first run of a session therefore
+    draws in the configured theme: drawn in the reported one, every chart came again at
+    its next refresh, redrawn in the other theme (a new session's first render ~0.25 s
+    later whenever the strip's refresh came during it; README, Performance). A user who
+    saved the other theme in Settings sees that one from the second run on."""
     configured = st.get_option("theme.base")
     if configured in ("light", "dark") and not st.session_state.get("theme_reported"):
         return configured

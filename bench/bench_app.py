@@ -2,6 +2,7 @@
 
     python bench/bench_app.py                      # build/reuse the day DB, render, fragments, tick
     python bench/bench_app.py render               # first page render only
+    python bench/bench_app.py render-pair --baseline DIR --rounds 8   # against earlier code
     python bench/bench_app.py fragments --reruns 10 --minute-reruns 2
     python bench/bench_app.py tick --samples 20    # tick-to-screen latency
     python bench/bench_app.py memory --minutes 30  # RSS under 2,000 trades/s (30 min)
@@ -496,6 +497,74 @@ def time_first_render(page, url: str) -> tuple[float, float, float]:
     return app_ms, strip_ms, drawn_ms
 
 
+PAIR_MEASURES = ("cold server, new browser: strip values", "cold server, new browser: drawn",
+                 "warm server, new session: strip values p50",
+                 "warm server, new session: drawn p50",
+                 "restarted server, browser cache warm: strip values",
+                 "restarted server, browser cache warm: drawn")
+
+
+def render_round(app: Path, cwd: Path, db_path: Path, repeats: int) -> dict[str, float]:
+    """One round of ``render``'s Chromium cases for the page ``app`` started in ``cwd``
+    (its ``.streamlit/config.toml`` applies) on a copy of ``db_path``: ms per measure."""
+    with tempfile.TemporaryDirectory(prefix="bench_pair_") as workdir:
+        env = app_env(working_copy(db_path, workdir), os.path.join(workdir, "uploads.db"),
+                      CRYPTO_FEED="binance-futures", BINANCE_WS_URL=closed_port_url())
+        with browser_page() as page:
+            with StreamlitServer(env, workdir, script=app, cwd=cwd) as server:
+                cold = time_first_render(page, server.url)
+                warm = [time_first_render(page, server.url) for _ in range(repeats)]
+                port = server.port
+            with StreamlitServer(env, workdir, script=app, cwd=cwd, port=port) as server:
+                restarted = time_first_render(page, server.url)
+    values = (cold[1], cold[2], float(np.median([run[1] for run in warm])),
+              float(np.median([run[2] for run in warm])), restarted[1], restarted[2])
+    return dict(zip(PAIR_MEASURES, values))
+
+
+def render_pair_bench(db_path: Path, baseline: Path, rounds: int, repeats: int) -> None:
+    """First render of this code against earlier code, in alternating rounds.
+
+    ``baseline`` is a checkout of the earlier code with its own day DB (same seed and rates,
+    built by its own ``bench_app.py build-db``: the schema may differ), e.g.::
+
+        git worktree add /tmp/before 4313e48
+        (cd /tmp/before && python bench/bench_app.py build-db)
+        python bench/bench_app.py render-pair --baseline /tmp/before --rounds 10
+
+    Each round runs ``render``'s three Chromium cases for this code and then for the
+    baseline, each its own ``streamlit run`` from its own directory, in the same Python
+    environment (the same Streamlit and server stack). The machine's speed drifts by tens
+    of per cent within minutes, so a round's two sides are compared with each other: the
+    summary gives each side's median over the rounds, the median of the paired differences
+    and in how many rounds this code was sooner.
+    """
+    baseline_db = baseline / "bench" / "out" / db_path.name
+    if not (baseline / "app.py").exists() or not baseline_db.exists():
+        raise SystemExit(f"{baseline_db} is missing: cd {baseline} && python "
+                         "bench/bench_app.py build-db")
+    print(f"\n== first render, this code against {baseline} ({rounds} rounds, "
+          f"{repeats} new sessions per round; ms) ==")
+    sides = {"this code": (APP, ROOT, db_path),
+             "baseline": (baseline / "app.py", baseline, baseline_db)}
+    results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+    for round_index in range(rounds):
+        for side, (app, cwd, side_db) in sides.items():
+            result = render_round(app, cwd, side_db, repeats)
+            results[side].append(result)
+            print(f"  round {round_index + 1} {side:9s} " + " / ".join(
+                f"{result[measure]:.0f}" for measure in PAIR_MEASURES), flush=True)
+    print("  (columns: " + " / ".join(PAIR_MEASURES) + ")")
+    for measure in PAIR_MEASURES:
+        ours = [r[measure] for r in results["this code"]]
+        theirs = [r[measure] for r in results["baseline"]]
+        differences = [a - b for a, b in zip(ours, theirs)]
+        sooner = sum(d < 0 for d in differences)
+        print(f"  {measure:52s} this code {np.median(ours):6.0f}  baseline "
+              f"{np.median(theirs):6.0f}  paired difference {np.median(differences):+6.0f}  "
+              f"sooner in {sooner} of {rounds}", flush=True)
+
+
 # --------------------------------------------------------------------------------------
 # Fragment reruns
 # --------------------------------------------------------------------------------------
@@ -743,7 +812,7 @@ def memory_bench(minutes: float, interval: float, trades_per_s: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?", default="all",
-                        choices=("all", "build-db", "render", "fragments", "tick", "memory"))
+                        choices=("all", "build-db", "render", "render-pair", "fragments", "tick", "memory"))
     parser.add_argument("--seed", type=int, default=5, help="seed of the day DB")
     parser.add_argument("--rates", default="30,40",
                         help="BTC,ETH trades/s of the day DB (default 30,40: ~6.05 M ticks)")
@@ -751,6 +820,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tail-minutes", type=int, default=40,
                         help="simulated minutes kept for live appends")
     parser.add_argument("--render-repeats", type=int, default=5)
+    parser.add_argument("--baseline", type=Path,
+                        help="render-pair: a checkout of the earlier code, with its day DB")
+    parser.add_argument("--rounds", type=int, default=8, help="render-pair rounds")
     parser.add_argument("--reruns", type=int, default=12,
                         help="fragment reruns per tab at 1s bars (one per second)")
     parser.add_argument("--minute-reruns", type=int, default=3,
@@ -769,10 +841,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trades-per-s", type=float, default=2000.0, help="memory run feed")
     args = parser.parse_args(argv)
     rates = tuple(float(r) for r in args.rates.split(","))
-    if args.what in ("all", "build-db", "render", "fragments"):
+    if args.what in ("all", "build-db", "render", "render-pair", "fragments"):
         db_path, tail_path, meta = build_day_db(args.seed, rates, args.hours, args.tail_minutes)
         if args.what in ("all", "render"):
             render_bench(db_path, args.render_repeats)
+        if args.what == "render-pair":
+            if args.baseline is None:
+                parser.error("render-pair needs --baseline DIR")
+            render_pair_bench(db_path, args.baseline.resolve(), args.rounds,
+                              args.render_repeats)
         if args.what in ("all", "fragments"):
             fragments_bench(db_path, tail_path, meta, args.reruns, args.minute_reruns)
     if args.what in ("all", "tick"):

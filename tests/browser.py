@@ -60,7 +60,7 @@ class StreamlitServer:
     """
 
     def __init__(self, env: dict, workdir: str | Path, script: Path = APP,
-                 port: int | None = None) -> None:
+                 port: int | None = None, cwd: Path = ROOT) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_path = Path(workdir) / f"streamlit-{self.port}.log"
@@ -69,7 +69,7 @@ class StreamlitServer:
                 [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless",
                  "true", "--server.port", str(self.port), "--server.address", "127.0.0.1",
                  "--browser.gatherUsageStats", "false"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_healthy(self, timeout: float = 60.0) -> float:
         """Seconds until ``/_stcore/health`` answered; RuntimeError (with the log's tail) if
