@@ -812,7 +812,8 @@ def memory_bench(minutes: float, interval: float, trades_per_s: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?", default="all",
-                        choices=("all", "build-db", "render", "render-pair", "fragments", "tick", "memory"))
+                        choices=("all", "build-db", "render", "render-pair", "fragments",
+                                 "tick", "memory"))
     parser.add_argument("--seed", type=int, default=5, help="seed of the day DB")
     parser.add_argument("--rates", default="30,40",
                         help="BTC,ETH trades/s of the day DB (default 30,40: ~6.05 M ticks)")
