@@ -755,7 +755,6 @@ class Backfiller:
         # readers are told when every symbol reaches back to each of these, oldest last
         announce_from_ms = sorted({now_ms - self.first_ms, now_ms - self.urgent_ms},
                                   reverse=True)
-        urgent_announced = False
         walks = {}
         for symbol in self.symbols:
             last = self.ledger.last_trade(symbol, self.started_ms)
@@ -767,7 +766,6 @@ class Backfiller:
                                            for w in walks.values()):
                 self.ledger.mark_history()  # a page's views re-read the past now
                 announce_from_ms.pop(0)
-                urgent_announced = not announce_from_ms
             for symbol in list(walks):
                 walk = walks[symbol]
                 step_started = time.monotonic() - self.client.stats.paced_s
@@ -784,7 +782,7 @@ class Backfiller:
                     finished = True
                 if finished:
                     del walks[symbol]
-                elif urgent_announced and self.pace < 1:
+                elif not announce_from_ms and self.pace < 1:  # past the urgent window
                     self._pace_after(step_started)
 
     def _pace_after(self, step_started: float) -> None:
