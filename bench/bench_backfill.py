@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.browser import (CHROMIUM, CHROMIUM_ARGS, StreamlitServer, demo_env,  # noqa: E402
-                           free_port)
+                           free_port, server_stack)
 
 LIVE_STRIP_JS = """() => {
   const metric = Array.from(document.querySelectorAll('[data-testid="stMetric"]'))
@@ -73,19 +73,6 @@ SCRIPTS_JS = """() => {
   return {files: files.length, fetch_ms: Math.max(...files.map(r => r.responseEnd))
           - Math.min(...files.map(r => r.startTime)), load_ms: nav.loadEventEnd};
 }"""
-
-
-def server_stack() -> str:
-    """What uvicorn, Streamlit's server, runs on here ("auto", as Streamlit leaves it):
-    httptools and uvloop when installed (``streamlit[performance]``), else h11 and
-    asyncio (``pip uninstall httptools uvloop`` to time those)."""
-    import uvicorn
-
-    config = uvicorn.Config(lambda scope, receive, send: None, loop="auto", http="auto")
-    config.load()
-    http = "httptools" if "HttpTools" in config.http_protocol_class.__name__ else "h11"
-    loop = config.get_loop_factory().__module__.split(".")[0]
-    return f"{http}/{'uvloop' if loop == 'uvloop' else 'asyncio'}"
 
 
 def page_settings() -> dict:

@@ -53,6 +53,22 @@ def demo_env(workdir: str | Path, **extra: str) -> dict:
     return env
 
 
+def server_stack() -> str:
+    """What uvicorn, Streamlit's server, runs on in this environment ("auto", as Streamlit
+    leaves it): "httptools/uvloop" when both are installed (``streamlit[performance]``),
+    else its pure-Python fallbacks, e.g. "h11/asyncio"."""
+    import uvicorn
+
+    async def asgi_app(scope, receive, send):  # never called: only the choice is read
+        raise AssertionError(scope)
+
+    config = uvicorn.Config(asgi_app, loop="auto", http="auto")
+    config.load()
+    http = {"HttpToolsProtocol": "httptools", "H11Protocol": "h11"}.get(
+        config.http_protocol_class.__name__, config.http_protocol_class.__name__)
+    return f"{http}/{config.get_loop_factory().__module__.split('.')[0]}"
+
+
 class StreamlitServer:
     """``streamlit run <script>`` on a free 127.0.0.1 port, in its own process group.
 

@@ -31,7 +31,7 @@ import analytics
 import api
 import dashboard_data as dd
 import database
-from browser import ROOT, StreamlitServer, demo_env
+from browser import ROOT, StreamlitServer, demo_env, server_stack
 from helpers import wait_until
 
 Y, X = "ETHUSDT", "BTCUSDT"
@@ -112,15 +112,7 @@ def test_the_page_server_runs_on_httptools_and_uvloop():
     """Streamlit leaves uvicorn's HTTP parser and event loop on "auto": with httptools and
     uvloop installed (``streamlit[performance]`` in requirements.txt) a new browser gets
     Streamlit's ~60 scripts sooner than on h11 and asyncio (README, Backfill benchmark)."""
-    import uvicorn
-
-    async def asgi_app(scope, receive, send):  # never called: only the choice is checked
-        raise AssertionError(scope)
-
-    config = uvicorn.Config(asgi_app, loop="auto", http="auto")
-    config.load()
-    assert config.http_protocol_class.__name__ == "HttpToolsProtocol"
-    assert config.get_loop_factory().__module__.startswith("uvloop")
+    assert server_stack() == "httptools/uvloop"
 
 
 def test_symbols(server):
