@@ -540,7 +540,9 @@ def render_pair_bench(db_path: Path, baseline: Path, rounds: int, repeats: int) 
     and in how many rounds this code was sooner.
     """
     baseline_db = baseline / "bench" / "out" / db_path.name
-    if not (baseline / "app.py").exists() or not baseline_db.exists():
+    if not (baseline / "app.py").exists():
+        raise SystemExit(f"{baseline} is not a checkout of the dashboard: no app.py")
+    if not baseline_db.exists():
         raise SystemExit(f"{baseline_db} is missing: cd {baseline} && python "
                          "bench/bench_app.py build-db")
     print(f"\n== first render, this code against {baseline} ({rounds} rounds, "
