@@ -1,6 +1,6 @@
 """Data the dashboard page shows: loading bars, assembling pair analytics, labels and CSVs.
 
-The page (``app.py``) arranges widgets; this module does the reading and the calling of
+The page (``page.py``) arranges widgets; this module does the reading and the calling of
 ``database`` / ``analytics`` behind it, so that what the page shows can be built and checked
 without Streamlit. It holds no statistics of its own: every number comes from
 ``analytics``; the only arithmetic here is unit conversion for messages (bars -> seconds)
@@ -72,7 +72,7 @@ LIVE_STRIP_EVERY_S = 0.5  # the live strip's fragment period
 # the newest stored trade) while the rest of the strip keeps its 0.5 s: a trade reaches the
 # screen within the collector's 50 ms flush + <= 0.25 s + a small rerun (issue 17: p95 <=
 # 500 ms). CRYPTO_LIVE_PRICE_EVERY=0 folds them back into the strip. The extra reruns cost
-# less than the page saved when its long-lived heap was frozen (app.freeze_long_lived_objects):
+# less than the page saved when its long-lived heap was frozen (page.freeze_long_lived_objects):
 # README Performance (bench_app.py tick --compare-prices).
 LIVE_PRICE_EVERY_S = float(os.environ.get("CRYPTO_LIVE_PRICE_EVERY", "0.25"))
 NO_TRADES_WARNING_S = 10.0  # a subscribed symbol silent this long gets a warning

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import dashboard_data as dd
 
-# URL parameter -> the widget's session-state key (app.py), in the order they are checked:
+# URL parameter -> the widget's session-state key (page.py), in the order they are checked:
 # the source decides which symbols exist; entry bounds exit.
 URL_KEYS = {"source": "source_kind", "upload": "upload_name", "y": "y_symbol",
             "x": "x_symbol", "tf": "timeframe", "lookback": "lookback", "window": "window",

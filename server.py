@@ -11,9 +11,10 @@ scripts:
 1. ``api`` is imported (it imports ``services`` and the modules the page reads through),
 2. the services start (``services.start``: collector, alert evaluator, paper monitor), so
    recording, alerts and the API run with no browser tab open, exactly as before,
-3. ``visualizations`` is imported, so the first page run finds the figure builders loaded.
+3. ``page`` (the page's code, with ``visualizations``: Plotly) is imported, so the first
+   page run finds it loaded.
 
-A page run that comes first starts the services itself (``app.start_services``; starting
+A page run that comes first starts the services itself (``page.start_services``; starting
 is idempotent) and waits for any import in progress (Python's import lock). ``/api/...``
 requests go to ``api.routes()``, built at the first request, which waits until the
 services have started (at most ``API_WAIT_S``): no answer reports a collector that is
@@ -47,7 +48,7 @@ def _start_services() -> None:
             log.error("services not started: configuration error: %s", exc)
     finally:
         _SERVICES_STARTED.set()
-    import visualizations  # noqa: F401
+    import page  # noqa: F401
 
 
 @contextlib.asynccontextmanager

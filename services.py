@@ -1,7 +1,7 @@
 """The process's background services: collector, alert evaluator, paper-trading monitor.
 
 One place starts them, so the server (``server.lifespan``, when ``streamlit run app.py``
-starts) and the page (``app.start_services``, a fallback for AppTest, which has no server)
+starts) and the page (``page.start_services``, a fallback for AppTest, which has no server)
 start the same things the same way. Every start is idempotent per process.
 
 Collection can be paused from the page or the API (``pause_collection`` /
@@ -51,7 +51,7 @@ def start(settings: Settings) -> collector.Collector:
 
 
 def page_served() -> None:
-    """A page run is over (``app.py`` calls this after each): from now on the REST trade
+    """A page run is over (``page.main`` calls this after each): from now on the REST trade
     backfill takes the CPU without delaying a browser's first view. At server start it
     waits for this (at most ``Backfiller.trades_after_s``): the browser is loading
     Streamlit's scripts and Plotly's from this Python process, and the page's first run
