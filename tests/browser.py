@@ -100,7 +100,7 @@ class StreamlitServer:
                     if reply.status == 200:
                         return time.perf_counter() - started
             except OSError:
-                time.sleep(0.1)
+                time.sleep(0.05)
         raise RuntimeError(f"streamlit did not answer /_stcore/health within {timeout:g} s")
 
     def stop(self) -> None:
@@ -116,7 +116,7 @@ class StreamlitServer:
 
     def __enter__(self) -> StreamlitServer:
         try:
-            self.wait_healthy()
+            self.healthy_s = self.wait_healthy()  # from the start: the process began just now
         except BaseException:
             self.stop()
             raise
