@@ -8,8 +8,9 @@ Why a module and not the script itself
     Streamlit compiles the script it runs and forgets the compiled code whenever the last
     browser session disconnects (a reload of the only tab), and it re-creates every
     cached function's key (``inspect.getsource``) on every run of the script. Imported,
-    this code is compiled once per process (from ``__pycache__``) and its functions are
-    defined once: a reload's first run starts ~30 ms sooner (``app.py``'s docstring).
+    this code is compiled once per process (or read from ``__pycache__``) and its
+    functions are defined once: a reload's first run starts ~30 ms sooner (README,
+    Performance: "The page became a module").
 
 How the page stays live without flicker
     * Sidebar controls rerun the whole script; nothing else does.
@@ -164,6 +165,7 @@ def connect_services() -> None:
         # stopped elsewhere (tests, a CLI in the same process): start anew
         start_services.clear()
         feed = start_services(settings)
+
 
 # --------------------------------------------------------------------------------------
 # Cached loaders (keyed by the newest bar, shared by every session)
