@@ -2141,6 +2141,17 @@ def list_paper_positions(conn: sqlite3.Connection, *, statuses: Sequence[str] | 
     return frame
 
 
+def has_paper_positions(conn: sqlite3.Connection, statuses: Sequence[str]) -> bool:
+    """Whether any position has one of ``statuses`` (False without the table): one lookup
+    in the status index, for a caller that would otherwise read the positions into a
+    frame (``list_paper_positions``) only to find none."""
+    if "status" not in _column_names(conn, "paper_positions"):
+        return False
+    marks = ", ".join("?" for _ in statuses)
+    return conn.execute(f"SELECT 1 FROM paper_positions WHERE status IN ({marks}) LIMIT 1",
+                        tuple(statuses)).fetchone() is not None
+
+
 def newest_trade(conn: sqlite3.Connection, symbol: str) -> tuple[int, int, float] | None:
     """``(ts, trade_id, price)`` of the newest stored trade of ``symbol``, or None."""
     return conn.execute("SELECT ts, trade_id, price FROM ticks WHERE symbol = ? "

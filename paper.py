@@ -432,6 +432,8 @@ def process(db_path: str, *, at_ms: int | None = None) -> dict:
 def _process(conn, db_path: str, at: int) -> dict:
     """``process`` on an open writable connection (the monitor keeps one)."""
     counts = {"entries": 0, "exits": 0, "auto_closed": 0}
+    if not database.has_paper_positions(conn, OPEN_STATUSES):
+        return counts  # the monitor's usual step: no frames built twice a second for nothing
     pending = database.list_paper_positions(conn, statuses=OPEN_STATUSES)
     for row in pending.to_dict("records"):
         if row["status"] == "opening" and _fill_entry(conn, row, at):

@@ -433,6 +433,37 @@ def test_the_monitor_fills_and_needs_no_write_lock_while_idle(feed):
         monitor.stop()
 
 
+def test_the_monitor_builds_no_table_while_no_position_is_open(feed, monkeypatch):
+    """Twice a second, in the page's process: with no position to fill or watch a step is
+    one indexed lookup, not the positions read into frames (~20 ms of the GIL each step on
+    the benchmark machine); closed positions do not count."""
+    reads = []
+    listing = database.list_paper_positions
+    monkeypatch.setattr(database, "list_paper_positions",
+                        lambda conn, **kw: reads.append(kw) or listing(conn, **kw))
+    monitor = paper.Monitor(feed.path)
+    try:
+        monitor.step()
+        assert monitor.steps == 1 and reads == []
+        click = paper.now_ms()
+        position_id = paper.open_position(feed.path, order(), at_ms=click)
+        monitor.step()  # an order to fill: the positions are read
+        assert reads
+        feed.trade(Y, click + 10, 3_005.0)
+        feed.trade(X, click + 20, 87_010.0)
+        monitor.step()
+        paper.request_close(feed.path, position_id, at_ms=click + 30)
+        feed.trade(Y, click + 40, 3_006.0)
+        feed.trade(X, click + 50, 87_020.0)
+        monitor.step()
+        assert position(feed.path, position_id)["status"] == "closed"
+        reads.clear()
+        monitor.step()
+        assert reads == []
+    finally:
+        monitor.stop()
+
+
 def test_the_positions_table_reads_while_the_collector_holds_the_write_lock(feed):
     """The Paper tab and GET /api/paper/positions read: they must not wait for (or fail
     on) the write lock the collector holds during a batch."""
