@@ -950,6 +950,7 @@ class Collector:
         last_data_ms = opened_ms
         queue = self._queue
         queue_max = settings.queue_max
+        growing_depth = queue_max * QUEUE_WARN_FRACTION
         symbols = self.symbols
         text = websocket.ABNF.OPCODE_TEXT
         control = (websocket.ABNF.OPCODE_PING, websocket.ABNF.OPCODE_PONG)
@@ -985,6 +986,8 @@ class Collector:
                         depth = len(queue)
                         if depth > self.queue_high_water:
                             self.queue_high_water = depth
+                        if depth > growing_depth and not self.queue_growing:
+                            self._watch_queue()  # a writer stuck in a write cannot look
                     activity = symbols.get(payload[0])
                     if activity is None:
                         activity = symbols[payload[0]] = SymbolActivity()
@@ -1219,7 +1222,10 @@ class Collector:
         self.db_failing_since_ms = 0
 
     def _watch_queue(self) -> None:
-        """Log when the queue starts growing (the writer falls behind) and when it calms."""
+        """Log when the queue starts growing (the writer falls behind) and when it calms.
+
+        The writer calls this between batches; the receive thread too when the queue passes
+        the growing mark, since a writer stuck in a long write never gets to look."""
         depth = len(self._queue)
         limit = self.settings.queue_max
         if not self.queue_growing and depth > limit * QUEUE_WARN_FRACTION:

@@ -87,11 +87,13 @@ class FaultyWrites:
     def __init__(self, monkeypatch):
         self.failing = threading.Event()
         self.blocking = threading.Event()
+        self.stuck = threading.Event()  # set once a write waits while ``blocking`` is set
         self.refused = 0
         original = database.TickWriter.write
 
         def write(writer, trades, seen_ids=()):
             while self.blocking.is_set():
+                self.stuck.set()
                 time.sleep(0.01)
             if self.failing.is_set():
                 self.refused += 1
@@ -385,12 +387,15 @@ def test_cli_stopped_on_a_full_disk_exits_non_zero_and_a_restart_stores_every_tr
 
 def test_queue_overflow_is_logged_when_it_starts_and_ends(tmp_path, make_collector, faults,
                                                           caplog):
+    """The writer hangs in a write before the burst arrives: the receive side must say the
+    queue is growing, since the writer cannot look until its write returns."""
     caplog.set_level(logging.WARNING, logger="collector")
-    burst, last = threading.Event(), threading.Event()
+    first, burst, last = threading.Event(), threading.Event(), threading.Event()
 
     async def script(connection, index):
         await connection.send(frames(1, 1)[0])
-        for gate, batch in ((burst, frames(2, 2000)), (last, frames(2001, 2001))):
+        for gate, batch in ((first, frames(2, 2)), (burst, frames(3, 2000)),
+                            (last, frames(2001, 2001))):
             while not gate.is_set():
                 await asyncio.sleep(0.02)
             for frame in batch:
@@ -402,6 +407,8 @@ def test_queue_overflow_is_logged_when_it_starts_and_ends(tmp_path, make_collect
                                         batch_size=100)).start()
         assert wait_until(lambda: c.stored == 1, 30)
         faults.blocking.set()  # the writer hangs in a write, like one behind a long lock
+        first.set()
+        assert wait_until(faults.stuck.is_set, 30)
         burst.set()
         assert wait_until(lambda: c.received == 2000, 30)
         assert c.health()["queue_growing"]
