@@ -86,19 +86,22 @@ class StreamlitServer:
                  "true", "--server.port", str(self.port), "--server.address", "127.0.0.1",
                  "--browser.gatherUsageStats", "false"],
                 cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started = time.perf_counter()
+        self.healthy_s: float | None = None  # seconds from the start to the first answer
 
     def wait_healthy(self, timeout: float = 60.0) -> float:
-        """Seconds until ``/_stcore/health`` answered; RuntimeError (with the log's tail) if
-        the server exits or does not answer within ``timeout``."""
-        started = time.perf_counter()
-        deadline = started + timeout
+        """Seconds from the process's start until ``/_stcore/health`` answered (also kept
+        as ``healthy_s``); RuntimeError (with the log's tail) if the server exits or does
+        not answer within ``timeout`` seconds of this call."""
+        deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"streamlit exited:\n{self.log_path.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"{self.url}_stcore/health", timeout=2) as reply:
                     if reply.status == 200:
-                        return time.perf_counter() - started
+                        self.healthy_s = time.perf_counter() - self.started
+                        return self.healthy_s
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"streamlit did not answer /_stcore/health within {timeout:g} s")
@@ -116,7 +119,7 @@ class StreamlitServer:
 
     def __enter__(self) -> StreamlitServer:
         try:
-            self.healthy_s = self.wait_healthy()  # from the start: the process began just now
+            self.wait_healthy()
         except BaseException:
             self.stop()
             raise
