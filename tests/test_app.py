@@ -334,6 +334,42 @@ def test_a_sessions_first_run_draws_in_the_configured_theme(recorded_db):
     assert backgrounds(run(at)) == light
 
 
+def test_a_session_gets_its_first_strip_numbers_before_the_charts(recorded_db, monkeypatch):
+    """Once per session the strip pauses after its numbers, before its chart and the tabs'
+    charts are sent, so the starting browser shows the numbers first (page.numbers_first);
+    later runs and refreshes do not pause, a new session does."""
+    import types
+
+    from streamlit.delta_generator import DeltaGenerator
+
+    import page
+
+    sent = []
+    draw_metric, draw_chart = DeltaGenerator.metric, st.plotly_chart
+
+    def metric(self, *args, **kwargs):
+        sent.append("metric")
+        return draw_metric(self, *args, **kwargs)
+
+    def plotly_chart(*args, **kwargs):
+        sent.append("plotly_chart")
+        return draw_chart(*args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "metric", metric)
+    monkeypatch.setattr(st, "plotly_chart", plotly_chart)
+    monkeypatch.setattr(page, "time", types.SimpleNamespace(
+        sleep=lambda seconds: sent.append(("pause", seconds))))
+
+    at = run(new_app(lookback="15 min"))
+    pause = sent.index(("pause", page.FIRST_NUMBERS_LEAD_S))
+    assert sent[:pause] == ["metric"] * 7  # the strip's numbers, and no chart yet
+    assert sent[pause + 1:].count("plotly_chart") == len(at.get("plotly_chart")) >= 4
+
+    run(at)
+    run(new_app(lookback="15 min"))
+    assert sum(isinstance(item, tuple) for item in sent) == 2  # one per session
+
+
 def test_the_long_lived_heap_is_frozen_after_the_first_run(recorded_db):
     """Streamlit's gc.collect(2) after every run then walks only what the run created, not
     the ~120,000 objects of modules and caches (README Performance)."""
