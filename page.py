@@ -759,9 +759,10 @@ def numbers_first() -> None:
     A new session's browser is still starting (Streamlit's and Plotly's scripts, every
     widget) when this server, done with the run in ~0.3 s, has sent the whole page; it then
     showed the strip's numbers with the charts, ~1.1 s after the request. With the chart
-    sent 0.15 s after the numbers, a new session shows them 0.25–0.45 s sooner and the
-    charts no later (README, Performance: "The numbers first"). Sleeping holds no lock
-    and no other session waits; a session pauses once, on its first strip with numbers.
+    sent 0.15 s after the numbers, a new session on a running server shows them
+    0.25–0.45 s sooner and the charts no later (README, Performance: "The numbers
+    first"). Sleeping holds no lock and no other session waits; a session pauses once, on
+    its first strip with numbers.
     """
     if st.session_state.get("strip_numbers_sent"):
         return
