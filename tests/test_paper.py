@@ -314,8 +314,11 @@ def test_page_opens_and_closes_a_paper_position(page_env, media):
     at = run(at)
     assert position(feed.path, 1)["status"] == "closing"
     close_click = int(position(feed.path, 1)["close_requested_ms"])
-    feed.trade(Y, close_click + 100, 3_020.0)
-    feed.trade(X, close_click + 200, 87_000.0)
+    # The exit trades follow every stored trade, as an exchange's do: the marks above are
+    # stamped click + 300/400 ms, later than a close clicked within 0.2 s of the open.
+    exit_at = max(close_click, click + 400)
+    feed.trade(Y, exit_at + 100, 3_020.0)
+    feed.trade(X, exit_at + 200, 87_000.0)
     paper.process(feed.path)
     at = run(at)
     assert metric(at, "realised P&L") == f"{hand['net']:,.2f}"
@@ -323,7 +326,7 @@ def test_page_opens_and_closes_a_paper_position(page_env, media):
     # entry: each leg's first trade after the click (y at +100 ms; the +300 ms one only
     # marked the open position), exit: the first after the close request (x at +200 ms)
     assert_readable_table(at, "gross_pnl", {"opened": click, "y entry time": click + 100,
-                                            "x exit time": close_click + 200})
+                                            "x exit time": exit_at + 200})
     history = pd.read_csv(io.BytesIO(download(at, media, "download_paper")))
     assert history["pnl"].iloc[0] == pytest.approx(hand["net"], rel=1e-12)
     assert history["close_reason"].iloc[0] == "manual"
