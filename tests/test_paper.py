@@ -299,8 +299,9 @@ def test_page_opens_and_closes_a_paper_position(page_env, media):
     feed.trade(Y, click + 100, 3_010.0)
     feed.trade(X, click + 200, 87_100.0)
     paper.process(feed.path)  # what the monitor thread does twice a second
+    marked = click + 400  # the newest stored trade: the open position's last mark
     feed.trade(Y, click + 300, 3_020.0)
-    feed.trade(X, click + 400, 87_000.0)
+    feed.trade(X, marked, 87_000.0)
     at = run(at)
     row = position(feed.path, 1)
     hand = hand_round_trip("long", row["beta"], 10_000.0, 3_010.0, 87_100.0, 3_020.0,
@@ -314,9 +315,9 @@ def test_page_opens_and_closes_a_paper_position(page_env, media):
     at = run(at)
     assert position(feed.path, 1)["status"] == "closing"
     close_click = int(position(feed.path, 1)["close_requested_ms"])
-    # The exit trades follow every stored trade, as an exchange's do: the marks above are
-    # stamped click + 300/400 ms, later than a close clicked within 0.2 s of the open.
-    exit_at = max(close_click, click + 400)
+    # The exit trades follow every stored trade, as an exchange's do: the last mark above
+    # is stamped later than a close clicked within 0.4 s of the open.
+    exit_at = max(close_click, marked)
     feed.trade(Y, exit_at + 100, 3_020.0)
     feed.trade(X, exit_at + 200, 87_000.0)
     paper.process(feed.path)
